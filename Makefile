@@ -1,0 +1,34 @@
+# make demo   create .venv (first time), install loraplug and its plugins, train the quickstart recipe
+# make test   the whole test suite (what .ci/run calls)
+# make bench  the benchmarks behind docs/performance.md
+# Each target is idempotent: the install step reruns only when a pyproject.toml changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.loraplug-installed
+PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_PROJECTS),-e $(dir $(p)))
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/loraplug run recipes/quickstart.toml --overwrite
+
+test: install
+	$(PY) -m pytest -n 2 -q
+
+bench: install
+	$(PY) bench/cli_startup.py
+
+clean-venv:
+	rm -rf $(VENV)

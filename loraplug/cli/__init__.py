@@ -1,0 +1,1 @@
+"""The `loraplug` command line."""

@@ -1,0 +1,176 @@
+"""The ``loraplug`` command: entry point, error reporting, and the core's commands.
+
+Nothing here imports torch at module level: ``loraplug --help`` and ``loraplug plugins list`` load
+only the plugins' cheap declarations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from loraplug import __version__
+from loraplug.cli import render
+from loraplug.errors import LoraplugError
+from loraplug.plugins import PluginHost
+
+_host: PluginHost | None = None
+# soft_wrap: long paths stay on one line when output goes to a file or a CI log.
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def host() -> PluginHost:
+    """The process's plugins, loaded once."""
+    global _host
+    if _host is None:
+        _host = PluginHost.load()
+    return _host
+
+
+def warn_broken_plugins() -> None:
+    for record in host().broken():
+        err_console.print(
+            f"[yellow]warning:[/] plugin {record.name} ({record.distribution} {record.version}) failed to load and is "
+            f"skipped: {record.error} (`loraplug plugins list` shows it)"
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="loraplug")
+@click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks (any position on the line; or LORAPLUG_DEBUG=1).")
+def cli() -> None:
+    """LoRA fine-tuning for every modality, driven by TOML recipes.
+
+    \b
+    loraplug run recipes/quickstart.toml          train a tiny LLaMA on CPU
+    loraplug run RECIPE train.lr=1e-4 --smoke     check any recipe in seconds
+    loraplug plugins list                         what is installed
+    """
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--smoke", is_flag=True, help="Swap the model for its tiny preset, train 3 steps, write under <output_dir>/smoke.")
+@click.option("--overwrite", is_flag=True, help="Replace a run directory that already holds a run (kept until the new run finishes).")
+def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool) -> None:
+    """Train as RECIPE says. OVERRIDES are dotted KEY=VALUE pairs: train.lr=1e-4 adapter.r=16."""
+    from loraplug.pipeline import execute
+    from loraplug.recipe import load_recipe
+
+    warn_broken_plugins()
+    checked = load_recipe(recipe, host(), overrides, smoke=smoke)
+    render.run_header(console, checked, smoke=smoke)
+    outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite)
+    if outcome.run_dir and int(os.environ.get("RANK", "0")) == 0:
+        render.run_summary(console, outcome)
+    failed = [e for e in outcome.exports if not e.ok]
+    if failed:
+        raise LoraplugError(
+            "Training finished and the adapter is saved, but "
+            + "; ".join(f"export {e.name!r} failed: {e.error}" for e in failed),
+            fix=f"Fix the cause and re-export from {outcome.run_dir} without retraining",
+        )
+
+
+@cli.group()
+def recipe() -> None:
+    """Check recipes without running them."""
+
+
+@recipe.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--smoke", is_flag=True, help="Check the recipe as --smoke would run it.")
+@click.option("--resolved", is_flag=True, help="Print the recipe with every default filled in.")
+def recipe_check(path: Path, overrides: tuple[str, ...], smoke: bool, resolved: bool) -> None:
+    """Validate a recipe completely — keys, types, files, kinds — without loading data or models."""
+    from loraplug.recipe import load_recipe
+
+    warn_broken_plugins()
+    checked = load_recipe(path, host(), overrides, smoke=smoke)
+    if resolved:
+        click.echo(checked.to_toml(), nl=False)
+    else:
+        render.recipe_ok(console, checked)
+
+
+@cli.group()
+def plugins() -> None:
+    """Inspect installed plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_list(as_json: bool) -> None:
+    """Show every installed plugin: distribution, version, kinds, hooks, status."""
+    loaded = host()
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in loaded.records], indent=2))
+    else:
+        render.plugin_table(console, loaded)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for several.")
+@click.option("--base", is_flag=True, help="Generate with the untrained adapter (the base model's behaviour), to compare.")
+def generate(run_dir: Path, prompts: tuple[str, ...], base: bool) -> None:
+    """Load a run's base model with its trained adapter and generate from PROMPTs."""
+    from loraplug.pipeline import generate as run_generate
+    from loraplug.pipeline import load_run
+
+    warn_broken_plugins()
+    recipe_, ctx, model = load_run(run_dir, host(), console, with_adapter=not base)
+    samples = run_generate(host(), model, recipe_, list(prompts), run_dir / "samples" / "generate", ctx)
+    render.samples(console, samples)
+
+
+def _register_plugin_commands() -> None:
+    host().broadcast("loraplug_register_commands", cli=cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code. User errors print one paragraph, tracebacks need --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LORAPLUG_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        _register_plugin_commands()
+        cli.main(args=args, prog_name="loraplug", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except LoraplugError as exc:
+        if debug:
+            err_console.print(traceback.format_exc(), markup=False)
+        err_console.print(f"[bold red]error:[/] {render.escape(exc.paragraph())}")
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 — anything else is a bug: say so, briefly
+        if debug:
+            err_console.print(traceback.format_exc(), markup=False)
+        err_console.print(
+            f"[bold red]unexpected error:[/] {render.escape(f'{type(exc).__name__}: {exc}')}. "
+            "This is a bug in loraplug or a plugin; run again with --debug for the traceback and report it."
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The run context every stage hook receives: where to write, what to say, how the run is set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loraplug.recipe.model import Recipe
+
+
+def _print(message: str) -> None:
+    print(message)
+
+
+@dataclass
+class RunContext:
+    """Shared state for one run.
+
+    :param recipe: the validated recipe.
+    :param run_dir: the run directory (``runs/<name>``); only the main process writes there.
+    :param cache_dir: a cache shared between runs (tiny presets, encoded data), ``~/.cache/loraplug``
+        unless ``LORAPLUG_CACHE`` says otherwise.
+    :param smoke: ``--smoke``: the model was swapped for a tiny preset and steps capped.
+    :param seed: the run's one seed.
+    :param is_main_process: whether this process writes logs, checkpoints and exports.
+    :param process_index: this process's rank.
+    :param num_processes: how many processes train together.
+    :param device: the ``torch.device`` the loop trains on, once known.
+    :param info: print a line for the user (main process only).
+    :param warn: print a warning for the user (main process only).
+    """
+
+    recipe: Recipe
+    run_dir: Path
+    cache_dir: Path
+    smoke: bool = False
+    seed: int = 0
+    is_main_process: bool = True
+    process_index: int = 0
+    num_processes: int = 1
+    device: Any = None
+    info: Callable[[str], None] = _print
+    warn: Callable[[str], None] = _print
+    extras: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,58 @@
+"""Errors a user can act on.
+
+Every failure a person can fix is raised as a :class:`LoraplugError`. The CLI prints it as one
+paragraph — what went wrong, where, how to fix it — with no traceback unless ``--debug``, and exits
+non-zero. Anything else that escapes is a bug in loraplug or a plugin, and is reported as such.
+"""
+
+from __future__ import annotations
+
+
+class LoraplugError(Exception):
+    """A failure the user can fix.
+
+    :param what: what went wrong, as a sentence.
+    :param where: the file, line, key or sample it concerns.
+    :param fix: what to do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.fix = fix
+
+    def paragraph(self) -> str:
+        """The error as the one paragraph the CLI prints."""
+        parts = [self.what.rstrip(".") + "."]
+        if self.where:
+            parts.append(f"Where: {self.where}.")
+        if self.fix:
+            parts.append(self.fix.rstrip(".") + ".")
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        return self.paragraph()
+
+
+class RecipeError(LoraplugError):
+    """A recipe that does not validate; carries every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        super().__init__(
+            f"The recipe {source} has {count}:\n" + "\n".join(f"  - {p}" for p in problems),
+            fix="Fix the recipe (or the override) and run `loraplug recipe check` again; "
+            "docs/recipes.md lists every key",
+        )
+
+    def paragraph(self) -> str:
+        return f"{self.what}\n{self.fix}."
+
+
+class PluginError(LoraplugError):
+    """A plugin that is missing, ambiguous, broken or that broke its hook contract."""

@@ -1,0 +1,173 @@
+"""The hook contract between the loraplug core and its plugins.
+
+A plugin is a module (or object) with functions marked ``@loraplug.hookimpl`` whose names match the
+specs below; it reaches loraplug through an entry point in the group ``loraplug``. docs/hooks.md
+documents each hook with an example; a test keeps that page and this module in step.
+
+Dispatch: the stage hooks (``load_data``, ``build_model``, ``wrap_adapter``, ``export``) and the
+model hooks (``prepare_data``, ``train_step``, ``generate``) are called on *one* plugin only — the
+one that declared the recipe's kind in :func:`loraplug_register_kinds` — so an implementation never
+has to check whether a call is meant for it, and two plugins can never both answer. The remaining
+hooks are broadcast to every plugin.
+
+Heavy imports (torch, transformers, diffusers…) belong inside hook bodies, never at module level:
+loraplug imports every plugin to answer ``loraplug --help``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from pydantic import BaseModel
+
+    from loraplug.bundles import Batch, DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
+    from loraplug.context import RunContext
+    from loraplug.kinds import KindSpec
+
+PROJECT = "loraplug"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- declaration (called when plugins load; must be cheap) -------------------------------------
+
+
+@hookspec
+def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
+    """Declare the kinds this plugin serves.
+
+    Called once when the plugin is loaded — for every command, ``loraplug --help`` included — so it
+    must import nothing heavy: option models are pydantic classes, nothing more.
+
+    :param register: call it once per kind with a :class:`loraplug.KindSpec`.
+    """
+
+
+@hookspec
+def loraplug_register_commands(cli: click.Group) -> None:
+    """Add sub-commands to the ``loraplug`` CLI.
+
+    Called when the CLI starts. Import heavy libraries inside the command's body, not here.
+
+    :param cli: the root click group; add a command with ``cli.add_command`` or use
+        ``cli.group("name")`` for a new group. An existing group is found with ``cli.commands[name]``.
+    """
+
+
+# --- the stages of a run, each dispatched by the recipe's `kind` --------------------------------
+
+
+@hookspec
+def loraplug_load_data(kind: str, options: BaseModel, ctx: RunContext) -> DataBundle:
+    """Read and check the training data: the ``[data]`` section.
+
+    Called first in a run, before any model loads, so a malformed file costs a second. Report a bad
+    sample by raising :class:`loraplug.LoraplugError` naming its file and line, or skip and count it
+    in ``DataBundle.summary`` when the options ask for that.
+
+    :param kind: the ``data.kind`` this plugin declared.
+    :param options: the validated ``[data]`` table, an instance of the kind's options model.
+    :param ctx: the run context.
+    :returns: a :class:`loraplug.DataBundle` of records.
+    """
+
+
+@hookspec
+def loraplug_build_model(kind: str, options: BaseModel, ctx: RunContext) -> ModelBundle:
+    """Load the base model: the ``[model]`` section.
+
+    Freeze every base parameter; the adapter decides what trains.
+
+    :param kind: the ``model.kind`` this plugin declared.
+    :param options: the validated ``[model]`` table.
+    :param ctx: the run context.
+    :returns: a :class:`loraplug.ModelBundle`.
+    """
+
+
+@hookspec
+def loraplug_wrap_adapter(kind: str, options: BaseModel, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+    """Attach the adapter: the ``[adapter]`` section.
+
+    Called after the run's seed is set, so adapter initialisation is reproducible. Only the adapter's
+    parameters may require gradients afterwards; the loop trains exactly those.
+
+    :param kind: the ``adapter.kind`` this plugin declared (for ``model.kind``).
+    :param options: the validated ``[adapter]`` table.
+    :param model: the bundle from :func:`loraplug_build_model`.
+    :param ctx: the run context.
+    :returns: the bundle, with ``module`` now carrying the adapter.
+    """
+
+
+@hookspec
+def loraplug_prepare_data(model: ModelBundle, options: BaseModel, data: DataBundle, ctx: RunContext) -> PreparedData:
+    """Turn records into model inputs: tokenize, mask, pack, encode latents, cache.
+
+    Dispatched to the plugin serving ``model.kind``, because only it knows its tokenizer or VAE.
+
+    :param model: the adapted model bundle.
+    :param options: the validated ``[model]`` table.
+    :param data: the bundle from :func:`loraplug_load_data`.
+    :param ctx: the run context.
+    :returns: a :class:`loraplug.PreparedData`.
+    """
+
+
+@hookspec
+def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
+    """Compute the loss of one micro-batch (forward only; the loop does backward and the optimizer).
+
+    Dispatched to the plugin serving ``model.kind``. Also called under ``torch.no_grad()`` for
+    validation loss.
+
+    :param model: the adapted model bundle (for components such as a noise scheduler).
+    :param module: the module to call: ``model.module`` as accelerate prepared it (it may be wrapped
+        for several processes), already in train or eval mode.
+    :param batch: a :class:`loraplug.Batch` whose inputs are on the device.
+    :param ctx: the run context.
+    :returns: a :class:`loraplug.StepResult` with the loss *summed* over the batch's targets.
+    """
+
+
+@hookspec
+def loraplug_generate(
+    model: ModelBundle, options: BaseModel, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
+    """Generate one sample per prompt with the model as it is now.
+
+    Dispatched to the plugin serving ``model.kind``. Used for the before/after samples of a run,
+    periodic samples (``eval.sample_every_n_steps``) and ``loraplug generate``. Must be deterministic
+    for a given model and ``ctx.seed``.
+
+    :param model: the model bundle (with or without a trained adapter).
+    :param options: the validated ``[model]`` table (generation settings live there).
+    :param prompts: the prompts, in order.
+    :param out_dir: a directory the plugin may write files to (images).
+    :param ctx: the run context.
+    :returns: one :class:`loraplug.Sample` per prompt.
+    """
+
+
+@hookspec
+def loraplug_export(kind: str, options: BaseModel, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    """Write one ``[[export]]`` of the trained model.
+
+    ``out_dir`` is an empty temporary directory; the core renames it into place when the hook returns
+    and writes ``export.json`` (files with sha256 and size, the figures returned here, versions)
+    beside the files. Raise :class:`loraplug.LoraplugError` to fail this export: the adapter and the
+    other exports are kept. Do not modify ``model``: later exports use it too.
+
+    :param kind: the export kind this plugin declared (for ``model.kind``).
+    :param options: the validated ``[[export]]`` table.
+    :param model: the trained model bundle.
+    :param out_dir: where to write the files.
+    :param ctx: the run context.
+    :returns: an :class:`loraplug.ExportResult`.
+    """

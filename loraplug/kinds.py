@@ -1,0 +1,134 @@
+"""The kinds plugins serve, and the registry that picks exactly one plugin per kind.
+
+A recipe section's ``kind`` names what to use: ``[data] kind = "jsonl"``. Plugins declare the kinds
+they serve in :func:`~loraplug.hookspecs.loraplug_register_kinds` — cheaply, with a pydantic options
+model per kind and no heavy import — and the registry answers "which plugin serves this?".
+
+Adapter and export kinds are looked up per model kind: ``merged`` means one thing for a causal LM and
+another for Stable Diffusion, so each plugin says which model kinds its adapter or export works with.
+Two plugins serving the same kind for the same model kind is an error naming both; nothing is ever
+chosen silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from loraplug.errors import PluginError
+
+Stage = Literal["data", "model", "adapter", "export"]
+STAGES: tuple[Stage, ...] = ("data", "model", "adapter", "export")
+
+#: The hook each stage's kind is dispatched to.
+STAGE_HOOKS: dict[Stage, str] = {
+    "data": "loraplug_load_data",
+    "model": "loraplug_build_model",
+    "adapter": "loraplug_wrap_adapter",
+    "export": "loraplug_export",
+}
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One kind a plugin serves.
+
+    :param stage: the recipe section it is chosen in: ``data``, ``model``, ``adapter`` or ``export``.
+    :param name: the value of ``kind`` in that section.
+    :param options: a pydantic model for the rest of the section; it should forbid extra keys
+        (subclass :class:`loraplug.Options`).
+    :param summary: one line for ``loraplug plugins list`` and error messages.
+    :param models: for adapter and export kinds, the model kinds it works with (``None``: any).
+    :param smoke: option overrides ``--smoke`` applies to a model kind, e.g.
+        ``{"pretrained": "tiny-llama"}``.
+    """
+
+    stage: Stage
+    name: str
+    options: type[BaseModel]
+    summary: str = ""
+    models: tuple[str, ...] | None = None
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+
+    def serves_model(self, model_kind: str | None) -> bool:
+        return self.models is None or model_kind is None or model_kind in self.models
+
+    def label(self) -> str:
+        scope = "" if self.models is None else f" (for {', '.join(self.models)})"
+        return f"{self.stage}:{self.name}{scope}"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A kind together with the plugin that declared it."""
+
+    spec: KindSpec
+    plugin: object
+    distribution: str
+
+
+class KindRegistry:
+    """Every kind every loaded plugin serves, with conflict detection."""
+
+    def __init__(self) -> None:
+        self._served: list[Served] = []
+
+    def check(self, spec: KindSpec, distribution: str) -> None:
+        """Refuse a malformed declaration before anything of the plugin is registered."""
+        if spec.stage not in STAGES:
+            raise PluginError(
+                f"Plugin {distribution} declared kind {spec.name!r} for an unknown stage {spec.stage!r}",
+                fix=f"Use one of {', '.join(STAGES)}",
+            )
+
+    def add(self, spec: KindSpec, plugin: object, distribution: str) -> None:
+        self.check(spec, distribution)
+        self._served.append(Served(spec, plugin, distribution))
+
+    def all(self) -> list[Served]:
+        return list(self._served)
+
+    def conflicts(self) -> list[tuple[Served, Served]]:
+        """Pairs of plugins that serve the same kind for a common model kind."""
+        pairs = []
+        for i, a in enumerate(self._served):
+            for b in self._served[i + 1 :]:
+                if a.spec.stage != b.spec.stage or a.spec.name != b.spec.name:
+                    continue
+                if a.spec.models is None or b.spec.models is None or set(a.spec.models) & set(b.spec.models):
+                    pairs.append((a, b))
+        return pairs
+
+    def kinds(self, stage: Stage, model_kind: str | None = None) -> list[str]:
+        return sorted({s.spec.name for s in self._served if s.spec.stage == stage and s.spec.serves_model(model_kind)})
+
+    def lookup(self, stage: Stage, name: str, model_kind: str | None = None) -> Served:
+        """The one plugin serving ``name`` at ``stage`` (for ``model_kind``), or a clear error."""
+        same_name = [s for s in self._served if s.spec.stage == stage and s.spec.name == name]
+        matches = [s for s in same_name if s.spec.serves_model(model_kind)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            who = " and ".join(f"{m.distribution} ({m.spec.label()})" for m in matches)
+            raise PluginError(
+                f"The {stage} kind {name!r} is served by more than one plugin: {who}",
+                fix="Uninstall one of them (`pip uninstall <distribution>`); loraplug never picks one silently",
+            )
+        if same_name:
+            for_models = ", ".join(f"{s.spec.label()} from {s.distribution}" for s in same_name)
+            raise PluginError(
+                f"The {stage} kind {name!r} does not work with model kind {model_kind!r}; installed: {for_models}",
+                fix=f"Pick a {stage} kind for {model_kind!r}: {', '.join(self.kinds(stage, model_kind)) or 'none installed'}",
+            )
+        known = self.kinds(stage, model_kind)
+        hint = get_close_matches(name, known, n=1)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise PluginError(
+            f"No installed plugin serves the {stage} kind {name!r}.{did_you_mean} "
+            f"Known {stage} kinds: {', '.join(known) or 'none'}",
+            fix=f"Fix `{stage}.kind`, or install the plugin that provides it (`loraplug plugins list` shows what is installed)",
+        )

@@ -1,0 +1,371 @@
+"""A run from recipe to exports: each stage dispatched to the plugin serving the recipe's kind.
+
+    load_data ─► build_model ─► wrap_adapter ─► prepare_data ─► training loop ─► export × N
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from loraplug import __version__
+from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample
+from loraplug.context import RunContext
+from loraplug.errors import LoraplugError, PluginError
+from loraplug.plugins import PluginHost
+from loraplug.recipe import ExportSection, Recipe, load_recipe
+from loraplug.recipe.validate import SMOKE_SAMPLES
+from loraplug.rundir import atomic_dir, atomic_write_json, atomic_write_text, claim_run_dir, write_status
+
+ADAPTER_DIR = "adapter"
+RECIPE_FILE = "recipe.toml"
+SAMPLES_DIR = "samples"
+
+#: Libraries whose versions go into every export manifest, when installed.
+MANIFEST_LIBRARIES = (
+    "torch", "accelerate", "safetensors", "transformers", "peft", "diffusers",
+    "onnx", "onnxruntime", "bitsandbytes", "torchao",
+)  # fmt: skip
+
+
+@dataclass
+class ExportOutcome:
+    name: str
+    kind: str
+    path: Path
+    ok: bool
+    loads_with: str = ""
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunOutcome:
+    """What ``loraplug run`` prints at the end."""
+
+    run_dir: Path
+    steps: int
+    seconds: float
+    tokens_per_second: float
+    val_losses: list[tuple[int, float]]
+    train_loss: float | None
+    adapter_path: Path
+    exports: list[ExportOutcome]
+    before: list[Sample]
+    after: list[Sample]
+    data_summary: dict[str, Any]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORAPLUG_CACHE", Path.home() / ".cache" / "loraplug")).expanduser()
+
+
+def run_dir_of(recipe: Recipe) -> Path:
+    return (recipe.run.output_dir / recipe.run.name).absolute()
+
+
+def make_accelerator(recipe: Recipe, console: Console) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    precision = recipe.train.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        console.print("[yellow]warning:[/] fp16 needs a GPU; training in full precision on the CPU instead (bf16 works on CPUs)")
+        precision = "no"
+    return Accelerator(mixed_precision=precision)
+
+
+def _check(value: Any, expected: type, distribution: str, hook: str) -> Any:
+    if not isinstance(value, expected):
+        raise PluginError(
+            f"{distribution} returned {type(value).__name__} from {hook}, expected {expected.__name__}",
+            fix=f"This is a bug in {distribution}",
+        )
+    return value
+
+
+def build_stages(host: PluginHost, recipe: Recipe, ctx: RunContext) -> ModelBundle:
+    """Build the base model and attach the adapter, with the seed set before the adapter's init."""
+    from accelerate.utils import set_seed
+
+    model = _check(
+        host.call_stage("model", recipe.model.kind, options=recipe.model.options, ctx=ctx),
+        ModelBundle, recipe.model.served.distribution, "loraplug_build_model",
+    )  # fmt: skip
+    set_seed(ctx.seed)
+    return _check(
+        host.call_stage("adapter", recipe.adapter.kind, recipe.model.kind, options=recipe.adapter.options, model=model, ctx=ctx),
+        ModelBundle, recipe.adapter.served.distribution, "loraplug_wrap_adapter",
+    )  # fmt: skip
+
+
+def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list[str], out_dir: Path, ctx: RunContext) -> list[Sample]:
+    import torch
+
+    if not prompts:
+        return []
+    module = model.module
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            samples = host.call_model_hook(
+                "loraplug_generate", model.kind, model=model, options=recipe.model.options, prompts=prompts, out_dir=out_dir, ctx=ctx
+            )
+    finally:
+        module.train(was_training)
+    return list(samples)
+
+
+def _write_samples(run_dir: Path, step: int, samples: list[Sample]) -> None:
+    records = [
+        {"prompt": s.prompt, "text": s.text, "image": str(s.image_path.relative_to(run_dir)) if s.image_path else None}
+        for s in samples
+    ]
+    atomic_write_json(run_dir / SAMPLES_DIR / f"step-{step:06d}.json", records)
+
+
+def file_manifest(directory: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    files = []
+    paths = sorted(p for p in directory.rglob("*") if p.is_file()) if names is None else [directory / n for n in names]
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        files.append({"path": str(path.relative_to(directory)), "sha256": digest.hexdigest(), "size": path.stat().st_size})
+    return files
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    versions = {"loraplug": __version__, "python": platform.python_version()}
+    for name in (*MANIFEST_LIBRARIES, *extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_export(host: PluginHost, export: ExportSection, model: ModelBundle, recipe: Recipe, ctx: RunContext, *, replace: bool) -> ExportOutcome:
+    """Write one export to ``exports/<name>/`` atomically, with its ``export.json`` manifest."""
+    final = ctx.run_dir / "exports" / export.name
+    try:
+        with atomic_dir(final, replace=replace) as tmp:
+            result = _check(
+                host.call_stage("export", export.kind, recipe.model.kind, options=export.options, model=model, out_dir=tmp, ctx=ctx),
+                ExportResult, export.served.distribution, "loraplug_export",
+            )  # fmt: skip
+            manifest = {
+                "kind": export.kind,
+                "name": export.name,
+                "plugin": {"distribution": export.served.distribution, "version": _dist_version(export.served.distribution)},
+                "base_model": model.base,
+                "recipe_hash": recipe.hash(),
+                "options": json.loads(json.dumps(export.options.model_dump(mode="json"))),
+                "files": file_manifest(tmp, result.files),
+                "figures": result.figures,
+                "notes": result.notes,
+                "loads_with": result.loads_with,
+                "versions": library_versions(export.served.distribution),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_json(tmp / "export.json", manifest)
+    except LoraplugError as exc:
+        return ExportOutcome(export.name, export.kind, final, ok=False, error=exc.paragraph())
+    return ExportOutcome(export.name, export.kind, final, ok=True, loads_with=result.loads_with, notes=result.notes)
+
+
+def _dist_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool = False, overwrite: bool = False) -> RunOutcome:
+    """Run a validated recipe end to end and return what to tell the user."""
+    from accelerate.utils import set_seed
+
+    from loraplug.training.loop import train
+    from loraplug.training.progress import ProgressDisplay
+    from loraplug.training.sinks import JsonlSink, Sinks, TensorBoardSink
+    from loraplug.training.weights import ADAPTER_FILE, save_trainable
+
+    accelerator = make_accelerator(recipe, console)
+    main = accelerator.is_main_process
+    run_dir = run_dir_of(recipe)
+    aside = claim_run_dir(run_dir, overwrite=overwrite or smoke) if main else None
+    accelerator.wait_for_everyone()
+
+    def info(message: str) -> None:
+        if main:
+            console.print(message, highlight=False)
+
+    def warn(message: str) -> None:
+        if main:
+            console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    ctx = RunContext(
+        recipe=recipe,
+        run_dir=run_dir,
+        cache_dir=cache_dir(),
+        smoke=smoke,
+        seed=recipe.run.seed,
+        is_main_process=main,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        device=accelerator.device,
+        info=info,
+        warn=warn,
+    )
+    if main:
+        atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
+        write_status(
+            run_dir,
+            status="running",
+            recipe_hash=recipe.hash(),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            loraplug_version=__version__,
+            smoke=smoke,
+            processes=accelerator.num_processes,
+            step=0,
+        )
+    sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), TensorBoardSink(run_dir / "tb")] if main else [])
+    try:
+        set_seed(ctx.seed)
+        data = _check(
+            host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
+            DataBundle, recipe.data.served.distribution, "loraplug_load_data",
+        )  # fmt: skip
+        if smoke:
+            data = _cap(data, SMOKE_SAMPLES)
+        model = build_stages(host, recipe, ctx)
+        prepared = _check(
+            host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
+            PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
+        )  # fmt: skip
+        summary = {**data.summary, **prepared.summary}
+        info("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        if main:
+            write_status(run_dir, data=summary)
+
+        prompts = list(recipe.eval.sample_prompts)
+        before = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
+        if main and before:
+            _write_samples(run_dir, 0, before)
+
+        def on_step_end(step: int) -> None:
+            every = recipe.eval.sample_every_n_steps
+            if main and every and step % every == 0:
+                _write_samples(run_dir, step, generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx))
+            if main and step % recipe.train.log_every_n_steps == 0:
+                write_status(run_dir, step=step)
+
+        step_fn = host.bound_model_hook("loraplug_train_step", recipe.model.kind)
+        result = train(
+            accelerator=accelerator,
+            step_fn=step_fn,
+            model=model,
+            prepared=prepared,
+            recipe=recipe,
+            ctx=ctx,
+            sinks=sinks,
+            display=lambda total: ProgressDisplay(console, total, enabled=main),
+            on_step_end=on_step_end,
+        )
+        adapter_path = run_dir / ADAPTER_DIR / ADAPTER_FILE
+        if main:
+            save_trainable(model.module, adapter_path, metadata={"loraplug.recipe_hash": recipe.hash()})
+        after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
+        if main and after:
+            _write_samples(run_dir, result.steps, after)
+
+        exports = [run_export(host, e, model, recipe, ctx, replace=False) for e in recipe.exports] if main else []
+        accelerator.wait_for_everyone()
+    except BaseException as exc:
+        if main:
+            write_status(run_dir, status="failed", error=exc.paragraph() if isinstance(exc, LoraplugError) else repr(exc))
+            if aside is not None:
+                warn(f"the run you asked to overwrite is kept at {aside}")
+        raise
+    finally:
+        sinks.close()
+
+    if main:
+        write_status(
+            run_dir,
+            status="finished",
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            step=result.steps,
+            train_loss=result.train_loss,
+            val_losses=result.val_losses,
+            tokens_per_second=round(result.tokens_per_second, 1),
+            exports=[{"name": e.name, "kind": e.kind, "ok": e.ok, "error": e.error} for e in exports],
+        )
+        if aside is not None:
+            import shutil
+
+            shutil.rmtree(aside, ignore_errors=True)
+    return RunOutcome(
+        run_dir=run_dir,
+        steps=result.steps,
+        seconds=result.seconds,
+        tokens_per_second=result.tokens_per_second,
+        val_losses=result.val_losses,
+        train_loss=result.train_loss,
+        adapter_path=adapter_path,
+        exports=exports,
+        before=before,
+        after=after,
+        data_summary=summary,
+    )
+
+
+def _cap(data: DataBundle, limit: int) -> DataBundle:
+    from collections.abc import Sequence
+    from itertools import islice
+
+    train = list(data.train[:limit]) if isinstance(data.train, Sequence) else list(islice(data.train, limit))
+    val = list(data.val[: max(2, limit // 4)]) if data.val else data.val
+    return DataBundle(train=train, val=val, summary={**data.summary, "smoke cap": limit})
+
+
+def load_run(
+    run_dir: Path, host: PluginHost, console: Console, *, with_adapter: bool = True
+) -> tuple[Recipe, RunContext, ModelBundle]:
+    """Rebuild a finished run's model with its trained adapter (for ``generate`` and re-exports).
+
+    :param with_adapter: load the trained weights; without, the adapter keeps its initialisation,
+        which leaves the base model's behaviour unchanged.
+    """
+    from loraplug.training.weights import ADAPTER_FILE, load_trainable
+
+    recipe_path = run_dir / RECIPE_FILE
+    if not recipe_path.exists():
+        raise LoraplugError(
+            f"{run_dir} is not a loraplug run directory (no {RECIPE_FILE})",
+            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart",
+        )
+    recipe = load_recipe(recipe_path, host, check_files=False)
+    ctx = RunContext(
+        recipe=recipe,
+        run_dir=run_dir,
+        cache_dir=cache_dir(),
+        seed=recipe.run.seed,
+        info=lambda m: console.print(m, highlight=False),
+        warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
+    )
+    model = build_stages(host, recipe, ctx)
+    if with_adapter:
+        load_trainable(model.module, run_dir / ADAPTER_DIR / ADAPTER_FILE)
+    return recipe, ctx, model

@@ -1,0 +1,247 @@
+"""Plugin discovery and dispatch.
+
+Discovery is our own loop over the entry points of the group ``loraplug`` rather than pluggy's
+``load_setuptools_entrypoints``: one plugin that fails to import, registers a misspelt hook or breaks
+in ``loraplug_register_kinds`` is recorded with its error and skipped, so it cannot take the CLI
+down. ``LORAPLUG_STRICT_PLUGINS=1`` turns such a failure into an error.
+
+First-party plugins are loaded by exactly this path too: they are separate distributions with entry
+points, like anyone else's.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from loraplug import hookspecs
+from loraplug.errors import LoraplugError, PluginError
+from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
+
+ENTRY_POINT_GROUP = "loraplug"
+FIRST_PARTY_PREFIX = "loraplug-"
+
+
+@dataclass
+class PluginRecord:
+    """What ``loraplug plugins list`` shows about one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    target: str
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    kinds: list[KindSpec] = field(default_factory=list)
+    plugin: object | None = None
+    error_traceback: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.target,
+            "status": self.status,
+            "error": self.error,
+            "hooks": self.hooks,
+            "kinds": [
+                {"stage": k.stage, "kind": k.name, "models": list(k.models) if k.models else None, "summary": k.summary}
+                for k in self.kinds
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class ExtraPlugin:
+    """A plugin registered in-process (tests, notebooks) instead of through an entry point."""
+
+    plugin: object
+    distribution: str
+    version: str = "0"
+
+
+def strict_from_env() -> bool:
+    return os.environ.get("LORAPLUG_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class PluginHost:
+    """The loaded plugins, their kinds, and typed dispatch to the one plugin that serves a kind."""
+
+    def __init__(self, pm: pluggy.PluginManager, registry: KindRegistry, records: list[PluginRecord]) -> None:
+        self.pm = pm
+        self.registry = registry
+        self.records = records
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        strict: bool | None = None,
+        extra: Iterable[ExtraPlugin] = (),
+        entry_points: bool = True,
+    ) -> PluginHost:
+        """Discover and register every plugin.
+
+        :param strict: fail on the first broken plugin (default: ``LORAPLUG_STRICT_PLUGINS``).
+        :param extra: plugins to register in-process, after the entry points.
+        :param entry_points: discover installed plugins (off for fully isolated tests).
+        """
+        strict = strict_from_env() if strict is None else strict
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        host = cls(pm, KindRegistry(), [])
+        if entry_points:
+            for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                dist = ep.dist
+                record = PluginRecord(
+                    name=ep.name,
+                    distribution=dist.name if dist else "?",
+                    version=dist.version if dist else "?",
+                    target=ep.value,
+                )
+                host.records.append(record)
+                try:
+                    host._register(record, ep.load())
+                except Exception as exc:  # noqa: BLE001 — any failure of a plugin is recorded, not fatal
+                    host._fail(record, exc, strict)
+        for item in extra:
+            record = PluginRecord(
+                name=item.distribution.removeprefix(FIRST_PARTY_PREFIX),
+                distribution=item.distribution,
+                version=item.version,
+                target=repr(item.plugin),
+            )
+            host.records.append(record)
+            try:
+                host._register(record, item.plugin)
+            except Exception as exc:  # noqa: BLE001
+                host._fail(record, exc, strict)
+        return host
+
+    def _register(self, record: PluginRecord, plugin: object) -> None:
+        if self.pm.is_registered(plugin):
+            raise PluginError(f"Entry point {record.name!r} points at a plugin that is already registered")
+        self.pm.register(plugin, name=f"{record.distribution}:{record.name}")
+        record.plugin = plugin
+        unknown = [
+            impl.function.__name__
+            for caller in self.pm.get_hookcallers(plugin) or []
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin and caller.spec is None
+        ]
+        if unknown:
+            valid = [name for name in dir(hookspecs) if name.startswith("loraplug_")]
+            hints = []
+            for name in unknown:
+                close = get_close_matches(name, valid, n=1)
+                hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise PluginError(f"it implements unknown hooks: {', '.join(hints)}")
+        record.hooks = sorted({c.name for c in self.pm.get_hookcallers(plugin) or []})
+
+        declared: list[KindSpec] = []
+
+        def register(spec: KindSpec) -> None:
+            if not isinstance(spec, KindSpec):
+                raise PluginError(f"register() takes a loraplug.KindSpec, got {type(spec).__name__}")
+            declared.append(spec)
+
+        for impl in self.pm.hook.loraplug_register_kinds.get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function(register=register)
+        for spec in declared:
+            self.registry.check(spec, record.distribution)
+        for spec in declared:
+            self.registry.add(spec, plugin, record.distribution)
+        record.kinds = declared
+
+    def _fail(self, record: PluginRecord, exc: BaseException, strict: bool) -> None:
+        record.status = "error"
+        record.error = exc.what if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
+        if record.plugin is not None and self.pm.is_registered(record.plugin):
+            self.pm.unregister(record.plugin)
+        record.plugin = None
+        if strict:
+            raise PluginError(
+                f"Plugin {record.name!r} from {record.distribution} {record.version} failed to load: {record.error}",
+                fix="Fix or uninstall it, or unset LORAPLUG_STRICT_PLUGINS to skip broken plugins",
+            ) from exc
+        record.error_traceback = "".join(traceback.format_exception(exc))
+
+    def broken(self) -> list[PluginRecord]:
+        return [r for r in self.records if r.status == "error"]
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def lookup(self, stage: Stage, kind: str, model_kind: str | None = None) -> Served:
+        return self.registry.lookup(stage, kind, model_kind)
+
+    def call_stage(self, stage: Stage, kind: str, model_kind: str | None = None, **kwargs: Any) -> Any:
+        """Call the stage hook of the one plugin serving ``kind``."""
+        served = self.lookup(stage, kind, model_kind)
+        return self.call_on(served, STAGE_HOOKS[stage], kind=kind, **kwargs)
+
+    def call_model_hook(self, hook_name: str, model_kind: str, **kwargs: Any) -> Any:
+        """Call a model hook (``prepare_data``, ``train_step``, ``generate``) on the model's plugin."""
+        return self.call_on(self.lookup("model", model_kind), hook_name, **kwargs)
+
+    def call_on(self, served: Served, hook_name: str, **kwargs: Any) -> Any:
+        return self.bind(served, hook_name)(**kwargs)
+
+    def bound_model_hook(self, hook_name: str, model_kind: str) -> Callable[..., Any]:
+        """A model hook bound once to its plugin, for calls in the training loop's hot path."""
+        return self.bind(self.lookup("model", model_kind), hook_name)
+
+    def bind(self, served: Served, hook_name: str) -> Callable[..., Any]:
+        """A callable that calls ``hook_name`` on ``served``'s plugin alone and checks its answer."""
+        others = [p for p in self.pm.get_plugins() if p is not served.plugin]
+        caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        if not any(impl.plugin is served.plugin for impl in caller.get_hookimpls()):
+            raise PluginError(
+                f"{served.distribution} declares {served.spec.label()} but does not implement {hook_name}",
+                fix=f"This is a bug in {served.distribution}; report it to its authors",
+            )
+
+        def call(**kwargs: Any) -> Any:
+            try:
+                results = caller(**kwargs)
+            except LoraplugError:
+                raise
+            except Exception as exc:
+                raise PluginCrash(served.distribution, hook_name, exc) from exc
+            result = next((r for r in results if r is not None), None)
+            if result is None:
+                raise PluginError(
+                    f"{served.distribution} returned nothing from {hook_name} for {served.spec.label()}",
+                    fix=f"This is a bug in {served.distribution}; report it to its authors",
+                )
+            return result
+
+        return call
+
+    def broadcast(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call a hook on every plugin that implements it."""
+        return list(getattr(self.pm.hook, hook_name)(**kwargs))
+
+
+class PluginCrash(LoraplugError):
+    """An unexpected exception inside a plugin's hook: a bug, reported with the plugin's name."""
+
+    exit_code = 1
+
+    def __init__(self, distribution: str, hook: str, exc: BaseException) -> None:
+        super().__init__(
+            f"{distribution} failed in {hook}: {type(exc).__name__}: {exc}",
+            fix="Run again with --debug for the traceback; if it is not caused by your recipe or data, "
+            f"report it to the authors of {distribution}",
+        )

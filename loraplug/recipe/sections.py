@@ -1,0 +1,60 @@
+"""The recipe sections the core owns: ``[run]``, ``[train]`` and ``[eval]``.
+
+``[data]``, ``[model]``, ``[adapter]`` and ``[[export]]`` belong to plugins: their ``kind`` picks the
+plugin and the rest is checked against that kind's options model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from loraplug.options import Options
+
+
+class RunSection(Options):
+    """``[run]``: what the run is called, where it goes, its seed."""
+
+    name: str = Field("", description="Run name; the run directory is output_dir/name. Default: the recipe file's name.")
+    output_dir: Path = Field(Path("runs"), description="Parent directory of run directories, relative to the current directory.")
+    seed: int = Field(42, description="The one seed for Python, NumPy, torch, data order and adapter initialisation.")
+
+
+class TrainSection(Options):
+    """``[train]``: the optimiser, schedule, batch and precision."""
+
+    lr: PositiveFloat = Field(2e-4, description="Peak learning rate of AdamW.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: PositiveFloat = Field(1e-8, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay; never applied to biases and norm weights.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0).")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr.")
+    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; overrides epochs.")
+    epochs: PositiveFloat | None = Field(None, description="Passes over the training data (default 1 when max_steps is unset).")
+    batch_size: PositiveInt = Field(8, description="Micro-batch size per process.")
+    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision of the forward pass.")
+    max_grad_norm: PositiveFloat | None = Field(1.0, description="Clip the gradient norm to this; unset to disable.")
+    log_every_n_steps: PositiveInt = Field(10, description="Log loss, lr and throughput every this many steps.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainSection:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set either max_steps or epochs, not both")
+        return self
+
+
+class EvalSection(Options):
+    """``[eval]``: validation loss and samples during training."""
+
+    every_n_steps: PositiveInt | None = Field(
+        None, description="Compute validation loss every this many steps (and at the end). Default: only at the end."
+    )
+    max_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
+    sample_prompts: list[str] = Field(default_factory=list, description="Prompts sampled before training, periodically and after.")
+    sample_every_n_steps: PositiveInt | None = Field(None, description="Also sample every this many steps.")

@@ -1,0 +1,196 @@
+"""Checking a recipe completely before anything loads.
+
+Every problem is collected — unknown keys with a "did you mean", wrong types with the expected type,
+missing files with their path, kinds no plugin serves — and reported together with the line each key
+is on, so one ``loraplug recipe check`` shows everything to fix.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from loraplug.errors import LoraplugError, RecipeError
+from loraplug.kinds import Stage
+from loraplug.plugins import PluginHost
+from loraplug.recipe.model import ExportSection, KindSection, Recipe
+from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
+from loraplug.recipe.source import KeyPath, RecipeSource, dotted, read_recipe
+
+SECTIONS = ("run", "data", "model", "adapter", "train", "eval", "export")
+M = TypeVar("M", bound=BaseModel)
+
+#: What ``--smoke`` does to any recipe besides swapping the model for its tiny preset.
+SMOKE_TRAIN = {"max_steps": 3, "batch_size": 2, "grad_accum_steps": 2, "log_every_n_steps": 1}
+SMOKE_SAMPLES = 16
+
+
+class _Checker:
+    def __init__(self, source: RecipeSource, host: PluginHost, *, check_files: bool) -> None:
+        self.source = source
+        self.host = host
+        self.problems: list[str] = []
+        self.context = {"base_dir": source.path.parent.absolute(), "check_files": check_files}
+
+    def check(self, cls: type[M], table: Any, path: KeyPath) -> M | None:
+        if not isinstance(table, dict):
+            self.problems.append(
+                f"`{dotted(path)}` must be a table (write it as [{dotted(path)}]), not {type(table).__name__} "
+                f"({self.source.where(path)})"
+            )
+            return None
+        try:
+            return cls.model_validate(table, context=self.context)
+        except ValidationError as exc:
+            self.problems.extend(self.describe(err, path, cls) for err in exc.errors())
+            return None
+
+    def describe(self, err: ErrorDetails, path: KeyPath, cls: type[BaseModel]) -> str:
+        loc: KeyPath = path + tuple(err["loc"])
+        key, where = dotted(loc), self.source.where(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = list(_fields_at(cls, tuple(err["loc"][:-1])))
+            close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean `{dotted((*loc[:-1], close[0]))}`?" if close else f"; known keys here: {', '.join(known)}"
+            return f"unknown key `{key}` ({where}){hint}"
+        if kind == "missing":
+            return f"missing key `{key}` ({where})"
+        message = err["msg"].removeprefix("Value error, ")
+        if kind.startswith("path_"):
+            return f"`{key}`: {message} ({where})"
+        if not err["loc"]:
+            return f"[{key}]: {message} ({where})"
+        return f"`{key}` = {_show(err.get('input'))}: {message} ({where})"
+
+    def kind_section(self, stage: Stage, table: Any, path: KeyPath, model_kind: str | None) -> KindSection | None:
+        if not isinstance(table, dict):
+            if table is None:
+                known = ", ".join(self.host.registry.kinds(stage, model_kind)) or "none installed"
+                self.problems.append(f"the [{stage}] section is missing; it needs a `kind` (known: {known})")
+            else:
+                self.problems.append(f"`{dotted(path)}` must be a table ({self.source.where(path)})")
+            return None
+        kind = table.get("kind")
+        if not isinstance(kind, str):
+            known = ", ".join(self.host.registry.kinds(stage, model_kind)) or "none installed"
+            what = "missing" if kind is None else f"must be a string, not {_show(kind)}"
+            self.problems.append(f"`{dotted((*path, 'kind'))}` is {what} ({self.source.where(path)}); known {stage} kinds: {known}")
+            return None
+        try:
+            served = self.host.lookup(stage, kind, model_kind)
+        except LoraplugError as exc:
+            self.problems.append(f"`{dotted((*path, 'kind'))}` = {kind!r} ({self.source.where((*path, 'kind'))}): {exc.what}")
+            return None
+        options = {k: v for k, v in table.items() if k not in ("kind", "name")}
+        checked = self.check(served.spec.options, options, path)
+        return None if checked is None else KindSection(kind=kind, options=checked, served=served)
+
+
+def load_recipe(
+    path: Path,
+    host: PluginHost,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    smoke: bool = False,
+    check_files: bool = True,
+) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeError` listing every problem.
+
+    :param check_files: require input files to exist (off when re-reading a finished run's recipe).
+    """
+    source = read_recipe(path, overrides)
+    if smoke:
+        _apply_smoke(source, host)
+    raw = source.data
+    checker = _Checker(source, host, check_files=check_files)
+    for key in raw:
+        if key not in SECTIONS:
+            close = get_close_matches(key, SECTIONS, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else f"; the sections are {', '.join(SECTIONS)}"
+            checker.problems.append(f"unknown section `{key}` ({source.where((key,))}){hint}")
+
+    run = checker.check(RunSection, raw.get("run", {}), ("run",))
+    train = checker.check(TrainSection, raw.get("train", {}), ("train",))
+    evaluation = checker.check(EvalSection, raw.get("eval", {}), ("eval",))
+    model = checker.kind_section("model", raw.get("model"), ("model",), None)
+    model_kind = model.kind if model else None
+    data = checker.kind_section("data", raw.get("data"), ("data",), model_kind)
+    adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind)
+
+    exports: list[ExportSection] = []
+    raw_exports = raw.get("export", [])
+    if isinstance(raw_exports, dict):
+        raw_exports = [raw_exports]  # a single [export] table is one export
+    if not isinstance(raw_exports, list):
+        checker.problems.append(f"`export` must be [[export]] tables ({source.where(('export',))})")
+        raw_exports = []
+    names: dict[str, int] = {}
+    for index, table in enumerate(raw_exports):
+        section = checker.kind_section("export", table, ("export", index), model_kind)
+        if section is None:
+            continue
+        name = str(table.get("name") or section.kind)
+        if name in names:
+            checker.problems.append(
+                f"`export[{index}]` writes to exports/{name}/ like export[{names[name]}] "
+                f"({source.where(('export', index))}); give one of them a different `name`"
+            )
+        names[name] = index
+        exports.append(ExportSection(section.kind, section.options, section.served, name=name))
+
+    if checker.problems:
+        raise RecipeError(str(path), checker.problems)
+    assert run and train and evaluation and model and data and adapter  # noqa: S101 — no problems means all parsed
+    if not run.name:
+        run.name = path.stem
+    return Recipe(path=path, run=run, data=data, model=model, adapter=adapter, train=train, eval=evaluation, exports=exports)
+
+
+def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:
+    raw = source.data
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("kind"), str):
+        try:
+            spec = host.lookup("model", model["kind"]).spec
+        except LoraplugError:
+            spec = None  # reported by validation
+        if spec is not None:
+            for key, value in spec.smoke.items():
+                model[key] = value
+                source.overridden[("model", key)] = f"--smoke (model.{key}={value!r})"
+    train = raw.setdefault("train", {})
+    if isinstance(train, dict):
+        train.pop("epochs", None)
+        for key, cap in SMOKE_TRAIN.items():
+            current = train.get(key)
+            train[key] = min(current, cap) if isinstance(current, int) and key != "log_every_n_steps" else cap
+            source.overridden[("train", key)] = f"--smoke (train.{key}={train[key]})"
+    evaluation = raw.get("eval")
+    if isinstance(evaluation, dict):
+        if isinstance(evaluation.get("sample_prompts"), list):
+            evaluation["sample_prompts"] = evaluation["sample_prompts"][:1]
+        evaluation["max_batches"] = 2
+    run = raw.setdefault("run", {})
+    if isinstance(run, dict):
+        run["output_dir"] = str(Path(str(run.get("output_dir", "runs"))) / "smoke")
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields of the (possibly nested) options model at ``loc``."""
+    current: Any = cls
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return {}
+        current = field.annotation
+    return dict(getattr(current, "model_fields", {}))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,110 @@
+"""The run directory, and writing files so that a crash never leaves half of one.
+
+Every file loraplug writes goes to a temporary name beside its destination and is renamed into place
+(a rename within a directory is atomic), so a reader sees the old file or the new one, never a torn
+one. ``run.json`` records the run's status, which is how a finished run is told from a crashed one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from loraplug.errors import LoraplugError
+
+STATUS_FILE = "run.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``final`` when the block succeeds.
+
+    On an exception the temporary directory is removed and ``final`` is untouched. With ``replace``
+    an existing ``final`` is swapped out only after the new one is complete.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LoraplugError(f"{final} already exists", fix="Remove it or choose another name")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    status = read_status(run_dir) or {}
+    status.update(fields)
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def claim_run_dir(run_dir: Path, *, overwrite: bool) -> Path | None:
+    """Make ``run_dir`` ready for a new run without destroying anything the user has not agreed to.
+
+    Returns the directory the previous contents were moved to when ``overwrite`` replaced a run; it
+    is deleted once the new run finishes, so a failed replacement loses nothing.
+    """
+    if run_dir.exists() and any(run_dir.iterdir()):
+        status = read_status(run_dir)
+        if not overwrite:
+            if status is None:
+                what = "is not empty and is not a loraplug run directory"
+            elif status.get("status") == "finished":
+                what = "already holds a finished run"
+            else:
+                what = f"holds a run that did not finish (status: {status.get('status')}, step {status.get('step', 0)})"
+            raise LoraplugError(
+                f"The run directory {run_dir} {what}",
+                fix="Pass --overwrite to replace it (the old run is deleted only once the new one finishes), "
+                "or set run.name / run.output_dir to write elsewhere",
+            )
+        aside = run_dir.with_name(f".{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(run_dir, aside)
+        run_dir.mkdir(parents=True)
+        return aside
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None

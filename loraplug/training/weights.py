@@ -1,0 +1,45 @@
+"""The trained adapter on disk, independent of modality: every trainable parameter, as safetensors.
+
+The loop knows nothing about PEFT or diffusers; what it trains is exactly the parameters that require
+gradients, so that is what it saves and restores. Export plugins turn these weights into the formats
+other tools read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from loraplug.errors import LoraplugError
+from loraplug.rundir import atomic_write_bytes
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def save_trainable(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    atomic_write_bytes(path, save(trainable_state(module), metadata=metadata or {}))
+
+
+def load_trainable(module: torch.nn.Module, path: Path) -> None:
+    """Load weights written by :func:`save_trainable` into an identically adapted module."""
+    if not path.exists():
+        raise LoraplugError(f"No adapter weights at {path}", fix="Point at a finished run directory or a checkpoint")
+    state = load_file(str(path))
+    expected = {name for name, p in module.named_parameters() if p.requires_grad}
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise LoraplugError(
+            f"The adapter weights in {path} do not fit this model: {len(missing)} missing, {len(unexpected)} unexpected "
+            f"(e.g. {next(iter(missing or unexpected))})",
+            fix="The recipe's model or adapter settings differ from the run that wrote them",
+        )
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))

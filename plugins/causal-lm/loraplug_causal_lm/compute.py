@@ -1,0 +1,47 @@
+"""The causal-LM loss and greedy generation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from loraplug import Batch, ModelBundle, Sample, StepResult
+from loraplug_causal_lm.encode import IGNORE, Encoder
+from loraplug_causal_lm.options import CausalLMOptions
+
+
+def loss_sum(module: Any, batch: Batch) -> StepResult:
+    """Cross-entropy summed over target tokens (labels are pre-shifted, so no shift here)."""
+    import torch.nn.functional as F
+
+    inputs = batch.inputs
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
+    logits = module(input_ids=inputs["input_ids"], use_cache=False, **extra).logits
+    labels = inputs["labels"]
+    targets = labels != IGNORE
+    # Only target positions are upcast, which keeps float32 logits small for long prompts.
+    loss = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")
+    return StepResult(loss_sum=loss, num_targets=int(targets.sum()))
+
+
+def generate(model: ModelBundle, options: CausalLMOptions, prompts: Sequence[str]) -> list[Sample]:
+    import torch
+
+    tokenizer = model.components["tokenizer"]
+    encoder = Encoder(tokenizer, max_length=options.max_length, train_on_prompt=False)
+    module = model.module
+    device = next(module.parameters()).device
+    samples = []
+    for prompt in prompts:
+        ids = tokenizer(encoder.prompt_text(prompt), add_special_tokens=False, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = module.generate(
+                **ids,
+                max_new_tokens=options.sample_max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        samples.append(Sample(prompt=prompt, text=text.strip()))
+    return samples

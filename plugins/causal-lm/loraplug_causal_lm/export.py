@@ -1,0 +1,104 @@
+"""Exports other tools load: a PEFT adapter directory, and a merged transformers checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
+from loraplug_causal_lm.model import load_causal_lm
+from loraplug_causal_lm.options import CausalLMOptions, MergedExportOptions, PeftExportOptions
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
+
+
+def _model_card(model: ModelBundle, ctx: RunContext) -> str:
+    status = ctx.extras.get("final_metrics", {})
+    metrics = "\n".join(f"- {k}: {v}" for k, v in status.items()) or "- (see the run's metrics.jsonl)"
+    return f"""---
+library_name: peft
+base_model: {model.base}
+tags: [lora, loraplug]
+---
+
+# LoRA adapter for {model.base}
+
+Trained with [loraplug](https://github.com/loraplug/loraplug) from the recipe below.
+
+## Load it
+
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+
+base = AutoModelForCausalLM.from_pretrained("{model.base}")
+model = PeftModel.from_pretrained(base, "path/to/this/directory")
+```
+
+## Final metrics
+
+{metrics}
+
+## Recipe
+
+```toml
+{ctx.recipe.to_toml()}```
+"""
+
+
+def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    model.module.save_pretrained(str(out_dir), safe_serialization=True)
+    if options.model_card:
+        (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
+    return ExportResult(loads_with="PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)")
+
+
+def _probe_logits(module: Any, tokenizer: Any) -> Any:
+    import torch
+
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        return module(input_ids=ids.to(device)).logits.float().cpu()
+
+
+def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    """Merge into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
+    import torch
+    from peft import PeftModel
+
+    model_options = ctx.recipe.model.options
+    assert isinstance(model_options, CausalLMOptions)  # noqa: S101
+    if getattr(model.module, "is_loaded_in_4bit", False) or getattr(model.module, "is_loaded_in_8bit", False):
+        raise LoraplugError(
+            "Merging into a quantized model changes its outputs (peft#2321)",
+            fix='Export the adapter (kind = "peft") instead, or train on an unquantized base',
+        )
+    base, tokenizer = load_causal_lm(model_options, ctx.cache_dir, dtype="float32")
+    with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as adapter_dir:
+        model.module.save_pretrained(adapter_dir, safe_serialization=True)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(safe_merge=True)
+    figures: dict[str, Any] = {}
+    if options.check_parity:
+        trained = model.module
+        was_training = trained.training
+        trained.eval()
+        diff = float((_probe_logits(merged, tokenizer) - _probe_logits(trained, tokenizer)).abs().max())
+        trained.train(was_training)
+        figures["max_abs_logit_diff_vs_trained"] = diff
+        if diff > options.tolerance:
+            raise LoraplugError(
+                f"The merged model's logits differ from the trained model's by {diff:.2e} (tolerance {options.tolerance:g})",
+                fix="Raise the export's `tolerance` if the trained model ran in reduced precision, or report it",
+            )
+    save_dtype = model_options.dtype if options.dtype == "auto" else options.dtype
+    if save_dtype != "auto":
+        merged = merged.to(getattr(torch, save_dtype))
+    else:
+        original = next(model.module.get_base_model().parameters()).dtype
+        merged = merged.to(original)
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    figures["dtype"] = str(next(merged.parameters()).dtype).removeprefix("torch.")
+    return ExportResult(figures=figures, loads_with="AutoModelForCausalLM.from_pretrained(path)")

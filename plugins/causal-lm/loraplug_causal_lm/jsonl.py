@@ -1,0 +1,105 @@
+"""Reading JSONL training data into chat records, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from loraplug import DataBundle, LoraplugError, Record
+
+ROLES = ("system", "user", "assistant")
+FORMAT_HELP = 'Each line must be {"prompt": "...", "response": "..."} or {"messages": [{"role": "user", "content": "..."}, ...]}'
+
+
+class BadLine(ValueError):
+    """A line that is not a usable sample; the message says why."""
+
+
+def parse_line(obj: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """A line's JSON value as chat messages plus its extra fields (label, weight, …)."""
+    if not isinstance(obj, dict):
+        raise BadLine(f"expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise BadLine("`messages` must be a non-empty list")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                raise BadLine(f"messages[{i}] must be an object with a string `content`")
+            if message.get("role") not in ROLES:
+                raise BadLine(f"messages[{i}].role is {message.get('role')!r}; use one of {', '.join(ROLES)}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise BadLine("no assistant message, so nothing to learn")
+        extras = {k: v for k, v in obj.items() if k != "messages"}
+        return [{"role": m["role"], "content": m["content"]} for m in messages], extras
+    if "prompt" in obj or "response" in obj:
+        prompt, response = obj.get("prompt"), obj.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise BadLine("`prompt` and `response` must both be strings")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if isinstance(obj.get("system"), str):
+            messages.insert(0, {"role": "system", "content": obj["system"]})
+        extras = {k: v for k, v in obj.items() if k not in ("prompt", "response", "system")}
+        return messages, extras
+    raise BadLine(f"it has neither prompt/response nor messages (keys: {', '.join(sorted(obj)) or 'none'})")
+
+
+def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
+    """Records of ``path`` and the descriptions of skipped lines."""
+    records: list[Record] = []
+    skipped: list[str] = []
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 — closed by the with below
+    except OSError as exc:
+        raise LoraplugError(f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+                messages, extras = parse_line(obj)
+            except UnicodeDecodeError as exc:
+                raise LoraplugError(f"{path} is not UTF-8 text", where=where, fix="Save the file as UTF-8") from exc
+            except BadLine as exc:
+                if not skip_bad:
+                    raise LoraplugError(
+                        f"Line {number} of {path.name} is malformed: {exc}",
+                        where=where,
+                        fix=f'{FORMAT_HELP}. Fix the line, or set data.on_error = "skip" to skip and count such lines',
+                    ) from exc
+                skipped.append(f"line {number}: {exc}")
+                continue
+            records.append({"id": f"{path.name}:{number}", "messages": messages, **extras})
+    return records, skipped
+
+
+def load(path: Path, val_path: Path | None, val_fraction: float, skip_bad: bool, seed: int) -> DataBundle:
+    train, skipped = read_jsonl(path, skip_bad=skip_bad)
+    if not train:
+        detail = f"all {len(skipped)} non-blank lines were malformed and skipped" if skipped else "it has no samples"
+        raise LoraplugError(f"No training samples in {path}: {detail}", where=str(path), fix=FORMAT_HELP)
+    val: list[Record] | None = None
+    if val_path is not None:
+        val, val_skipped = read_jsonl(val_path, skip_bad=skip_bad)
+        skipped += [f"{val_path.name} {s}" for s in val_skipped]
+    elif val_fraction > 0:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        count = max(1, round(len(train) * val_fraction)) if len(train) > 1 else 0
+        held = set(order[:count])
+        val = [r for i, r in enumerate(train) if i in held]
+        train = [r for i, r in enumerate(train) if i not in held]
+    summary: dict[str, Any] = {"train samples": len(train)}
+    if val is not None:
+        summary["val samples"] = len(val)
+    if skipped:
+        summary["skipped lines"] = len(skipped)
+        summary["first skipped"] = skipped[0]
+    return DataBundle(train=train, val=val, summary=summary)

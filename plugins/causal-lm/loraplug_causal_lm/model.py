@@ -1,0 +1,115 @@
+"""Loading a causal LM and its tokenizer, and attaching LoRA through peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug_causal_lm.options import PRESETS, CausalLMOptions, LoraOptions
+from loraplug_causal_lm.presets import preset_dir
+from loraplug_causal_lm.quiet import quiet_libraries
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def locate(options: CausalLMOptions, cache_dir: Path) -> str:
+    """What to hand to ``from_pretrained``: a preset's cached directory, a local directory or a hub id."""
+    if options.pretrained in PRESETS:
+        return str(preset_dir(options.pretrained, cache_dir))
+    return options.pretrained
+
+
+def load_causal_lm(options: CausalLMOptions, cache_dir: Path, *, dtype: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from ``options``; ``dtype`` overrides ``options.dtype``."""
+    quiet_libraries()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = locate(options, cache_dir)
+    wanted = dtype or options.dtype
+    kwargs: dict[str, Any] = {
+        "revision": options.revision,
+        "trust_remote_code": options.trust_remote_code,
+        "dtype": "auto" if wanted == "auto" else getattr(torch, DTYPES[wanted]),
+        "low_cpu_mem_usage": True,
+    }
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=options.revision, trust_remote_code=options.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        local = Path(source).exists()
+        raise LoraplugError(
+            f"Could not load the model {options.pretrained!r}: {str(exc).splitlines()[0]}",
+            where="model.pretrained",
+            fix=(
+                "Check that the directory holds a transformers checkpoint (config.json, weights, tokenizer)"
+                if local
+                else "It is not a local directory and could not be fetched from the Hugging Face Hub "
+                "(offline, HF_HUB_OFFLINE=1, a typo, or a gated model without a token). Download it and set "
+                "model.pretrained to its directory, or try the recipe with --smoke (the tiny-llama preset)"
+            ),
+        ) from exc
+    if tokenizer.pad_token is None:
+        # Padding never enters the loss (labels are -100 there), so reusing EOS as pad is safe here.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def build(options: CausalLMOptions, ctx: RunContext) -> ModelBundle:
+    model, tokenizer = load_causal_lm(options, ctx.cache_dir)
+    model.requires_grad_(False)
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    source = locate(options, ctx.cache_dir)
+    return ModelBundle(
+        kind="causal-lm",
+        module=model,
+        components={"tokenizer": tokenizer},
+        base=options.pretrained,
+        base_dir=Path(source) if Path(source).exists() else None,
+    )
+
+
+def lora_config(options: LoraOptions) -> Any:
+    quiet_libraries()
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=options.target_modules,
+        bias=options.bias,
+        use_rslora=options.use_rslora,
+        use_dora=options.use_dora,
+        init_lora_weights=True if options.init == "default" else options.init,
+        modules_to_save=options.modules_to_save or None,
+    )
+
+
+def wrap(options: LoraOptions, bundle: ModelBundle) -> ModelBundle:
+    from peft import get_peft_model
+
+    config = lora_config(options)
+    try:
+        peft_model = get_peft_model(bundle.module, config)
+    except ValueError as exc:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in bundle.module.named_modules() if name})
+        raise LoraplugError(
+            f"LoRA could not be attached: {str(exc).splitlines()[0]}",
+            where="adapter.target_modules",
+            fix=f"Name modules this model has, or use \"all-linear\". Its module names include: {', '.join(names[:30])}",
+        ) from exc
+    return ModelBundle(
+        kind=bundle.kind,
+        module=peft_model,
+        components=bundle.components,
+        base=bundle.base,
+        base_dir=bundle.base_dir,
+        lr_scales=bundle.lr_scales,
+    )

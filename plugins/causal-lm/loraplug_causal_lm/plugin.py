@@ -1,0 +1,103 @@
+"""The hook implementations of loraplug-causal-lm.
+
+Module level imports only pydantic option models; each hook imports its heavy implementation when it
+is called, so ``loraplug --help`` never pays for torch or transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loraplug import (
+    Batch,
+    DataBundle,
+    ExportResult,
+    KindSpec,
+    ModelBundle,
+    PreparedData,
+    RunContext,
+    Sample,
+    StepResult,
+    hookimpl,
+)
+from loraplug_causal_lm.options import (
+    CausalLMOptions,
+    JsonlOptions,
+    LoraOptions,
+    MergedExportOptions,
+    PeftExportOptions,
+)
+
+MODEL_KIND = "causal-lm"
+
+
+@hookimpl
+def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
+    register(KindSpec("data", "jsonl", JsonlOptions, "JSONL of {prompt, response} or {messages} chat samples"))
+    register(
+        KindSpec(
+            "model",
+            MODEL_KIND,
+            CausalLMOptions,
+            "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
+            smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
+        )
+    )
+    register(KindSpec("adapter", "lora", LoraOptions, "peft LoRA / rsLoRA / DoRA", models=(MODEL_KIND,)))
+    register(KindSpec("export", "peft", PeftExportOptions, "adapter_config.json + adapter_model.safetensors", models=(MODEL_KIND,)))
+    register(KindSpec("export", "merged", MergedExportOptions, "LoRA merged into the base, save_pretrained", models=(MODEL_KIND,)))
+
+
+@hookimpl
+def loraplug_load_data(kind: str, options: JsonlOptions, ctx: RunContext) -> DataBundle:
+    from loraplug_causal_lm.jsonl import load
+
+    return load(options.path, options.val_path, options.val_fraction, options.on_error == "skip", ctx.seed)
+
+
+@hookimpl
+def loraplug_build_model(kind: str, options: CausalLMOptions, ctx: RunContext) -> ModelBundle:
+    from loraplug_causal_lm.model import build
+
+    return build(options, ctx)
+
+
+@hookimpl
+def loraplug_wrap_adapter(kind: str, options: LoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+    from loraplug_causal_lm.model import wrap
+
+    return wrap(options, model)
+
+
+@hookimpl
+def loraplug_prepare_data(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+    from loraplug_causal_lm.prepare import prepare
+
+    return prepare(model, options, data)
+
+
+@hookimpl
+def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
+    from loraplug_causal_lm.compute import loss_sum
+
+    return loss_sum(module, batch)
+
+
+@hookimpl
+def loraplug_generate(
+    model: ModelBundle, options: CausalLMOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
+    from loraplug_causal_lm.compute import generate
+
+    return generate(model, options, prompts)
+
+
+@hookimpl
+def loraplug_export(kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    from loraplug_causal_lm.export import export_merged, export_peft
+
+    if kind == "peft":
+        return export_peft(options, model, out_dir, ctx)
+    return export_merged(options, model, out_dir, ctx)
