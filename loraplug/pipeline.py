@@ -81,6 +81,11 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
     if precision == "fp16" and not torch.cuda.is_available():
         console.print("[yellow]warning:[/] fp16 needs a GPU; training in full precision on the CPU instead (bf16 works on CPUs)")
         precision = "no"
+    # accelerate keeps its settings in a process-wide singleton; a second run in the same process
+    # (the Python API, tests) may ask for another precision. The distributed state is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision)
 
 

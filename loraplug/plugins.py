@@ -27,6 +27,10 @@ from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
 
 ENTRY_POINT_GROUP = "loraplug"
 FIRST_PARTY_PREFIX = "loraplug-"
+#: The plugins developed in this repository (plugins/), documented in docs/.
+FIRST_PARTY = frozenset(
+    {"loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant", "loraplug-wandb"}
+)
 
 
 @dataclass
@@ -69,6 +73,14 @@ class ExtraPlugin:
     version: str = "0"
 
 
+def _trace_call(hook_name: str, hook_impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    """``LORAPLUG_TRACE_HOOKS=1``: print each hook call and the plugins it reaches, to stderr."""
+    import sys
+
+    plugins = ", ".join(impl.plugin_name for impl in hook_impls) or "no plugin"
+    print(f"[loraplug hook] {hook_name} -> {plugins}", file=sys.stderr)
+
+
 def strict_from_env() -> bool:
     return os.environ.get("LORAPLUG_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -100,6 +112,8 @@ class PluginHost:
         strict = strict_from_env() if strict is None else strict
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
+        if os.environ.get("LORAPLUG_TRACE_HOOKS", "") not in ("", "0"):
+            pm.add_hookcall_monitoring(_trace_call, lambda *args: None)
         host = cls(pm, KindRegistry(), [])
         if entry_points:
             for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -156,9 +170,8 @@ class PluginHost:
                 raise PluginError(f"register() takes a loraplug.KindSpec, got {type(spec).__name__}")
             declared.append(spec)
 
-        for impl in self.pm.hook.loraplug_register_kinds.get_hookimpls():
-            if impl.plugin is plugin:
-                impl.function(register=register)
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        self.pm.subset_hook_caller("loraplug_register_kinds", remove_plugins=others)(register=register)
         for spec in declared:
             self.registry.check(spec, record.distribution)
         for spec in declared:

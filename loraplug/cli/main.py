@@ -18,7 +18,7 @@ from rich.console import Console
 from loraplug import __version__
 from loraplug.cli import render
 from loraplug.errors import LoraplugError
-from loraplug.plugins import PluginHost
+from loraplug.plugins import FIRST_PARTY, PluginHost
 
 _host: PluginHost | None = None
 # soft_wrap: long paths stay on one line when output goes to a file or a CI log.
@@ -100,6 +100,21 @@ def recipe_check(path: Path, overrides: tuple[str, ...], smoke: bool, resolved: 
         click.echo(checked.to_toml(), nl=False)
     else:
         render.recipe_ok(console, checked)
+
+
+@recipe.command("keys")
+@click.option("--markdown", is_flag=True, help="Print the Markdown tables of docs/recipes.md.")
+@click.option("--first-party", is_flag=True, help="Only the core and loraplug's own plugins (what docs/recipes.md lists).")
+def recipe_keys(markdown: bool, first_party: bool) -> None:
+    """Every recipe key of the core and of each installed kind: type, default, meaning."""
+    from loraplug.recipe import reference
+
+    loaded = host()
+    dists = {r.distribution for r in loaded.records if r.distribution in FIRST_PARTY} if first_party else None
+    if markdown:
+        click.echo(reference.markdown(loaded.registry, dists), nl=False)
+    else:
+        render.key_tables(console, reference.sections(loaded.registry, dists))
 
 
 @cli.group()

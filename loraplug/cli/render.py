@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape as _escape
 from rich.table import Table
@@ -97,3 +100,15 @@ def run_summary(console: Console, outcome: object) -> None:
         console.print(f"\n  [bold]prompt[/]  {escape(_short(before.prompt))}")
         console.print(f"  [bold]before[/]  {escape(_short(before.text))}")
         console.print(f"  [bold]after[/]   {escape(_short(after.text))}")
+
+
+def key_tables(console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]]) -> None:
+    from loraplug.recipe.reference import keys_of
+
+    for heading, note, model in sections:
+        table = Table(title=f"{heading}  [dim]{escape(note)}[/]", title_justify="left", show_lines=False)
+        for column in ("key", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for key in keys_of(model):
+            table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
+        console.print(table)

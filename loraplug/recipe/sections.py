@@ -38,7 +38,7 @@ class TrainSection(Options):
     batch_size: PositiveInt = Field(8, description="Micro-batch size per process.")
     grad_accum_steps: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision of the forward pass.")
-    max_grad_norm: PositiveFloat | None = Field(1.0, description="Clip the gradient norm to this; unset to disable.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping.")
     log_every_n_steps: PositiveInt = Field(10, description="Log loss, lr and throughput every this many steps.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 

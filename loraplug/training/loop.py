@@ -170,7 +170,7 @@ def train(
                 step_loss += out.loss_sum.detach().double()
 
             # 3. Clip, step, schedule.
-            if cfg.max_grad_norm is not None:
+            if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -218,4 +218,7 @@ def train(
         result.val_losses.append((result.steps, val))
         sinks.log(result.steps, {"val_loss": val}, split="eval")
     result.seconds = time.monotonic() - started
+    # accelerate wrapped the module's forward in autocast; exports and samples after training must see
+    # the model as it is, in its own precision.
+    accelerator.unwrap_model(module, keep_fp32_wrapper=False)
     return result

@@ -1,0 +1,117 @@
+"""Every recipe key of the core and of each installed kind, from the option models themselves.
+
+``loraplug recipe keys`` prints it; docs/recipes.md embeds the Markdown form for the first-party
+plugins, and a test keeps the two equal, so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from loraplug import options
+from loraplug.kinds import KindRegistry
+from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
+
+BEGIN = "<!-- BEGIN GENERATED: loraplug recipe keys --markdown -->"
+END = "<!-- END GENERATED -->"
+
+
+MUST_EXIST = {options._existing_file, options._existing_dir, options._existing_path}
+
+
+@dataclass
+class KeyDoc:
+    name: str
+    type: str
+    default: str
+    description: str
+
+
+def describe_type(annotation: Any) -> str:
+    """A reader's name for a type: ``"no" | "bf16"``, ``list of string``, ``path (must exist)``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        base = describe_type(args[0])
+        must_exist = any(getattr(m, "func", None) in MUST_EXIST for m in args[1:])
+        return f"{base} (must exist)" if must_exist else base
+    if origin is Literal:
+        return " \\| ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [describe_type(a) for a in args if a is not type(None)]
+        optional = " (optional)" if type(None) in args else ""
+        return " or ".join(parts) + optional
+    if origin in (list, tuple, dict):
+        inner = ", ".join(describe_type(a) for a in args if a is not Ellipsis)
+        return {list: f"list of {inner}", tuple: f"[{inner}]", dict: f"table of {inner}"}[origin]
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return "table"
+        if issubclass(annotation, Path):
+            return "path"
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(annotation.__name__, annotation.__name__)
+    return str(annotation)
+
+
+def _default(field: Any) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "required"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Path):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]"
+    return str(value)
+
+
+def keys_of(model: type[BaseModel]) -> list[KeyDoc]:
+    docs = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if field.metadata:
+            annotation = typing.Annotated[(annotation, *field.metadata)]  # keep the must-exist marker
+        docs.append(KeyDoc(name, describe_type(annotation), _default(field), field.description or ""))
+    return docs
+
+
+def sections(registry: KindRegistry, distributions: set[str] | None = None) -> Iterator[tuple[str, str, type[BaseModel]]]:
+    """``(heading, note, options model)`` for the core sections and every kind in ``registry``."""
+    yield "[run]", "core", RunSection
+    yield "[train]", "core", TrainSection
+    yield "[eval]", "core", EvalSection
+    order = {"data": 0, "model": 1, "adapter": 2, "export": 3}
+    served = sorted(registry.all(), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name))
+    for item in served:
+        if distributions is not None and item.distribution not in distributions:
+            continue
+        spec = item.spec
+        table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
+        scope = f", for model kind {', '.join(spec.models)}" if spec.models else ""
+        yield f'{table} kind = "{spec.name}"', f"{item.distribution}{scope}: {spec.summary}", spec.options
+
+
+def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> str:
+    out = []
+    for heading, note, model in sections(registry, distributions):
+        out.append(f"### `{heading}`\n\n{note}\n")
+        if heading.startswith("[[export]]"):
+            out.append("Every export also takes `name` (its directory under `exports/`; default: the kind).\n")
+        out.append("| key | type | default | meaning |\n|---|---|---|---|")
+        for key in keys_of(model):
+            out.append(f"| `{key.name}` | {key.type} | `{key.default}` | {key.description} |")
+        out.append("")
+    return "\n".join(out)

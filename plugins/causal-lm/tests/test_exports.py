@@ -1,0 +1,88 @@
+"""The exports load in the tools users have, and compute what the trained model computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraplug.testing import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import os
+
+    from loraplug_causal_lm.testing import tiny_lm_recipe
+
+    root = tmp_path_factory.mktemp("exports")
+    os.chdir(root)
+    recipe = tiny_lm_recipe(root, train={"max_steps": 6, "lr": 5e-3}, adapter={"modules_to_save": ["lm_head"]})
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny"
+
+
+def _trained_logits(run_dir: Path, ids: torch.Tensor) -> torch.Tensor:
+    from rich.console import Console
+
+    from loraplug.pipeline import load_run
+    from loraplug.plugins import PluginHost
+
+    _, _, model = load_run(run_dir, PluginHost.load(), Console(quiet=True))
+    model.module.eval()
+    with torch.no_grad():
+        return model.module(input_ids=ids).logits
+
+
+PROBE = torch.tensor([[3, 50, 60, 70, 80, 90, 100, 2, 5, 40]])
+
+
+def test_peft_export_loads_with_peft_and_matches(trained_run: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    export = trained_run / "exports" / "peft"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "export.json"} <= {p.name for p in export.iterdir()}
+    config = json.loads((export / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, export).eval()
+    with torch.no_grad():
+        logits = model(input_ids=PROBE).logits
+    torch.testing.assert_close(logits, _trained_logits(trained_run, PROBE), rtol=0, atol=1e-5)
+    untouched = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # from_pretrained adapted `base`
+    assert not torch.allclose(logits, untouched(input_ids=PROBE).logits, atol=1e-3)  # the adapter matters
+
+
+def test_merged_export_loads_with_transformers_and_matches(trained_run: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = trained_run / "exports" / "merged"
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    AutoTokenizer.from_pretrained(export)
+    with torch.no_grad():
+        logits = model(input_ids=PROBE).logits
+    torch.testing.assert_close(logits, _trained_logits(trained_run, PROBE), rtol=0, atol=1e-4)
+    manifest = json.loads((export / "export.json").read_text())
+    assert manifest["figures"]["max_abs_logit_diff_vs_trained"] < 1e-4
+    assert {f["path"] for f in manifest["files"]} >= {"model.safetensors", "config.json"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"])
+
+
+def test_no_pickle_files_are_written(trained_run: Path) -> None:
+    assert not [p for p in trained_run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+def test_generate_command_uses_the_trained_adapter(trained_run: Path) -> None:
+    result = run_cli("generate", trained_run, "--prompt", "q: rain")
+    assert result.exit_code == 0, result.output
+    base = run_cli("generate", trained_run, "--prompt", "q: rain", "--base")
+    assert base.exit_code == 0, base.output
+    assert result.stdout.startswith("q: rain") and result.stdout != base.stdout
+
+
+def test_generate_on_a_directory_that_is_no_run(tmp_path: Path) -> None:
+    result = run_cli("generate", tmp_path, "--prompt", "x")
+    assert result.exit_code == 2 and "is not a loraplug run directory" in result.stderr

@@ -1,0 +1,108 @@
+"""Recipes are checked completely, before anything loads, with errors that say where and how to fix."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from loraplug.testing import run_cli
+
+
+def check(path: Path, *overrides: str):
+    return run_cli("recipe", "check", path, *overrides)
+
+
+def test_a_valid_recipe_checks_ok(lm_recipe) -> None:
+    result = check(lm_recipe())
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.stdout and "loraplug-causal-lm" in result.stdout
+
+
+def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, lm_recipe) -> None:
+    path = lm_recipe()
+    text = path.read_text().replace("r = 4", "rr = 4")
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("rr ="))
+    result = check(path)
+    assert result.exit_code == 2
+    assert f"unknown key `adapter.rr` ({path}:{line}); did you mean `adapter.r`?" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_wrong_type_says_what_was_expected(lm_recipe) -> None:
+    result = check(lm_recipe(train={"batch_size": "eight"}))
+    assert result.exit_code == 2
+    assert "`train.batch_size` = 'eight': Input should be a valid integer" in result.stderr
+
+
+def test_missing_file_names_its_resolved_path(tmp_path: Path, lm_recipe) -> None:
+    result = check(lm_recipe(data={"path": "nowhere/train.jsonl"}))
+    assert result.exit_code == 2
+    assert f"file not found: {tmp_path / 'nowhere' / 'train.jsonl'}" in result.stderr
+
+
+def test_every_problem_is_reported_at_once(lm_recipe) -> None:
+    result = check(lm_recipe(train={"lr": "fast", "warmup": 3}, adapter={"alpah": 3}, bogus={"x": 1}))
+    assert result.exit_code == 2
+    assert "4 problems" in result.stderr
+    assert "unknown section `bogus`" in result.stderr
+    assert "did you mean `adapter.alpha`?" in result.stderr
+
+
+def test_unknown_kind_lists_the_known_kinds(lm_recipe) -> None:
+    result = check(lm_recipe(data={"kind": "jsonll"}))
+    assert result.exit_code == 2
+    assert "No installed plugin serves the data kind 'jsonll'. Did you mean 'jsonl'?" in result.stderr
+    assert "Known data kinds: " in result.stderr
+
+
+def test_export_kind_is_checked_against_the_model_kind(lm_recipe) -> None:
+    result = check(lm_recipe(export=[{"kind": "peft"}, {"kind": "nonesuch"}]))
+    assert result.exit_code == 2
+    assert "`export[1].kind` = 'nonesuch'" in result.stderr
+
+
+def test_overrides_are_applied_and_checked(lm_recipe) -> None:
+    path = lm_recipe()
+    result = run_cli("recipe", "check", path, "train.lr=1e-4", "adapter.target_modules=[\"q_proj\"]", "--resolved")
+    assert result.exit_code == 0, result.output
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["train"]["lr"] == 1e-4
+    assert resolved["adapter"]["target_modules"] == ["q_proj"]
+    assert resolved["train"]["schedule"] == "cosine"  # defaults are written out
+
+    bad = check(path, "train.lr=-1")
+    assert bad.exit_code == 2
+    assert "command-line override `train.lr=-1`" in bad.stderr
+
+    malformed = check(path, "train.lr")
+    assert malformed.exit_code == 2 and "is not KEY=VALUE" in malformed.stderr
+
+
+def test_toml_syntax_error_points_at_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[run]\nname = quickstart\n")
+    result = check(path)
+    assert result.exit_code == 2
+    assert f"{path}:2" in result.stderr and "not valid TOML" in result.stderr
+
+
+def test_non_utf8_recipe_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[run]\nname = "café"\n'.encode("latin-1"))
+    result = check(path)
+    assert result.exit_code == 2
+    assert "not UTF-8" in result.stderr and f"{path}:2" in result.stderr
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    result = check(tmp_path / "nope.toml")
+    assert result.exit_code == 2 and "Recipe file not found" in result.stderr
+
+
+def test_every_shipped_recipe_validates() -> None:
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
+    assert recipes
+    for recipe in recipes:
+        result = check(recipe)
+        assert result.exit_code == 0, f"{recipe.name}: {result.output}"

@@ -1,0 +1,57 @@
+"""A run never destroys what is already there without an explicit flag."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from loraplug.testing import run_cli
+
+
+def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Path, lm_recipe) -> None:
+    result = run_cli("run", lm_recipe(export=[]))
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    resolved = tomllib.loads((run_dir / "recipe.toml").read_text())
+    assert resolved["train"]["max_steps"] == 4 and resolved["adapter"]["r"] == 4
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 4
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "train"] == [2, 4]
+    assert any(l["split"] == "eval" and "val_loss" in l for l in lines)
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "adapter" / "adapter.safetensors").exists()
+    assert json.loads((run_dir / "samples" / "step-000004.json").read_text())[0]["prompt"] == "q: rain"
+
+
+def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, lm_recipe) -> None:
+    recipe = lm_recipe(export=[])
+    assert run_cli("run", recipe).exit_code == 0
+    adapter = tmp_path / "runs" / "tiny" / "adapter" / "adapter.safetensors"
+    before = adapter.read_bytes()
+
+    again = run_cli("run", recipe, "run.seed=1")
+    assert again.exit_code == 2
+    assert "already holds a finished run" in again.stderr and "--overwrite" in again.stderr
+    assert adapter.read_bytes() == before
+
+    replaced = run_cli("run", recipe, "run.seed=1", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert adapter.read_bytes() != before
+    assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
+
+
+def test_failed_overwrite_keeps_the_previous_run(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    recipe = lm_recipe(export=[])
+    assert run_cli("run", recipe).exit_code == 0
+    empty = jsonl_file("empty.jsonl", [])
+    failed = run_cli("run", recipe, f"data.path={json_str(empty)}", "--overwrite")
+    assert failed.exit_code == 2
+    kept = list((tmp_path / "runs").glob(".tiny.replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "adapter" / "adapter.safetensors").exists()
+    assert "kept at" in failed.stderr + failed.stdout
+
+
+def json_str(path: Path) -> str:
+    return json.dumps(str(path))
