@@ -11,6 +11,7 @@ from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl
 from loraplug.kinds import KindSpec
 from loraplug.options import InputDir, InputFile, InputPath, Options, RecipePath
+from loraplug.training.sinks import MetricSink
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "InputPath",
     "KindSpec",
     "LoraplugError",
+    "MetricSink",
     "ModelBundle",
     "Options",
     "PreparedData",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from loraplug.bundles import Batch, DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
     from loraplug.context import RunContext
     from loraplug.kinds import KindSpec
+    from loraplug.training.sinks import MetricSink
 
 PROJECT = "loraplug"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -57,6 +58,20 @@ def loraplug_register_commands(cli: click.Group) -> None:
 
     :param cli: the root click group; add a command with ``cli.add_command`` or use
         ``cli.group("name")`` for a new group. An existing group is found with ``cli.commands[name]``.
+    """
+
+
+@hookspec
+def loraplug_metric_sinks(ctx: RunContext) -> MetricSink | None:
+    """Return a sink for the run's metrics, samples and images, or ``None`` to stay out.
+
+    Broadcast to every plugin when a run starts, on the main process only. A sink has
+    ``log(step, metrics, split=...)``, ``log_text(step, name, text)``,
+    ``log_image(step, name, path)`` and ``close(status)`` (see :class:`loraplug.MetricSink`).
+    ``metrics.jsonl`` and TensorBoard are the core's own sinks; wandb, mlflow… are plugins.
+
+    :param ctx: the run context (the resolved recipe is ``ctx.recipe``).
+    :returns: a sink, or ``None``.
     """
 
 

@@ -131,7 +131,12 @@ def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list
     return list(samples)
 
 
-def _write_samples(run_dir: Path, step: int, samples: list[Sample]) -> None:
+def _write_samples(run_dir: Path, step: int, samples: list[Sample], sinks: Any) -> None:
+    for index, sample in enumerate(samples):
+        if sample.text is not None:
+            sinks.log_text(step, f"samples/{index}", f"**{sample.prompt}**\n\n{sample.text}")
+        if sample.image_path is not None:
+            sinks.log_image(step, f"samples/{index}", sample.image_path)
     records = [
         {"prompt": s.prompt, "text": s.text, "image": str(s.image_path.relative_to(run_dir)) if s.image_path else None}
         for s in samples
@@ -245,8 +250,12 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             processes=accelerator.num_processes,
             step=0,
         )
-    sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), TensorBoardSink(run_dir / "tb")] if main else [])
+    sinks = Sinks([])
+    status = "failed"
     try:
+        if main:
+            extra = [s for s in host.broadcast("loraplug_metric_sinks", ctx=ctx) if s is not None]
+            sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), TensorBoardSink(run_dir / "tb"), *extra])
         set_seed(ctx.seed)
         data = _check(
             host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
@@ -267,12 +276,12 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
         prompts = list(recipe.eval.sample_prompts)
         before = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
         if main and before:
-            _write_samples(run_dir, 0, before)
+            _write_samples(run_dir, 0, before, sinks)
 
         def on_step_end(step: int) -> None:
             every = recipe.eval.sample_every_n_steps
             if main and every and step % every == 0:
-                _write_samples(run_dir, step, generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx))
+                _write_samples(run_dir, step, generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx), sinks)
             if main and step % recipe.train.log_every_n_steps == 0:
                 write_status(run_dir, step=step)
 
@@ -293,18 +302,20 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             save_trainable(model.module, adapter_path, metadata={"loraplug.recipe_hash": recipe.hash()})
         after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
         if main and after:
-            _write_samples(run_dir, result.steps, after)
+            _write_samples(run_dir, result.steps, after, sinks)
 
         exports = [run_export(host, e, model, recipe, ctx, replace=False) for e in recipe.exports] if main else []
         accelerator.wait_for_everyone()
+        status = "finished"
     except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if main:
             write_status(run_dir, status="failed", error=exc.paragraph() if isinstance(exc, LoraplugError) else repr(exc))
             if aside is not None:
                 warn(f"the run you asked to overwrite is kept at {aside}")
         raise
     finally:
-        sinks.close()
+        sinks.close(status)
 
     if main:
         write_status(

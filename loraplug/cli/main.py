@@ -148,6 +148,16 @@ def generate(run_dir: Path, prompts: tuple[str, ...], base: bool) -> None:
     render.samples(console, samples)
 
 
+@cli.group()
+def data() -> None:
+    """Inspect and convert training data."""
+
+
+@cli.group()
+def runs() -> None:
+    """Look at finished and running runs."""
+
+
 def _register_plugin_commands() -> None:
     host().broadcast("loraplug_register_commands", cli=cli)
 

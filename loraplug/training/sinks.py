@@ -9,13 +9,19 @@ from typing import Any, Protocol
 
 
 class MetricSink(Protocol):
-    """Receives every logged metric; plugins can add sinks of their own."""
+    """Receives every logged metric, sample text and image; plugins add their own sinks.
+
+    ``split`` is ``"train"`` or ``"eval"``. ``close`` gets the run's final status:
+    ``"finished"``, ``"failed"`` or ``"interrupted"``.
+    """
 
     def log(self, step: int, metrics: dict[str, float], *, split: str) -> None: ...
 
     def log_text(self, step: int, name: str, text: str) -> None: ...
 
-    def close(self) -> None: ...
+    def log_image(self, step: int, name: str, path: Path) -> None: ...
+
+    def close(self, status: str) -> None: ...
 
 
 class JsonlSink:
@@ -33,7 +39,10 @@ class JsonlSink:
     def log_text(self, step: int, name: str, text: str) -> None:
         pass
 
-    def close(self) -> None:
+    def log_image(self, step: int, name: str, path: Path) -> None:
+        pass
+
+    def close(self, status: str) -> None:
         self._file.close()
 
 
@@ -53,7 +62,15 @@ class TensorBoardSink:
     def log_text(self, step: int, name: str, text: str) -> None:
         self._writer.add_text(name, text, step)
 
-    def close(self) -> None:
+    def log_image(self, step: int, name: str, path: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self._writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        self._writer.flush()
+
+    def close(self, status: str) -> None:
         self._writer.close()
 
 
@@ -71,6 +88,10 @@ class Sinks:
         for sink in self.sinks:
             sink.log_text(step, name, text)
 
-    def close(self) -> None:
+    def log_image(self, step: int, name: str, path: Path) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.log_image(step, name, path)
+
+    def close(self, status: str) -> None:
+        for sink in self.sinks:
+            sink.close(status)
