@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -125,6 +124,8 @@ class KindRegistry:
                 fix=f"Pick a {stage} kind for {model_kind!r}: {', '.join(self.kinds(stage, model_kind)) or 'none installed'}",
             )
         known = self.kinds(stage, model_kind)
+        from difflib import get_close_matches  # imported here: only errors need it
+
         hint = get_close_matches(name, known, n=1)
         did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
         raise PluginError(

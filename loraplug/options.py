@@ -18,7 +18,8 @@ from pydantic_core import PydanticCustomError
 class Options(BaseModel):
     """Base class for a kind's options: unknown keys are rejected, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # defer_build: schemas are built on first validation, not at import, keeping `--help` instant.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), defer_build=True)
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:

@@ -15,7 +15,6 @@ import os
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from importlib import metadata
 from typing import Any, Literal
 
@@ -155,6 +154,8 @@ class PluginHost:
             if impl.plugin is plugin and caller.spec is None
         ]
         if unknown:
+            from difflib import get_close_matches
+
             valid = [name for name in dir(hookspecs) if name.startswith("loraplug_")]
             hints = []
             for name in unknown:
