@@ -1,6 +1,7 @@
 # make demo   create .venv (first time), install loraplug and its plugins, train the quickstart recipe
 # make test   the whole test suite (what .ci/run calls)
 # make bench  the benchmarks behind docs/performance.md
+# make docs   regenerate the generated tables in docs/recipes.md
 # Each target is idempotent: the install step reruns only when a pyproject.toml changed.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test bench docs clean-venv
 
 install: $(STAMP)
 
@@ -29,6 +30,9 @@ test: install
 
 bench: install
 	$(PY) bench/cli_startup.py
+
+docs: install
+	$(PY) tools/update_recipes_doc.py
 
 clean-venv:
 	rm -rf $(VENV)

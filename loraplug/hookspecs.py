@@ -171,6 +171,27 @@ def loraplug_generate(
 
 
 @hookspec
+def loraplug_evaluate(
+    metrics: list[str], model: ModelBundle, options: BaseModel, data: DataBundle, scores: dict[str, float], ctx: RunContext
+) -> dict[str, float]:
+    """Compute evaluation metrics the recipe asked for in ``eval.metrics``.
+
+    Called at every evaluation, on the main process, with the model in eval mode and gradients off,
+    once per plugin with the metric names it declared (``KindSpec("metric", name, ...)``) that the
+    recipe asks for. A model plugin computes its modality's own metrics here (generation metrics on
+    the validation samples); any plugin can add a metric.
+
+    :param metrics: the names to compute, all declared by this plugin.
+    :param model: the model bundle being trained.
+    :param options: the validated ``[model]`` table.
+    :param data: the data bundle; ``data.val`` holds the validation records.
+    :param scores: what the evaluation has computed so far (``val_loss``).
+    :param ctx: the run context.
+    :returns: ``{name: value}`` for each requested metric.
+    """
+
+
+@hookspec
 def loraplug_export(kind: str, options: BaseModel, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     """Write one ``[[export]]`` of the trained model.
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from loraplug.errors import PluginError
 
-Stage = Literal["data", "model", "adapter", "export"]
-STAGES: tuple[Stage, ...] = ("data", "model", "adapter", "export")
+Stage = Literal["data", "model", "adapter", "export", "metric"]
+STAGES: tuple[Stage, ...] = ("data", "model", "adapter", "export", "metric")
 
 #: The hook each stage's kind is dispatched to.
 STAGE_HOOKS: dict[Stage, str] = {
@@ -29,6 +29,7 @@ STAGE_HOOKS: dict[Stage, str] = {
     "model": "loraplug_build_model",
     "adapter": "loraplug_wrap_adapter",
     "export": "loraplug_export",
+    "metric": "loraplug_evaluate",
 }
 
 
@@ -36,7 +37,8 @@ STAGE_HOOKS: dict[Stage, str] = {
 class KindSpec:
     """One kind a plugin serves.
 
-    :param stage: the recipe section it is chosen in: ``data``, ``model``, ``adapter`` or ``export``.
+    :param stage: where it is chosen: the ``data``, ``model``, ``adapter`` or ``export`` section's
+        ``kind``, or ``metric``: a name in ``eval.metrics``.
     :param name: the value of ``kind`` in that section.
     :param options: a pydantic model for the rest of the section; it should forbid extra keys
         (subclass :class:`loraplug.Options`).

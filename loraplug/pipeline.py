@@ -63,6 +63,9 @@ class RunOutcome:
     before: list[Sample]
     after: list[Sample]
     data_summary: dict[str, Any]
+    best: dict[str, Any] | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
 
 
 def cache_dir() -> Path:
@@ -202,11 +205,22 @@ def _dist_version(distribution: str) -> str:
         return "?"
 
 
-def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool = False, overwrite: bool = False) -> RunOutcome:
-    """Run a validated recipe end to end and return what to tell the user."""
+def execute(
+    recipe: Recipe,
+    host: PluginHost,
+    *,
+    console: Console,
+    smoke: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
+    force: bool = False,
+) -> RunOutcome:
+    """Run a validated recipe end to end — or continue it from its newest checkpoint — and report."""
     from accelerate.utils import set_seed
 
-    from loraplug.training.loop import train
+    from loraplug.resume import resume_point, truncate_metrics
+    from loraplug.training.evaluation import Evaluator
+    from loraplug.training.loop import Interrupted, train
     from loraplug.training.progress import ProgressDisplay
     from loraplug.training.sinks import JsonlSink, Sinks, TensorBoardSink
     from loraplug.training.weights import ADAPTER_FILE, save_trainable
@@ -214,8 +228,6 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
     accelerator = make_accelerator(recipe, console)
     main = accelerator.is_main_process
     run_dir = run_dir_of(recipe)
-    aside = claim_run_dir(run_dir, overwrite=overwrite or smoke) if main else None
-    accelerator.wait_for_everyone()
 
     def info(message: str) -> None:
         if main:
@@ -224,6 +236,15 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
     def warn(message: str) -> None:
         if main:
             console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    aside = None
+    checkpoint = None
+    if resume:
+        checkpoint = resume_point(run_dir, recipe, host, accelerator, force=force, warn=warn)
+        info(f"resuming from {checkpoint}")
+    elif main:
+        aside = claim_run_dir(run_dir, overwrite=overwrite or smoke)
+    accelerator.wait_for_everyone()
 
     ctx = RunContext(
         recipe=recipe,
@@ -238,24 +259,31 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
         info=info,
         warn=warn,
     )
+    resumed_step = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
     if main:
-        atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
+        if checkpoint is None:
+            atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
+        else:
+            truncate_metrics(run_dir / "metrics.jsonl", resumed_step)
         write_status(
             run_dir,
             status="running",
             recipe_hash=recipe.hash(),
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({} if checkpoint else {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}),
+            **({"resumed_at_step": resumed_step} if checkpoint else {}),
             loraplug_version=__version__,
             smoke=smoke,
             processes=accelerator.num_processes,
-            step=0,
+            step=resumed_step,
+            error=None,
         )
     sinks = Sinks([])
     status = "failed"
     try:
         if main:
             extra = [s for s in host.broadcast("loraplug_metric_sinks", ctx=ctx) if s is not None]
-            sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), TensorBoardSink(run_dir / "tb"), *extra])
+            board = TensorBoardSink(run_dir / "tb", purge_step=resumed_step + 1 if checkpoint else None)
+            sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), board, *extra])
         set_seed(ctx.seed)
         data = _check(
             host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
@@ -274,8 +302,8 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             write_status(run_dir, data=summary)
 
         prompts = list(recipe.eval.sample_prompts)
-        before = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
-        if main and before:
+        before = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main and not checkpoint else []
+        if before:
             _write_samples(run_dir, 0, before, sinks)
 
         def on_step_end(step: int) -> None:
@@ -286,6 +314,19 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
                 write_status(run_dir, step=step)
 
         step_fn = host.bound_model_hook("loraplug_train_step", recipe.model.kind)
+        by_plugin: dict[int, tuple[Any, list[str]]] = {}
+        for name, served in recipe.metrics.items():
+            by_plugin.setdefault(id(served.plugin), (served, []))[1].append(name)
+        evaluator = Evaluator(
+            accelerator=accelerator,
+            step_fn=step_fn,
+            metric_calls=[(host.bind(served, "loraplug_evaluate"), names) for served, names in by_plugin.values()],
+            model=model,
+            prepared=prepared,
+            data=data,
+            recipe=recipe,
+            ctx=ctx,
+        )
         result = train(
             accelerator=accelerator,
             step_fn=step_fn,
@@ -294,23 +335,27 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             recipe=recipe,
             ctx=ctx,
             sinks=sinks,
-            display=lambda total: ProgressDisplay(console, total, enabled=main),
+            evaluate=evaluator,
+            display=lambda total, start: ProgressDisplay(console, total, enabled=main, start_step=start),
             on_step_end=on_step_end,
+            resume_from=checkpoint,
         )
         adapter_path = run_dir / ADAPTER_DIR / ADAPTER_FILE
         if main:
             save_trainable(model.module, adapter_path, metadata={"loraplug.recipe_hash": recipe.hash()})
         after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
-        if main and after:
+        if after:
             _write_samples(run_dir, result.steps, after, sinks)
-
+        if main:
+            write_status(run_dir, status="exporting", step=result.steps)
         exports = [run_export(host, e, model, recipe, ctx, replace=False) for e in recipe.exports] if main else []
         accelerator.wait_for_everyone()
         status = "finished"
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
         if main:
-            write_status(run_dir, status="failed", error=exc.paragraph() if isinstance(exc, LoraplugError) else repr(exc))
+            error = exc.paragraph() if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
+            write_status(run_dir, status=status, error=error)
             if aside is not None:
                 warn(f"the run you asked to overwrite is kept at {aside}")
         raise
@@ -325,6 +370,9 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             step=result.steps,
             train_loss=result.train_loss,
             val_losses=result.val_losses,
+            evaluations=[{"step": step, **scores} for step, scores in result.evaluations],
+            best=result.best,
+            stopped_early=result.stopped_early,
             tokens_per_second=round(result.tokens_per_second, 1),
             exports=[{"name": e.name, "kind": e.kind, "ok": e.ok, "error": e.error} for e in exports],
         )
@@ -344,6 +392,9 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
         before=before,
         after=after,
         data_summary=summary,
+        best=result.best,
+        stopped_early=result.stopped_early,
+        resumed_from=result.resumed_from,
     )
 
 

@@ -60,15 +60,21 @@ def cli() -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--smoke", is_flag=True, help="Swap the model for its tiny preset, train 3 steps, write under <output_dir>/smoke.")
 @click.option("--overwrite", is_flag=True, help="Replace a run directory that already holds a run (kept until the new run finishes).")
-def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool) -> None:
+@click.option("--resume", is_flag=True, help="Continue the run from its newest whole checkpoint.")
+@click.option("--force", is_flag=True, help="With --resume: continue even though the recipe changed.")
+def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, resume: bool, force: bool) -> None:
     """Train as RECIPE says. OVERRIDES are dotted KEY=VALUE pairs: train.lr=1e-4 adapter.r=16."""
     from loraplug.pipeline import execute
     from loraplug.recipe import load_recipe
 
     warn_broken_plugins()
+    if resume and overwrite:
+        raise click.UsageError("--resume continues a run and --overwrite replaces it; pass one of them")
+    if force and not resume:
+        raise click.UsageError("--force only applies with --resume")
     checked = load_recipe(recipe, host(), overrides, smoke=smoke)
     render.run_header(console, checked, smoke=smoke)
-    outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite)
+    outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite, resume=resume, force=force)
     if outcome.run_dir and int(os.environ.get("RANK", "0")) == 0:
         render.run_summary(console, outcome)
     failed = [e for e in outcome.exports if not e.ok]

@@ -52,6 +52,8 @@ class Recipe:
     train: TrainSection
     eval: EvalSection
     exports: list[ExportSection] = field(default_factory=list)
+    #: The plugin computing each name in ``eval.metrics``.
+    metrics: dict[str, Served] = field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default written out — what ``recipe.toml`` in a run holds."""

@@ -94,7 +94,9 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
     yield "[train]", "core", TrainSection
     yield "[eval]", "core", EvalSection
     order = {"data": 0, "model": 1, "adapter": 2, "export": 3}
-    served = sorted(registry.all(), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name))
+    served = sorted(
+        (s for s in registry.all() if s.spec.stage in order), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name)
+    )
     for item in served:
         if distributions is not None and item.distribution not in distributions:
             continue
@@ -102,6 +104,15 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
         table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
         scope = f", for model kind {', '.join(spec.models)}" if spec.models else ""
         yield f'{table} kind = "{spec.name}"', f"{item.distribution}{scope}: {spec.summary}", spec.options
+
+
+def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str]]:
+    """``(name, model kinds, distribution, summary)`` of every metric ``eval.metrics`` can name."""
+    return sorted(
+        (s.spec.name, ", ".join(s.spec.models) if s.spec.models else "any", s.distribution, s.spec.summary)
+        for s in registry.all()
+        if s.spec.stage == "metric" and (distributions is None or s.distribution in distributions)
+    )
 
 
 def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> str:
@@ -113,5 +124,10 @@ def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> s
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key in keys_of(model):
             out.append(f"| `{key.name}` | {key.type} | `{key.default}` | {key.description} |")
+        out.append("")
+    rows = metrics(registry, distributions)
+    if rows:
+        out.append("### Metrics for `eval.metrics`\n\n| name | model kinds | plugin | meaning |\n|---|---|---|---|")
+        out.extend(f"| `{name}` | {models} | {dist} | {summary} |" for name, models, dist, summary in rows)
         out.append("")
     return "\n".join(out)

@@ -41,6 +41,13 @@ class TrainSection(Options):
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping.")
     log_every_n_steps: PositiveInt = Field(10, description="Log loss, lr and throughput every this many steps.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    save_every_n_steps: PositiveInt | None = Field(
+        None, description="Write a resumable checkpoint every this many steps (and on SIGINT/SIGTERM)."
+    )
+    keep_last: PositiveInt = Field(2, description="Step checkpoints kept; older ones are deleted (the best is kept apart).")
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/infinite loss stops the run (last good checkpoint kept), or skips that step's update."
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSection:
@@ -58,3 +65,16 @@ class EvalSection(Options):
     max_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts sampled before training, periodically and after.")
     sample_every_n_steps: PositiveInt | None = Field(None, description="Also sample every this many steps.")
+    metrics: list[str] = Field(
+        default_factory=list, description="Metrics besides val_loss, e.g. perplexity, bleu, chrf, rougeL, distinct, exact_match, f1."
+    )
+    generate_samples: PositiveInt = Field(32, description="Validation samples generated for generation metrics.")
+    monitor: str = Field("val_loss", description="The score that picks the best checkpoint and drives early stopping.")
+    monitor_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether lower or higher is better; auto: lower for losses and perplexity."
+    )
+    early_stopping_patience: PositiveInt | None = Field(
+        None, description="Stop after this many evaluations without improvement of `monitor`."
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="The smallest change that counts as an improvement.")
+    use_best: bool = Field(True, description="Export the best evaluated weights rather than the last ones.")

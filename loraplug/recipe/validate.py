@@ -143,12 +143,28 @@ def load_recipe(
         names[name] = index
         exports.append(ExportSection(section.kind, section.options, section.served, name=name))
 
+    metrics: dict[str, Any] = {}
+    if evaluation is not None:
+        for index, name in enumerate(evaluation.metrics):
+            try:
+                metrics[name] = host.lookup("metric", name, model_kind)
+            except LoraplugError as exc:
+                checker.problems.append(f"`eval.metrics[{index}]` = {name!r} ({source.where(('eval', 'metrics'))}): {exc.what}")
+        watched = evaluation.monitor
+        if watched != "val_loss" and watched not in evaluation.metrics:
+            checker.problems.append(
+                f"`eval.monitor` = {watched!r} ({source.where(('eval', 'monitor'))}): it is neither val_loss nor one of "
+                f"eval.metrics ({', '.join(evaluation.metrics) or 'none'}); add it to eval.metrics"
+            )
+
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
     assert run and train and evaluation and model and data and adapter  # noqa: S101 — no problems means all parsed
     if not run.name:
         run.name = path.stem
-    return Recipe(path=path, run=run, data=data, model=model, adapter=adapter, train=train, eval=evaluation, exports=exports)
+    return Recipe(
+        path=path, run=run, data=data, model=model, adapter=adapter, train=train, eval=evaluation, exports=exports, metrics=metrics
+    )
 
 
 def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:

@@ -1,10 +1,11 @@
 """The training loop.
 
-Read it top to bottom: build the optimiser and schedule, then for each optimizer step take
-``grad_accum_steps`` micro-batches, count their targets across all processes, and back-propagate each
-micro-batch's *summed* loss divided by that total. The gradient is then exactly that of one large batch
-— however the samples are split into micro-batches and processes, and whatever their lengths.
-(Averaging per micro-batch instead is the accumulation bug that hit HF Trainer.)
+Read it top to bottom: build the optimiser and schedule (restoring them from a checkpoint when
+resuming), then for each optimizer step take ``grad_accum_steps`` micro-batches, count their targets
+across all processes, and back-propagate each micro-batch's *summed* loss divided by that total. The
+gradient is then exactly that of one large batch — however the samples are split into micro-batches
+and processes, and whatever their lengths. (Averaging per micro-batch instead is the accumulation bug
+that hit HF Trainer.) After the step: log, evaluate, checkpoint, and stop early or on a signal.
 
 accelerate owns devices, mixed precision and processes, so the same code runs under
 ``accelerate launch`` and ``torchrun``.
@@ -13,25 +14,37 @@ accelerate owns devices, mixed precision and processes, so the same code runs un
 from __future__ import annotations
 
 import math
+import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from loraplug.bundles import Batch, ModelBundle, PreparedData, StepResult
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
-from loraplug.training.batches import MicroBatches, Position, eval_batches, move_to
+from loraplug.training import faults
+from loraplug.training.batches import MicroBatches, move_to
+from loraplug.training.checkpoint import BEST, Checkpoints, Progress, load_weights, step_name
+from loraplug.training.evaluation import BestTracker, reduce_sum
 from loraplug.training.optim import build_optimizer, build_scheduler
 from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
+from loraplug.training.weights import load_trainable_state, trainable_state
 
 StepFn = Callable[..., StepResult]
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class Interrupted(LoraplugError):
+    """SIGINT or SIGTERM: a checkpoint was saved and the run stopped."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -42,11 +55,18 @@ class TrainResult:
     seconds: float
     tokens: int
     train_loss: float | None = None
-    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def val_losses(self) -> list[tuple[int, float]]:
+        return [(step, s["val_loss"]) for step, s in self.evaluations if "val_loss" in s]
 
 
 def total_steps(recipe: Recipe, micro_batches_per_epoch: int | None, data_kind: str) -> int:
@@ -62,100 +82,111 @@ def total_steps(recipe: Recipe, micro_batches_per_epoch: int | None, data_kind: 
     return max(1, math.ceil(epochs * micro_batches_per_epoch / train.grad_accum_steps))
 
 
-def reduce_sum(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all processes (a no-op for one)."""
-    if accelerator.num_processes == 1:
-        return value
-    return accelerator.reduce(value.clone(), reduction="sum")
+@contextmanager
+def stop_signals() -> Iterator[list[str]]:
+    """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one is immediate."""
+    requested: list[str] = []
+    previous: dict[int, Any] = {}
 
+    def handler(signum: int, frame: Any) -> None:
+        requested.append(signal.Signals(signum).name)
+        for sig, old in previous.items():  # a second signal gets the default behaviour
+            signal.signal(sig, old)
 
-def validation_loss(
-    accelerator: Accelerator, step_fn: StepFn, model: ModelBundle, module: Any, prepared: PreparedData, recipe: Recipe, ctx: RunContext
-) -> float | None:
-    """Mean loss per target over the validation set, identical on every process."""
-    if not prepared.val:
-        return None
-    was_training = module.training
-    module.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    with torch.no_grad():
-        for batch in eval_batches(
-            prepared,
-            batch_size=recipe.train.batch_size,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
-            limit=recipe.eval.max_batches,
-        ):
-            result = step_fn(model=model, module=module, batch=move_to(batch, accelerator.device), ctx=ctx)
-            totals[0] += result.loss_sum.detach().double()
-            totals[1] += result.num_targets
-    module.train(was_training)
-    totals = reduce_sum(accelerator, totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (notebooks, tests in threads): no handlers
+        previous.clear()
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(
     *,
-    accelerator: Accelerator,
+    accelerator: Any,
     step_fn: StepFn,
     model: ModelBundle,
     prepared: PreparedData,
     recipe: Recipe,
     ctx: RunContext,
     sinks: Sinks,
-    display: Callable[[int], ProgressDisplay],
+    evaluate: Callable[[Any], dict[str, float]],
+    display: Callable[[int, int], ProgressDisplay],
     on_step_end: Callable[[int], None] | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Train ``model.module`` on ``prepared`` as ``recipe.train`` says; return the figures."""
     cfg = recipe.train
-    world = accelerator.num_processes
-    batches = MicroBatches(
-        prepared,
-        batch_size=cfg.batch_size,
-        seed=ctx.seed,
-        rank=accelerator.process_index,
-        world=world,
-        num_workers=cfg.num_workers,
-    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches = MicroBatches(prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=rank, world=world, num_workers=cfg.num_workers)
     steps = total_steps(recipe, batches.per_epoch(), recipe.data.kind)
     optimizer = build_optimizer(model.module, cfg, model.lr_scales)
     scheduler = build_scheduler(optimizer, cfg, steps)
     module, optimizer = accelerator.prepare(model.module, optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
+    checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last)
+    tracker = BestTracker(recipe.eval)
 
-    result = TrainResult(steps=0, seconds=0.0, tokens=0)
-    stream = batches.iterate(Position())
+    # Resuming restores weights, optimizer, schedule, random generators and the data position.
+    progress = Progress()
+    if resume_from is not None:
+        progress = checkpoints.restore(resume_from, module=model.module, optimizer=optimizer, scheduler=scheduler)
+    result = TrainResult(steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None)
+
+    def save(name: str) -> None:
+        checkpoints.save(name, module=model.module, optimizer=optimizer, scheduler=scheduler, progress=progress, recipe_hash=recipe.hash())
+
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def evaluation(step: int) -> bool:
+        """Evaluate, keep the best weights, and say whether to stop early."""
+        nonlocal best_weights
+        scores = evaluate(module)
+        if not scores:
+            return False
+        result.evaluations.append((step, scores))
+        sinks.log(step, scores, split="eval")
+        improved = stop = False
+        if recipe.eval.monitor in scores or recipe.eval.early_stopping_patience:
+            improved, stop = tracker.update(progress, scores)
+        if improved and recipe.eval.use_best:
+            best_weights = trainable_state(model.module)  # a LoRA is small: keep the best in memory
+            if cfg.save_every_n_steps and step > 0:
+                save(BEST)
+        line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        live.note(f"step {step}: {line}{'  (best so far)' if improved and step > 0 else ''}")
+        return stop
+
+    micro_count = 0
+    stream = batches.iterate(progress.position)
     window_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    window_targets = 0
-    window_tokens = 0
-    window_start = time.monotonic()
-    started = window_start
+    window_targets = window_tokens = 0
+    window_start = started = time.monotonic()
     module.train()
 
-    baseline = validation_loss(accelerator, step_fn, model, module, prepared, recipe, ctx)
-    if baseline is not None:
-        result.val_losses.append((0, baseline))
-        sinks.log(0, {"val_loss": baseline}, split="eval")
+    with stop_signals() as signals, display(steps, progress.step) as live:
+        if resume_from is None:
+            evaluation(0)  # the baseline every later evaluation is compared with
+        while progress.step < steps:
+            step = progress.step + 1
 
-    with display(steps) as progress:
-        for step in range(steps):
             # 1. Take one optimizer step's micro-batches and count their targets on every process.
             group: list[Batch] = []
             for _ in range(cfg.grad_accum_steps):
                 try:
-                    group.append(next(stream)[1])
+                    position, batch = next(stream)
                 except StopIteration:
                     raise LoraplugError("The training data yielded no batches", fix="Check the data source") from None
-            counts = torch.tensor(
-                [sum(b.num_targets for b in group), sum(b.num_tokens for b in group)],
-                dtype=torch.float64,
-                device=accelerator.device,
-            )
+                group.append(batch)
+            counts = torch.tensor([sum(b.num_targets for b in group), sum(b.num_tokens for b in group)], dtype=torch.float64, device=accelerator.device)
             targets, tokens = (int(x) for x in reduce_sum(accelerator, counts).tolist())
             if targets == 0:
-                ids = [i for b in group for i in b.sample_ids][:5]
                 raise LoraplugError(
-                    f"Step {step + 1} has no targets to learn from (samples {', '.join(ids)})",
+                    f"Step {step} has no targets to learn from (samples {', '.join(_ids(group, 5))})",
                     fix="Every sample's target was masked or truncated; raise max_length or check the data",
                 )
 
@@ -168,57 +199,104 @@ def train(
                     out = step_fn(model=model, module=module, batch=move_to(batch, accelerator.device), ctx=ctx)
                     accelerator.backward(out.loss_sum * (world / targets))
                 step_loss += out.loss_sum.detach().double()
+                micro_count += 1
+                faults.inject("micro", micro_count, rank)
 
-            # 3. Clip, step, schedule.
+            # 3. A NaN or infinite loss never reaches the weights.
+            step_loss = reduce_sum(accelerator, step_loss)
+            loss = float(step_loss) / targets
+            progress.position = position
+            progress.step = step
+            if not math.isfinite(loss):
+                message = f"The loss became {loss} at step {step}"
+                if cfg.on_nan == "stop" or progress.skipped_steps >= MAX_SKIPPED_IN_A_ROW:
+                    kept = checkpoints.newest()
+                    raise LoraplugError(
+                        message + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
+                        where=f"samples {', '.join(_ids(group, 8))}",
+                        fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples"
+                        + (f"; the last good checkpoint is {kept}" if kept else ""),
+                    )
+                progress.skipped_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                live.note(f"warning: {message}; skipped the update (samples {', '.join(_ids(group, 4))})")
+                sinks.log(step, {"skipped_nan_steps": progress.skipped_steps}, split="train")
+                continue
+
+            # 4. Clip, step, schedule.
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            faults.inject("step", step, rank)
 
-            # 4. Check and report.
-            step_loss = reduce_sum(accelerator, step_loss)
-            loss = float(step_loss) / targets
-            if not math.isfinite(loss):
-                ids = [i for b in group for i in b.sample_ids][:8]
-                raise LoraplugError(
-                    f"The loss became {loss} at step {step + 1}",
-                    where=f"samples {', '.join(ids)}",
-                    fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples",
-                )
+            # 5. Report.
             window_loss += step_loss
             window_targets += targets
             window_tokens += tokens
             result.tokens += tokens
-            result.steps = step + 1
-            done = step + 1
-            log_now = done % cfg.log_every_n_steps == 0 or done == steps
+            result.steps = step
+            log_now = step % cfg.log_every_n_steps == 0 or step == steps
             elapsed = time.monotonic() - window_start
             rate = window_tokens / elapsed if elapsed > 0 else 0.0
             lr = scheduler.get_last_lr()[0]
-            progress.update(done, loss=float(window_loss) / max(1, window_targets), lr=lr, tokens_per_s=rate, log=log_now)
+            live.update(step, loss=float(window_loss) / max(1, window_targets), lr=lr, tokens_per_s=rate, log=log_now)
             if log_now:
                 result.train_loss = float(window_loss) / max(1, window_targets)
-                sinks.log(done, {"loss": result.train_loss, "lr": lr, "tokens_per_s": rate}, split="train")
+                sinks.log(step, {"loss": result.train_loss, "lr": lr, "tokens_per_s": rate}, split="train")
                 window_loss.zero_()
                 window_targets = window_tokens = 0
                 window_start = time.monotonic()
 
-            if recipe.eval.every_n_steps and done % recipe.eval.every_n_steps == 0 and done != steps:
-                val = validation_loss(accelerator, step_fn, model, module, prepared, recipe, ctx)
-                if val is not None:
-                    result.val_losses.append((done, val))
-                    sinks.log(done, {"val_loss": val}, split="eval")
-                    progress.note(f"step {done}: validation loss {val:.4f}")
+            # 6. Evaluate, checkpoint, stop early or on a signal.
+            stop = False
+            if recipe.eval.every_n_steps and step % recipe.eval.every_n_steps == 0 and step != steps:
+                stop = evaluation(step)
             if on_step_end is not None:
-                on_step_end(done)
+                on_step_end(step)
+            interrupted = _agreed(accelerator, bool(signals))
+            if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or interrupted):
+                save(step_name(step))
+            if interrupted:
+                raise Interrupted(
+                    f"Stopped by {signals[0] if signals else 'a signal'} at step {step}"
+                    + ("; a checkpoint was saved" if cfg.save_every_n_steps else ""),
+                    fix="Continue with `loraplug run RECIPE --resume`"
+                    if cfg.save_every_n_steps
+                    else "Set train.save_every_n_steps to make runs resumable",
+                )
+            if stop:
+                result.stopped_early = True
+                live.note(f"early stopping at step {step}: no improvement of {recipe.eval.monitor} in "
+                          f"{recipe.eval.early_stopping_patience} evaluations")  # fmt: skip
+                break
 
-    val = validation_loss(accelerator, step_fn, model, module, prepared, recipe, ctx)
-    if val is not None:
-        result.val_losses.append((result.steps, val))
-        sinks.log(result.steps, {"val_loss": val}, split="eval")
+    if not result.stopped_early or not result.evaluations or result.evaluations[-1][0] != result.steps:
+        evaluation(result.steps)
+    if cfg.save_every_n_steps and not (checkpoints.root / step_name(result.steps)).exists():
+        save(step_name(result.steps))
+    result.best = progress.best
+    if recipe.eval.use_best and progress.best and progress.best["step"] != result.steps:
+        if best_weights is None:  # resumed after the best evaluation: it is on disk
+            load_weights(checkpoints.root / BEST, model.module)
+        else:
+            load_trainable_state(model.module, best_weights)
+        live.note(f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})")
     result.seconds = time.monotonic() - started
     # accelerate wrapped the module's forward in autocast; exports and samples after training must see
     # the model as it is, in its own precision.
     accelerator.unwrap_model(module, keep_fp32_wrapper=False)
     return result
+
+
+def _ids(group: list[Batch], limit: int) -> list[str]:
+    return [i for b in group for i in b.sample_ids][:limit]
+
+
+def _agreed(accelerator: Any, flag: bool) -> bool:
+    """Whether any process was asked to stop (every process must stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(reduce_sum(accelerator, value).item() > 0)

@@ -49,10 +49,11 @@ class JsonlSink:
 class TensorBoardSink:
     """Scalars under ``tb/`` as ``train/loss``, ``eval/val_loss``…"""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(path))
+        # purge_step: a resumed run hides what the crashed one logged after its checkpoint.
+        self._writer = SummaryWriter(log_dir=str(path), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float], *, split: str) -> None:
         for name, value in metrics.items():

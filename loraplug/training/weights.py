@@ -30,12 +30,16 @@ def load_trainable(module: torch.nn.Module, path: Path) -> None:
     """Load weights written by :func:`save_trainable` into an identically adapted module."""
     if not path.exists():
         raise LoraplugError(f"No adapter weights at {path}", fix="Point at a finished run directory or a checkpoint")
-    state = load_file(str(path))
+    load_trainable_state(module, load_file(str(path)), source=str(path))
+
+
+def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "memory") -> None:
+    """Copy ``state`` into the module's trainable parameters; every name must match."""
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         raise LoraplugError(
-            f"The adapter weights in {path} do not fit this model: {len(missing)} missing, {len(unexpected)} unexpected "
+            f"The adapter weights in {source} do not fit this model: {len(missing)} missing, {len(unexpected)} unexpected "
             f"(e.g. {next(iter(missing or unexpected))})",
             fix="The recipe's model or adapter settings differ from the run that wrote them",
         )

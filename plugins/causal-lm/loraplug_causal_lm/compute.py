@@ -24,16 +24,17 @@ def loss_sum(module: Any, batch: Batch) -> StepResult:
     return StepResult(loss_sum=loss, num_targets=int(targets.sum()))
 
 
-def generate(model: ModelBundle, options: CausalLMOptions, prompts: Sequence[str]) -> list[Sample]:
+def complete(model: ModelBundle, options: CausalLMOptions, conversations: Sequence[list[dict[str, str]]]) -> list[str]:
+    """Greedy completions of the assistant's next turn, one per conversation."""
     import torch
 
     tokenizer = model.components["tokenizer"]
     encoder = Encoder(tokenizer, max_length=options.max_length, train_on_prompt=False)
     module = model.module
     device = next(module.parameters()).device
-    samples = []
-    for prompt in prompts:
-        ids = tokenizer(encoder.prompt_text(prompt), add_special_tokens=False, return_tensors="pt").to(device)
+    texts = []
+    for messages in conversations:
+        ids = tokenizer(encoder.prompt_text(messages), add_special_tokens=False, return_tensors="pt").to(device)
         with torch.no_grad():
             out = module.generate(
                 **ids,
@@ -42,6 +43,10 @@ def generate(model: ModelBundle, options: CausalLMOptions, prompts: Sequence[str
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        samples.append(Sample(prompt=prompt, text=text.strip()))
-    return samples
+        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    return texts
+
+
+def generate(model: ModelBundle, options: CausalLMOptions, prompts: Sequence[str]) -> list[Sample]:
+    texts = complete(model, options, [[{"role": "user", "content": p}] for p in prompts])
+    return [Sample(prompt=prompt, text=text) for prompt, text in zip(prompts, texts, strict=True)]

@@ -90,10 +90,12 @@ class Encoder:
             text += chunk
         return text, spans
 
-    def prompt_text(self, prompt: str) -> str:
-        """What generation is conditioned on for a bare prompt."""
-        messages = [{"role": "user", "content": prompt}]
-        return self._template(messages, add_generation_prompt=True) if self.has_template else prompt + "\n"
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """What generation is conditioned on: the conversation so far, up to the assistant's turn."""
+        if self.has_template:
+            return self._template(messages, add_generation_prompt=True)
+        text, _ = self._render_plain(messages)
+        return text if [m["role"] for m in messages] == ["user"] else text + "Assistant: "
 
     # -- encoding ----------------------------------------------------------------------------------
 

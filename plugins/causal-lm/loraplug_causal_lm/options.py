@@ -95,3 +95,7 @@ class MergedExportOptions(Options):
     dtype: Dtype = Field("auto", description="Dtype of the saved weights; the merge itself is done in float32.")
     check_parity: bool = Field(True, description="Compare the merged model's logits with the trained model's.")
     tolerance: float = Field(1e-3, gt=0, description="Largest logit difference accepted by the parity check.")
+
+
+class NoOptions(Options):
+    """Kinds without options (metrics)."""

@@ -22,11 +22,13 @@ from loraplug import (
     StepResult,
     hookimpl,
 )
+from loraplug_causal_lm.metrics import METRICS
 from loraplug_causal_lm.options import (
     CausalLMOptions,
     JsonlOptions,
     LoraOptions,
     MergedExportOptions,
+    NoOptions,
     PeftExportOptions,
 )
 
@@ -48,6 +50,8 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     register(KindSpec("adapter", "lora", LoraOptions, "peft LoRA / rsLoRA / DoRA", models=(MODEL_KIND,)))
     register(KindSpec("export", "peft", PeftExportOptions, "adapter_config.json + adapter_model.safetensors", models=(MODEL_KIND,)))
     register(KindSpec("export", "merged", MergedExportOptions, "LoRA merged into the base, save_pretrained", models=(MODEL_KIND,)))
+    for name, summary in METRICS.items():
+        register(KindSpec("metric", name, NoOptions, summary, models=(MODEL_KIND,)))
 
 
 @hookimpl
@@ -92,6 +96,15 @@ def loraplug_generate(
     from loraplug_causal_lm.compute import generate
 
     return generate(model, options, prompts)
+
+
+@hookimpl
+def loraplug_evaluate(
+    metrics: list[str], model: ModelBundle, options: CausalLMOptions, data: DataBundle, scores: dict[str, float], ctx: RunContext
+) -> dict[str, float]:
+    from loraplug_causal_lm.metrics import evaluate
+
+    return evaluate(metrics, model, options, data, scores, ctx)
 
 
 @hookimpl

@@ -14,7 +14,7 @@ def test_malformed_line_is_an_error_naming_file_and_line(lm_recipe, jsonl_file, 
     data = jsonl_file("bad.jsonl", rows)
     result = run_cli("run", lm_recipe(data={"path": str(data)}))
     assert result.exit_code == 2
-    assert f"Line 4 of bad.jsonl is malformed: not valid JSON" in result.stderr
+    assert "Line 4 of bad.jsonl is malformed: not valid JSON" in result.stderr
     assert f"{data}:4" in result.stderr
     assert 'on_error = "skip"' in result.stderr
     assert "Traceback" not in result.output

@@ -1,0 +1,197 @@
+"""Checkpoints that survive a crash at any instant, and exact resume from them.
+
+A checkpoint holds everything the next step depends on: the trained weights, the optimizer and
+schedule (and fp16 loss scaler), every process's random generators, the position in the data, the
+step, and the evaluation history (best metric, patience). It is written into a temporary directory
+and renamed into ``checkpoints/step-N`` only when complete, and its ``checkpoint.json`` — written last
+— records each file's sha256, so a damaged checkpoint is recognised and skipped for the one before.
+Only safetensors and JSON are written; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraplug.errors import LoraplugError
+from loraplug.rundir import atomic_write_json
+from loraplug.training import faults
+from loraplug.training.batches import Position
+from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
+from loraplug.training.weights import ADAPTER_FILE, load_trainable, save_trainable
+
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST = "checkpoint.json"
+BEST = "best"
+
+
+@dataclass
+class Progress:
+    """The loop's own state: where it is and what it has seen."""
+
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    best: dict[str, Any] | None = None  # {"metric", "value", "step"}
+    stale_evals: int = 0
+    skipped_steps: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["position"] = {"epoch": self.position.epoch, "index": self.position.index}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Progress:
+        return cls(
+            step=data["step"],
+            position=Position(**data["position"]),
+            best=data.get("best"),
+            stale_evals=data.get("stale_evals", 0),
+            skipped_steps=data.get("skipped_steps", 0),
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+class Checkpoints:
+    """Saving, finding, verifying and restoring the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, accelerator: Any, *, keep_last: int) -> None:
+        self.root = run_dir / CHECKPOINTS_DIR
+        self.accelerator = accelerator
+        self.keep_last = keep_last
+        self.saves = 0
+
+    # -- saving ------------------------------------------------------------------------------------
+
+    def save(self, name: str, *, module: Any, optimizer: Any, scheduler: Any, progress: Progress, recipe_hash: str) -> Path:
+        """Write checkpoint ``name`` on every process's behalf; return its directory."""
+        accelerator = self.accelerator
+        rank, main = accelerator.process_index, accelerator.is_main_process
+        final = self.root / name
+        tmp = self.root / f".{name}.tmp"
+        self.saves += 1
+        accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        try:
+            save_state(tmp / f"rng-{rank}.safetensors", rng_state())
+            faults.inject("checkpoint", self.saves, rank)
+            accelerator.wait_for_everyone()
+            if main:
+                save_trainable(module, tmp / ADAPTER_FILE)
+                scaler = getattr(accelerator, "scaler", None)
+                save_state(
+                    tmp / "optimizer.safetensors",
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                    },
+                )
+                files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+                atomic_write_json(
+                    tmp / MANIFEST,
+                    {
+                        "progress": progress.as_json(),
+                        "recipe_hash": recipe_hash,
+                        "processes": accelerator.num_processes,
+                        "files": files,
+                    },
+                )
+                if final.exists():
+                    old = self.root / f".{name}.old"
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, final)
+        except OSError as exc:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = self.newest()
+            kept = f"the last whole checkpoint ({previous.name}) is kept" if previous else "no earlier checkpoint exists"
+            raise LoraplugError(
+                f"Could not save the checkpoint at step {progress.step}: {exc.strerror or exc}; {kept}",
+                where=str(self.root),
+                fix="Free disk space (or point run.output_dir at a larger disk), then continue with `loraplug run RECIPE --resume`",
+            ) from exc
+        accelerator.wait_for_everyone()
+        if main and name != BEST:
+            self.prune()
+        return final
+
+    def prune(self) -> None:
+        steps = sorted(p for p in self.root.glob("step-*") if p.is_dir())
+        for old in steps[: max(0, len(steps) - self.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # -- finding -----------------------------------------------------------------------------------
+
+    def verify(self, path: Path) -> str | None:
+        """Why ``path`` is not a whole checkpoint, or ``None`` when it is."""
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return f"{MANIFEST} is missing or unreadable"
+        for name, digest in manifest.get("files", {}).items():
+            if not (path / name).exists():
+                return f"{name} is missing"
+            if _sha256(path / name) != digest:
+                return f"{name} is damaged (its checksum does not match)"
+        return None
+
+    def newest(self, *, warn: Any = None) -> Path | None:
+        """The newest whole step checkpoint; damaged ones are reported through ``warn`` and skipped."""
+        for path in sorted((p for p in self.root.glob("step-*") if p.is_dir()), reverse=True):
+            problem = self.verify(path)
+            if problem is None:
+                return path
+            if warn is not None:
+                warn(f"checkpoint {path.name} is not usable ({problem}); trying the one before")
+        return None
+
+    # -- restoring ---------------------------------------------------------------------------------
+
+    def restore(self, path: Path, *, module: Any, optimizer: Any, scheduler: Any) -> Progress:
+        manifest = json.loads((path / MANIFEST).read_text())
+        processes = manifest.get("processes", 1)
+        if processes != self.accelerator.num_processes:
+            raise LoraplugError(
+                f"Checkpoint {path.name} was written by {processes} process(es); this run has {self.accelerator.num_processes}",
+                fix="Resume with the same number of processes, so each one continues at the same place in the data",
+            )
+        load_trainable(module, path / ADAPTER_FILE)
+        state = load_state(path / "optimizer.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
+        return Progress.from_json(manifest["progress"])
+
+
+def load_weights(path: Path, module: torch.nn.Module) -> None:
+    """Load only a checkpoint's trained weights (the best model before exporting)."""
+    load_trainable(module, path / ADAPTER_FILE)
