@@ -71,8 +71,17 @@ def plan_plots(series: dict[tuple[str, str], Any]) -> list[Plot]:
     if loss:
         plots.append(Plot(f"{REPORT_DIR}/loss.png", "loss", loss))
     ordered = sorted((key for key in series if key not in loss), key=lambda key: (key[0] != "train", key))
+    used = {plot.file for plot in plots}
     for split, name in ordered:
-        plots.append(Plot(f"{REPORT_DIR}/{split}-{_file_safe(name)}.png", f"{split}/{name}", [(split, name)]))
+        stem = f"{REPORT_DIR}/{split}-{_file_safe(name)}"
+        file = f"{stem}.png"
+        # Names that differ only in characters a file name cannot hold ("a/b", "a b") get a suffix.
+        for n in range(2, len(used) + 2):
+            if file not in used:
+                break
+            file = f"{stem}-{n}.png"
+        used.add(file)
+        plots.append(Plot(file, f"{split}/{name}", [(split, name)]))
     return plots
 
 

@@ -13,11 +13,12 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
 
-from loraplug.report import write_report_or_warn
+from loraplug.report import plan_plots, write_report_or_warn
 from loraplug.testing import run_cli
 from loraplug_causal_lm.testing import tiny_lm_recipe
 
@@ -71,7 +72,7 @@ def test_a_finished_run_has_a_report_with_a_plot_of_every_metric(finished_run: P
     text = page.read_text(encoding="utf-8")
     assert 'class="status finished"' in text
 
-    plots = {image["alt"]: finished_run / image["src"] for image in report_images(page)}
+    plots = {image["alt"]: finished_run / image["src"] for image in report_images(page) if image["src"].startswith("report/")}
     # Every metric of metrics.jsonl is in a plot; training and validation loss share one.
     assert {name for alt in plots for name in alt.split(", ")} == metric_names(finished_run)
     assert {"train/loss", "train/lr", "eval/val_loss"} <= metric_names(finished_run)
@@ -102,6 +103,10 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
         metrics.write(json.dumps({"step": 4, "split": "eval", "bleu": 12.5, "chrf/char": 30.0}) + "\n")
         metrics.write('{"step": 5, "split": "train", "loss": 1.')  # torn by a crash: skipped
+    # Image samples as an image model's plugin leaves them: paths relative to the run directory.
+    Image.new("RGB", (16, 16), (0, 128, 0)).save(run_dir / "samples" / "grid 1.png")
+    images = [{"prompt": "a cat", "text": None, "image": "samples/grid 1.png"}, {"prompt": "a dog", "text": None, "image": "samples/gone.png"}]
+    (run_dir / "samples" / "step-000006.json").write_text(json.dumps(images))
 
     result = run_cli("runs", "show", run_dir)
     assert result.exit_code == 0, result.output
@@ -112,9 +117,12 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
     assert "peft" in out and "PeftModel.from_pretrained" in out
     assert str(run_dir / "report.html") in out
 
-    alts = {image["alt"]: run_dir / image["src"] for image in report_images(run_dir / "report.html")}
+    alts = {image["alt"]: run_dir / unquote(image["src"]) for image in report_images(run_dir / "report.html")}
     assert {"eval/bleu", "eval/chrf/char"} <= set(alts)
     assert all(path.is_file() for path in alts.values())
+    page = (run_dir / "report.html").read_text()
+    assert 'src="samples/grid%201.png"' in page and "step 6" in page
+    assert "samples/gone.png is missing" in page
     assert not list(run_dir.glob(".report*")), "no temporary files are left behind"
 
 
@@ -196,3 +204,10 @@ def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
     warnings: list[str] = []
     assert write_report_or_warn(tmp_path / "gone", warnings.append) is None
     assert len(warnings) == 1 and "could not write the run report" in warnings[0] and "runs show" in warnings[0]
+
+
+def test_metrics_whose_names_clash_as_file_names_get_plots_of_their_own() -> None:
+    series = {("train", "loss"): [(1, 1.0)], ("eval", "a/b"): [(1, 1.0)], ("eval", "a_b"): [(1, 2.0)], ("eval", "a b"): [(1, 3.0)]}
+    plots = plan_plots(series)
+    assert len({plot.file for plot in plots}) == len(plots) == 4
+    assert sorted(key for plot in plots for key in plot.series) == sorted(series)
