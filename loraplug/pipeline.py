@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,6 +25,7 @@ from loraplug.errors import LoraplugError, PluginError
 from loraplug.plugins import PluginHost
 from loraplug.recipe import ExportSection, Recipe, load_recipe
 from loraplug.recipe.validate import SMOKE_SAMPLES
+from loraplug.report import write_report_or_warn
 from loraplug.rundir import atomic_dir, atomic_write_json, atomic_write_text, claim_run_dir, write_status
 
 ADAPTER_DIR = "adapter"
@@ -276,6 +278,9 @@ def execute(
             processes=accelerator.num_processes,
             step=resumed_step,
             error=None,
+            # Who runs it: `runs list` tells a killed run (process gone) from a running one.
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
     sinks = Sinks([])
     status = "failed"
@@ -356,6 +361,7 @@ def execute(
         if main:
             error = exc.paragraph() if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
             write_status(run_dir, status=status, error=error)
+            write_report_or_warn(run_dir, warn)
             if aside is not None:
                 warn(f"the run you asked to overwrite is kept at {aside}")
         raise
@@ -376,6 +382,7 @@ def execute(
             tokens_per_second=round(result.tokens_per_second, 1),
             exports=[{"name": e.name, "kind": e.kind, "ok": e.ok, "error": e.error} for e in exports],
         )
+        write_report_or_warn(run_dir, warn)
         if aside is not None:
             import shutil
 

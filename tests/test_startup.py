@@ -12,13 +12,15 @@ PROBE = """
 import sys
 from loraplug.cli.main import main
 code = main({args!r})
-heavy = sorted(m for m in ("torch", "transformers", "diffusers", "peft", "accelerate", "onnx") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "transformers", "diffusers", "peft", "accelerate", "onnx", "matplotlib", "wandb") if m in sys.modules)
 print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins", "list"], ["plugins", "list", "--json"], ["recipe", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["plugins", "list"], ["plugins", "list", "--json"], ["recipe", "--help"], ["runs", "list", "--json"]]
+)
 def test_light_commands_import_no_heavy_library(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from loraplug import __version__
 from loraplug.cli import render
+from loraplug.cli import runs as runs_commands
 from loraplug.errors import LoraplugError
 from loraplug.plugins import FIRST_PARTY, PluginHost
 
@@ -162,6 +163,9 @@ def data() -> None:
 @cli.group()
 def runs() -> None:
     """Look at finished and running runs."""
+
+
+runs_commands.attach(runs)
 
 
 def _register_plugin_commands() -> None:

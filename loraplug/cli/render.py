@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -12,6 +14,7 @@ from rich.table import Table
 from loraplug.bundles import Sample
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe
+from loraplug.runinfo import RunInfo, human_size
 
 
 def escape(text: str) -> str:
@@ -112,3 +115,87 @@ def key_tables(console: Console, sections: Iterable[tuple[str, str, type[BaseMod
         for key in keys_of(model):
             table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
         console.print(table)
+
+
+# --- runs: `loraplug runs list` and `loraplug runs show` -----------------------------------------
+
+STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
+
+
+def run_steps(info: RunInfo) -> str:
+    return f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
+
+
+def run_best(info: RunInfo) -> str:
+    best = info.best()
+    return f"{best.metric} {best.value:.4f} @ {best.step}" if best else ""
+
+
+def run_when(info: RunInfo) -> str:
+    """The start time as ``YYYY-MM-DD HH:MM``; run.json keeps it with its UTC offset."""
+    return str(info.fields.get("started_at", ""))[:16].replace("T", " ")
+
+
+def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
+    if not runs:
+        console.print(f"No runs in {escape(str(root))}. `loraplug run RECIPE` writes one under runs/.")
+        return
+    table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
+    for column in ("run", "status", "steps", "best", "started"):
+        table.add_column(column, justify="right" if column == "steps" else "left")
+    for info in runs:
+        name = info.path.relative_to(root) if info.path.is_relative_to(root) and info.path != root else Path(info.path.name)
+        table.add_row(escape(str(name)), status_text(info.status), run_steps(info), escape(run_best(info)), run_when(info))
+    console.print(table)
+
+
+def run_details(console: Console, info: RunInfo) -> None:
+    """What ``runs show`` prints: status, data, final metrics; the exports follow in their own table."""
+    console.print(f"[bold]{escape(info.name)}[/] {status_text(info.status)}  step {run_steps(info)}  started {run_when(info)}")
+    console.print(f"  run dir  {escape(str(info.path))}")
+    if info.fields.get("error") and info.status != "finished":
+        console.print(f"  [red]error[/]    {escape(str(info.fields['error']))}")
+    if info.data:
+        console.print("  data     " + escape(", ".join(f"{k} {v}" for k, v in info.data.items())))
+    final = info.final_metrics()
+    if final:
+        table = Table(title="final metrics", title_justify="left")
+        for column in ("split", "metric", "value", "step"):
+            table.add_column(column, justify="right" if column in ("value", "step") else "left")
+        for (split, name), (step, value) in sorted(final.items(), key=lambda item: (item[0][0] != "train", item[0])):
+            table.add_row(split, escape(name), f"{value:.6g}", str(step))
+        console.print(table)
+    best = run_best(info)
+    if best:
+        console.print(f"  best     {escape(best)}")
+
+
+def export_manifest_table(console: Console, manifests: list[dict[str, Any]]) -> None:
+    """One row per export manifest (``exports/<name>/export.json``): kind, files, size, how it loads, figures."""
+    if not manifests:
+        console.print("  no exports")
+        return
+    table = Table(title="exports", title_justify="left")
+    for column in ("export", "kind", "files", "size", "loads with", "figures"):
+        table.add_column(column, overflow="fold", justify="right" if column in ("files", "size") else "left")
+    for manifest in manifests:
+        files = [f for f in manifest.get("files") or [] if isinstance(f, dict)]
+        size = sum(int(f.get("size", 0)) for f in files)
+        figures = ", ".join(f"{k} {_figure(v)}" for k, v in (manifest.get("figures") or {}).items())
+        table.add_row(
+            escape(str(manifest.get("name", ""))),
+            escape(str(manifest.get("kind", ""))),
+            str(len(files)),
+            human_size(size),
+            escape(str(manifest.get("loads_with", ""))),
+            escape(figures),
+        )
+    console.print(table)
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,70 @@
+"""``loraplug runs list`` and ``loraplug runs show``: look at runs without reading their logs.
+
+The commands are attached to the core's ``runs`` group by :func:`attach`. Listing reads only JSON and
+TOML files; matplotlib loads only when ``runs show`` draws the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from loraplug.cli import render
+from loraplug.errors import LoraplugError
+from loraplug.runinfo import RunInfo, find_runs, read_run
+
+
+@click.command("list")
+@click.argument("directory", required=False, default="runs", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_runs(directory: Path, as_json: bool) -> None:
+    """List the runs in DIRECTORY (default ./runs, and the smoke runs under it): status, steps, best metric."""
+    from loraplug.cli.main import console
+
+    root = directory.absolute()
+    runs = sorted((read_run(path) for path in find_runs(root)), key=lambda info: str(info.fields.get("started_at", "")), reverse=True)
+    if as_json:
+        click.echo(json.dumps([run_summary(info) for info in runs], indent=2))
+    else:
+        render.run_table(console, runs, root)
+
+
+@click.command("show")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def show_run(run_dir: Path) -> None:
+    """Show RUN_DIR's status, data, final metrics and exports, and (re)write its report.html."""
+    from loraplug.cli.main import console
+    from loraplug.report import write_report
+
+    info = read_run(run_dir.absolute())
+    render.run_details(console, info)
+    render.export_manifest_table(console, info.exports)
+    try:
+        page = write_report(info.path)
+    except OSError as exc:
+        raise LoraplugError(f"Could not write the report in {info.path}: {exc}", fix="Check the directory is writable") from exc
+    console.print(f"  report   {render.escape(str(page))}")
+
+
+def run_summary(info: RunInfo) -> dict[str, object]:
+    """One run as ``runs list --json`` prints it."""
+    best = info.best()
+    return {
+        "name": info.name,
+        "path": str(info.path),
+        "status": info.status,
+        "step": info.step,
+        "total_steps": info.total_steps,
+        "best": {"metric": best.metric, "value": best.value, "step": best.step} if best else None,
+        "started_at": info.fields.get("started_at"),
+        "finished_at": info.fields.get("finished_at"),
+        "smoke": bool(info.fields.get("smoke", False)),
+    }
+
+
+def attach(group: click.Group) -> None:
+    """Add ``list`` and ``show`` to the ``runs`` group."""
+    group.add_command(list_runs)
+    group.add_command(show_run)
