@@ -72,6 +72,9 @@ class MicroBatches:
         """Yield ``(position after this batch, batch)`` forever; the caller stops it."""
         epoch, index = start.epoch, start.index
         while True:
+            # The loader gets a generator of its own: creating its iterator would otherwise draw from
+            # the global RNG, shifting dropout masks after a resume.
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             if self.sized:
                 plan = self.plan(epoch)[index:]
                 slices = [self._slice(b) for b in plan]
@@ -80,6 +83,7 @@ class MicroBatches:
                     batch_sampler=slices,
                     collate_fn=self.prepared.collate,
                     num_workers=self.num_workers,
+                    generator=generator,
                 )
             else:
                 loader = DataLoader(
@@ -87,6 +91,7 @@ class MicroBatches:
                     batch_size=self.batch_size,
                     collate_fn=self.prepared.collate,
                     num_workers=self.num_workers,
+                    generator=generator,
                 )
             skip = 0 if self.sized else index
             yielded = False

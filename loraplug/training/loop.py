@@ -197,6 +197,8 @@ def train(
                 last = index == len(group) - 1
                 with nullcontext() if last else accelerator.no_sync(module):
                     out = step_fn(model=model, module=module, batch=move_to(batch, accelerator.device), ctx=ctx)
+                    if faults.poisoned("micro", micro_count + 1, rank):
+                        out.loss_sum = out.loss_sum * float("nan")
                     accelerator.backward(out.loss_sum * (world / targets))
                 step_loss += out.loss_sum.detach().double()
                 micro_count += 1
