@@ -19,7 +19,8 @@ ADAPTER_FILE = "adapter.safetensors"
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in module.named_parameters() if p.requires_grad}
+    """A copy of every trainable parameter on the CPU (a snapshot: later steps do not change it)."""
+    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters() if p.requires_grad}
 
 
 def save_trainable(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:

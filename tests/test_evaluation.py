@@ -1,0 +1,90 @@
+"""Evaluation: metrics through the evaluate hook, the best weights, early stopping, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from loraplug.testing import run_cli
+from loraplug.training import faults
+
+
+def status(tmp_path: Path, name: str = "tiny") -> dict:
+    return json.loads((tmp_path / "runs" / name / "run.json").read_text())
+
+
+def test_generation_metrics_are_logged(tmp_path: Path, lm_recipe) -> None:
+    recipe = lm_recipe(eval={"metrics": ["perplexity", "bleu", "chrf", "rougeL", "distinct_1", "distinct_2", "exact_match"],
+                             "generate_samples": 3, "every_n_steps": 2})  # fmt: skip
+    result = run_cli("run", recipe, "train.max_steps=2")
+    assert result.exit_code == 0, result.output
+    evals = [json.loads(l) for l in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["step"] for e in evals] == [0, 2]
+    for record in evals:
+        assert {"val_loss", "perplexity", "bleu", "chrf", "rougeL", "distinct_1", "distinct_2", "exact_match"} <= record.keys()
+        assert abs(record["perplexity"] - torch.tensor(record["val_loss"]).exp().item()) < 1e-6 * record["perplexity"]
+        assert 0 <= record["rougeL"] <= 1 and 0 <= record["chrf"] <= 100
+
+
+def test_unknown_metric_and_unmonitorable_score_are_recipe_errors(lm_recipe) -> None:
+    result = run_cli("recipe", "check", lm_recipe(eval={"metrics": ["blue"], "monitor": "accuracy"}))
+    assert result.exit_code == 2
+    assert "`eval.metrics[0]` = 'blue'" in result.stderr and "Did you mean 'bleu'?" in result.stderr
+    assert "`eval.monitor` = 'accuracy'" in result.stderr
+
+
+def test_f1_needs_labels(lm_recipe) -> None:
+    result = run_cli("run", lm_recipe(eval={"metrics": ["f1"]}))
+    assert result.exit_code == 2
+    assert "The f1 metric needs a `label` field" in result.stderr
+
+
+def test_f1_against_labels(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    rows = [{"prompt": f"is {i} even?", "response": "yes" if i % 2 == 0 else "no", "label": "yes" if i % 2 == 0 else "no"} for i in range(16)]
+    data = jsonl_file("labels.jsonl", rows)
+    result = run_cli("run", lm_recipe(data={"path": str(data)}, eval={"metrics": ["f1"]}, export=[]))
+    assert result.exit_code == 0, result.output
+    final = status(tmp_path)["evaluations"][-1]
+    assert 0 <= final["f1"] <= 1
+
+
+def test_early_stopping_and_best_weights(tmp_path: Path, lm_recipe) -> None:
+    # min_delta is larger than any change a few steps can make, so only the baseline counts as an
+    # improvement: the run stops after `patience` evaluations and exports the baseline's weights.
+    recipe = lm_recipe(
+        train={"max_steps": 20, "lr": 1e-3},
+        eval={"every_n_steps": 1, "early_stopping_patience": 2, "early_stopping_min_delta": 100.0},
+        export=[{"kind": "peft"}],
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "early stopping at step 2" in result.stdout
+    assert "using the best weights, from step 0" in result.stdout
+    record = status(tmp_path)
+    assert record["step"] == 2 and record["stopped_early"] is True
+    assert record["best"]["step"] == 0 and record["best"]["metric"] == "val_loss"
+    weights = load_file(str(tmp_path / "runs" / "tiny" / "adapter" / "adapter.safetensors"))
+    assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if "lora_B" in k)  # LoRA B starts at zero
+
+
+def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, monkeypatch) -> None:
+    monkeypatch.setenv("LORAPLUG_FAULT", "nan:micro=3")
+    faults.reset()
+    try:
+        stopped = run_cli("run", lm_recipe(export=[]))
+        assert stopped.exit_code == 2
+        assert "The loss became nan at step 3" in stopped.stderr and "train.jsonl:" in stopped.stderr
+        assert status(tmp_path)["status"] == "failed"
+
+        skipped = run_cli("run", lm_recipe(export=[]), "train.on_nan=skip", "--overwrite")
+        assert skipped.exit_code == 0, skipped.output
+        assert "skipped the update" in skipped.stdout
+        lines = [json.loads(l) for l in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+        assert any(l.get("skipped_nan_steps") == 1 for l in lines)
+    finally:
+        os.environ.pop("LORAPLUG_FAULT", None)
+        faults.reset()
