@@ -91,7 +91,8 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision)
+    # cpu=True on a machine without CUDA is what makes accelerate use gloo under torchrun.
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def _check(value: Any, expected: type, distribution: str, hook: str) -> Any:

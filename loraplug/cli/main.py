@@ -74,7 +74,8 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
     if force and not resume:
         raise click.UsageError("--force only applies with --resume")
     checked = load_recipe(recipe, host(), overrides, smoke=smoke)
-    render.run_header(console, checked, smoke=smoke)
+    if int(os.environ.get("RANK", "0")) == 0:
+        render.run_header(console, checked, smoke=smoke)
     outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite, resume=resume, force=force)
     if outcome.run_dir and int(os.environ.get("RANK", "0")) == 0:
         render.run_summary(console, outcome)
