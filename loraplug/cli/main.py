@@ -17,6 +17,7 @@ from rich.console import Console
 
 from loraplug import __version__
 from loraplug.cli import render
+from loraplug.cli.export import export as export_command
 from loraplug.errors import LoraplugError
 from loraplug.plugins import FIRST_PARTY, PluginHost
 
@@ -156,6 +157,10 @@ def data() -> None:
 @cli.group()
 def runs() -> None:
     """Look at finished and running runs."""
+
+
+# Core commands that live in their own modules.
+cli.add_command(export_command)
 
 
 def _register_plugin_commands() -> None:

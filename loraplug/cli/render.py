@@ -112,3 +112,60 @@ def key_tables(console: Console, sections: Iterable[tuple[str, str, type[BaseMod
         for key in keys_of(model):
             table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
         console.print(table)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_figure(v)}" for k, v in value.items())
+    return str(value)
+
+
+#: Files listed per export; the rest are summed into one line.
+MANIFEST_FILES_SHOWN = 4
+
+
+def export_manifest_table(console: Console, manifests: list[dict[str, object]]) -> None:
+    """Exports as a table: files (largest first, with size and sha256 prefix), figures, how to load.
+
+    Each manifest is an ``export.json`` as a dict, optionally with ``"path"`` (its directory). Keys a
+    manifest lacks (older or third-party ones) are shown as blank rather than failing.
+    """
+    table = Table(title="exports", title_justify="left", show_lines=True)
+    table.add_column("export")
+    table.add_column("files", overflow="fold")
+    table.add_column("figures", overflow="fold")
+    table.add_column("loads with", overflow="fold")
+    for manifest in manifests:
+        get = manifest.get
+        head = f"[bold]{escape(str(get('name', '?')))}[/]\n{escape(str(get('kind', '')))}"
+        plugin = get("plugin")
+        if isinstance(plugin, dict):
+            head += f"\n[dim]{escape(str(plugin.get('distribution', '')))} {escape(str(plugin.get('version', '')))}[/]"
+        if get("path"):
+            head += f"\n[dim]{escape(str(get('path')))}[/]"
+        files = [f for f in get("files") or [] if isinstance(f, dict)]  # type: ignore[union-attr]
+        files.sort(key=lambda f: -int(f.get("size", 0)))
+        lines = [
+            f"{escape(str(f.get('path')))}  {_size(int(f.get('size', 0)))}  [dim]sha256 {str(f.get('sha256', ''))[:12]}[/]"
+            for f in files[:MANIFEST_FILES_SHOWN]
+        ]
+        rest = files[MANIFEST_FILES_SHOWN:]
+        if rest:
+            lines.append(f"[dim]+ {len(rest)} more, {_size(sum(int(f.get('size', 0)) for f in rest))}[/]")
+        lines.append(f"[bold]total {_size(sum(int(f.get('size', 0)) for f in files))}[/]")
+        figures = get("figures") if isinstance(get("figures"), dict) else {}
+        figure_lines = [f"{escape(str(k))}: {escape(_figure(v))}" for k, v in figures.items()]  # type: ignore[union-attr]
+        notes = [f"[dim]{escape(str(n))}[/]" for n in get("notes") or []]  # type: ignore[union-attr]
+        table.add_row(head, "\n".join(lines), "\n".join(figure_lines + notes), escape(str(get("loads_with") or "")))
+    console.print(table)

@@ -16,6 +16,25 @@ PRESETS = ("tiny-llama",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: ``[model] quantization``: how the frozen base is stored for QLoRA (through bitsandbytes).
+Quantization = Literal["nf4", "int8"]
+
+
+def require_bitsandbytes(value: str | None) -> str | None:
+    """A setting that needs bitsandbytes is refused at ``recipe check`` when it is not installed.
+
+    ``find_spec`` looks for the package without importing it (importing bitsandbytes loads torch).
+    """
+    from importlib.util import find_spec
+
+    if value is not None and find_spec("bitsandbytes") is None:
+        raise PydanticCustomError(
+            "bitsandbytes_missing",
+            "{value!r} needs bitsandbytes, which is not installed: `pip install bitsandbytes` "
+            "(0.45 or newer; it runs on CPUs and CUDA GPUs)",
+            {"value": value},
+        )
+    return value
 
 
 class JsonlOptions(Options):
@@ -63,8 +82,15 @@ class CausalLMOptions(Options):
     max_length: PositiveInt = Field(1024, description="Tokens per sample; longer samples are truncated and counted.")
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
+    quantization: Quantization | None = Field(
+        None,
+        description="QLoRA: load the frozen base quantized with bitsandbytes — `nf4` (4-bit NormalFloat, double "
+        "quantization) or `int8` (LLM.int8) — and prepare it with peft's `prepare_model_for_kbit_training`. "
+        "Computation runs in `dtype` (`auto`: bfloat16 on a CUDA GPU that has it, else float32).",
+    )
 
     _pretrained = field_validator("pretrained")(resolve_pretrained)
+    _quantization = field_validator("quantization")(require_bitsandbytes)
 
 
 class LoraOptions(Options):
@@ -94,4 +120,15 @@ class MergedExportOptions(Options):
 
     dtype: Dtype = Field("auto", description="Dtype of the saved weights; the merge itself is done in float32.")
     check_parity: bool = Field(True, description="Compare the merged model's logits with the trained model's.")
-    tolerance: float = Field(1e-3, gt=0, description="Largest logit difference accepted by the parity check.")
+    tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="Largest logit difference accepted by the parity check; default 1e-3, or 5e-2 for an `int8` base "
+        "(LLM.int8 rounds the activations to 8 bits too, which the merged model does not).",
+    )
+    dequantize: bool = Field(
+        True,
+        description="With a quantized base (`model.quantization`): merge into the base dequantized to the compute "
+        "dtype. `false` asks to merge into the 4/8-bit weights themselves, which is refused: rounding the merged "
+        "weights back to 4/8 bits loses most of the LoRA update (peft#2321).",
+    )
