@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -123,49 +124,48 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _figure(value: object) -> str:
+def _figure(value: object) -> str | None:
+    """A figure as table text; structured ones (shapes per input) stay in export.json."""
+    if isinstance(value, bool) or isinstance(value, int | str):
+        return str(value)
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_figure(v)}" for k, v in value.items())
-    return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return None
 
 
-#: Files listed per export; the rest are summed into one line.
-MANIFEST_FILES_SHOWN = 4
-
-
-def export_manifest_table(console: Console, manifests: list[dict[str, object]]) -> None:
-    """Exports as a table: files (largest first, with size and sha256 prefix), figures, how to load.
+def export_manifest_table(console: Console, manifests: list[dict[str, Any]]) -> None:
+    """Exports as a table — name, kind, size, main file with its sha256, figures — then how each loads.
 
     Each manifest is an ``export.json`` as a dict, optionally with ``"path"`` (its directory). Keys a
-    manifest lacks (older or third-party ones) are shown as blank rather than failing.
+    manifest lacks (older or third-party ones) show as blank rather than failing.
     """
-    table = Table(title="exports", title_justify="left", show_lines=True)
+    table = Table(title="exports", title_justify="left")
     table.add_column("export")
-    table.add_column("files", overflow="fold")
+    table.add_column("kind")
+    table.add_column("size", justify="right")
+    table.add_column("main file", overflow="fold")
     table.add_column("figures", overflow="fold")
-    table.add_column("loads with", overflow="fold")
     for manifest in manifests:
-        get = manifest.get
-        head = f"[bold]{escape(str(get('name', '?')))}[/]\n{escape(str(get('kind', '')))}"
-        plugin = get("plugin")
-        if isinstance(plugin, dict):
-            head += f"\n[dim]{escape(str(plugin.get('distribution', '')))} {escape(str(plugin.get('version', '')))}[/]"
-        if get("path"):
-            head += f"\n[dim]{escape(str(get('path')))}[/]"
-        files = [f for f in get("files") or [] if isinstance(f, dict)]  # type: ignore[union-attr]
-        files.sort(key=lambda f: -int(f.get("size", 0)))
-        lines = [
-            f"{escape(str(f.get('path')))}  {_size(int(f.get('size', 0)))}  [dim]sha256 {str(f.get('sha256', ''))[:12]}[/]"
-            for f in files[:MANIFEST_FILES_SHOWN]
-        ]
-        rest = files[MANIFEST_FILES_SHOWN:]
-        if rest:
-            lines.append(f"[dim]+ {len(rest)} more, {_size(sum(int(f.get('size', 0)) for f in rest))}[/]")
-        lines.append(f"[bold]total {_size(sum(int(f.get('size', 0)) for f in files))}[/]")
-        figures = get("figures") if isinstance(get("figures"), dict) else {}
-        figure_lines = [f"{escape(str(k))}: {escape(_figure(v))}" for k, v in figures.items()]  # type: ignore[union-attr]
-        notes = [f"[dim]{escape(str(n))}[/]" for n in get("notes") or []]  # type: ignore[union-attr]
-        table.add_row(head, "\n".join(lines), "\n".join(figure_lines + notes), escape(str(get("loads_with") or "")))
+        files = sorted((f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0)))
+        total = sum(int(f.get("size", 0)) for f in files)
+        main = f"{escape(str(files[0].get('path')))}\n[dim]sha256 {str(files[0].get('sha256', ''))[:16]}[/]" if files else ""
+        if len(files) > 1:
+            main += f"\n[dim]+ {len(files) - 1} more file{'s' if len(files) > 2 else ''}[/]"
+        figures = manifest.get("figures") if isinstance(manifest.get("figures"), dict) else {}
+        shown = [(k, _figure(v)) for k, v in figures.items()]
+        table.add_row(
+            escape(str(manifest.get("name", "?"))),
+            escape(str(manifest.get("kind", ""))),
+            _size(total),
+            main,
+            "\n".join(f"{escape(str(k))} {escape(v)}" for k, v in shown if v is not None),
+        )
     console.print(table)
+    for manifest in manifests:
+        name = escape(str(manifest.get("name", "?")))
+        if manifest.get("path"):
+            console.print(f"  [bold]{name}[/]  {escape(str(manifest['path']))}")
+        if manifest.get("loads_with"):
+            console.print(f"    loads with  {escape(str(manifest['loads_with']))}")
+        for note in manifest.get("notes") or []:
+            console.print(f"    [dim]{escape(str(note))}[/]")
