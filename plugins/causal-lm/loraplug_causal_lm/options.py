@@ -20,20 +20,28 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["nf4", "int8"]
 
 
-def require_bitsandbytes(value: str | None) -> str | None:
-    """A setting that needs bitsandbytes is refused at ``recipe check`` when it is not installed.
+def require_package(package: str, needed_for: str, install: str) -> None:
+    """Refuse a setting at ``recipe check`` when the package it needs is not installed.
 
-    ``find_spec`` looks for the package without importing it (importing bitsandbytes loads torch).
+    ``find_spec`` looks for the package without importing it (bitsandbytes and torchao load torch).
     """
     from importlib.util import find_spec
 
-    if value is not None and find_spec("bitsandbytes") is None:
+    if find_spec(package) is None:
         raise PydanticCustomError(
-            "bitsandbytes_missing",
-            "{value!r} needs bitsandbytes, which is not installed: `pip install bitsandbytes` "
-            "(0.45 or newer; it runs on CPUs and CUDA GPUs)",
-            {"value": value},
+            "package_missing",
+            "{needed_for} needs {package}, which is not installed: `{install}`",
+            {"needed_for": needed_for, "package": package, "install": install},
         )
+
+
+#: How to get bitsandbytes; 0.45 and newer run on CPUs as well as CUDA GPUs.
+BITSANDBYTES_INSTALL = "pip install 'bitsandbytes>=0.45'"
+
+
+def require_bitsandbytes(value: str | None) -> str | None:
+    if value is not None:
+        require_package("bitsandbytes", repr(value), BITSANDBYTES_INSTALL)
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplug import LoraplugError
-from loraplug_causal_lm.options import CausalLMOptions
+from loraplug_causal_lm.options import BITSANDBYTES_INSTALL, CausalLMOptions
 
 #: Why a merge never goes into the quantized weights themselves.
 PEFT_2321 = (
@@ -18,14 +18,14 @@ PEFT_2321 = (
 )
 
 
-def import_bitsandbytes() -> Any:
+def import_bitsandbytes(needed_for: str = "`model.quantization`", alternative: str = "remove `model.quantization`") -> Any:
     """bitsandbytes, or a clear error naming what to install."""
     try:
         import bitsandbytes
     except ImportError as exc:
         raise LoraplugError(
-            f"Quantization needs bitsandbytes, which could not be imported ({exc})",
-            fix="`pip install bitsandbytes` (0.45 or newer runs on CPUs and CUDA GPUs), or remove `model.quantization`",
+            f"{needed_for} needs bitsandbytes, which could not be imported ({exc})",
+            fix=f"`{BITSANDBYTES_INSTALL}` (it runs on CPUs and CUDA GPUs), or {alternative}",
         ) from exc
     return bitsandbytes
 
