@@ -16,19 +16,14 @@ from loraplug.testing import run_cli
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from loraplug_causal_lm.testing import tiny_lm_recipe
+    from loraplug_causal_lm.testing import trained_tiny_run
 
-    root = tmp_path_factory.mktemp("onnx")
-    os.chdir(root)
-    recipe = tiny_lm_recipe(
-        root,
+    return trained_tiny_run(
+        tmp_path_factory.mktemp("onnx"),
         train={"max_steps": 4, "lr": 5e-3},
         adapter={"modules_to_save": ["lm_head"]},
         export=[{"kind": "peft"}, {"kind": "onnx"}],
     )
-    result = run_cli("run", recipe)
-    assert result.exit_code == 0, result.output
-    return root / "runs" / "tiny"
 
 
 def _trained_logits(run_dir: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:

@@ -4,7 +4,6 @@ the reloaded model measures."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,14 @@ from loraplug.testing import run_cli
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from loraplug_causal_lm.testing import tiny_lm_recipe
+    from loraplug_causal_lm.testing import trained_tiny_run
 
-    root = tmp_path_factory.mktemp("quant")
-    os.chdir(root)
-    recipe = tiny_lm_recipe(
-        root,
+    return trained_tiny_run(
+        tmp_path_factory.mktemp("quant"),
         train={"max_steps": 4, "lr": 5e-3},
         adapter={"modules_to_save": ["lm_head"]},
         export=[{"kind": "merged"}, {"kind": "bnb-4bit"}],
     )
-    result = run_cli("run", recipe)
-    assert result.exit_code == 0, result.output
-    return root / "runs" / "tiny"
 
 
 def _manifest(export: Path) -> dict[str, Any]:
