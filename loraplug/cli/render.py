@@ -133,39 +133,53 @@ def _figure(value: object) -> str | None:
     return None
 
 
+def _manifest_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """One export's (key, value) rows: kind, where, files, figures, how it loads, notes."""
+    rows = [("kind", escape(str(manifest.get("kind", ""))))]
+    plugin = manifest.get("plugin")
+    if isinstance(plugin, dict):
+        rows.append(("plugin", escape(f"{plugin.get('distribution', '?')} {plugin.get('version', '')}".strip())))
+    if manifest.get("path"):
+        rows.append(("path", escape(str(manifest["path"]))))
+    files = sorted((f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0)))
+    total = sum(int(f.get("size", 0)) for f in files)
+    rows.append(("size", f"{_size(total)} in {len(files)} file{'s' if len(files) != 1 else ''}"))
+    for entry in files[:MANIFEST_FILES_SHOWN]:
+        digest = str(entry.get("sha256", ""))[:12]
+        rows.append(("", f"{escape(str(entry.get('path')))}  {_size(int(entry.get('size', 0)))}  [dim]sha256 {digest}…[/]"))
+    if len(files) > MANIFEST_FILES_SHOWN:
+        rows.append(("", f"[dim]+ {len(files) - MANIFEST_FILES_SHOWN} more (export.json lists them)[/]"))
+    figures = manifest.get("figures")
+    for key, value in (figures.items() if isinstance(figures, dict) else []):
+        shown = _figure(value)
+        if shown is not None:
+            rows.append((escape(str(key)), escape(shown)))
+    if manifest.get("loads_with"):
+        rows.append(("loads with", escape(str(manifest["loads_with"]))))
+    for note in manifest.get("notes") or []:
+        rows.append(("note", f"[dim]{escape(str(note))}[/]"))
+    return rows
+
+
+#: Files listed per export, largest first; export.json lists every one.
+MANIFEST_FILES_SHOWN = 3
+
+
 def export_manifest_table(console: Console, manifests: list[dict[str, Any]]) -> None:
-    """Exports as a table — name, kind, size, main file with its sha256, figures — then how each loads.
+    """Exports as one table, a section per export: kind, files (size, sha256), figures, how it loads.
 
     Each manifest is an ``export.json`` as a dict, optionally with ``"path"`` (its directory). Keys a
-    manifest lacks (older or third-party ones) show as blank rather than failing.
+    manifest lacks (older or third-party ones) are left out rather than failing. Rows are key/value
+    pairs, so a figure name is never broken across lines in an 80-column terminal.
     """
     table = Table(title="exports", title_justify="left")
-    table.add_column("export")
-    table.add_column("kind")
-    table.add_column("size", justify="right")
-    table.add_column("main file", overflow="fold")
-    table.add_column("figures", overflow="fold")
-    for manifest in manifests:
-        files = sorted((f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0)))
-        total = sum(int(f.get("size", 0)) for f in files)
-        main = f"{escape(str(files[0].get('path')))}\n[dim]sha256 {str(files[0].get('sha256', ''))[:16]}[/]" if files else ""
-        if len(files) > 1:
-            main += f"\n[dim]+ {len(files) - 1} more file{'s' if len(files) > 2 else ''}[/]"
-        figures = manifest.get("figures") if isinstance(manifest.get("figures"), dict) else {}
-        shown = [(k, _figure(v)) for k, v in figures.items()]
-        table.add_row(
-            escape(str(manifest.get("name", "?"))),
-            escape(str(manifest.get("kind", ""))),
-            _size(total),
-            main,
-            "\n".join(f"{escape(str(k))} {escape(v)}" for k, v in shown if v is not None),
-        )
+    table.add_column("export", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("", overflow="fold")
+    for index, manifest in enumerate(manifests):
+        if index:
+            table.add_section()
+        for row, (key, value) in enumerate(_manifest_rows(manifest)):
+            name = f"[bold]{escape(str(manifest.get('name', '?')))}[/]" if row == 0 else ""
+            table.add_row(name, key, value)
     console.print(table)
-    for manifest in manifests:
-        name = escape(str(manifest.get("name", "?")))
-        if manifest.get("path"):
-            console.print(f"  [bold]{name}[/]  {escape(str(manifest['path']))}")
-        if manifest.get("loads_with"):
-            console.print(f"    loads with  {escape(str(manifest['loads_with']))}")
-        for note in manifest.get("notes") or []:
-            console.print(f"    [dim]{escape(str(note))}[/]")
