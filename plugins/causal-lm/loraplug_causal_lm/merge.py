@@ -38,11 +38,12 @@ def _dequantized_base(options: CausalLMOptions, ctx: RunContext) -> tuple[Any, A
     from loraplug_causal_lm.quantized import compute_dtype
 
     dtype = compute_dtype(options)
-    base, tokenizer = load_causal_lm(options, ctx.cache_dir, device="cpu")
+    # Quantized on the device training used (the first GPU, else the CPU), so the codes are the same.
+    base, tokenizer = load_causal_lm(options, ctx.cache_dir)
     base = base.dequantize(dtype=getattr(torch, dtype))
     # transformers leaves these flags set after dequantize(); peft and accelerate read them.
     base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
-    return base.float(), tokenizer, dtype
+    return base.to("cpu", torch.float32), tokenizer, dtype
 
 
 def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True) -> MergedModel:

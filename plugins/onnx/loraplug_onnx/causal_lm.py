@@ -10,9 +10,9 @@ from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
 from loraplug_onnx import convert
 from loraplug_onnx.options import OnnxExportOptions
 
-#: transformers model types whose export loraplug checks (tiny configs, parity below 1e-6; see
-#: docs/formats.md). Others are refused unless `any_family = true`.
-VERIFIED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
+#: transformers model types whose export bench/onnx_families.py verifies (tiny configs, parity below
+#: 1e-6; docs/formats.md has the table). Others are refused unless `any_family = true`.
+VERIFIED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox", "opt")
 EXPORT_SHAPE = (2, 8)
 #: Another batch size and length than the export's, and one right-padded row, so the check proves the
 #: axes are dynamic and the attention mask is honoured.
