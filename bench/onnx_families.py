@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from loraplug_onnx import convert
-from loraplug_onnx.causal_lm import EXPORT_SHAPE, PADDED, PARITY_SHAPE, VERIFIED_FAMILIES, LogitsOnly, _inputs
+from loraplug_onnx.causal_lm import VERIFIED_FAMILIES, logits_graph, parity_inputs
 from loraplug_onnx.options import DEFAULT_OPSET
 
 VOCAB = 256
@@ -37,21 +37,13 @@ def check(family: str) -> tuple[float, float]:
     settings = CONFIGS.get(family, DECODER)
     config = AutoConfig.for_model(family, vocab_size=VOCAB, pad_token_id=0, max_position_embeddings=256, **settings)
     torch.manual_seed(0)
-    module = LogitsOnly(AutoModelForCausalLM.from_config(config)).eval()
     generator = torch.Generator().manual_seed(0)
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    graph = convert.Graph(
-        module=module,
-        inputs=_inputs(VOCAB, EXPORT_SHAPE, generator),
-        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
-        output="logits",
-        what=f"a tiny {family} model",
-    )
+    graph = logits_graph(AutoModelForCausalLM.from_config(config), VOCAB, generator, f"a tiny {family} model")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         path = convert.export(graph, Path(tmp), DEFAULT_OPSET)
         seconds = time.perf_counter() - start
-        return seconds, convert.max_abs_diff(path, module, _inputs(VOCAB, PARITY_SHAPE, generator, padded=PADDED))
+        return seconds, convert.max_abs_diff(path, graph.module, parity_inputs(VOCAB, generator))
 
 
 def main(families: list[str]) -> None:

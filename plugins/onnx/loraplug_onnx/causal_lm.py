@@ -39,6 +39,22 @@ def _inputs(vocab: int, shape: tuple[int, int], generator: torch.Generator, padd
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def logits_graph(model: torch.nn.Module, vocab: int, generator: torch.Generator, what: str) -> convert.Graph:
+    """``model`` as a logits-only graph with dynamic batch and sequence axes, traced at EXPORT_SHAPE."""
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    return convert.Graph(
+        module=LogitsOnly(model).eval(),
+        inputs=_inputs(vocab, EXPORT_SHAPE, generator),
+        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        output="logits",
+        what=what,
+    )
+
+
+def parity_inputs(vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return _inputs(vocab, PARITY_SHAPE, generator, padded=PADDED)
+
+
 def export(options: OnnxExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     from loraplug_causal_lm.merge import merged_model
 
@@ -52,20 +68,12 @@ def export(options: OnnxExportOptions, model: ModelBundle, out_dir: Path, ctx: R
             "`merged` export and convert it with your own tooling; the adapter and the other exports are kept",
         )
     merged = merged_model(model, ctx)
-    graph_module = LogitsOnly(merged.module).eval()
     vocab = int(merged.module.config.vocab_size)
     generator = torch.Generator().manual_seed(ctx.seed)
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    graph = convert.Graph(
-        module=graph_module,
-        inputs=_inputs(vocab, EXPORT_SHAPE, generator),
-        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
-        output="logits",
-        what=f"the merged {family} model",
-    )
+    graph = logits_graph(merged.module, vocab, generator, f"the merged {family} model")
     path = convert.export(graph, out_dir, options.opset)
-    feeds = _inputs(vocab, PARITY_SHAPE, generator, padded=PADDED)
-    diff = convert.max_abs_diff(path, graph_module, feeds)
+    feeds = parity_inputs(vocab, generator)
+    diff = convert.max_abs_diff(path, graph.module, feeds)
     convert.check_parity(diff, options.tolerance, feeds, graph.what)
     merged.module.config.save_pretrained(str(out_dir))
     merged.tokenizer.save_pretrained(str(out_dir))
