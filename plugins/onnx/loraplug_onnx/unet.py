@@ -37,12 +37,12 @@ def merged_unet(unet: Any) -> tuple[torch.nn.Module, int]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     if hasattr(unet, "merge_and_unload"):  # wrapped as a PeftModel rather than injected
-        merged = copy.deepcopy(unet).float()
+        merged = copy.deepcopy(unet).to("cpu", torch.float32)
         layers = sum(isinstance(m, BaseTunerLayer) for m in merged.modules())
         return merged.merge_and_unload(safe_merge=True).eval(), layers
     from diffusers.utils import recurse_remove_peft_layers
 
-    merged = copy.deepcopy(unet).float()
+    merged = copy.deepcopy(unet).to("cpu", torch.float32)  # exported and checked on the CPU, in float32
     layers = 0
     for module in merged.modules():
         if isinstance(module, BaseTunerLayer):
