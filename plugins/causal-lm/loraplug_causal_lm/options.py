@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, PositiveInt, field_validator
 
 from loraplug import InputFile, Options
+from loraplug.options import pretrained_source
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-llama",)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -25,28 +22,6 @@ class JsonlOptions(Options):
     val_path: InputFile | None = Field(None, description="A separate validation file in the same format.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of `path` for validation (seeded).")
     on_error: Literal["error", "skip"] = Field("error", description="A malformed line stops the run, or is skipped and counted.")
-
-
-def resolve_pretrained(value: str, info: ValidationInfo) -> str:
-    """A preset name, a hub id, or a local directory (made absolute); a missing local path is an error."""
-    if value in PRESETS:
-        return value
-    path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    candidates = [path] if path.is_absolute() else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return str(candidate.absolute())
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
-    if looks_local:
-        if not (info.context or {}).get("check_files", True):
-            return str(candidates[0].absolute())
-        raise PydanticCustomError(
-            "path_missing",
-            "model directory not found: {path} (a hub id looks like org/name; presets: {presets})",
-            {"path": str(candidates[0].absolute()), "presets": ", ".join(PRESETS)},
-        )
-    return value
 
 
 class CausalLMOptions(Options):
@@ -64,7 +39,7 @@ class CausalLMOptions(Options):
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
 
-    _pretrained = field_validator("pretrained")(resolve_pretrained)
+    _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
 
 
 class LoraOptions(Options):
