@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from pydantic_core import PydanticCustomError
 
 from loraplug import InputFile, Options
+from loraplug.options import pretrained_source
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-llama",)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: ``[model] quantization``: how the frozen base is stored for QLoRA (through bitsandbytes).
@@ -54,28 +52,6 @@ class JsonlOptions(Options):
     on_error: Literal["error", "skip"] = Field("error", description="A malformed line stops the run, or is skipped and counted.")
 
 
-def resolve_pretrained(value: str, info: ValidationInfo) -> str:
-    """A preset name, a hub id, or a local directory (made absolute); a missing local path is an error."""
-    if value in PRESETS:
-        return value
-    path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    candidates = [path] if path.is_absolute() else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return str(candidate.absolute())
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
-    if looks_local:
-        if not (info.context or {}).get("check_files", True):
-            return str(candidates[0].absolute())
-        raise PydanticCustomError(
-            "path_missing",
-            "model directory not found: {path} (a hub id looks like org/name; presets: {presets})",
-            {"path": str(candidates[0].absolute()), "presets": ", ".join(PRESETS)},
-        )
-    return value
-
-
 class CausalLMOptions(Options):
     """``[model] kind = "causal-lm"``."""
 
@@ -97,7 +73,7 @@ class CausalLMOptions(Options):
         "Computation runs in `dtype` (`auto`: bfloat16 on a CUDA GPU that has it, else float32).",
     )
 
-    _pretrained = field_validator("pretrained")(resolve_pretrained)
+    _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
     _quantization = field_validator("quantization")(require_bitsandbytes)
 
 
