@@ -32,22 +32,24 @@ class NoisePrediction(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
-def merged_unet(unet: Any) -> tuple[torch.nn.Module, int]:
-    """A float32 copy of ``unet`` with every peft LoRA layer merged and removed; how many were merged."""
+def _lora_layers(module: Any) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    if hasattr(unet, "merge_and_unload"):  # wrapped as a PeftModel rather than injected
-        merged = copy.deepcopy(unet).to("cpu", torch.float32)
-        layers = sum(isinstance(m, BaseTunerLayer) for m in merged.modules())
-        return merged.merge_and_unload(safe_merge=True).eval(), layers
+    return 0 if module is None else sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def merged_unet(unet: Any) -> tuple[torch.nn.Module, int]:
+    """A float32 CPU copy of ``unet`` with every peft LoRA layer merged and removed; how many were merged."""
     from diffusers.utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = copy.deepcopy(unet).to("cpu", torch.float32)  # exported and checked on the CPU, in float32
-    layers = 0
+    layers = _lora_layers(merged)
+    if hasattr(merged, "merge_and_unload"):  # wrapped as a PeftModel rather than injected
+        return merged.merge_and_unload(safe_merge=True).eval(), layers
     for module in merged.modules():
         if isinstance(module, BaseTunerLayer):
             module.merge(safe_merge=True)
-            layers += 1
     recurse_remove_peft_layers(merged)  # each LoRA layer is replaced by its base layer, which now holds W + ΔW
     return merged.eval(), layers
 
@@ -108,7 +110,13 @@ def export(options: OnnxExportOptions, model: ModelBundle, out_dir: Path, ctx: R
     convert.check_parity(diff, options.tolerance, feeds, graph.what)
     merged.save_config(str(out_dir))
     notes = [f"merged {layers} LoRA layers of the UNet" if layers else "the UNet carries no LoRA layers: exported as the base UNet"]
-    notes.append("only the UNet is exported; the text encoder, VAE and scheduler come from the base model")
+    if _lora_layers(model.components.get("text_encoder")):
+        notes.append(
+            "the text encoder was trained too, and its LoRA is not in this export: only the UNet is; pair it with the "
+            "text encoder of the run's diffusers export"
+        )
+    else:
+        notes.append("only the UNet is exported; the text encoder, VAE and scheduler are the base model's")
     return ExportResult(
         figures=convert.figures(path, graph, feeds, "max_abs_diff", diff, options.tolerance),
         notes=notes,
