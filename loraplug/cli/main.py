@@ -77,7 +77,8 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool) 
         raise LoraplugError(
             "Training finished and the adapter is saved, but "
             + "; ".join(f"export {e.name!r} failed: {e.error}" for e in failed),
-            fix=f"Fix the cause and re-export from {outcome.run_dir} without retraining",
+            fix="Fix the cause, then export again without retraining: "
+            + "; ".join(f"`loraplug export {outcome.run_dir} --kind {e.kind}" + (f" --name {e.name}`" if e.name != e.kind else "`") for e in failed),
         )
 
 

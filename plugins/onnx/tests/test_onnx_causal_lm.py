@@ -102,6 +102,7 @@ def test_unsupported_family_is_refused_and_the_run_keeps_its_other_exports(tmp_p
     assert result.exit_code == 2
     assert "does not support the model family 'bloom'" in result.stderr and "any_family = true" in result.stderr
     run_dir = tmp_path / "runs" / "tiny"
+    assert f"`loraplug export {run_dir} --kind onnx`" in result.stderr  # how to retry without retraining
     assert (run_dir / "adapter" / "adapter.safetensors").exists()
     assert (run_dir / "exports" / "peft" / "adapter_model.safetensors").exists()
     assert not (run_dir / "exports" / "onnx").exists()
