@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from loraplug.bundles import PreparedData
     from loraplug.recipe.model import Recipe
 
 
@@ -31,6 +32,7 @@ class RunContext:
     :param device: the ``torch.device`` the loop trains on, once known.
     :param info: print a line for the user (main process only).
     :param warn: print a warning for the user (main process only).
+    :param load_prepared_data: how :meth:`prepared_data` gets the run's data; set by the core.
     """
 
     recipe: Recipe
@@ -45,3 +47,15 @@ class RunContext:
     info: Callable[[str], None] = _print
     warn: Callable[[str], None] = _print
     extras: dict[str, Any] = field(default_factory=dict)
+    load_prepared_data: Callable[[], PreparedData] | None = field(default=None, repr=False)
+
+    def prepared_data(self) -> PreparedData:
+        """The run's prepared data (training and validation samples, ``collate``), for an export that
+        measures figures on it. During a run it is the data just trained on; when a finished run is
+        re-exported it is loaded again on the first call, which raises ``LoraplugError`` when the
+        data files are gone."""
+        from loraplug.errors import LoraplugError
+
+        if self.load_prepared_data is None:
+            raise LoraplugError("This context has no run data", fix="Call prepared_data() from an export of a run")
+        return self.load_prepared_data()

@@ -40,14 +40,14 @@ class LoraplugError(Exception):
 class RecipeError(LoraplugError):
     """A recipe that does not validate; carries every problem found, not just the first."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], *, subject: str | None = None, fix: str | None = None) -> None:
         self.source = source
         self.problems = problems
         count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
         super().__init__(
-            f"The recipe {source} has {count}:\n" + "\n".join(f"  - {p}" for p in problems),
-            fix="Fix the recipe (or the override) and run `loraplug recipe check` again; "
-            "docs/recipes.md lists every key",
+            f"{subject or f'The recipe {source}'} has {count}:\n" + "\n".join(f"  - {p}" for p in problems),
+            fix=fix
+            or "Fix the recipe (or the override) and run `loraplug recipe check` again; docs/recipes.md lists every key",
         )
 
     def paragraph(self) -> str:

@@ -198,7 +198,9 @@ def loraplug_export(kind: str, options: BaseModel, model: ModelBundle, out_dir: 
     ``out_dir`` is an empty temporary directory; the core renames it into place when the hook returns
     and writes ``export.json`` (files with sha256 and size, the figures returned here, versions)
     beside the files. Raise :class:`loraplug.LoraplugError` to fail this export: the adapter and the
-    other exports are kept. Do not modify ``model``: later exports use it too.
+    other exports are kept. Do not modify ``model``: later exports use it too. Also called by
+    ``loraplug export RUN_DIR --kind KIND`` on a finished run's rebuilt model; ``ctx.prepared_data()``
+    gives the run's data to measure on, in both cases.
 
     :param kind: the export kind this plugin declared (for ``model.kind``).
     :param options: the validated ``[[export]]`` table.

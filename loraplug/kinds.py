@@ -73,10 +73,15 @@ class Served:
 
 
 class KindRegistry:
-    """Every kind every loaded plugin serves, with conflict detection."""
+    """Every kind every loaded plugin serves, with conflict detection.
 
-    def __init__(self) -> None:
+    :param install_hints: the distribution that provides a kind which may not be installed, by
+        ``(stage, kind)``: a recipe naming such a kind is told what to ``pip install``.
+    """
+
+    def __init__(self, install_hints: Mapping[tuple[str, str], str] | None = None) -> None:
         self._served: list[Served] = []
+        self._install_hints = dict(install_hints or {})
 
     def check(self, spec: KindSpec, distribution: str) -> None:
         """Refuse a malformed declaration before anything of the plugin is registered."""
@@ -126,6 +131,13 @@ class KindRegistry:
                 fix=f"Pick a {stage} kind for {model_kind!r}: {', '.join(self.kinds(stage, model_kind)) or 'none installed'}",
             )
         known = self.kinds(stage, model_kind)
+        provider = self._install_hints.get((stage, name))
+        if provider is not None:
+            raise PluginError(
+                f"The {stage} kind {name!r} is provided by the plugin {provider}, which is not installed "
+                f"(`pip install {provider}`)",
+                fix=f"Install it, then run again; from a checkout of loraplug: `pip install -e plugins/{provider.removeprefix('loraplug-')}`",
+            )
         from difflib import get_close_matches  # imported here: only errors need it
 
         hint = get_close_matches(name, known, n=1)

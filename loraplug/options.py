@@ -8,6 +8,8 @@ resolved against the recipe file's directory.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -74,3 +76,37 @@ InputDir = Annotated[Path, AfterValidator(_existing_dir)]
 InputPath = Annotated[Path, AfterValidator(_existing_path)]
 #: A path resolved against the recipe's directory that need not exist yet.
 RecipePath = Annotated[Path, AfterValidator(_resolve)]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def pretrained_source(presets: Sequence[str]) -> Callable[[str, ValidationInfo], str]:
+    """A field validator for a model's ``pretrained``: a preset name, a hub id, or a local directory.
+
+    A local directory is made absolute (tried relative to the recipe, then to the current directory);
+    a value that looks like a path but does not exist is an error naming where it was looked for. Use
+    it as ``_pretrained = field_validator("pretrained")(pretrained_source(PRESETS))``.
+    """
+
+    def resolve(value: str, info: ValidationInfo) -> str:
+        if value in presets:
+            return value
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base_dir")
+        candidates = [path] if path.is_absolute() else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
+        for candidate in candidates:
+            if candidate.is_dir():
+                return str(candidate.absolute())
+        looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
+        if looks_local:
+            if _skip_checks(info):
+                return str(candidates[0].absolute())
+            raise PydanticCustomError(
+                "path_missing",
+                "model directory not found: {path} (a hub id looks like org/name; presets: {presets})",
+                {"path": str(candidates[0].absolute()), "presets": ", ".join(presets)},
+            )
+        return value
+
+    return resolve

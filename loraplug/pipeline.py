@@ -119,6 +119,23 @@ def build_stages(host: PluginHost, recipe: Recipe, ctx: RunContext) -> ModelBund
     )  # fmt: skip
 
 
+def load_data(host: PluginHost, recipe: Recipe, ctx: RunContext) -> DataBundle:
+    """The ``[data]`` section's records (capped under ``--smoke``)."""
+    data = _check(
+        host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
+        DataBundle, recipe.data.served.distribution, "loraplug_load_data",
+    )  # fmt: skip
+    return _cap(data, SMOKE_SAMPLES) if ctx.smoke else data
+
+
+def prepare_data(host: PluginHost, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
+    """Records → encoded samples, by the plugin serving the model's kind."""
+    return _check(
+        host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
+        PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
+    )  # fmt: skip
+
+
 def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list[str], out_dir: Path, ctx: RunContext) -> list[Sample]:
     import torch
 
@@ -172,8 +189,21 @@ def library_versions(*extra: str) -> dict[str, str]:
     return versions
 
 
-def run_export(host: PluginHost, export: ExportSection, model: ModelBundle, recipe: Recipe, ctx: RunContext, *, replace: bool) -> ExportOutcome:
-    """Write one export to ``exports/<name>/`` atomically, with its ``export.json`` manifest."""
+def run_export(
+    host: PluginHost,
+    export: ExportSection,
+    model: ModelBundle,
+    recipe: Recipe,
+    ctx: RunContext,
+    *,
+    replace: bool,
+    adapter_path: Path | None = None,
+) -> ExportOutcome:
+    """Write one export to ``exports/<name>/`` atomically, with its ``export.json`` manifest.
+
+    :param adapter_path: the trained weights the model holds (the run's adapter or a checkpoint's),
+        recorded in the manifest with their sha256.
+    """
     final = ctx.run_dir / "exports" / export.name
     try:
         with atomic_dir(final, replace=replace) as tmp:
@@ -187,6 +217,7 @@ def run_export(host: PluginHost, export: ExportSection, model: ModelBundle, reci
                 "plugin": {"distribution": export.served.distribution, "version": _dist_version(export.served.distribution)},
                 "base_model": model.base,
                 "recipe_hash": recipe.hash(),
+                "adapter": _adapter_record(adapter_path, ctx.run_dir),
                 "options": json.loads(json.dumps(export.options.model_dump(mode="json"))),
                 "files": file_manifest(tmp, result.files),
                 "figures": result.figures,
@@ -199,6 +230,13 @@ def run_export(host: PluginHost, export: ExportSection, model: ModelBundle, reci
     except LoraplugError as exc:
         return ExportOutcome(export.name, export.kind, final, ok=False, error=exc.paragraph())
     return ExportOutcome(export.name, export.kind, final, ok=True, loads_with=result.loads_with, notes=result.notes)
+
+
+def _adapter_record(adapter_path: Path | None, run_dir: Path) -> dict[str, Any] | None:
+    if adapter_path is None or not adapter_path.exists():
+        return None
+    entry = file_manifest(adapter_path.parent, [adapter_path.name])[0]
+    return {**entry, "path": os.path.relpath(adapter_path, run_dir)}
 
 
 def _dist_version(distribution: str) -> str:
@@ -291,17 +329,10 @@ def execute(
             board = TensorBoardSink(run_dir / "tb", purge_step=resumed_step + 1 if checkpoint else None)
             sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), board, *extra])
         set_seed(ctx.seed)
-        data = _check(
-            host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
-            DataBundle, recipe.data.served.distribution, "loraplug_load_data",
-        )  # fmt: skip
-        if smoke:
-            data = _cap(data, SMOKE_SAMPLES)
+        data = load_data(host, recipe, ctx)
         model = build_stages(host, recipe, ctx)
-        prepared = _check(
-            host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
-            PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
-        )  # fmt: skip
+        prepared = prepare_data(host, recipe, model, data, ctx)
+        ctx.load_prepared_data = lambda: prepared
         summary = {**data.summary, **prepared.summary}
         info("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         if main:
@@ -354,7 +385,7 @@ def execute(
             _write_samples(run_dir, result.steps, after, sinks)
         if main:
             write_status(run_dir, status="exporting", step=result.steps)
-        exports = [run_export(host, e, model, recipe, ctx, replace=False) for e in recipe.exports] if main else []
+        exports = [run_export(host, e, model, recipe, ctx, replace=False, adapter_path=adapter_path) for e in recipe.exports] if main else []
         accelerator.wait_for_everyone()
         status = "finished"
     except BaseException as exc:
@@ -416,13 +447,17 @@ def _cap(data: DataBundle, limit: int) -> DataBundle:
 
 
 def load_run(
-    run_dir: Path, host: PluginHost, console: Console, *, with_adapter: bool = True
+    run_dir: Path, host: PluginHost, console: Console, *, with_adapter: bool = True, adapter_path: Path | None = None
 ) -> tuple[Recipe, RunContext, ModelBundle]:
     """Rebuild a finished run's model with its trained adapter (for ``generate`` and re-exports).
 
     :param with_adapter: load the trained weights; without, the adapter keeps its initialisation,
         which leaves the base model's behaviour unchanged.
+    :param adapter_path: the weights to load (a checkpoint's); default: the run's final adapter.
     """
+    from functools import cache
+
+    from loraplug.rundir import read_status
     from loraplug.training.weights import ADAPTER_FILE, load_trainable
 
     recipe_path = run_dir / RECIPE_FILE
@@ -436,11 +471,14 @@ def load_run(
         recipe=recipe,
         run_dir=run_dir,
         cache_dir=cache_dir(),
+        smoke=bool((read_status(run_dir) or {}).get("smoke")),
         seed=recipe.run.seed,
         info=lambda m: console.print(m, highlight=False),
         warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
     )
     model = build_stages(host, recipe, ctx)
     if with_adapter:
-        load_trainable(model.module, run_dir / ADAPTER_DIR / ADAPTER_FILE)
+        load_trainable(model.module, adapter_path or run_dir / ADAPTER_DIR / ADAPTER_FILE)
+    # Read and encoded only if an export asks for it (quantization drift on the validation split).
+    ctx.load_prepared_data = cache(lambda: prepare_data(host, recipe, model, load_data(host, recipe, ctx), ctx))
     return recipe, ctx, model

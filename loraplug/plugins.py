@@ -30,6 +30,16 @@ FIRST_PARTY_PREFIX = "loraplug-"
 FIRST_PARTY = frozenset(
     {"loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant", "loraplug-wandb"}
 )
+#: Kinds served by first-party plugins that are installed separately: a recipe naming one without its
+#: plugin is told which distribution to install instead of "unknown kind".
+FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
+    ("model", "stable-diffusion"): "loraplug-diffusion",
+    ("data", "webdataset"): "loraplug-webdataset",
+    ("export", "onnx"): "loraplug-onnx",
+    ("export", "bnb-8bit"): "loraplug-quant",
+    ("export", "bnb-4bit"): "loraplug-quant",
+    ("export", "int8"): "loraplug-quant",
+}
 
 
 @dataclass
@@ -113,7 +123,7 @@ class PluginHost:
         pm.add_hookspecs(hookspecs)
         if os.environ.get("LORAPLUG_TRACE_HOOKS", "") not in ("", "0"):
             pm.add_hookcall_monitoring(_trace_call, lambda *args: None)
-        host = cls(pm, KindRegistry(), [])
+        host = cls(pm, KindRegistry(FIRST_PARTY_KINDS), [])
         if entry_points:
             for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
                 dist = ep.dist

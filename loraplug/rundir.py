@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,26 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def build_once(final: Path, build: Callable[[Path], None], *, marker: str) -> Path:
+    """A cached directory (a tiny model preset…), built by ``build`` on first use; ``final/marker`` says it is done.
+
+    ``build`` writes into a temporary sibling that is renamed into place, so parallel processes (test
+    workers) never see half of one; when two build at once, the first rename wins and the other's
+    identical copy is dropped.
+    """
+    if (final / marker).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process finished first; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from loraplug import __version__
 from loraplug.cli import render
 from loraplug.cli import runs as runs_commands
+from loraplug.cli.export import export as export_command
 from loraplug.errors import LoraplugError
 from loraplug.plugins import FIRST_PARTY, PluginHost
 
@@ -84,7 +85,8 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
         raise LoraplugError(
             "Training finished and the adapter is saved, but "
             + "; ".join(f"export {e.name!r} failed: {e.error}" for e in failed),
-            fix=f"Fix the cause and re-export from {outcome.run_dir} without retraining",
+            fix="Fix the cause, then export again without retraining: "
+            + "; ".join(f"`loraplug export {outcome.run_dir} --kind {e.kind}" + (f" --name {e.name}`" if e.name != e.kind else "`") for e in failed),
         )
 
 
@@ -167,6 +169,8 @@ def runs() -> None:
 
 
 runs_commands.attach(runs)
+# Core commands that live in their own modules.
+cli.add_command(export_command)
 
 
 def _register_plugin_commands() -> None:

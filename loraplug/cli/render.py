@@ -174,28 +174,63 @@ def run_details(console: Console, info: RunInfo) -> None:
         console.print(f"  best     {escape(best)}")
 
 
+def _figure(value: object) -> str | None:
+    """A figure as table text; structured ones (shapes per input) stay in export.json."""
+    if isinstance(value, bool) or isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return None
+
+
+def _manifest_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """One export's (key, value) rows: kind, where, files, figures, how it loads, notes."""
+    rows = [("kind", escape(str(manifest.get("kind", ""))))]
+    plugin = manifest.get("plugin")
+    if isinstance(plugin, dict):
+        rows.append(("plugin", escape(f"{plugin.get('distribution', '?')} {plugin.get('version', '')}".strip())))
+    where = manifest.get("path") or manifest.get("dir")
+    if where:
+        rows.append(("path", escape(str(where))))
+    files = sorted((f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0)))
+    total = sum(int(f.get("size", 0)) for f in files)
+    rows.append(("size", f"{human_size(total)} in {len(files)} file{'s' if len(files) != 1 else ''}"))
+    for entry in files[:MANIFEST_FILES_SHOWN]:
+        digest = str(entry.get("sha256", ""))[:12]
+        rows.append(("", f"{escape(str(entry.get('path')))}  {human_size(int(entry.get('size', 0)))}  [dim]sha256 {digest}…[/]"))
+    if len(files) > MANIFEST_FILES_SHOWN:
+        rows.append(("", f"[dim]+ {len(files) - MANIFEST_FILES_SHOWN} more (export.json lists them)[/]"))
+    figures = manifest.get("figures")
+    for key, value in (figures.items() if isinstance(figures, dict) else []):
+        shown = _figure(value)
+        if shown is not None:
+            rows.append((escape(str(key)), escape(shown)))
+    if manifest.get("loads_with"):
+        rows.append(("loads with", escape(str(manifest["loads_with"]))))
+    for note in manifest.get("notes") or []:
+        rows.append(("note", f"[dim]{escape(str(note))}[/]"))
+    return rows
+
+
+#: Files listed per export, largest first; export.json lists every one.
+MANIFEST_FILES_SHOWN = 3
+
+
 def export_manifest_table(console: Console, manifests: list[dict[str, Any]]) -> None:
-    """One row per export manifest (``exports/<name>/export.json``): kind, files, size, how it loads, figures."""
-    if not manifests:
-        console.print("  no exports")
-        return
+    """Exports as one table, a section per export: kind, files (size, sha256), figures, how it loads.
+
+    Each manifest is an ``export.json`` as a dict, optionally with ``"path"`` (its directory). Keys a
+    manifest lacks (older or third-party ones) are left out rather than failing. Rows are key/value
+    pairs, so a figure name is never broken across lines in an 80-column terminal.
+    """
     table = Table(title="exports", title_justify="left")
-    for column in ("export", "kind", "files", "size", "loads with", "figures"):
-        table.add_column(column, overflow="fold", justify="right" if column in ("files", "size") else "left")
-    for manifest in manifests:
-        files = [f for f in manifest.get("files") or [] if isinstance(f, dict)]
-        size = sum(int(f.get("size", 0)) for f in files)
-        figures = ", ".join(f"{k} {_figure(v)}" for k, v in (manifest.get("figures") or {}).items())
-        table.add_row(
-            escape(str(manifest.get("name", ""))),
-            escape(str(manifest.get("kind", ""))),
-            str(len(files)),
-            human_size(size),
-            escape(str(manifest.get("loads_with", ""))),
-            escape(figures),
-        )
+    table.add_column("export", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("", overflow="fold")
+    for index, manifest in enumerate(manifests):
+        if index:
+            table.add_section()
+        for row, (key, value) in enumerate(_manifest_rows(manifest)):
+            name = f"[bold]{escape(str(manifest.get('name', '?')))}[/]" if row == 0 else ""
+            table.add_row(name, key, value)
     console.print(table)
-
-
-def _figure(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

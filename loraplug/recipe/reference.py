@@ -102,8 +102,8 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
             continue
         spec = item.spec
         table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
-        scope = f", for model kind {', '.join(spec.models)}" if spec.models else ""
-        yield f'{table} kind = "{spec.name}"', f"{item.distribution}{scope}: {spec.summary}", spec.options
+        scope = f" for {', '.join(spec.models)}" if spec.models else ""
+        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}", spec.options
 
 
 def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str]]:

@@ -19,7 +19,7 @@ from loraplug.kinds import Stage
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import ExportSection, KindSection, Recipe
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
-from loraplug.recipe.source import KeyPath, RecipeSource, dotted, read_recipe
+from loraplug.recipe.source import KeyPath, RecipeSource, apply_override, dotted, read_recipe
 
 SECTIONS = ("run", "data", "model", "adapter", "train", "eval", "export")
 M = TypeVar("M", bound=BaseModel)
@@ -210,3 +210,34 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def export_section(host: PluginHost, kind: str, settings: list[str] | tuple[str, ...], *, name: str, model_kind: str) -> ExportSection:
+    """One export given on the command line (``--kind onnx tolerance=1e-3``), checked like an ``[[export]]``.
+
+    :param settings: ``key=value`` pairs of the export's options; values are TOML (``1e-3``, ``true``),
+        anything else a string.
+    :raises LoraplugError: listing every problem, each naming the setting it came from.
+    """
+    host.lookup("export", kind, model_kind)  # an unknown or uninstalled kind, with its own fix
+    source = RecipeSource(path=Path("the command line"), text="", data={"export": {"kind": kind}})
+    for setting in settings:
+        if "=" not in setting or setting.startswith(("export.", "~")):
+            raise LoraplugError(
+                f"The export setting {setting!r} is not KEY=VALUE",
+                fix=f"Write the export's options as e.g. `tolerance=1e-3`; `loraplug recipe keys` lists the keys of {kind!r}",
+            )
+        apply_override(source, f"export.{setting}")
+        for path, given in source.overridden.items():
+            if given == f"export.{setting}":
+                source.overridden[path] = setting
+    checker = _Checker(source, host, check_files=True)
+    section = checker.kind_section("export", source.data["export"], ("export",), model_kind)
+    if checker.problems or section is None:
+        raise RecipeError(
+            "the command line",
+            checker.problems,
+            subject=f"The {kind} export's command line",
+            fix="Fix the KEY=VALUE settings; `loraplug recipe keys` (and docs/recipes.md) lists every export kind's keys",
+        )
+    return ExportSection(section.kind, section.options, section.served, name=name)

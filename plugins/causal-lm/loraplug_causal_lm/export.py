@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
-from loraplug_causal_lm.model import load_causal_lm
+from loraplug_causal_lm.merge import merged_model
 from loraplug_causal_lm.options import CausalLMOptions, MergedExportOptions, PeftExportOptions
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
+#: Merged-vs-trained logit tolerances: float32 merges agree to ~1e-6; an LLM.int8 base computes with
+#: 8-bit activations, which the merged model does not (measured ~1e-2 on tiny-llama).
+DEFAULT_TOLERANCE = 1e-3
+INT8_TOLERANCE = 5e-2
 
 
 def _model_card(model: ModelBundle, ctx: RunContext) -> str:
@@ -66,19 +69,11 @@ def _probe_logits(module: Any, tokenizer: Any) -> Any:
 def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     """Merge into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
     import torch
-    from peft import PeftModel
 
     model_options = ctx.recipe.model.options
     assert isinstance(model_options, CausalLMOptions)  # noqa: S101
-    if getattr(model.module, "is_loaded_in_4bit", False) or getattr(model.module, "is_loaded_in_8bit", False):
-        raise LoraplugError(
-            "Merging into a quantized model changes its outputs (peft#2321)",
-            fix='Export the adapter (kind = "peft") instead, or train on an unquantized base',
-        )
-    base, tokenizer = load_causal_lm(model_options, ctx.cache_dir, dtype="float32")
-    with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as adapter_dir:
-        model.module.save_pretrained(adapter_dir, safe_serialization=True)
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(safe_merge=True)
+    result = merged_model(model, ctx, dequantize=options.dequantize)
+    merged, tokenizer = result.module, result.tokenizer
     figures: dict[str, Any] = {}
     if options.check_parity:
         trained = model.module
@@ -87,18 +82,15 @@ def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Pat
         diff = float((_probe_logits(merged, tokenizer) - _probe_logits(trained, tokenizer)).abs().max())
         trained.train(was_training)
         figures["max_abs_logit_diff_vs_trained"] = diff
-        if diff > options.tolerance:
+        tolerance = options.tolerance or (INT8_TOLERANCE if model_options.quantization == "int8" else DEFAULT_TOLERANCE)
+        if diff > tolerance:
             raise LoraplugError(
-                f"The merged model's logits differ from the trained model's by {diff:.2e} (tolerance {options.tolerance:g})",
+                f"The merged model's logits differ from the trained model's by {diff:.2e} (tolerance {tolerance:g})",
                 fix="Raise the export's `tolerance` if the trained model ran in reduced precision, or report it",
             )
-    save_dtype = model_options.dtype if options.dtype == "auto" else options.dtype
-    if save_dtype != "auto":
-        merged = merged.to(getattr(torch, save_dtype))
-    else:
-        original = next(model.module.get_base_model().parameters()).dtype
-        merged = merged.to(original)
+    save_dtype = result.trained_dtype if options.dtype == "auto" else options.dtype
+    merged = merged.to(getattr(torch, save_dtype))
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
-    figures["dtype"] = str(next(merged.parameters()).dtype).removeprefix("torch.")
-    return ExportResult(figures=figures, loads_with="AutoModelForCausalLM.from_pretrained(path)")
+    figures["dtype"] = save_dtype
+    return ExportResult(figures=figures, notes=result.notes, loads_with="AutoModelForCausalLM.from_pretrained(path)")

@@ -20,8 +20,16 @@ def locate(options: CausalLMOptions, cache_dir: Path) -> str:
     return options.pretrained
 
 
-def load_causal_lm(options: CausalLMOptions, cache_dir: Path, *, dtype: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from ``options``; ``dtype`` overrides ``options.dtype``."""
+def load_causal_lm(
+    options: CausalLMOptions, cache_dir: Path, *, dtype: str | None = None, quantize: bool = True, device: Any = None
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from ``options``.
+
+    :param dtype: overrides ``options.dtype`` for an unquantized load.
+    :param quantize: honour ``options.quantization`` (QLoRA); a quantized model computes in
+        :func:`~loraplug_causal_lm.quantized.compute_dtype` and is placed on ``device`` (default: the
+        first CUDA GPU, else the CPU), since bitsandbytes models cannot be moved after loading.
+    """
     quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,6 +44,12 @@ def load_causal_lm(options: CausalLMOptions, cache_dir: Path, *, dtype: str | No
     }
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
+    if quantize and options.quantization:
+        from loraplug_causal_lm.quantized import bnb_config, compute_dtype
+
+        kwargs["quantization_config"] = bnb_config(options)
+        kwargs["dtype"] = getattr(torch, compute_dtype(options))
+        kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=options.revision, trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -59,9 +73,13 @@ def load_causal_lm(options: CausalLMOptions, cache_dir: Path, *, dtype: str | No
 
 
 def build(options: CausalLMOptions, ctx: RunContext) -> ModelBundle:
-    model, tokenizer = load_causal_lm(options, ctx.cache_dir)
+    model, tokenizer = load_causal_lm(options, ctx.cache_dir, device=ctx.device)
     model.requires_grad_(False)
-    if options.gradient_checkpointing:
+    if options.quantization:
+        from loraplug_causal_lm.quantized import prepare_for_training
+
+        model = prepare_for_training(model, options)
+    elif options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     source = locate(options, ctx.cache_dir)

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from pydantic_core import PydanticCustomError
 
 from loraplug import InputFile, Options
+from loraplug.options import pretrained_source
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-llama",)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: ``[model] quantization``: how the frozen base is stored for QLoRA (through bitsandbytes).
+Quantization = Literal["nf4", "int8"]
+
+
+def require_package(package: str, needed_for: str, install: str) -> None:
+    """Refuse a setting at ``recipe check`` when the package it needs is not installed.
+
+    ``find_spec`` looks for the package without importing it (bitsandbytes and torchao load torch).
+    """
+    from importlib.util import find_spec
+
+    if find_spec(package) is None:
+        raise PydanticCustomError(
+            "package_missing",
+            "{needed_for} needs {package}, which is not installed: `{install}`",
+            {"needed_for": needed_for, "package": package, "install": install},
+        )
+
+
+#: How to get bitsandbytes; 0.45 and newer run on CPUs as well as CUDA GPUs.
+BITSANDBYTES_INSTALL = "pip install 'bitsandbytes>=0.45'"
+
+
+def require_bitsandbytes(value: str | None) -> str | None:
+    if value is not None:
+        require_package("bitsandbytes", repr(value), BITSANDBYTES_INSTALL)
+    return value
 
 
 class JsonlOptions(Options):
@@ -25,28 +50,6 @@ class JsonlOptions(Options):
     val_path: InputFile | None = Field(None, description="A separate validation file in the same format.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of `path` for validation (seeded).")
     on_error: Literal["error", "skip"] = Field("error", description="A malformed line stops the run, or is skipped and counted.")
-
-
-def resolve_pretrained(value: str, info: ValidationInfo) -> str:
-    """A preset name, a hub id, or a local directory (made absolute); a missing local path is an error."""
-    if value in PRESETS:
-        return value
-    path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    candidates = [path] if path.is_absolute() else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return str(candidate.absolute())
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
-    if looks_local:
-        if not (info.context or {}).get("check_files", True):
-            return str(candidates[0].absolute())
-        raise PydanticCustomError(
-            "path_missing",
-            "model directory not found: {path} (a hub id looks like org/name; presets: {presets})",
-            {"path": str(candidates[0].absolute()), "presets": ", ".join(PRESETS)},
-        )
-    return value
 
 
 class CausalLMOptions(Options):
@@ -63,8 +66,15 @@ class CausalLMOptions(Options):
     max_length: PositiveInt = Field(1024, description="Tokens per sample; longer samples are truncated and counted.")
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
+    quantization: Quantization | None = Field(
+        None,
+        description="QLoRA: load the frozen base quantized with bitsandbytes — `nf4` (4-bit NormalFloat, double "
+        "quantization) or `int8` (LLM.int8) — and prepare it with peft's `prepare_model_for_kbit_training`. "
+        "Computation runs in `dtype` (`auto`: bfloat16 on a CUDA GPU that has it, else float32).",
+    )
 
-    _pretrained = field_validator("pretrained")(resolve_pretrained)
+    _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
+    _quantization = field_validator("quantization")(require_bitsandbytes)
 
 
 class LoraOptions(Options):
@@ -94,7 +104,18 @@ class MergedExportOptions(Options):
 
     dtype: Dtype = Field("auto", description="Dtype of the saved weights; the merge itself is done in float32.")
     check_parity: bool = Field(True, description="Compare the merged model's logits with the trained model's.")
-    tolerance: float = Field(1e-3, gt=0, description="Largest logit difference accepted by the parity check.")
+    tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="Largest logit difference accepted by the parity check; default 1e-3, or 5e-2 for an `int8` base "
+        "(LLM.int8 rounds the activations to 8 bits too, which the merged model does not).",
+    )
+    dequantize: bool = Field(
+        True,
+        description="With a quantized base (`model.quantization`): merge into the base dequantized to the compute "
+        "dtype. `false` asks to merge into the 4/8-bit weights themselves, which is refused: rounding the merged "
+        "weights back to 4/8 bits loses most of the LoRA update (peft#2321).",
+    )
 
 
 class NoOptions(Options):

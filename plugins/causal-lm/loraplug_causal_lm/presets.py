@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from loraplug.rundir import build_once
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -76,19 +76,8 @@ def _build(target: Path) -> None:
 
 
 def preset_dir(name: str, cache_dir: Path) -> Path:
-    """The directory of preset ``name``, built on first use (atomically, safe under parallel tests)."""
+    """The directory of preset ``name``, built on first use."""
     if name != "tiny-llama":
         raise KeyError(name)
     key = hashlib.sha256(json.dumps(TINY_LLAMA, sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_dir / "presets" / f"{name}-{key}"
-    if (final / "config.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _build(tmp)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process finished first; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(cache_dir / "presets" / f"{name}-{key}", _build, marker="config.json")

@@ -16,6 +16,8 @@ def quiet_libraries() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"peft\..*")
+    # bitsandbytes' LLM.int8 logs "inputs will be cast to float16" on every forward pass of a float32 model.
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

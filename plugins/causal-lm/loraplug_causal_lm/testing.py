@@ -45,3 +45,18 @@ def tiny_lm_recipe(tmp_path: Path, **changes: dict[str, Any]) -> Path:
         else:
             recipe.setdefault(section, {}).update(values)
     return write_recipe(tmp_path / "recipe.toml", recipe)
+
+
+def trained_tiny_run(root: Path, **changes: Any) -> Path:
+    """Train :func:`tiny_lm_recipe` (with ``changes``) under ``root`` through the CLI; return the run directory.
+
+    The working directory becomes ``root``; module-scoped fixtures share one run between tests.
+    """
+    import os
+
+    from loraplug.testing import run_cli
+
+    os.chdir(root)
+    result = run_cli("run", tiny_lm_recipe(root, **changes))
+    assert result.exit_code == 0, result.output  # noqa: S101 — a test helper
+    return root / "runs" / "tiny"

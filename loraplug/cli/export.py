@@ -1,0 +1,117 @@
+"""``loraplug export RUN_DIR --kind KIND``: export a finished run, or one of its checkpoints, again.
+
+The run's recipe rebuilds the base model and adapter, the trained weights are loaded, and the same
+export plugin a recipe's ``[[export]]`` would use writes ``exports/<name>/`` with its ``export.json``
+— nothing is retrained. A failed export changes nothing else in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loraplug.errors import LoraplugError
+from loraplug.pipeline import ADAPTER_DIR, RECIPE_FILE
+
+ADAPTER_FILE = "adapter.safetensors"  # loraplug.training.weights.ADAPTER_FILE, without importing torch
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Which trained weights to export: the run's final adapter or a checkpoint's."""
+
+    run_dir: Path
+    adapter: Path
+    checkpoint: str | None = None
+
+
+def locate_weights(path: Path) -> WeightsSource:
+    """``path`` as a run directory, or as a checkpoint directory inside one."""
+    path = path.absolute()
+    if not path.is_dir():
+        raise LoraplugError(f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart")
+    if (path / RECIPE_FILE).exists():
+        adapter = path / ADAPTER_DIR / ADAPTER_FILE
+        if not adapter.exists():
+            raise LoraplugError(
+                f"The run {path} has no trained adapter yet ({ADAPTER_DIR}/{ADAPTER_FILE} is missing)",
+                fix="Export it once the run has finished, or pass one of its checkpoint directories",
+            )
+        return WeightsSource(path, adapter)
+    candidates = [path / ADAPTER_FILE, path / ADAPTER_DIR / ADAPTER_FILE]
+    adapter = next((c for c in candidates if c.exists()), None)
+    run_dir = next((p for p in (path.parent, path.parent.parent) if (p / RECIPE_FILE).exists()), None)
+    if adapter is None or run_dir is None:
+        raise LoraplugError(
+            f"{path} is not a loraplug run directory (no {RECIPE_FILE}) nor a checkpoint of one (no {ADAPTER_FILE})",
+            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart, or runs/quickstart/checkpoints/step-200",
+        )
+    return WeightsSource(run_dir, adapter, checkpoint=path.name)
+
+
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise LoraplugError(f"--name {name!r} is not a directory name", fix="Use a plain name such as onnx-fp32")
+    return name
+
+
+def _record_in_status(run_dir: Path, outcome: Any) -> None:
+    """Keep ``run.json``'s list of exports current, so run listings show re-exports too."""
+    from loraplug.rundir import read_status, write_status
+
+    status = read_status(run_dir)
+    if status is None:
+        return
+    entries = [e for e in status.get("exports", []) if e.get("name") != outcome.name]
+    entries.append({"name": outcome.name, "kind": outcome.kind, "ok": outcome.ok, "error": outcome.error})
+    write_status(run_dir, exports=entries)
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("settings", nargs=-1)
+@click.option("--kind", required=True, help="The export kind, as in [[export]]: peft, merged, onnx, bnb-4bit, …")
+@click.option("--name", help="Directory under exports/ (default: the kind; for a checkpoint, <checkpoint>-<kind>).")
+@click.option("--overwrite", is_flag=True, help="Replace exports/NAME; the old one is kept until the new one is complete.")
+def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None, overwrite: bool) -> None:
+    """Export a finished run (or a checkpoint directory of one) again, without retraining.
+
+    SETTINGS are the export's options as KEY=VALUE, checked like the keys of an [[export]] table:
+
+    \b
+    loraplug export runs/quickstart --kind onnx tolerance=1e-3
+    loraplug export runs/quickstart --kind bnb-4bit quant_type=fp4 --name bnb-fp4
+    """
+    from loraplug.cli import main as cli_main
+    from loraplug.cli.render import export_manifest_table
+    from loraplug.pipeline import load_run, run_export
+    from loraplug.recipe import load_recipe
+    from loraplug.recipe.validate import export_section
+
+    cli_main.warn_broken_plugins()
+    host = cli_main.host()
+    source = locate_weights(run_dir)
+    recipe = load_recipe(source.run_dir / RECIPE_FILE, host, check_files=False)
+    default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
+    section = export_section(host, kind, settings, name=_check_name(name or default_name), model_kind=recipe.model.kind)
+    target = source.run_dir / "exports" / section.name
+    if target.exists() and not overwrite:
+        raise LoraplugError(
+            f"{target} already exists",
+            fix="Pass --overwrite to replace it (the old export is kept until the new one is complete), or --name to write beside it",
+        )
+
+    recipe, ctx, model = load_run(source.run_dir, host, cli_main.console, adapter_path=source.adapter)
+    outcome = run_export(host, section, model, recipe, ctx, replace=overwrite, adapter_path=source.adapter)
+    _record_in_status(source.run_dir, outcome)
+    if not outcome.ok:
+        raise LoraplugError(
+            f"The {kind} export of {source.run_dir} failed: {outcome.error}",
+            fix="Nothing else was changed: the adapter and the run's other exports are as they were",
+        )
+    manifest = json.loads((outcome.path / "export.json").read_text(encoding="utf-8"))
+    export_manifest_table(cli_main.console, [{**manifest, "path": str(outcome.path)}])

@@ -1,0 +1,80 @@
+"""The trained model with its adapter folded in, built beside it: the trained model is never modified.
+
+Exports that deploy a single model (``merged`` here; ``onnx`` and the quantized kinds of other
+plugins) all start from :func:`merged_model`, so a LoRA update is folded in one way everywhere.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug_causal_lm.model import load_causal_lm
+from loraplug_causal_lm.options import CausalLMOptions
+
+
+@dataclass
+class MergedModel:
+    """A merged causal LM in float32, in eval mode.
+
+    :param module: the transformers model, LoRA (and ``modules_to_save``) folded in.
+    :param tokenizer: the base's tokenizer.
+    :param trained_dtype: the dtype the trained model computed in (what ``dtype = "auto"`` saves).
+    :param notes: what the user should know about how it was made.
+    """
+
+    module: Any
+    tokenizer: Any
+    trained_dtype: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _dequantized_base(options: CausalLMOptions, ctx: RunContext) -> tuple[Any, Any, str]:
+    """The base quantized exactly as for training, then dequantized: the weights the trained model saw."""
+    import torch
+
+    from loraplug_causal_lm.quantized import compute_dtype
+
+    dtype = compute_dtype(options)
+    # Quantized on the device training used (the first GPU, else the CPU), so the codes are the same.
+    base, tokenizer = load_causal_lm(options, ctx.cache_dir)
+    base = base.dequantize(dtype=getattr(torch, dtype))
+    # transformers leaves these flags set after dequantize(); peft and accelerate read them.
+    base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
+    return base.to("cpu", torch.float32), tokenizer, dtype
+
+
+def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True) -> MergedModel:
+    """Fold the trained adapter into a freshly loaded float32 base.
+
+    A base trained quantized (QLoRA) is loaded quantized again, dequantized to its compute dtype and
+    only then merged; merging into the quantized weights themselves is refused (peft#2321).
+    """
+    from peft import PeftModel
+
+    from loraplug_causal_lm.quantized import PEFT_2321, is_quantized
+
+    options = ctx.recipe.model.options
+    assert isinstance(options, CausalLMOptions)  # noqa: S101
+    notes: list[str] = []
+    if is_quantized(model.module):
+        if not dequantize:
+            raise LoraplugError(
+                f"Refusing to merge the adapter into the {options.quantization} base: {PEFT_2321}",
+                fix='Leave `dequantize = true` (merge into the base dequantized to its compute dtype), or export the adapter '
+                'alone (kind = "peft") and load it on the quantized base',
+            )
+        base, tokenizer, trained_dtype = _dequantized_base(options, ctx)
+        notes.append(
+            f"The base was trained quantized ({options.quantization}): it was dequantized to {trained_dtype} before "
+            "merging, so the merged weights are the values the trained model computed with plus the LoRA update"
+        )
+    else:
+        base, tokenizer = load_causal_lm(options, ctx.cache_dir, dtype="float32")
+        trained_dtype = str(next(model.module.get_base_model().parameters()).dtype).removeprefix("torch.")
+    with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as adapter_dir:
+        model.module.save_pretrained(adapter_dir, safe_serialization=True)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(safe_merge=True)
+    return MergedModel(merged.eval(), tokenizer, trained_dtype, notes)

@@ -1,0 +1,114 @@
+"""LoRA on the UNet (attention, and LoCon's convolutions) and optionally the text encoder, through peft.
+
+The layers are injected with ``add_adapter`` — diffusers' and transformers' own peft integration — so
+``peft.get_peft_model_state_dict(unet)`` returns the LoRA weights and diffusers' loaders read them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug_diffusion.options import SdLoraOptions
+from loraplug_diffusion.quiet import quiet_libraries
+
+ADAPTER_NAME = "default"
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _short_name(name: str) -> str:
+    """``down_blocks.0.attentions.0.proj_in`` -> ``proj_in``; ``….to_out.0`` -> ``to_out.0``."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def find_targets(model: torch.nn.Module, targets: Sequence[str], setting: str, what: str) -> dict[str, torch.nn.Module]:
+    """The adaptable layers each target names; an error naming what the model has when one names nothing."""
+    found: dict[str, torch.nn.Module] = {}
+    for target in targets:
+        layers = {n: m for n, m in model.named_modules() if _matches(n, target) and isinstance(m, ADAPTABLE)}
+        if not layers:
+            kind = torch.nn.Conv2d if "conv" in setting else torch.nn.Linear
+            names = sorted({_short_name(n) for n, m in model.named_modules() if isinstance(m, kind)})
+            raise LoraplugError(
+                f"{setting} names {target!r}, but the {what} has no linear or convolution layer of that name",
+                where=setting,
+                fix=f"Name layers it has; its {kind.__name__} layers are named {', '.join(names[:40]) or 'nothing'}",
+            )
+        found.update(layers)
+    return found
+
+
+def _config(r: int, alpha: float, options: SdLoraOptions, targets: Sequence[str], patterns: dict[str, tuple[int, float]]) -> Any:
+    quiet_libraries()
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=options.dropout,
+        init_lora_weights=True if options.init == "default" else "gaussian",
+        target_modules=list(targets),
+        rank_pattern={f"^{name}$": rank for name, (rank, _) in patterns.items()},
+        alpha_pattern={f"^{name}$": a for name, (_, a) in patterns.items()},
+    )
+
+
+def _float32_lora(model: torch.nn.Module) -> None:
+    # With a bf16/fp16 base, the LoRA weights still train in float32 (what diffusers' scripts do).
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
+    unet = bundle.components["unet"]
+    targets = list(options.target_modules)
+    find_targets(unet, options.target_modules, "adapter.target_modules", "UNet")
+    patterns: dict[str, tuple[int, float]] = {}
+    if options.conv:
+        conv_layers = find_targets(unet, options.conv_modules, "adapter.conv_modules", "UNet")
+        if not any(isinstance(m, torch.nn.Conv2d) for m in conv_layers.values()):
+            raise LoraplugError(
+                "adapter.conv = true, but none of adapter.conv_modules is a convolution in this UNet",
+                where="adapter.conv_modules",
+                fix="Name the UNet's Conv2d layers (conv1, conv2, conv_shortcut, …) or set adapter.conv = false",
+            )
+        targets += [t for t in options.conv_modules if t not in targets]
+        conv_r, conv_alpha = options.conv_r or options.r, options.conv_alpha or options.alpha
+        patterns = {
+            name: (conv_r, conv_alpha)
+            for name, layer in conv_layers.items()
+            if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1)
+        }
+    try:
+        unet.add_adapter(_config(options.r, options.alpha, options, targets, patterns), adapter_name=ADAPTER_NAME)
+    except ValueError as exc:
+        raise LoraplugError(f"LoRA could not be attached to the UNet: {str(exc).splitlines()[0]}", where="adapter") from exc
+    _float32_lora(unet)
+
+    lr_scales = dict(bundle.lr_scales)
+    if options.text_encoder:
+        text_encoder = bundle.components["text_encoder"]
+        find_targets(text_encoder, options.text_encoder_target_modules, "adapter.text_encoder_target_modules", "text encoder")
+        config = _config(
+            options.text_encoder_r or options.r,
+            options.text_encoder_alpha or options.alpha,
+            options,
+            options.text_encoder_target_modules,
+            {},
+        )
+        text_encoder.add_adapter(config, adapter_name=ADAPTER_NAME)
+        _float32_lora(text_encoder)
+        bundle.module.text_encoder = text_encoder
+        if options.text_encoder_lr is not None:
+            lr_scales["text_encoder."] = options.text_encoder_lr / ctx.recipe.train.lr
+    return replace(bundle, lr_scales=lr_scales)

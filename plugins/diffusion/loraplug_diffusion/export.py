@@ -1,0 +1,105 @@
+"""Exports other tools load: diffusers' LoRA file, kohya's, and the whole pipeline with the LoRA fused.
+
+Each is loaded back with diffusers itself and compared with the trained model (see parity.py) before
+the core renames it into place, so a file that would not load, or would load into a different model,
+never reaches ``exports/``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraplug import ExportResult, ModelBundle, RunContext
+from loraplug_diffusion.kohya import write_kohya
+from loraplug_diffusion.model import DTYPES, trains_text_encoder
+from loraplug_diffusion.options import DiffusersExportOptions, KohyaExportOptions, MergedExportOptions
+from loraplug_diffusion.parity import base_pipeline, compare
+from loraplug_diffusion.quiet import quiet_libraries
+
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+
+
+def adapter_metadata(module: Any) -> dict[str, Any]:
+    """The LoraConfig as diffusers stores it beside the weights, so ranks and alphas load exactly."""
+    config = module.peft_config["default"].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+
+def lora_weights(module: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(module).items()}
+
+
+def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> None:
+    quiet_libraries()
+    from diffusers import StableDiffusionPipeline
+
+    unet = model.components["unet"]
+    text_encoder = model.components["text_encoder"] if trains_text_encoder(model) else None
+    StableDiffusionPipeline.save_lora_weights(
+        str(out_dir),
+        unet_lora_layers=lora_weights(unet, dtype),
+        unet_lora_adapter_metadata=adapter_metadata(unet),
+        text_encoder_lora_layers=lora_weights(text_encoder, dtype) if text_encoder is not None else None,
+        text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder) if text_encoder is not None else None,
+        weight_name=DIFFUSERS_FILE,
+        safe_serialization=True,
+    )
+
+
+def export_diffusers(options: DiffusersExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    save_diffusers(model, out_dir, DTYPES[options.dtype])
+    figures: dict[str, Any] = {}
+    if options.check_parity:
+        pipeline = base_pipeline(model, ctx)
+        pipeline.load_lora_weights(str(out_dir), weight_name=DIFFUSERS_FILE)
+        figures.update(compare(pipeline, model, options, "diffusers"))
+    return ExportResult(
+        files=[DIFFUSERS_FILE],
+        figures=figures,
+        loads_with="StableDiffusionPipeline.from_pretrained(base).load_lora_weights(path)",
+    )
+
+
+def export_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    path = write_kohya(options, model, out_dir, ctx)
+    figures: dict[str, Any] = {}
+    if options.check_parity:
+        pipeline = base_pipeline(model, ctx)
+        pipeline.load_lora_weights(str(out_dir), weight_name=path.name)  # diffusers' own kohya conversion
+        figures.update(compare(pipeline, model, options, "kohya"))
+    return ExportResult(
+        files=[path.name],
+        figures=figures,
+        loads_with="AUTOMATIC1111 / ComfyUI LoRA folder, kohya sd-scripts, or StableDiffusionPipeline.load_lora_weights",
+    )
+
+
+def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    """Fuse into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
+    pipeline = base_pipeline(model, ctx, dtype=torch.float32)
+    with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as scratch:
+        save_diffusers(model, Path(scratch), torch.float32)
+        pipeline.load_lora_weights(scratch, weight_name=DIFFUSERS_FILE)
+    pipeline.fuse_lora(lora_scale=1.0)
+    pipeline.unload_lora_weights()  # keeps the fused weights, drops the LoRA layers
+    figures: dict[str, Any] = {}
+    if options.check_parity:
+        figures.update(compare(pipeline, model, options, "merged"))
+    pipeline.to(DTYPES[options.dtype])
+    pipeline.save_pretrained(str(out_dir), safe_serialization=True)
+    figures["dtype"] = options.dtype
+    return ExportResult(figures=figures, loads_with="StableDiffusionPipeline.from_pretrained(path)")
+
+
+EXPORTERS: dict[str, Callable[[Any, ModelBundle, Path, RunContext], ExportResult]] = {
+    "diffusers": export_diffusers,
+    "kohya": export_kohya,
+    "merged": export_merged,
+}

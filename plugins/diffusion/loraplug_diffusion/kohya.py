@@ -1,0 +1,186 @@
+"""The kohya LoRA file: sd-scripts' key scheme and metadata, what AUTOMATIC1111 and ComfyUI load.
+
+Keys (sd-scripts ``networks/lora.py``): a module at ``down_blocks.0.attentions.0.proj_in`` of the UNet is
+``lora_unet_down_blocks_0_attentions_0_proj_in``; of the SD 1.x/2.x text encoder, ``lora_te_…``. Each has
+``.lora_down.weight`` (peft's ``lora_A``), ``.lora_up.weight`` (``lora_B``) and a 0-dim ``.alpha``, and the
+update is ``up @ down * alpha / rank`` — exactly peft's scaling, so the weights are copied, not converted.
+A convolution's down is a conv of the layer's kernel size and its up a 1×1 conv, in both libraries.
+
+Metadata: sd-scripts' ``ss_*`` training keys, the ``sshs_*`` hashes sd-webui-additional-networks checks
+(computed as sd-scripts does: over a serialisation holding only the ``ss_*`` keys), ``modelspec.*``
+(SAI model spec 1.0.1), and loraplug's resolved recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from loraplug import ModelBundle, RunContext, __version__
+from loraplug.rundir import atomic_write_bytes, read_status
+from loraplug_diffusion.model import DTYPES, trains_text_encoder
+from loraplug_diffusion.options import KohyaExportOptions, SdLoraOptions, StableDiffusionOptions
+
+UNET_PREFIX = "lora_unet"
+TEXT_ENCODER_PREFIX = "lora_te"
+NETWORK_MODULE = "networks.lora"
+#: What sd-scripts keeps with --no_metadata: enough for loaders to build the network.
+MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    return f"{prefix}.{module_path}".replace(".", "_")
+
+
+def kohya_tensors(model: ModelBundle, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every LoRA layer of the UNet (and a trained text encoder) under its kohya key."""
+    from peft.tuners.lora import LoraLayer
+
+    parts = [(UNET_PREFIX, model.components["unet"])]
+    if trains_text_encoder(model):
+        parts.append((TEXT_ENCODER_PREFIX, model.components["text_encoder"]))
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, part in parts:
+        for path, layer in part.named_modules():
+            if not isinstance(layer, LoraLayer) or "default" not in layer.lora_A:
+                continue
+            name = kohya_name(prefix, path)
+            tensors[f"{name}.lora_down.weight"] = layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
+            tensors[f"{name}.lora_up.weight"] = layer.lora_B["default"].weight.detach().to("cpu", dtype).contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha["default"]), dtype=dtype)
+    return tensors
+
+
+def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """``(sshs_model_hash, sshs_legacy_hash)`` as sd-scripts computes them for sd-webui-additional-networks."""
+    blob = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(blob[:8], "little")
+    model_hash = hashlib.sha256(blob[8 + header :]).hexdigest()
+    legacy_hash = hashlib.sha256(blob[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def _architecture(unet_config: Any, prediction_type: str) -> tuple[bool, str, str]:
+    """``(v2, ss_base_model_version, modelspec architecture)`` from the UNet's shape (SD 2.x cross-attends to 1024)."""
+    v2 = unet_config.cross_attention_dim == 1024
+    if not v2:
+        return False, "sd_v1", "stable-diffusion-v1/lora"
+    arch = "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
+    return True, "sd_v2", f"{arch}/lora"
+
+
+def _tag_frequency(ctx: RunContext) -> dict[str, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for caption in ctx.extras.get("diffusion_captions", []):
+        for tag in (t.strip() for t in caption.split(",")):
+            if tag:
+                counts[tag] = counts.get(tag, 0) + 1
+    return {"train": counts} if counts else {}
+
+
+def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunContext) -> dict[str, str]:
+    recipe = ctx.recipe
+    adapter, sd, train = recipe.adapter.options, recipe.model.options, recipe.train
+    assert isinstance(adapter, SdLoraOptions) and isinstance(sd, StableDiffusionOptions)  # noqa: S101
+    scheduler = model.components["noise_scheduler"]
+    prediction = scheduler.config.prediction_type
+    v2, base_version, architecture = _architecture(model.components["unet"].config, prediction)
+    status = read_status(ctx.run_dir) or {}
+    data = status.get("data", {})
+    network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)} if adapter.conv else {}
+    title = options.title or recipe.run.name
+    now = time.time()
+    metadata = {
+        "ss_v2": str(v2),
+        "ss_base_model_version": base_version,
+        "ss_network_module": NETWORK_MODULE,
+        "ss_network_dim": str(adapter.r),
+        "ss_network_alpha": str(adapter.alpha),
+        "ss_network_args": json.dumps(network_args),
+    }
+    if options.metadata == "full":
+        started = status.get("started_at")
+        metadata.update(
+            {
+                "ss_session_id": str(int(recipe.hash(), 16) % 2**32),
+                "ss_output_name": options.filename or recipe.run.name,
+                "ss_training_comment": f"trained with loraplug {__version__}",
+                "ss_training_started_at": str(time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S%z"))) if started else "None",
+                "ss_training_finished_at": str(now),
+                "ss_sd_model_name": model.base,
+                "ss_seed": str(recipe.run.seed),
+                "ss_steps": str(train.max_steps or status.get("step", 0)),
+                "ss_max_train_steps": str(train.max_steps or status.get("step", 0)),
+                "ss_learning_rate": str(train.lr),
+                "ss_unet_lr": str(train.lr),
+                "ss_text_encoder_lr": str(adapter.text_encoder_lr or train.lr) if adapter.text_encoder else "None",
+                "ss_network_train_unet_only": str(not adapter.text_encoder),
+                "ss_network_dropout": str(adapter.dropout),
+                "ss_lr_scheduler": train.schedule,
+                "ss_lr_warmup_steps": str(train.warmup_steps),
+                "ss_optimizer": f"torch.optim.AdamW(betas={tuple(train.betas)},weight_decay={train.weight_decay})",
+                "ss_max_grad_norm": str(train.max_grad_norm),
+                "ss_mixed_precision": train.mixed_precision,
+                "ss_gradient_checkpointing": str(sd.gradient_checkpointing),
+                "ss_gradient_accumulation_steps": str(train.grad_accum_steps),
+                "ss_batch_size_per_device": str(train.batch_size),
+                "ss_total_batch_size": str(train.batch_size * train.grad_accum_steps * ctx.num_processes),
+                "ss_num_train_images": str(data.get("train images", "None")),
+                "ss_resolution": f"({sd.resolution}, {sd.resolution})",
+                "ss_enable_bucket": str(sd.buckets),
+                "ss_bucket_info": json.dumps(ctx.extras.get("diffusion_buckets", {})),
+                "ss_tag_frequency": json.dumps(_tag_frequency(ctx)),
+                "ss_caption_dropout_rate": str(sd.caption_dropout),
+                "ss_shuffle_caption": str(sd.shuffle_tags),
+                "ss_keep_tokens": str(sd.keep_tokens),
+                "ss_flip_aug": str(sd.flip),
+                "ss_color_aug": "False",
+                "ss_random_crop": str(sd.crop == "random"),
+                "ss_cache_latents": str(sd.cache_latents),
+                "ss_noise_offset": str(sd.noise_offset),
+                "ss_min_snr_gamma": str(sd.min_snr_gamma),
+                "ss_v_parameterization": str(prediction == "v_prediction"),
+                "ss_clip_skip": "None",
+            }
+        )
+        metadata["loraplug.recipe"] = recipe.to_toml()
+    metadata.update(
+        {
+            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.architecture": architecture,
+            "modelspec.implementation": "diffusers",
+            "modelspec.implementation_version": f"loraplug/{__version__}",
+            "modelspec.title": title,
+            "modelspec.resolution": f"{sd.resolution}x{sd.resolution}",
+            "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+            "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
+        }
+    )
+    if options.trigger_phrase:
+        metadata["modelspec.trigger_phrase"] = options.trigger_phrase
+    return metadata
+
+
+def write_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> Path:
+    tensors = kohya_tensors(model, DTYPES[options.dtype])
+    metadata = kohya_metadata(options, model, ctx)
+    if options.metadata == "full":
+        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(tensors, metadata)
+    path = out_dir / f"{options.filename or ctx.recipe.run.name}.safetensors"
+    atomic_write_bytes(path, save(tensors, metadata))
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (for tests and tools)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+

@@ -1,0 +1,174 @@
+"""Option models for every kind this plugin serves; imported at start-up, so pydantic only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from loraplug import InputDir, InputFile, Options
+from loraplug.options import pretrained_source
+
+#: Presets built from a config and cached locally; see presets.py.
+PRESETS = ("tiny-sd",)
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+#: The UNet layers LoCon adds (``adapter.conv = true``): every convolution and linear layer of the resnet
+#: blocks, the down/upsampling convolutions and the 1×1 projections around each transformer.
+DEFAULT_CONV_MODULES = (
+    "conv1", "conv2", "conv_shortcut", "time_emb_proj",
+    "downsamplers.0.conv", "upsamplers.0.conv", "proj_in", "proj_out",
+)  # fmt: skip
+
+
+class ImageFolderOptions(Options):
+    """``[data] kind = "imagefolder"``."""
+
+    path: InputDir = Field(description="Folder of images (png, jpg, webp), searched recursively.")
+    metadata: InputFile | None = Field(
+        None,
+        description="A .jsonl or .csv file with an image path and a caption per row. Default: `metadata.jsonl` or "
+        "`metadata.csv` in `path` when present, else a same-stem caption file beside each image.",
+    )
+    image_column: str | None = Field(
+        None, description="Metadata column with the image path (relative to `path`). Default: image_path, file_name or image."
+    )
+    caption_column: str | None = Field(None, description="Metadata column with the caption. Default: caption, text or prompt.")
+    caption_extension: str = Field(".txt", description="Extension of the caption file beside each image.")
+    missing_caption: Literal["error", "empty", "filename"] = Field(
+        "error", description="An image without a caption stops the run, trains with an empty caption, or uses its file name."
+    )
+    on_unreadable: Literal["skip", "error"] = Field(
+        "skip", description="An unreadable or truncated image is skipped and counted, or stops the run naming it."
+    )
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the images for validation loss (seeded).")
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        return value if value.startswith(".") else "." + value
+
+
+class StableDiffusionOptions(Options):
+    """``[model] kind = "stable-diffusion"``: the base model, how images become latents, the loss, sampling."""
+
+    pretrained: str = Field(
+        description="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), local diffusers directory, or preset `tiny-sd`."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Dtype = Field(
+        "float32",
+        description="Dtype of the frozen UNet and text-encoder weights (LoRA weights and the VAE stay float32).",
+    )
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto", description="What the UNet predicts; `auto` takes the model's scheduler config (SD 2.x 768: v_prediction)."
+    )
+    resolution: PositiveInt = Field(512, description="Training side length in pixels (a multiple of 8); images are resized and cropped to it.")
+    crop: Literal["center", "random"] = Field("center", description="Crop after resizing; `random` turns the latent cache off.")
+    flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
+    buckets: bool = Field(False, description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket.")
+    bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this many pixels.")
+    caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training a sample with an empty caption.")
+    shuffle_tags: bool = Field(False, description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).")
+    keep_tokens: int = Field(0, ge=0, description="Leading tags kept in place when shuffling (a trigger word).")
+    cache_latents: bool = Field(True, description="Encode every image with the VAE once, before training, when the augmentations allow.")
+    cache_text_encoder_outputs: bool = Field(
+        True, description="Encode every caption once, before training, when captions are not shuffled and the text encoder is frozen."
+    )
+    cache_to_disk: bool = Field(
+        False, description="Keep cached latents and text-encoder outputs on disk under the cache directory (reused by later runs)."
+    )
+    noise_offset: float = Field(0.0, ge=0, description="Add this much per-channel offset noise (darker darks, brighter brights).")
+    min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR loss weighting with this gamma (5 is usual); off when unset.")
+    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward to save memory.")
+    sample_steps: PositiveInt = Field(25, description="Denoising steps for sample images.")
+    sample_guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale for sample images.")
+    sample_size: PositiveInt | None = Field(None, description="Side of sample images in pixels (a multiple of 8). Default: resolution.")
+    sample_images: PositiveInt = Field(4, description="Images per prompt in each sample grid (seeds run.seed, run.seed+1, ...).")
+
+    _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
+
+    @field_validator("resolution", "sample_size", "bucket_step")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            low = value - value % 8
+            raise ValueError(f"must be a multiple of 8 (the VAE halves the image three times), e.g. {low or 8} or {low + 8}")
+        return value
+
+    @model_validator(mode="after")
+    def _keep_tokens_needs_shuffle(self) -> StableDiffusionOptions:
+        if self.keep_tokens and not self.shuffle_tags:
+            raise ValueError("keep_tokens only applies when shuffle_tags = true")
+        return self
+
+
+class SdLoraOptions(Options):
+    """``[adapter] kind = "lora"`` for Stable Diffusion: LoRA on the UNet (and LoCon), optionally the text encoder."""
+
+    r: PositiveInt = Field(8, description="LoRA rank of linear layers and 1×1 convolutions.")
+    alpha: PositiveFloat = Field(8.0, description="LoRA alpha; the update is scaled by alpha/r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    init: Literal["default", "gaussian"] = Field("default", description="Initialisation of the down matrix (the up matrix starts at zero).")
+    target_modules: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules to adapt, by name or name suffix (the attention projections)."
+    )
+    conv: bool = Field(False, description="LoCon: also adapt the convolutions and projections named in conv_modules.")
+    conv_modules: list[str] = Field(
+        list(DEFAULT_CONV_MODULES), description="UNet modules LoCon adds: resnet convolutions, down/upsamplers, 1×1 projections."
+    )
+    conv_r: PositiveInt | None = Field(None, description="Rank of 3×3 convolutions. Default: r.")
+    conv_alpha: PositiveFloat | None = Field(None, description="Alpha of 3×3 convolutions. Default: alpha.")
+    text_encoder: bool = Field(False, description="Also train LoRA on the text encoder (turns the text-encoder cache off).")
+    text_encoder_r: PositiveInt | None = Field(None, description="Rank of the text-encoder LoRA. Default: r.")
+    text_encoder_alpha: PositiveFloat | None = Field(None, description="Alpha of the text-encoder LoRA. Default: alpha.")
+    text_encoder_target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "out_proj"], description="Text-encoder modules to adapt (add fc1, fc2 for the MLPs)."
+    )
+    text_encoder_lr: PositiveFloat | None = Field(None, description="Peak learning rate of the text-encoder LoRA. Default: train.lr.")
+
+    @model_validator(mode="after")
+    def _text_encoder_settings_need_text_encoder(self) -> SdLoraOptions:
+        set_without = [k for k in ("text_encoder_r", "text_encoder_alpha", "text_encoder_lr") if getattr(self, k) is not None]
+        if set_without and not self.text_encoder:
+            raise ValueError(f"{', '.join(set_without)} only apply with text_encoder = true")
+        if (self.conv_r is not None or self.conv_alpha is not None) and not self.conv:
+            raise ValueError("conv_r and conv_alpha only apply with conv = true")
+        return self
+
+
+class ParityOptions(Options):
+    """What every export of this plugin shares: the weights' dtype and a check against the trained model."""
+
+    dtype: Dtype = Field("float32", description="Dtype of the saved weights.")
+    check_parity: bool = Field(
+        True, description="Load the export back with diffusers and compare its UNet output with the trained model's."
+    )
+    tolerance: float = Field(1e-3, gt=0, description="Largest output difference the parity check accepts (relative to the output's scale).")
+
+
+class DiffusersExportOptions(ParityOptions):
+    """``[[export]] kind = "diffusers"``: pytorch_lora_weights.safetensors for ``load_lora_weights``."""
+
+
+class KohyaExportOptions(ParityOptions):
+    """``[[export]] kind = "kohya"``: one .safetensors with kohya keys for A1111, ComfyUI and sd-scripts."""
+
+    filename: str | None = Field(None, description="File name without extension. Default: the run's name.")
+    metadata: Literal["full", "minimal"] = Field(
+        "full", description="`full`: ss_* training metadata, hashes and modelspec.*; `minimal`: only the keys loaders need."
+    )
+    title: str | None = Field(None, description="modelspec.title shown by UIs. Default: the run's name.")
+    trigger_phrase: str | None = Field(None, description="modelspec.trigger_phrase: the words that call up the style.")
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or "\\" in value or value.startswith(".")):
+            raise ValueError("must be a plain file name without directories")
+        return value.removesuffix(".safetensors") if value else value
+
+
+class MergedExportOptions(ParityOptions):
+    """``[[export]] kind = "merged"``: the whole diffusers pipeline with the LoRA fused into its weights."""

@@ -1,0 +1,111 @@
+"""The hook implementations of loraplug-diffusion.
+
+Module level imports only pydantic option models; each hook imports its heavy implementation when it
+is called, so ``loraplug --help`` never pays for torch, diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loraplug import (
+    Batch,
+    DataBundle,
+    ExportResult,
+    KindSpec,
+    ModelBundle,
+    PreparedData,
+    RunContext,
+    Sample,
+    StepResult,
+    hookimpl,
+)
+from loraplug_diffusion.options import (
+    DiffusersExportOptions,
+    ImageFolderOptions,
+    KohyaExportOptions,
+    MergedExportOptions,
+    SdLoraOptions,
+    StableDiffusionOptions,
+)
+
+MODEL_KIND = "stable-diffusion"
+
+
+@hookimpl
+def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
+    register(KindSpec("data", "imagefolder", ImageFolderOptions, "images with .txt captions or a metadata.jsonl/.csv"))
+    register(
+        KindSpec(
+            "model",
+            MODEL_KIND,
+            StableDiffusionOptions,
+            "Stable Diffusion 1.x/2.x through diffusers (hub id, directory or tiny-sd)",
+            smoke={
+                "pretrained": "tiny-sd",
+                "dtype": "float32",
+                "resolution": 64,
+                "sample_size": 64,
+                "sample_steps": 2,
+                "sample_images": 2,
+                "bucket_step": 32,
+            },
+        )
+    )
+    register(KindSpec("adapter", "lora", SdLoraOptions, "peft LoRA on the UNet (+ LoCon convs, text encoder)", models=(MODEL_KIND,)))
+    register(KindSpec("export", "diffusers", DiffusersExportOptions, "pytorch_lora_weights.safetensors (load_lora_weights)", models=(MODEL_KIND,)))
+    register(KindSpec("export", "kohya", KohyaExportOptions, "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)", models=(MODEL_KIND,)))
+    register(KindSpec("export", "merged", MergedExportOptions, "the diffusers pipeline with the LoRA fused", models=(MODEL_KIND,)))
+
+
+@hookimpl
+def loraplug_load_data(kind: str, options: ImageFolderOptions, ctx: RunContext) -> DataBundle:
+    from loraplug_diffusion.imagefolder import load
+
+    return load(options, ctx.seed, ctx.warn)
+
+
+@hookimpl
+def loraplug_build_model(kind: str, options: StableDiffusionOptions, ctx: RunContext) -> ModelBundle:
+    from loraplug_diffusion.model import build
+
+    return build(options, ctx)
+
+
+@hookimpl
+def loraplug_wrap_adapter(kind: str, options: SdLoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+    from loraplug_diffusion.adapter import wrap
+
+    return wrap(options, model, ctx)
+
+
+@hookimpl
+def loraplug_prepare_data(model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+    from loraplug_diffusion.prepare import prepare
+
+    return prepare(model, options, data, ctx)
+
+
+@hookimpl
+def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
+    from loraplug_diffusion.compute import loss_sum
+
+    return loss_sum(model, module, batch, ctx)
+
+
+@hookimpl
+def loraplug_generate(
+    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
+    from loraplug_diffusion.sample import generate
+
+    return generate(model, options, prompts, out_dir, ctx)
+
+
+@hookimpl
+def loraplug_export(kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    from loraplug_diffusion.export import EXPORTERS
+
+    return EXPORTERS[kind](options, model, out_dir, ctx)

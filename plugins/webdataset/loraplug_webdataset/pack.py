@@ -1,0 +1,126 @@
+"""``loraplug data pack KIND SOURCE --out DIR``: any data kind's records, written as WebDataset shards.
+
+The records are loaded by the plugin that serves KIND — the same code a recipe with ``[data] kind = KIND``
+runs, with SOURCE as its ``path`` — so whatever that kind accepts, skips or rejects, packing does too.
+Image files are stored with their original bytes (no re-encoding); in-memory images as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from loraplug import DataBundle, LoraplugError, Record
+
+SHARD_PATTERN = "shard-%06d.tar"
+IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
+
+
+def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs; values are TOML (``0.1``, ``true``, ``"x"``), else plain strings."""
+    import tomllib
+
+    parsed: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or not key.strip():
+            raise LoraplugError(f"The option {setting!r} is not KEY=VALUE", fix="Write it as -o missing_caption=empty")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def to_sample(record: Record, index: int) -> dict[str, Any]:
+    """A record as a webdataset sample: image bytes + .txt caption, or .json chat; the source id kept in .json."""
+    import io
+
+    sample: dict[str, Any] = {"__key__": f"{index:08d}"}
+    if "image" in record:
+        image = record["image"]
+        if isinstance(image, str | Path):
+            sample[IMAGE_EXTENSIONS.get(Path(image).suffix.lower(), "png")] = Path(image).read_bytes()
+        else:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            sample["png"] = buffer.getvalue()
+        sample["txt"] = str(record.get("caption", "")).encode("utf-8")
+        sample["json"] = json.dumps({"source_id": record.get("id")}).encode("utf-8")
+    elif "messages" in record:
+        rest = {k: v for k, v in record.items() if k != "id"}
+        sample["json"] = json.dumps({"source_id": record.get("id"), **rest}, ensure_ascii=False).encode("utf-8")
+    else:
+        raise LoraplugError(
+            f"Record {record.get('id', '?')} is neither an image sample nor a chat sample (keys: {', '.join(sorted(record))})",
+            fix="Pack a data kind whose records have image + caption or messages",
+        )
+    return sample
+
+
+def write_shards(data: DataBundle, out: Path, *, maxcount: int, overwrite: bool) -> tuple[int, list[str]]:
+    """Write every record (train, then val) to shards in ``out``, atomically; return (samples, shard names)."""
+    from itertools import chain
+
+    from webdataset import ShardWriter
+
+    from loraplug.rundir import atomic_dir
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise LoraplugError(f"{out} already exists and is not empty", fix="Choose another --out, or pass --overwrite to replace it")
+    count = 0
+    with atomic_dir(out, replace=overwrite) as tmp:
+        # mtime fixed: packing the same data twice gives byte-identical shards.
+        with ShardWriter(str(tmp / SHARD_PATTERN), maxcount=maxcount, verbose=0, mtime=0.0) as writer:
+            for count, record in enumerate(chain(data.train, data.val or []), start=1):
+                writer.write(to_sample(record, count - 1))
+        if count == 0:
+            raise LoraplugError("There was nothing to pack", fix="Check the source")
+        names = sorted(p.name for p in tmp.glob("shard-*.tar") if p.stat().st_size > 0)
+        for empty in tmp.glob("shard-*.tar"):
+            if empty.name not in names:
+                empty.unlink()
+    return count, names
+
+
+def brace_pattern(out: Path, names: list[str]) -> str:
+    """The ``urls`` value a recipe uses for the shards just written."""
+    if len(names) == 1:
+        return str(out / names[0])
+    first, last = names[0][len("shard-") : -len(".tar")], names[-1][len("shard-") : -len(".tar")]
+    return str(out / f"shard-{{{first}..{last}}}.tar")
+
+
+def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBundle:
+    """The records of data kind ``kind`` with ``path = source`` and the ``-o`` settings, as a run would load them."""
+    import click
+    from pydantic import ValidationError
+
+    from loraplug.cli.main import host
+    from loraplug.context import RunContext
+    from loraplug.pipeline import cache_dir
+
+    plugins = host()
+    served = plugins.lookup("data", kind)
+    values = {"path": str(source.absolute()), **parse_settings(settings)}
+    try:
+        options = served.spec.options.model_validate(values, context={"base_dir": Path.cwd(), "check_files": True})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or kind}: {e['msg']}" for e in exc.errors())
+        raise LoraplugError(
+            f"The options of data kind {kind!r} do not validate: {problems}",
+            fix="SOURCE is the kind's `path`; give other options as -o KEY=VALUE (`loraplug recipe keys` lists them)",
+        ) from exc
+    # Outside a run there is no recipe: a data kind reads its options, the seed and info/warn only.
+    ctx = RunContext(
+        recipe=None,  # type: ignore[arg-type]
+        run_dir=Path.cwd(),
+        cache_dir=cache_dir(),
+        info=click.echo,
+        warn=lambda message: click.echo(f"warning: {message}", err=True),
+    )
+    data = plugins.call_stage("data", kind, options=options, ctx=ctx)
+    if not isinstance(data, DataBundle):
+        raise LoraplugError(f"{served.distribution} returned no records for data kind {kind!r}", fix="Report it to its authors")
+    return data

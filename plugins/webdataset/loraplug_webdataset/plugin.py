@@ -1,0 +1,76 @@
+"""The hook implementations of loraplug-webdataset; module level imports pydantic models and click only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loraplug import DataBundle, KindSpec, LoraplugError, RunContext, hookimpl
+from loraplug_webdataset.options import WebDatasetOptions
+
+
+@hookimpl
+def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
+    register(KindSpec("data", "webdataset", WebDatasetOptions, "WebDataset tar shards: images + captions, or chat JSON (streamed)"))
+
+
+@hookimpl
+def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -> DataBundle:
+    from itertools import islice
+
+    from loraplug_webdataset.stream import ShardStream
+
+    shards = list(options.urls)
+    world = ctx.num_processes
+    if len(shards) < world:
+        raise LoraplugError(
+            f"{len(shards)} shard(s) cannot be split over {world} processes: each process reads whole shards",
+            where="data.urls",
+            fix=f"Write at least {world} shards (`loraplug data pack … --maxcount` smaller), or train on fewer processes",
+        )
+    workers = max(1, ctx.recipe.train.num_workers)
+    if len(shards) < world * workers:
+        ctx.warn(f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): some workers will have nothing to read")
+    train = ShardStream(shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn)
+    val = None
+    summary: dict[str, Any] = {"shards": len(shards), "train samples": "streamed"}
+    if options.val_urls:
+        reader = ShardStream(list(options.val_urls), options, rank=0, world=1, seed=ctx.seed, warn=ctx.warn, shuffle=False)
+        val = list(islice(reader, options.val_max_samples))
+        summary["val samples"] = len(val)
+        if reader.skipped.count:
+            summary["skipped val samples"] = reader.skipped.count
+    return DataBundle(train=train, val=val, summary=summary)
+
+
+@hookimpl
+def loraplug_register_commands(cli: click.Group) -> None:
+    data = cli.commands.get("data")
+    if not isinstance(data, click.Group):
+        return
+
+    @data.command("pack")
+    @click.argument("kind")
+    @click.argument("source", type=click.Path(exists=True, path_type=Path))
+    @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory for the shards.")
+    @click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
+    @click.option("-o", "--option", "settings", multiple=True, metavar="KEY=VALUE", help="An option of data kind KIND (repeatable).")
+    @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (only once the new shards are complete).")
+    def pack(kind: str, source: Path, out: Path, maxcount: int, settings: tuple[str, ...], overwrite: bool) -> None:
+        """Write the records of data kind KIND read from SOURCE as WebDataset shards in --out.
+
+        \b
+        loraplug data pack imagefolder photos/ --out shards/
+        loraplug data pack jsonl chats.jsonl --out shards/ --maxcount 5000
+        """
+        from loraplug_webdataset.pack import brace_pattern, load_records, write_shards
+
+        data = load_records(kind, source, settings)
+        count, names = write_shards(data, out, maxcount=maxcount, overwrite=overwrite)
+        click.echo(f"packed {count} samples into {len(names)} shard(s) in {out}")
+        for key, value in data.summary.items():
+            click.echo(f"  {key}: {value}")
+        click.echo(f'use them with:  [data] kind = "webdataset"  urls = "{brace_pattern(out, names)}"')

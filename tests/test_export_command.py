@@ -1,0 +1,90 @@
+"""``loraplug export RUN_DIR --kind KIND``: re-exports without retraining, refuses what it cannot do
+before loading anything, and names the distribution that serves a kind which is not installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loraplug.cli import main as cli_main
+from loraplug.plugins import ExtraPlugin, PluginHost
+from loraplug.testing import run_cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from loraplug_causal_lm.testing import trained_tiny_run
+
+    return trained_tiny_run(tmp_path_factory.mktemp("reexport"), train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "peft"}])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_reexport_writes_a_manifest_and_leaves_the_run_alone(run_dir: Path) -> None:
+    peft_manifest = (run_dir / "exports" / "peft" / "export.json").read_text()
+    result = run_cli("export", run_dir, "--kind", "merged", "dtype=float32")
+    assert result.exit_code == 0, result.output
+    assert "merged" in result.stdout and "model.safetensors" in result.stdout and "max_abs_logit_diff_vs_trained" in result.stdout
+    manifest = json.loads((run_dir / "exports" / "merged" / "export.json").read_text())
+    assert manifest["kind"] == "merged" and manifest["options"]["dtype"] == "float32"
+    assert manifest["adapter"] == {
+        "path": "adapter/adapter.safetensors",
+        "sha256": _sha256(run_dir / "adapter" / "adapter.safetensors"),
+        "size": (run_dir / "adapter" / "adapter.safetensors").stat().st_size,
+    }
+    assert manifest["recipe_hash"] == json.loads(peft_manifest)["recipe_hash"]
+    assert (run_dir / "exports" / "peft" / "export.json").read_text() == peft_manifest
+    status = json.loads((run_dir / "run.json").read_text())
+    assert [(e["name"], e["ok"]) for e in status["exports"]] == [("peft", True), ("merged", True)]
+
+
+def test_reexport_of_a_checkpoint_directory(run_dir: Path) -> None:
+    checkpoint = run_dir / "checkpoints" / "step-2"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(run_dir / "adapter" / "adapter.safetensors", checkpoint / "adapter.safetensors")
+    result = run_cli("export", checkpoint, "--kind", "peft")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run_dir / "exports" / "step-2-peft" / "export.json").read_text())
+    assert manifest["adapter"]["path"] == "checkpoints/step-2/adapter.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kind", "peft"], "exports/peft already exists. Pass --overwrite"),
+        (["--kind", "peft", "model_crad=false", "--name", "x"], "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?"),
+        (["--kind", "peft", "model_card"], "is not KEY=VALUE"),
+        (["--kind", "peft", "--name", "../elsewhere"], "is not a directory name"),
+        (["--kind", "perf"], "Did you mean 'peft'?"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_loads(run_dir: Path, args: list[str], message: str) -> None:
+    listing = sorted(p.name for p in (run_dir / "exports").iterdir())
+    result = run_cli("export", run_dir, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert sorted(p.name for p in (run_dir / "exports").iterdir()) == listing
+
+
+def test_a_directory_that_is_no_run(tmp_path: Path) -> None:
+    result = run_cli("export", tmp_path, "--kind", "peft")
+    assert result.exit_code == 2 and "is not a loraplug run directory" in result.stderr
+
+
+@pytest.mark.parametrize(("kind", "distribution"), [("onnx", "loraplug-onnx"), ("bnb-4bit", "loraplug-quant"), ("int8", "loraplug-quant")])
+def test_an_export_kind_whose_plugin_is_not_installed_names_the_distribution(
+    lm_recipe, monkeypatch: pytest.MonkeyPatch, kind: str, distribution: str
+) -> None:
+    import loraplug_causal_lm.plugin
+
+    only_causal_lm = PluginHost.load(entry_points=False, extra=[ExtraPlugin(loraplug_causal_lm.plugin, "loraplug-causal-lm")])
+    monkeypatch.setattr(cli_main, "_host", only_causal_lm)
+    result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "peft"}, {"kind": kind}]))
+    assert result.exit_code == 2
+    assert f"The export kind {kind!r} is provided by the plugin {distribution}, which is not installed" in result.stderr
+    assert f"pip install {distribution}" in result.stderr
