@@ -206,6 +206,7 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
     """Run a validated recipe end to end and return what to tell the user."""
     from accelerate.utils import set_seed
 
+    from loraplug.data.stage import clean_and_weigh, finish_prepared, show_report
     from loraplug.training.loop import train
     from loraplug.training.progress import ProgressDisplay
     from loraplug.training.sinks import JsonlSink, Sinks, TensorBoardSink
@@ -263,11 +264,15 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
         )  # fmt: skip
         if smoke:
             data = _cap(data, SMOKE_SAMPLES)
+        data = clean_and_weigh(data, recipe)
         model = build_stages(host, recipe, ctx)
         prepared = _check(
             host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
             PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
         )  # fmt: skip
+        prepared = finish_prepared(data, prepared, recipe, recipe.model.served.distribution)
+        if main:
+            show_report(data.report, console, run_dir)
         summary = {**data.summary, **prepared.summary}
         info("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         if main:
