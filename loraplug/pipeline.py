@@ -207,6 +207,7 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
     from accelerate.utils import set_seed
 
     from loraplug.data.stage import clean_and_weigh, finish_prepared, show_report
+    from loraplug.training.autobatch import resolve_batch_size
     from loraplug.training.loop import train
     from loraplug.training.progress import ProgressDisplay
     from loraplug.training.sinks import JsonlSink, Sinks, TensorBoardSink
@@ -296,7 +297,7 @@ def execute(recipe: Recipe, host: PluginHost, *, console: Console, smoke: bool =
             step_fn=step_fn,
             model=model,
             prepared=prepared,
-            recipe=recipe,
+            recipe=resolve_batch_size(recipe, model, prepared, step_fn, accelerator, ctx),
             ctx=ctx,
             sinks=sinks,
             display=lambda total: ProgressDisplay(console, total, enabled=main),

@@ -177,6 +177,7 @@ def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:
     train = raw.setdefault("train", {})
     if isinstance(train, dict):
         train.pop("epochs", None)
+        train.pop("effective_batch_size", None)  # smoke runs a fixed small batch, never "auto"
         for key, cap in SMOKE_TRAIN.items():
             current = train.get(key)
             train[key] = min(current, cap) if isinstance(current, int) and key != "log_every_n_steps" else cap
