@@ -28,7 +28,8 @@ test: install
 	$(PY) -m pytest -n 2 -q
 
 bench: install
-	$(PY) bench/cli_startup.py
+	test ! -f bench/cli_startup.py || $(PY) bench/cli_startup.py
+	$(PY) bench/llm_throughput.py --out runs/bench/llm_throughput.json
 
 clean-venv:
 	rm -rf $(VENV)
