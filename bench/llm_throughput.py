@@ -8,6 +8,7 @@ short, a long tail), for one epoch — the same real tokens — at the same lear
   hf         transformers Trainer + PEFT, padding per batch (DataCollatorForSeq2Seq): what most users write
   trl        TRL SFTTrainer with packing (best-fit decreasing, padding-free position ids)
   bare       a bare PyTorch + PEFT loop over exactly loraplug's micro-batches: the cost of loraplug's loop
+  loraplug-padded   loraplug with packing off and HF's batches of 8 samples: what packing changes
 
 Each setup runs in its own process (so peak memory is its own) and reports non-padding tokens per
 second of training, peak memory, and the validation loss after training, measured by one shared
@@ -40,10 +41,12 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SETUPS = ("loraplug", "hf", "trl", "bare")
+SETUPS = ("loraplug", "hf", "trl", "bare", "loraplug-padded")
 MAX_LENGTH = 256
 LR = 2e-3
-SEED = 0
+#: The model's weights and the data never change; --seed changes the LoRA initialisation and the data order.
+DATA_SEED = 0
+seed = 0
 #: Samples per padded micro-batch (hf) and packed rows per micro-batch (loraplug, trl, bare): about the
 #: same real tokens per optimizer step (8 samples of ~60 tokens ≈ two 256-token rows).
 PADDED_BATCH = 8
@@ -87,12 +90,12 @@ def prepare_inputs(work: Path, train_count: int, val_count: int) -> dict[str, An
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **MODEL,
     )  # fmt: skip
-    torch.manual_seed(SEED)
+    torch.manual_seed(DATA_SEED)
     model = LlamaForCausalLM(config)
     model_dir = work / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    rng = random.Random(SEED)
+    rng = random.Random(DATA_SEED)
     rows = make_rows(train_count + val_count, rng)
     for name, part in (("train", rows[:train_count]), ("val", rows[train_count:])):
         (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
@@ -110,7 +113,7 @@ def load_model(work: Path) -> tuple[Any, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32, attn_implementation="sdpa")
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     return get_peft_model(model, lora_config(LoraOptions())), tokenizer
 
 
@@ -178,7 +181,7 @@ def peak_memory_mib() -> float:
 # --- the four setups -----------------------------------------------------------------------------
 
 
-def run_loraplug(work: Path) -> dict[str, Any]:
+def run_loraplug(work: Path, *, packing: bool = True) -> dict[str, Any]:
     from rich.console import Console
 
     from loraplug.pipeline import execute, load_run
@@ -189,11 +192,14 @@ def run_loraplug(work: Path) -> dict[str, Any]:
     recipe_path = write_recipe(
         work / "loraplug.toml",
         {
-            "run": {"name": "bench", "output_dir": str(work / "runs"), "seed": SEED},
+            "run": {"name": "bench", "output_dir": str(work / "runs"), "seed": seed},
             "data": {"kind": "jsonl", "path": str(work / "train.jsonl")},
-            "model": {"kind": "causal-lm", "pretrained": str(work / "model"), "max_length": MAX_LENGTH, "attn_implementation": "sdpa"},
+            "model": {
+                "kind": "causal-lm", "pretrained": str(work / "model"), "max_length": MAX_LENGTH, "attn_implementation": "sdpa",
+                **({} if packing else {"packing": False}),
+            },
             "adapter": {"kind": "lora"},
-            "train": {"lr": LR, "epochs": 1, "batch_size": PACKED_BATCH, "log_every_n_steps": 1000},
+            "train": {"lr": LR, "epochs": 1, "batch_size": PACKED_BATCH if packing else PADDED_BATCH, "log_every_n_steps": 1000},
         },
     )
     from loraplug.training import loop
@@ -229,14 +235,23 @@ def run_hf(work: Path) -> dict[str, Any]:
     args = TrainingArguments(
         output_dir=str(work / "hf"), per_device_train_batch_size=PADDED_BATCH, learning_rate=LR, num_train_epochs=1,
         lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1000,
-        save_strategy="no", report_to="none", seed=SEED, dataloader_num_workers=0, bf16=False, fp16=False,
+        save_strategy="no", report_to="none", seed=seed, dataloader_num_workers=0, bf16=False, fp16=False,
     )  # fmt: skip
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    pad_per_batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    computed = 0
+
+    def collator(features: list[dict[str, Any]]) -> Any:
+        nonlocal computed
+        batch = pad_per_batch(features)
+        computed += batch["input_ids"].numel()
+        return batch
+
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     with Timer() as timer:
         trainer.train()
     tokens = sum(len(row["input_ids"]) for row in dataset)
     return {
+        "notes": f"{1 - tokens / computed:.0%} of the computed positions are padding",
         "tokens": tokens,
         "seconds": timer.wall,
         "cpu_seconds": timer.cpu,
@@ -257,7 +272,7 @@ def run_trl(work: Path) -> dict[str, Any]:
     args = SFTConfig(
         output_dir=str(work / "trl"), per_device_train_batch_size=PACKED_BATCH, learning_rate=LR, num_train_epochs=1,
         lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1000,
-        save_strategy="no", report_to="none", seed=SEED, max_length=MAX_LENGTH, packing=True, dataloader_num_workers=0,
+        save_strategy="no", report_to="none", seed=seed, max_length=MAX_LENGTH, packing=True, dataloader_num_workers=0,
         bf16=False, fp16=False,
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -287,14 +302,14 @@ def run_bare(work: Path) -> dict[str, Any]:
     from loraplug_causal_lm.options import CausalLMOptions
     from loraplug_causal_lm.prepare import prepare
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model, tokenizer = load_model(work)
     bundle = ModelBundle(kind="causal-lm", module=model, components={"tokenizer": tokenizer})
-    ctx = RunContext(recipe=None, run_dir=work, cache_dir=work, seed=SEED, info=lambda m: None)  # type: ignore[arg-type]
+    ctx = RunContext(recipe=None, run_dir=work, cache_dir=work, seed=seed, info=lambda m: None)  # type: ignore[arg-type]
     options = CausalLMOptions(pretrained=str(work / "model"), max_length=MAX_LENGTH)
     prepared = prepare(bundle, options, DataBundle(train=records(work / "train.jsonl")), ctx)
     cfg = TrainSection(lr=LR, epochs=1, batch_size=PACKED_BATCH)
-    batches = MicroBatches(prepared, batch_size=PACKED_BATCH, seed=SEED, rank=0, world=1, num_workers=0)
+    batches = MicroBatches(prepared, batch_size=PACKED_BATCH, seed=seed, rank=0, world=1, num_workers=0)
     steps = math.ceil(batches.per_epoch() or 0)
     optimizer = build_optimizer(model, cfg, {})
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -321,7 +336,13 @@ def run_bare(work: Path) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"loraplug": run_loraplug, "hf": run_hf, "trl": run_trl, "bare": run_bare}
+RUNNERS = {
+    "loraplug": run_loraplug,
+    "hf": run_hf,
+    "trl": run_trl,
+    "bare": run_bare,
+    "loraplug-padded": lambda work: run_loraplug(work, packing=False),
+}
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -367,6 +388,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"{ratio(name, 'tokens_per_second', 'trl')}, {ratio(name, 'tokens_per_cpu_second', 'trl')} | "
             f"{r['peak_memory_mib']:,.0f} | {r['val_loss']:.5f} |"
         )
+    lines.append("")
+    lines += [f"- {name}: {r['notes']}" for name, r in results.items() if r.get("notes")]
     if "bare" in results and "loraplug" in results:
         ours, bare = results["loraplug"], results["bare"]
         lines.append(
@@ -381,6 +404,7 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
     parser.add_argument("--quick", action="store_true", help="24 training samples instead of 120: checks the script, not the numbers.")
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the LoRA initialisation and the data order (the data and model stay).")
     parser.add_argument("--rounds", type=int, default=2, help="Run every setup this many times, interleaved; the best round counts.")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -391,6 +415,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    global seed
+    seed = args.seed
     if args.run:
         import torch
 
@@ -411,7 +437,7 @@ def main() -> None:
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in args.setups}
         for round_index in range(args.rounds):
             for name in args.setups if round_index % 2 == 0 else reversed(args.setups):
-                command = [sys.executable, __file__, "--run", name, "--work", str(work), "--threads", str(args.threads)]
+                command = [sys.executable, __file__, "--run", name, "--work", str(work), "--threads", str(args.threads), "--seed", str(seed)]
                 proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if proc.returncode != 0 or line is None:
@@ -428,7 +454,7 @@ def main() -> None:
     print(json.dumps(report["machine"], indent=2))
     print(
         f"model: {info['parameters'] / 1e6:.1f} M parameters; max_length {MAX_LENGTH}; lr {LR}; {args.threads} thread(s); "
-        f"best of {args.rounds} round(s); validation loss before training {info['val_loss_before']:.5f}"
+        f"seed {seed}; best of {args.rounds} round(s); validation loss before training {info['val_loss_before']:.5f}"
     )
     print(table(results))
     if args.out:

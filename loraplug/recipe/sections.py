@@ -7,11 +7,23 @@ plugin and the rest is checked against that kind's options model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PlainValidator, PositiveFloat, PositiveInt, model_validator
 
 from loraplug.options import Options
+
+
+def _batch_size(value: object) -> int | Literal["auto"]:
+    # One message for both branches (a plain union would report two problems for one key).
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError('Input should be a valid integer ≥ 1, or "auto"')
+    return value
+
+
+BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
 
 
 class RunSection(Options):
@@ -35,7 +47,7 @@ class TrainSection(Options):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr.")
     max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; overrides epochs.")
     epochs: PositiveFloat | None = Field(None, description="Passes over the training data (default 1 when max_steps is unset).")
-    batch_size: PositiveInt | Literal["auto"] = Field(
+    batch_size: BatchSize = Field(
         8,
         description='Micro-batch size per process (rows when samples are packed). "auto": the largest divisor of '
         "effective_batch_size whose worst-case micro-batch fits in memory_fraction of the device's memory; "
