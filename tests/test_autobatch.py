@@ -51,7 +51,7 @@ def test_search_reports_when_nothing_fits() -> None:
 def _auto_run(tmp_path: Path, lm_recipe, name: str, train: dict) -> tuple[dict, dict, str]:
     recipe = lm_recipe(
         run={"name": name},
-        model={"max_length": 256},
+        model={"max_length": 128},
         adapter={"dropout": 0.1},  # the search must not disturb the random numbers training uses
         train={"max_steps": 2, **train},
         eval={"sample_prompts": []},

@@ -60,7 +60,13 @@ def _labelled(jsonl_file, chat_rows, rows: int = 20) -> Path:
 
 def test_a_balanced_run_reports_its_classes(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
     data = _labelled(jsonl_file, chat_rows)
-    recipe = lm_recipe(data={"path": str(data), "val_fraction": 0.0, "balance_by": "label"}, model={"max_length": 256}, export=[])
+    recipe = lm_recipe(
+        data={"path": str(data), "val_fraction": 0.0, "balance_by": "label"},
+        model={"max_length": 256},
+        train={"max_steps": 1},
+        eval={"sample_prompts": []},
+        export=[],
+    )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     assert "packing off: data.balance_by" in result.stdout

@@ -67,7 +67,7 @@ def test_a_sample_does_not_see_the_sample_before_it_in_its_row() -> None:
 
 
 def test_packing_is_on_by_default_and_reported(lm_recipe) -> None:
-    result = run_cli("run", lm_recipe(model={"max_length": 256}, export=[], eval={"sample_prompts": []}))
+    result = run_cli("run", lm_recipe(model={"max_length": 256}, train={"max_steps": 1}, export=[], eval={"sample_prompts": []}))
     assert result.exit_code == 0, result.output
     match = re.search(r"packing: (\d+) samples in (\d+) rows", result.stdout)
     assert match and int(match[2]) < int(match[1]), result.stdout
