@@ -29,6 +29,7 @@ test: install
 
 bench: install
 	test ! -f bench/cli_startup.py || $(PY) bench/cli_startup.py
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/llm_throughput.py --out runs/bench/llm_throughput.json
 
 clean-venv:
