@@ -30,6 +30,8 @@ test: install
 
 bench: install
 	$(PY) bench/cli_startup.py
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) bench/llm_throughput.py --out runs/bench/llm_throughput.json
 
 docs: install
 	$(PY) tools/update_recipes_doc.py

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loraplug.data.report import DataReport
 
 #: One sample as a data plugin produced it: a plain dict with at least an ``"id"`` (file:line,
 #: image path, shard/key) so errors can name the sample. Text records carry ``"messages"`` (a list of
@@ -29,11 +32,18 @@ class DataBundle:
     :param train: the training records: a sequence, or an iterable for streams.
     :param val: the validation records, if the recipe asked for a split.
     :param summary: counts shown to the user and written to ``run.json`` (``{"skipped lines": 2}``).
+    :param report: set by the core after ``[data.clean]`` ran: what each filter removed. A model plugin
+        passes the bundle to :func:`loraplug.data.token_limit` to apply the token-length filter.
+    :param weights: set by the core from ``data.balance_by`` / ``data.weight_by``: one drawing weight
+        per training record. A model plugin that drops samples must hand them on as
+        ``PreparedData.sample_weights``, one per encoded sample, and must not pack samples together.
     """
 
     train: Sequence[Record] | Iterable[Record]
     val: Sequence[Record] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    report: DataReport | None = None
+    weights: Sequence[float] | None = None
 
 
 @dataclass
@@ -87,6 +97,8 @@ class PreparedData:
         of one epoch, when the plugin needs its own grouping (aspect-ratio buckets). ``None`` means a
         seeded shuffle cut into equal micro-batches. Each global micro-batch holds ``batch_size ×
         processes`` indices; the loop gives each process its slice.
+    :param sample_weights: a drawing weight per training sample: micro-batches are then drawn with
+        replacement in proportion to them (``data.balance_by``). ``None``: every sample once per epoch.
     """
 
     train: Sequence[Any] | Iterable[Any]
@@ -94,6 +106,7 @@ class PreparedData:
     val: Sequence[Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     plan_batches: Callable[[int, int, int], list[list[int]]] | None = None
+    sample_weights: Sequence[float] | None = None
 
 
 @dataclass

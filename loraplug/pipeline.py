@@ -26,7 +26,7 @@ from loraplug.plugins import PluginHost
 from loraplug.recipe import ExportSection, Recipe, load_recipe
 from loraplug.recipe.validate import SMOKE_SAMPLES
 from loraplug.report import write_report_or_warn
-from loraplug.rundir import atomic_dir, atomic_write_json, atomic_write_text, claim_run_dir, write_status
+from loraplug.rundir import atomic_dir, atomic_write_json, atomic_write_text, claim_run_dir, read_status, write_status
 
 ADAPTER_DIR = "adapter"
 RECIPE_FILE = "recipe.toml"
@@ -120,20 +120,25 @@ def build_stages(host: PluginHost, recipe: Recipe, ctx: RunContext) -> ModelBund
 
 
 def load_data(host: PluginHost, recipe: Recipe, ctx: RunContext) -> DataBundle:
-    """The ``[data]`` section's records (capped under ``--smoke``)."""
+    """The ``[data]`` section's records: capped under ``--smoke``, then cleaned and weighted."""
+    from loraplug.data.stage import clean_and_weigh
+
     data = _check(
         host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
         DataBundle, recipe.data.served.distribution, "loraplug_load_data",
     )  # fmt: skip
-    return _cap(data, SMOKE_SAMPLES) if ctx.smoke else data
+    return clean_and_weigh(_cap(data, SMOKE_SAMPLES) if ctx.smoke else data, recipe)
 
 
 def prepare_data(host: PluginHost, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
-    """Records → encoded samples, by the plugin serving the model's kind."""
-    return _check(
+    """Records → encoded samples, by the plugin serving the model's kind (sample weights attached)."""
+    from loraplug.data.stage import finish_prepared
+
+    prepared = _check(
         host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
         PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
     )  # fmt: skip
+    return finish_prepared(data, prepared, recipe, recipe.model.served.distribution)
 
 
 def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list[str], out_dir: Path, ctx: RunContext) -> list[Sample]:
@@ -259,7 +264,9 @@ def execute(
     """Run a validated recipe end to end — or continue it from its newest checkpoint — and report."""
     from accelerate.utils import set_seed
 
+    from loraplug.data.stage import show_report
     from loraplug.resume import resume_point, truncate_metrics
+    from loraplug.training.autobatch import resolve_batch_size
     from loraplug.training.evaluation import Evaluator
     from loraplug.training.loop import Interrupted, train
     from loraplug.training.progress import ProgressDisplay
@@ -333,6 +340,8 @@ def execute(
         model = build_stages(host, recipe, ctx)
         prepared = prepare_data(host, recipe, model, data, ctx)
         ctx.load_prepared_data = lambda: prepared
+        if main:
+            show_report(data.report, console, run_dir)
         summary = {**data.summary, **prepared.summary}
         info("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         if main:
@@ -351,6 +360,9 @@ def execute(
                 write_status(run_dir, step=step)
 
         step_fn = host.bound_model_hook("loraplug_train_step", recipe.model.kind)
+        previous = (read_status(run_dir) or {}).get("auto_batch") if checkpoint else None
+        recipe = resolve_batch_size(recipe, model, prepared, step_fn, accelerator, ctx, previous=previous)
+        ctx.recipe = recipe
         by_plugin: dict[int, tuple[Any, list[str]]] = {}
         for name, served in recipe.metrics.items():
             by_plugin.setdefault(id(served.plugin), (served, []))[1].append(name)
@@ -441,9 +453,11 @@ def _cap(data: DataBundle, limit: int) -> DataBundle:
     from collections.abc import Sequence
     from itertools import islice
 
+    from dataclasses import replace
+
     train = list(data.train[:limit]) if isinstance(data.train, Sequence) else list(islice(data.train, limit))
     val = list(data.val[: max(2, limit // 4)]) if data.val else data.val
-    return DataBundle(train=train, val=val, summary={**data.summary, "smoke cap": limit})
+    return replace(data, train=train, val=val, summary={**data.summary, "smoke cap": limit})
 
 
 def load_run(
@@ -457,7 +471,6 @@ def load_run(
     """
     from functools import cache
 
-    from loraplug.rundir import read_status
     from loraplug.training.weights import ADAPTER_FILE, load_trainable
 
     recipe_path = run_dir / RECIPE_FILE

@@ -11,32 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from loraplug.testing import run_cli
+from loraplug_causal_lm.testing import adapter_for_exactness
 
 
 def adapter_after(tmp_path: Path, lm_recipe, data: Path, name: str, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
-    recipe = lm_recipe(
-        run={"name": name},
-        data={"path": str(data), "val_fraction": 0.0},
-        model={"max_length": 256},
-        adapter={"dropout": 0.0, "r": 4},
-        train={
-            "max_steps": 3,  # 24 samples: three steps of 8, never crossing an epoch's end
-            "batch_size": batch_size,
-            "grad_accum_steps": accumulation,
-            "lr": 0.5,
-            "eps": 1.0,
-            "schedule": "constant",
-            "max_grad_norm": 0,
-        },
-        eval={"sample_prompts": []},
-        export=[],
+    # 24 samples: three steps of 8, never crossing an epoch's end. Padded micro-batches of single
+    # samples; the packed case is plugins/causal-lm/tests/test_packing.py.
+    weights, _ = adapter_for_exactness(
+        tmp_path, lm_recipe, data, name, batch_size=batch_size, accumulation=accumulation, max_steps=3, packing=False
     )
-    result = run_cli("run", recipe)
-    assert result.exit_code == 0, result.output
-    return load_file(str(tmp_path / "runs" / name / "adapter" / "adapter.safetensors"))
+    return weights
 
 
 def test_micro_batch_2_times_accumulation_4_equals_batch_8(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:

@@ -163,6 +163,31 @@ def data() -> None:
     """Inspect and convert training data."""
 
 
+@data.command("inspect")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--samples", "-n", default=3, show_default=True, help="Training samples to show token by token.")
+def data_inspect(recipe_path: Path, overrides: tuple[str, ...], samples: int) -> None:
+    """Show what RECIPE's model will learn: the [data.clean] report and a few training samples token by
+    token, the tokens that count toward the loss highlighted. Loads the data and the model; trains nothing."""
+    from loraplug.context import RunContext
+    from loraplug.data.inspect import inspect_data
+    from loraplug.pipeline import cache_dir, run_dir_of
+    from loraplug.recipe import load_recipe
+
+    warn_broken_plugins()
+    checked = load_recipe(recipe_path, host(), overrides)
+    ctx = RunContext(
+        recipe=checked,
+        run_dir=run_dir_of(checked),
+        cache_dir=cache_dir(),
+        seed=checked.run.seed,
+        info=lambda m: console.print(m, highlight=False),
+        warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
+    )
+    inspect_data(checked, host(), console, ctx, samples=samples)
+
+
 @cli.group()
 def runs() -> None:
     """Look at finished and running runs."""

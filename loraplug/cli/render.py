@@ -15,6 +15,7 @@ from loraplug.bundles import Sample
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe
 from loraplug.runinfo import RunInfo, human_size
+from loraplug.recipe.sections import TrainSection
 
 
 def escape(text: str) -> str:
@@ -63,9 +64,15 @@ def run_header(console: Console, recipe: Recipe, *, smoke: bool) -> None:
     console.print(
         f"[bold]loraplug run[/] {escape(recipe.run.name)}{' [yellow](smoke)[/]' if smoke else ''}: "
         f"{recipe.model.kind} {escape(str(getattr(recipe.model.options, 'pretrained', '')))} + {recipe.adapter.kind}, "
-        f"{length}, batch {train.batch_size}×{train.grad_accum_steps} accumulation, lr {train.lr:g}, "
+        f"{length}, batch {_batch(train)}, lr {train.lr:g}, "
         f"precision {train.mixed_precision}"
     )
+
+
+def _batch(train: TrainSection) -> str:
+    if train.batch_size == "auto":
+        return f"auto (effective {train.auto_target})"
+    return f"{train.batch_size}×{train.grad_accum_steps} accumulation"
 
 
 def samples(console: Console, items: list[Sample]) -> None:

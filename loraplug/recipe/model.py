@@ -11,6 +11,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel
 
+from loraplug.data.options import DataCoreOptions
 from loraplug.kinds import Served
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
 
@@ -25,6 +26,16 @@ class KindSection:
 
     def resolved(self) -> dict[str, Any]:
         return {"kind": self.kind, **_plain(self.options)}
+
+
+@dataclass
+class DataSection(KindSection):
+    """``[data]``: the data kind's options plus the keys the core owns (``clean``, ``balance_by``…)."""
+
+    core: DataCoreOptions = field(default_factory=DataCoreOptions)
+
+    def resolved(self) -> dict[str, Any]:
+        return {**super().resolved(), **_plain(self.core)}
 
 
 @dataclass
@@ -46,7 +57,7 @@ class Recipe:
 
     path: Path
     run: RunSection
-    data: KindSection
+    data: DataSection
     model: KindSection
     adapter: KindSection
     train: TrainSection

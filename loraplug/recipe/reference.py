@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from loraplug import options
+from loraplug.data.options import CleanOptions, DataCoreOptions
 from loraplug.kinds import KindRegistry
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
 
@@ -73,6 +74,8 @@ def _default(field: Any) -> str:
         return str(value).lower()
     if isinstance(value, Path):
         return f'"{value}"'
+    if isinstance(value, BaseModel):
+        return "{}"  # an empty table: each of its keys at its own default
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]"
     return str(value)
@@ -93,6 +96,8 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
     yield "[run]", "core", RunSection
     yield "[train]", "core", TrainSection
     yield "[eval]", "core", EvalSection
+    yield "[data]", "core: keys of every data kind, beside the kind's own", DataCoreOptions
+    yield "[data.clean]", "core: cleaning filters for every data kind (the report is data_report.json)", CleanOptions
     order = {"data": 0, "model": 1, "adapter": 2, "export": 3}
     served = sorted(
         (s for s in registry.all() if s.spec.stage in order), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name)

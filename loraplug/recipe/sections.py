@@ -7,11 +7,23 @@ plugin and the rest is checked against that kind's options model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PlainValidator, PositiveFloat, PositiveInt, model_validator
 
 from loraplug.options import Options
+
+
+def _batch_size(value: object) -> int | Literal["auto"]:
+    # One message for both branches (a plain union would report two problems for one key).
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError('Input should be a valid integer ≥ 1, or "auto"')
+    return value
+
+
+BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
 
 
 class RunSection(Options):
@@ -35,8 +47,21 @@ class TrainSection(Options):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr.")
     max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; overrides epochs.")
     epochs: PositiveFloat | None = Field(None, description="Passes over the training data (default 1 when max_steps is unset).")
-    batch_size: PositiveInt = Field(8, description="Micro-batch size per process.")
+    batch_size: BatchSize = Field(
+        8,
+        description='Micro-batch size per process (rows when samples are packed). "auto": the largest divisor of '
+        "effective_batch_size whose worst-case micro-batch fits in memory_fraction of the device's memory; "
+        "grad_accum_steps then makes up the rest.",
+    )
     grad_accum_steps: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
+    effective_batch_size: PositiveInt | None = Field(
+        None,
+        description='With batch_size = "auto": samples (rows) per optimizer step per process, kept exactly through '
+        "accumulation. Default: 8 × grad_accum_steps.",
+    )
+    memory_fraction: float = Field(
+        0.7, gt=0, le=1, description='With batch_size = "auto": the share of CUDA memory (on CPU: of the RAM available at start) a micro-batch may use.'
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision of the forward pass.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping.")
     log_every_n_steps: PositiveInt = Field(10, description="Log loss, lr and throughput every this many steps.")
@@ -53,7 +78,14 @@ class TrainSection(Options):
     def _one_length(self) -> TrainSection:
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("set either max_steps or epochs, not both")
+        if self.effective_batch_size is not None and self.batch_size != "auto":
+            raise ValueError('effective_batch_size is for batch_size = "auto"; with a fixed batch_size the effective batch is batch_size × grad_accum_steps')
         return self
+
+    @property
+    def auto_target(self) -> int:
+        """The effective batch per process that ``batch_size = "auto"`` keeps."""
+        return self.effective_batch_size or 8 * self.grad_accum_steps
 
 
 class EvalSection(Options):

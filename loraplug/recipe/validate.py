@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
 from loraplug.errors import LoraplugError, RecipeError
 from loraplug.kinds import Stage
 from loraplug.plugins import PluginHost
-from loraplug.recipe.model import ExportSection, KindSection, Recipe
+from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
 from loraplug.recipe.source import KeyPath, RecipeSource, apply_override, dotted, read_recipe
 
@@ -55,6 +56,8 @@ class _Checker:
         kind = err["type"]
         if kind == "extra_forbidden":
             known = list(_fields_at(cls, tuple(err["loc"][:-1])))
+            if path == ("data",) and len(err["loc"]) == 1:
+                known += sorted(CORE_DATA_KEYS)  # the core's keys of [data] are valid there too
             close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
             hint = f"; did you mean `{dotted((*loc[:-1], close[0]))}`?" if close else f"; known keys here: {', '.join(known)}"
             return f"unknown key `{key}` ({where}){hint}"
@@ -86,8 +89,15 @@ class _Checker:
         except LoraplugError as exc:
             self.problems.append(f"`{dotted((*path, 'kind'))}` = {kind!r} ({self.source.where((*path, 'kind'))}): {exc.what}")
             return None
-        options = {k: v for k, v in table.items() if k not in ("kind", "name")}
+        reserved = ("kind", "name", *CORE_DATA_KEYS) if stage == "data" else ("kind", "name")
+        options = {k: v for k, v in table.items() if k not in reserved}
         checked = self.check(served.spec.options, options, path)
+        if stage == "data":
+            # The core's own keys of [data] (clean, balance_by, weight_by) never reach the data plugin.
+            core = self.check(DataCoreOptions, {k: v for k, v in table.items() if k in CORE_DATA_KEYS}, path)
+            if checked is None or core is None:
+                return None
+            return DataSection(kind=kind, options=checked, served=served, core=core)
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
 
@@ -159,7 +169,8 @@ def load_recipe(
 
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
-    assert run and train and evaluation and model and data and adapter  # noqa: S101 — no problems means all parsed
+    assert run and train and evaluation and model and adapter  # noqa: S101 — no problems means all parsed
+    assert isinstance(data, DataSection)  # noqa: S101
     if not run.name:
         run.name = path.stem
     return Recipe(
@@ -182,6 +193,7 @@ def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:
     train = raw.setdefault("train", {})
     if isinstance(train, dict):
         train.pop("epochs", None)
+        train.pop("effective_batch_size", None)  # smoke runs a fixed small batch, never "auto"
         for key, cap in SMOKE_TRAIN.items():
             current = train.get(key)
             train[key] = min(current, cap) if isinstance(current, int) and key != "log_every_n_steps" else cap

@@ -32,6 +32,19 @@ def default_plan(num_samples: int, epoch: int, seed: int, global_batch: int) -> 
     return [padded[i * global_batch : (i + 1) * global_batch] for i in range(count)]
 
 
+def weighted_plan(weights: Sequence[float], epoch: int, seed: int, global_batch: int) -> list[list[int]]:
+    """As many draws as the epoch has samples, with replacement, in proportion to ``weights``.
+
+    The draws depend only on the seed and the epoch, so every process computes the same plan and takes
+    its slice of each global micro-batch, exactly as with :func:`default_plan`.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    count = math.ceil(len(weights) / global_batch)
+    probabilities = torch.tensor(weights, dtype=torch.float64)
+    draws = torch.multinomial(probabilities, count * global_batch, replacement=True, generator=generator).tolist()
+    return [draws[i * global_batch : (i + 1) * global_batch] for i in range(count)]
+
+
 @dataclass(frozen=True)
 class Position:
     """Where in the data a run is: the epoch and the index of the next global micro-batch in it."""
@@ -59,6 +72,8 @@ class MicroBatches:
         global_batch = self.batch_size * self.world
         if self.prepared.plan_batches is not None:
             return self.prepared.plan_batches(epoch, self.seed, global_batch)
+        if self.prepared.sample_weights is not None:
+            return weighted_plan(self.prepared.sample_weights, epoch, self.seed, global_batch)
         return default_plan(len(self.prepared.train), epoch, self.seed, global_batch)
 
     def per_epoch(self) -> int | None:

@@ -8,6 +8,7 @@ from typing import Any
 from loraplug import Batch, ModelBundle, Sample, StepResult
 from loraplug_causal_lm.encode import IGNORE, Encoder
 from loraplug_causal_lm.options import CausalLMOptions
+from loraplug_causal_lm.pack import attention_implementation, packed_labels, packed_model_inputs
 
 
 def loss_sum(module: Any, batch: Batch) -> StepResult:
@@ -15,9 +16,14 @@ def loss_sum(module: Any, batch: Batch) -> StepResult:
     import torch.nn.functional as F
 
     inputs = batch.inputs
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
-    logits = module(input_ids=inputs["input_ids"], use_cache=False, **extra).logits
-    labels = inputs["labels"]
+    if "segment_ids" in inputs:  # a packed batch: each sample attends to itself only
+        implementation = attention_implementation(module)
+        logits = module(**packed_model_inputs(inputs, implementation), use_cache=False).logits
+        labels = packed_labels(inputs, implementation)
+    else:
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
+        logits = module(input_ids=inputs["input_ids"], use_cache=False, **extra).logits
+        labels = inputs["labels"]
     targets = labels != IGNORE
     # Only target positions are upcast, which keeps float32 logits small for long prompts.
     loss = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")

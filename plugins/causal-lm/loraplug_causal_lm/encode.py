@@ -12,10 +12,11 @@ loss never crosses from one sample into the next when samples are packed togethe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loraplug import Batch, LoraplugError, Record
+from loraplug.data import TokenLimit
 
 IGNORE = -100
 
@@ -28,6 +29,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    full_length: int = field(default=0, compare=False)  # tokens before truncation (for data.clean.max_tokens)
 
     @property
     def num_targets(self) -> int:
@@ -110,23 +112,37 @@ class Encoder:
         if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
             trainable.append(True)
-        truncated = len(ids) > self.max_length
+        full_length = len(ids)
+        truncated = full_length > self.max_length
         ids, trainable = ids[: self.max_length], trainable[: self.max_length]
         labels = [ids[t + 1] if trainable[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-        return Encoded(id=str(record.get("id", "?")), input_ids=ids, labels=labels, truncated=truncated)
+        return Encoded(id=str(record.get("id", "?")), input_ids=ids, labels=labels, truncated=truncated, full_length=full_length)
 
 
-def encode_all(encoder: Encoder, records: list[Record]) -> tuple[list[Encoded], dict[str, int]]:
-    """Encode every record; drop (and count) those with no target left after truncation."""
-    kept, truncated, dropped = [], 0, 0
-    for record in records:
+@dataclass
+class EncodedSet:
+    """The encoded samples of a list of records, which record each came from, and what was dropped."""
+
+    samples: list[Encoded]
+    sources: list[int]
+    counts: dict[str, int]
+
+
+def encode_all(encoder: Encoder, records: list[Record], limit: TokenLimit | None = None) -> EncodedSet:
+    """Encode every record; drop those outside the token limits (counted in the data report) and
+    those with no target left after truncation (counted here)."""
+    kept, sources, truncated, dropped = [], [], 0, 0
+    for index, record in enumerate(records):
         sample = encoder.encode(record)
+        if limit is not None and not limit.keep(record, sample.full_length):
+            continue
         truncated += sample.truncated
         if sample.num_targets == 0:
             dropped += 1
             continue
         kept.append(sample)
-    return kept, {"truncated": truncated, "dropped (no target left)": dropped}
+        sources.append(index)
+    return EncodedSet(kept, sources, {"truncated": truncated, "dropped (no target left)": dropped})
 
 
 class PadCollator:

@@ -63,7 +63,14 @@ class CausalLMOptions(Options):
         None, description="Attention kernel; default: transformers' choice."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    max_length: PositiveInt = Field(1024, description="Tokens per sample; longer samples are truncated and counted.")
+    max_length: PositiveInt = Field(1024, description="Tokens per sample; longer samples are truncated and counted. With packing, also the length of a packed row.")
+    packing: bool | None = Field(
+        None,
+        description="Pack several samples into each row of max_length tokens, each attending only to itself (per-sample "
+        "position ids, block-diagonal mask). Default: on where supported — sdpa, eager or flash-attention, a list of "
+        "samples, no balance_by/weight_by, and a start-up check that packed logits equal unpacked ones; true makes an "
+        "unsupported case an error.",
+    )
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
     quantization: Quantization | None = Field(

@@ -79,7 +79,7 @@ def loraplug_wrap_adapter(kind: str, options: LoraOptions, model: ModelBundle, c
 def loraplug_prepare_data(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
     from loraplug_causal_lm.prepare import prepare
 
-    return prepare(model, options, data)
+    return prepare(model, options, data, ctx)
 
 
 @hookimpl

@@ -60,3 +60,39 @@ def trained_tiny_run(root: Path, **changes: Any) -> Path:
     result = run_cli("run", tiny_lm_recipe(root, **changes))
     assert result.exit_code == 0, result.output  # noqa: S101 — a test helper
     return root / "runs" / "tiny"
+
+
+def adapter_for_exactness(
+    tmp_path: Path, lm_recipe: Any, data: Path, name: str, *, batch_size: int, accumulation: int, max_steps: int, packing: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train on ``data`` with settings that make any change in how tokens are weighted visible in the
+    weights; return the trained parameters and ``run.json``.
+
+    Adam's epsilon is large, so an update is proportional to the gradient rather than its sign;
+    no warmup, decay, clipping or dropout blur the comparison.
+    """
+    from safetensors.torch import load_file
+
+    from loraplug.testing import run_cli
+
+    recipe = lm_recipe(
+        run={"name": name},
+        data={"path": str(data), "val_fraction": 0.0},
+        model={"max_length": 256, "packing": packing},
+        adapter={"dropout": 0.0, "r": 4},
+        train={
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+            "grad_accum_steps": accumulation,
+            "lr": 0.5,
+            "eps": 1.0,
+            "schedule": "constant",
+            "max_grad_norm": 0,
+        },
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output  # noqa: S101 — a test helper
+    run_dir = tmp_path / "runs" / name
+    return load_file(str(run_dir / "adapter" / "adapter.safetensors")), json.loads((run_dir / "run.json").read_text())

@@ -98,7 +98,7 @@ def test_multi_turn_masks_every_user_turn() -> None:
 
 
 def test_truncation_is_counted_and_samples_without_targets_are_dropped(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": "p" * 10, "response": "r" * 100} for _ in range(8)] + [{"prompt": "x" * 300, "response": "y"}]
+    rows = [{"prompt": "p" * 10, "response": "r" * (100 + i)} for i in range(8)] + [{"prompt": "x" * 300, "response": "y"}]
     data = jsonl_file("long.jsonl", rows)
     result = run_cli("run", lm_recipe(data={"path": str(data), "val_fraction": 0.0}, model={"max_length": 48}, export=[]))
     assert result.exit_code == 0, result.output

@@ -1,0 +1,132 @@
+"""``loraplug data inspect``: what the model will learn, before any training.
+
+It runs exactly what a run runs up to the batches — the data plugin's ``load_data``, ``[data.clean]``,
+the model plugin's ``build_model`` and ``prepare_data`` — then shows the cleaning report and a few
+samples as the model receives them, token by token, with the tokens that count toward the loss
+highlighted. No adapter is attached and nothing is trained or written.
+
+The token view needs a batch with ``input_ids`` and ``labels`` (-100 = not learned) and a
+``tokenizer`` among the model's components, as text models have. Labels may be stored shifted
+(``labels[t]`` is the token after ``t``, as loraplug-causal-lm does) or aligned with the input
+(transformers' convention); which one is read from the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from loraplug.bundles import DataBundle, ModelBundle, PreparedData
+from loraplug.context import RunContext
+from loraplug.data.stage import clean_and_weigh, finish_prepared, show_report
+from loraplug.pipeline import _check
+from loraplug.plugins import PluginHost
+from loraplug.recipe.model import Recipe
+
+IGNORE = -100
+TARGET_STYLE = "bold green"
+CONTEXT_STYLE = "dim"
+
+
+@dataclass
+class TokenView:
+    """One sample's tokens, with whether each counts toward the loss."""
+
+    sample_id: str
+    ids: list[int]
+    learned: list[bool]
+
+
+def _learned(ids: list[int], labels: list[int]) -> list[bool]:
+    """Which tokens are targets, whether the labels are shifted by one or aligned with the tokens."""
+    pairs = [(t, label) for t, label in enumerate(labels) if label != IGNORE]
+    shifted = all(t + 1 < len(ids) and ids[t + 1] == label for t, label in pairs)
+    learned = [False] * len(ids)
+    for t, _ in pairs:
+        if shifted:
+            learned[t + 1] = True
+        else:
+            learned[t] = True
+    return learned
+
+
+def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
+    """The first ``limit`` training samples as tokens, one view per sample (a packed row holds several)."""
+    items = prepared.train if isinstance(prepared.train, Sequence) else list(islice(prepared.train, limit))
+    shown = 0
+    for item in items:
+        batch = prepared.collate([item])
+        inputs = batch.inputs
+        if "input_ids" not in inputs or "labels" not in inputs:
+            return
+        ids, labels = inputs["input_ids"][0].tolist(), inputs["labels"][0].tolist()
+        segments = inputs["segment_ids"][0].tolist() if "segment_ids" in inputs else [0] * len(ids)
+        names = iter(batch.sample_ids)
+        for segment in dict.fromkeys(s for s in segments if s >= 0):
+            span = [t for t, s in enumerate(segments) if s == segment]
+            if "attention_mask" in inputs:
+                span = [t for t in span if inputs["attention_mask"][0][t]]
+            sample_ids = [ids[t] for t in span]
+            yield TokenView(next(names, "?"), sample_ids, _learned(sample_ids, [labels[t] for t in span]))
+            shown += 1
+            if shown >= limit:
+                return
+
+
+def render_view(console: Console, view: TokenView, tokenizer: Any) -> None:
+    """The sample's text, cut into runs of learned and context tokens; without colours, learned runs
+    are wrapped in ⟦ ⟧."""
+    plain = console.color_system is None
+    text = Text()
+    start = 0
+    for end in range(1, len(view.ids) + 1):
+        if end < len(view.ids) and view.learned[end] == view.learned[start]:
+            continue
+        chunk = tokenizer.decode(view.ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        learned = view.learned[start]
+        if plain and learned:
+            chunk = f"⟦{chunk}⟧"
+        text.append(chunk, style=TARGET_STYLE if learned else CONTEXT_STYLE)
+        start = end
+    count = sum(view.learned)
+    console.print(f"[bold]{escape(view.sample_id)}[/]  {len(view.ids)} tokens, {count} learned", highlight=False)
+    console.print(text, highlight=False)
+    console.print()
+
+
+def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunContext, *, samples: int) -> None:
+    """Load, clean and prepare the recipe's data as a run would; print the report and ``samples`` samples."""
+    data = _check(
+        host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
+        DataBundle, recipe.data.served.distribution, "loraplug_load_data",
+    )  # fmt: skip
+    data = clean_and_weigh(data, recipe)
+    model = _check(
+        host.call_stage("model", recipe.model.kind, options=recipe.model.options, ctx=ctx),
+        ModelBundle, recipe.model.served.distribution, "loraplug_build_model",
+    )  # fmt: skip
+    prepared = _check(
+        host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
+        PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
+    )  # fmt: skip
+    prepared = finish_prepared(data, prepared, recipe, recipe.model.served.distribution)
+    show_report(data.report, console, None)
+    summary = {**data.summary, **prepared.summary}
+    console.print("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()), highlight=False)
+    if samples <= 0:
+        return
+    tokenizer = model.components.get("tokenizer")
+    views = list(token_views(prepared, samples))
+    if tokenizer is None or not views:
+        console.print(f"[dim]no token view for model kind {recipe.model.kind!r}: its batches carry no input_ids and labels[/]")
+        return
+    legend = "⟦learned⟧" if console.color_system is None else f"[{TARGET_STYLE}]learned[/]"
+    console.print(f"\n[bold]{len(views)} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n")
+    for view in views:
+        render_view(console, view, tokenizer)

@@ -1,0 +1,179 @@
+"""[data.clean]: each filter removes what it should, reports counts and examples, and errors name the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loraplug.bundles import DataBundle
+from loraplug.data import CleanOptions, clean
+from loraplug.testing import run_cli
+
+
+def _chat(i: int, prompt: str, response: str) -> dict:
+    return {"id": f"t:{i}", "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+
+
+def _run(lm_recipe, jsonl_file, rows, clean_table: dict, **changes):
+    data = jsonl_file("clean.jsonl", rows)
+    recipe = lm_recipe(
+        data={"path": str(data), "val_fraction": 0.0, "clean": clean_table, **changes.pop("data", {})},
+        model={"max_length": 256, **changes.pop("model", {})},
+        train={"max_steps": 1},
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    return run_cli("run", recipe)
+
+
+def _report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "runs" / "tiny" / "data_report.json").read_text())
+
+
+def _removed(report: dict, split: str = "train") -> dict[str, int]:
+    return {f["name"]: f["removed"] for f in report["splits"][split]["filters"]}
+
+
+def test_every_text_filter_removes_its_samples_and_reports_examples(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
+    rows = chat_rows(12)
+    rows += [
+        {"prompt": rows[0]["prompt"].upper() + "  ", "response": rows[0]["response"]},  # exact duplicate once normalised
+        {"prompt": "no answer", "response": "   "},  # empty response
+        {"prompt": "visit http://spam.example", "response": "click"},  # excluded by a pattern
+        {"prompt": "long " + "word " * 80, "response": "ok"},  # too many characters
+        {"prompt": "hi", "response": "y"},  # too few characters
+    ]
+    result = _run(lm_recipe, jsonl_file, rows, {"exclude": ["https?://"], "min_chars": 8, "max_chars": 300})
+    assert result.exit_code == 0, result.output
+    report = _report(tmp_path)
+    assert _removed(report) == {"empty_responses": 1, "exclude": 1, "length_chars": 2, "exact_dedup": 1}
+    train = report["splits"]["train"]
+    assert (train["before"], train["after"]) == (17, 12)
+    dedup = next(f for f in train["filters"] if f["name"] == "exact_dedup")
+    assert dedup["examples"][0]["id"] == "clean.jsonl:13"
+    assert dedup["examples"][0]["reason"] == "same text as clean.jsonl:1"
+    # the terminal shows the same as a table, with examples
+    assert "data cleaning" in result.stdout and "clean.jsonl:15" in result.stdout and "removed by cleaning 5" in result.stdout
+
+
+def test_include_keeps_only_matching_samples(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    rows = [{"prompt": f"rain {i}", "response": "wet"} for i in range(6)] + [{"prompt": f"sun {i}", "response": "dry"} for i in range(4)]
+    result = _run(lm_recipe, jsonl_file, rows, {"include": ["^rain"]})
+    assert result.exit_code == 0, result.output
+    assert _removed(_report(tmp_path))["include"] == 4
+
+
+def test_near_duplicates_are_removed_with_minhash(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    base = "The forecast for Bergen on Monday is steady rain with a gentle westerly breeze and nine degrees."
+    rows = [
+        {"prompt": "forecast?", "response": base},
+        {"prompt": "forecast?", "response": base.replace("nine", "ten")},  # near-duplicate
+        {"prompt": "forecast?", "response": "Clear skies over Oslo all week, cold nights and sunny afternoons."},
+    ] + [{"prompt": f"q{i}", "response": f"answer number {i} is unrelated {i * 7}"} for i in range(6)]
+    result = _run(lm_recipe, jsonl_file, rows, {"near_dedup_threshold": 0.7})
+    assert result.exit_code == 0, result.output
+    report = _report(tmp_path)
+    assert _removed(report)["near_dedup"] == 1
+    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "near_dedup")["examples"][0]
+    assert example["id"] == "clean.jsonl:2" and example["reason"].endswith("similar to clean.jsonl:1")
+
+
+def test_training_copies_of_validation_samples_are_removed() -> None:
+    val = [_chat(100, "What is the weather?", "Rain.")]
+    train = [_chat(1, "what is the  WEATHER?", "rain."), _chat(2, "Other", "Sun.")]
+    cleaned = clean(DataBundle(train=train, val=val), CleanOptions())
+    assert [r["id"] for r in cleaned.train] == ["t:2"]
+    assert cleaned.report is not None
+    assert cleaned.report.splits["train"].filters[-1].examples[0].reason == "same text as t:100"
+
+
+def test_token_limits_are_applied_by_the_model_plugin(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(10)] + [{"prompt": "long", "response": "z" * 150}]
+    result = _run(lm_recipe, jsonl_file, rows, {"max_tokens": 100})
+    assert result.exit_code == 0, result.output
+    report = _report(tmp_path)
+    tokens = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "length_tokens")
+    assert tokens["removed"] == 1 and tokens["examples"][0]["id"] == "clean.jsonl:11"
+    assert report["splits"]["train"]["after"] == 10
+
+
+def test_cleaning_everything_away_is_an_error(lm_recipe, jsonl_file) -> None:
+    rows = [{"prompt": f"p{i}", "response": "short"} for i in range(4)]
+    result = _run(lm_recipe, jsonl_file, rows, {"min_chars": 1000})
+    assert result.exit_code == 2
+    assert "Cleaning removed all 4 training samples (length_chars 4)" in result.stderr
+    assert "loraplug data inspect" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"min_chars": -1}, "`data.clean.min_chars` = -1: Input should be greater than or equal to 0"),
+        ({"max_char": 10}, "unknown key `data.clean.max_char`"),
+        ({"exclude": ["(unclosed"]}, "`data.clean.exclude[0]` = '(unclosed': not a valid regular expression"),
+        ({"min_chars": 50, "max_chars": 10}, "min_chars (50) is larger than max_chars (10)"),
+    ],
+)
+def test_bad_clean_options_name_the_dotted_key(lm_recipe, table: dict, message: str) -> None:
+    result = run_cli("recipe", "check", lm_recipe(data={"clean": table}))
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_a_misspelt_core_data_key_gets_a_suggestion(lm_recipe) -> None:
+    result = run_cli("recipe", "check", lm_recipe(data={"balance_bye": "label"}))
+    assert result.exit_code == 2
+    assert "did you mean `data.balance_by`?" in result.stderr
+
+
+def test_the_resolved_recipe_keeps_the_clean_table(lm_recipe) -> None:
+    result = run_cli("recipe", "check", "--resolved", lm_recipe(data={"clean": {"max_chars": 500}}))
+    assert result.exit_code == 0, result.output
+    assert "[data.clean]" in result.stdout and "max_chars = 500" in result.stdout
+
+
+def test_a_stream_is_cleaned_afresh_on_every_pass() -> None:
+    records = [_chat(1, "a", "b"), _chat(2, "a", "b"), _chat(3, "c", " ")]
+    cleaned = clean(DataBundle(train=_Replayable(records)), CleanOptions())
+    first, second = [r["id"] for r in cleaned.train], [r["id"] for r in cleaned.train]
+    assert first == second == ["t:1"]
+
+
+class _Replayable:
+    """An iterable (not a sequence) that can be read again, like a stream over shards."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def __iter__(self):
+        return iter(self.records)
+
+
+def _image(path: Path, size: tuple[int, int], seed: int) -> Path:
+    """A seeded 8×8 pattern of grey blocks scaled to ``size``: the same seed looks the same at any size."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    blocks = Image.new("L", (8, 8))
+    blocks.putdata([rng.randrange(256) for _ in range(64)])
+    blocks.resize(size, Image.Resampling.NEAREST).save(path)
+    return path
+
+
+def test_image_filters_drop_small_and_perceptually_identical_images(tmp_path: Path) -> None:
+    records = [
+        {"id": "a.png", "image": _image(tmp_path / "a.png", (128, 128), 1), "caption": "blocks"},
+        {"id": "b.png", "image": _image(tmp_path / "b.png", (256, 256), 1), "caption": "the same blocks, larger"},
+        {"id": "c.png", "image": _image(tmp_path / "c.png", (128, 128), 2), "caption": "other blocks"},
+        {"id": "tiny.png", "image": _image(tmp_path / "tiny.png", (32, 48), 3), "caption": "too small"},
+    ]
+    cleaned = clean(DataBundle(train=records), CleanOptions(min_resolution=64, image_dedup_distance=4))
+    assert [r["id"] for r in cleaned.train] == ["a.png", "c.png"]
+    assert cleaned.report is not None
+    counts = {f.name: (f.removed, [e.reason for e in f.examples]) for f in cleaned.report.splits["train"].filters}
+    assert counts["min_resolution"] == (1, ["32×48 px"])
+    assert counts["image_dedup"][0] == 1 and counts["image_dedup"][1][0].endswith("from a.png")
