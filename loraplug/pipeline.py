@@ -26,11 +26,20 @@ from loraplug.plugins import PluginHost
 from loraplug.recipe import ExportSection, Recipe, load_recipe
 from loraplug.recipe.validate import SMOKE_SAMPLES
 from loraplug.report import write_report_or_warn
-from loraplug.rundir import atomic_dir, atomic_write_json, atomic_write_text, claim_run_dir, read_status, write_status
+from loraplug.rundir import (
+    ADAPTER_DIR,
+    ADAPTER_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    SAMPLES_DIR,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    claim_run_dir,
+    read_status,
+    write_status,
+)
 
-ADAPTER_DIR = "adapter"
-RECIPE_FILE = "recipe.toml"
-SAMPLES_DIR = "samples"
 
 #: Libraries whose versions go into every export manifest, when installed.
 MANIFEST_LIBRARIES = (
@@ -271,7 +280,7 @@ def execute(
     from loraplug.training.loop import Interrupted, train
     from loraplug.training.progress import ProgressDisplay
     from loraplug.training.sinks import JsonlSink, Sinks, TensorBoardSink
-    from loraplug.training.weights import ADAPTER_FILE, save_trainable
+    from loraplug.training.weights import save_trainable
 
     accelerator = make_accelerator(recipe, console)
     main = accelerator.is_main_process
@@ -312,7 +321,7 @@ def execute(
         if checkpoint is None:
             atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
         else:
-            truncate_metrics(run_dir / "metrics.jsonl", resumed_step)
+            truncate_metrics(run_dir / METRICS_FILE, resumed_step)
         write_status(
             run_dir,
             status="running",
@@ -334,7 +343,7 @@ def execute(
         if main:
             extra = [s for s in host.broadcast("loraplug_metric_sinks", ctx=ctx) if s is not None]
             board = TensorBoardSink(run_dir / "tb", purge_step=resumed_step + 1 if checkpoint else None)
-            sinks = Sinks([JsonlSink(run_dir / "metrics.jsonl"), board, *extra])
+            sinks = Sinks([JsonlSink(run_dir / METRICS_FILE), board, *extra])
         set_seed(ctx.seed)
         data = load_data(host, recipe, ctx)
         model = build_stages(host, recipe, ctx)
@@ -471,7 +480,7 @@ def load_run(
     """
     from functools import cache
 
-    from loraplug.training.weights import ADAPTER_FILE, load_trainable
+    from loraplug.training.weights import load_trainable
 
     recipe_path = run_dir / RECIPE_FILE
     if not recipe_path.exists():

@@ -14,10 +14,8 @@ from typing import Any
 from loraplug.errors import LoraplugError
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe, load_recipe
-from loraplug.rundir import atomic_write_text, read_status
+from loraplug.rundir import RECIPE_FILE, atomic_write_text, read_status
 from loraplug.training.checkpoint import Checkpoints
-
-RECIPE_FILE = "recipe.toml"
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,13 @@ from typing import Any
 
 from loraplug.errors import LoraplugError
 
+# The run directory's layout (docs/runs.md).
 STATUS_FILE = "run.json"
+RECIPE_FILE = "recipe.toml"
+ADAPTER_DIR = "adapter"
+ADAPTER_FILE = "adapter.safetensors"
+SAMPLES_DIR = "samples"
+METRICS_FILE = "metrics.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.errors import LoraplugError
-from loraplug.rundir import STATUS_FILE, read_status
+from loraplug.rundir import METRICS_FILE, SAMPLES_DIR, STATUS_FILE, read_status
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_DIR = "samples"
 EXPORTS_DIR = "exports"
 #: Keys of a metrics.jsonl line that are not metrics.
 RECORD_KEYS = frozenset({"step", "split", "time"})

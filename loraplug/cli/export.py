@@ -15,9 +15,7 @@ from typing import Any
 import click
 
 from loraplug.errors import LoraplugError
-from loraplug.pipeline import ADAPTER_DIR, RECIPE_FILE
-
-ADAPTER_FILE = "adapter.safetensors"  # loraplug.training.weights.ADAPTER_FILE, without importing torch
+from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, RECIPE_FILE
 
 
 @dataclass(frozen=True)

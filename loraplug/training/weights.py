@@ -15,8 +15,6 @@ from safetensors.torch import load_file, save
 from loraplug.errors import LoraplugError
 from loraplug.rundir import atomic_write_bytes
 
-ADAPTER_FILE = "adapter.safetensors"
-
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every trainable parameter on the CPU (a snapshot: later steps do not change it)."""
