@@ -10,8 +10,18 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl
 from loraplug.kinds import KindSpec
-from loraplug.options import InputDir, InputFile, InputPath, Options, RecipePath
 from loraplug.training.sinks import MetricSink
+
+#: Names imported on first use: they need pydantic, which `loraplug --help` should not pay for.
+_LAZY = {name: "loraplug.options" for name in ("InputDir", "InputFile", "InputPath", "Options", "RecipePath")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'loraplug' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -12,13 +12,15 @@ chosen silently.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, Literal
 
 from loraplug.errors import PluginError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 Stage = Literal["data", "model", "adapter", "export", "metric"]
 STAGES: tuple[Stage, ...] = ("data", "model", "adapter", "export", "metric")
@@ -40,8 +42,9 @@ class KindSpec:
     :param stage: where it is chosen: the ``data``, ``model``, ``adapter`` or ``export`` section's
         ``kind``, or ``metric``: a name in ``eval.metrics``.
     :param name: the value of ``kind`` in that section.
-    :param options: a pydantic model for the rest of the section; it should forbid extra keys
-        (subclass :class:`loraplug.Options`).
+    :param options: a pydantic model for the rest of the section, subclassing :class:`loraplug.Options`
+        (which forbids unknown keys) — or, better, its import path ``"package.module:ClassName"``, so
+        the model is imported only when a recipe is checked and ``loraplug --help`` stays instant.
     :param summary: one line for ``loraplug plugins list`` and error messages.
     :param models: for adapter and export kinds, the model kinds it works with (``None``: any).
     :param smoke: option overrides ``--smoke`` applies to a model kind, e.g.
@@ -50,10 +53,23 @@ class KindSpec:
 
     stage: Stage
     name: str
-    options: type[BaseModel]
+    options: type[BaseModel] | str
     summary: str = ""
     models: tuple[str, ...] | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
+
+    def options_model(self) -> type[BaseModel]:
+        """The options model, imported now if it was declared by its import path."""
+        if not isinstance(self.options, str):
+            return self.options
+        module, _, name = self.options.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(
+                f"The options of {self.label()} ({self.options!r}) cannot be imported: {exc}",
+                fix="This is a bug in the plugin that declared the kind; report it to its authors",
+            ) from exc
 
     def serves_model(self, model_kind: str | None) -> bool:
         return self.models is None or model_kind is None or model_kind in self.models

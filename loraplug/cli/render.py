@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape as _escape
 from rich.table import Table
 
 from loraplug.bundles import Sample
 from loraplug.plugins import PluginHost
-from loraplug.recipe import Recipe
 from loraplug.runinfo import RunInfo, human_size
-from loraplug.recipe.sections import TrainSection
+
+if TYPE_CHECKING:  # pydantic models: not imported by `loraplug --help` or `plugins list`
+    from pydantic import BaseModel
+
+    from loraplug.recipe import Recipe
+    from loraplug.recipe.sections import TrainSection
 
 
 def escape(text: str) -> str:

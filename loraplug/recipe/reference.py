@@ -108,7 +108,7 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
         spec = item.spec
         table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
         scope = f" for {', '.join(spec.models)}" if spec.models else ""
-        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}", spec.options
+        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}", spec.options_model()
 
 
 def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str]]:

@@ -91,7 +91,7 @@ class _Checker:
             return None
         reserved = ("kind", "name", *CORE_DATA_KEYS) if stage == "data" else ("kind", "name")
         options = {k: v for k, v in table.items() if k not in reserved}
-        checked = self.check(served.spec.options, options, path)
+        checked = self.check(served.spec.options_model(), options, path)
         if stage == "data":
             # The core's own keys of [data] (clean, balance_by, weight_by) never reach the data plugin.
             core = self.check(DataCoreOptions, {k: v for k, v in table.items() if k in CORE_DATA_KEYS}, path)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplug import DataBundle, LoraplugError, ModelBundle, RunContext
-from loraplug_causal_lm.options import CausalLMOptions
+
+if TYPE_CHECKING:
+    from loraplug_causal_lm.options import CausalLMOptions
 
 #: name → what it measures (declared as metric kinds; see plugin.py)
 METRICS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplug import (
     Batch,
@@ -23,35 +23,63 @@ from loraplug import (
     hookimpl,
 )
 from loraplug_causal_lm.metrics import METRICS
-from loraplug_causal_lm.options import (
-    CausalLMOptions,
-    JsonlOptions,
-    LoraOptions,
-    MergedExportOptions,
-    NoOptions,
-    PeftExportOptions,
-)
+
+if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
+    from loraplug_causal_lm.options import CausalLMOptions, JsonlOptions, LoraOptions
 
 MODEL_KIND = "causal-lm"
 
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
-    register(KindSpec("data", "jsonl", JsonlOptions, "JSONL of {prompt, response} or {messages} chat samples"))
+    register(
+        KindSpec(
+            "data",
+            "jsonl",
+            "loraplug_causal_lm.options:JsonlOptions",
+            "JSONL of {prompt, response} or {messages} chat samples",
+        )
+    )
     register(
         KindSpec(
             "model",
             MODEL_KIND,
-            CausalLMOptions,
+            "loraplug_causal_lm.options:CausalLMOptions",
             "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
             smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
         )
     )
-    register(KindSpec("adapter", "lora", LoraOptions, "peft LoRA / rsLoRA / DoRA", models=(MODEL_KIND,)))
-    register(KindSpec("export", "peft", PeftExportOptions, "adapter_config.json + adapter_model.safetensors", models=(MODEL_KIND,)))
-    register(KindSpec("export", "merged", MergedExportOptions, "LoRA merged into the base, save_pretrained", models=(MODEL_KIND,)))
+    register(
+        KindSpec(
+            "adapter",
+            "lora",
+            "loraplug_causal_lm.options:LoraOptions",
+            "peft LoRA / rsLoRA / DoRA",
+            models=(MODEL_KIND,),
+        )
+    )
+    register(
+        KindSpec(
+            "export",
+            "peft",
+            "loraplug_causal_lm.options:PeftExportOptions",
+            "adapter_config.json + adapter_model.safetensors",
+            models=(MODEL_KIND,),
+        )
+    )
+    register(
+        KindSpec(
+            "export",
+            "merged",
+            "loraplug_causal_lm.options:MergedExportOptions",
+            "LoRA merged into the base, save_pretrained",
+            models=(MODEL_KIND,),
+        )
+    )
     for name, summary in METRICS.items():
-        register(KindSpec("metric", name, NoOptions, summary, models=(MODEL_KIND,)))
+        register(
+            KindSpec("metric", name, "loraplug_causal_lm.options:NoOptions", summary, models=(MODEL_KIND,))
+        )
 
 
 @hookimpl
@@ -69,14 +97,18 @@ def loraplug_build_model(kind: str, options: CausalLMOptions, ctx: RunContext) -
 
 
 @hookimpl
-def loraplug_wrap_adapter(kind: str, options: LoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+def loraplug_wrap_adapter(
+    kind: str, options: LoraOptions, model: ModelBundle, ctx: RunContext
+) -> ModelBundle:
     from loraplug_causal_lm.model import wrap
 
     return wrap(options, model)
 
 
 @hookimpl
-def loraplug_prepare_data(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+def loraplug_prepare_data(
+    model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     from loraplug_causal_lm.prepare import prepare
 
     return prepare(model, options, data, ctx)
@@ -100,7 +132,12 @@ def loraplug_generate(
 
 @hookimpl
 def loraplug_evaluate(
-    metrics: list[str], model: ModelBundle, options: CausalLMOptions, data: DataBundle, scores: dict[str, float], ctx: RunContext
+    metrics: list[str],
+    model: ModelBundle,
+    options: CausalLMOptions,
+    data: DataBundle,
+    scores: dict[str, float],
+    ctx: RunContext,
 ) -> dict[str, float]:
     from loraplug_causal_lm.metrics import evaluate
 
@@ -108,7 +145,9 @@ def loraplug_evaluate(
 
 
 @hookimpl
-def loraplug_export(kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def loraplug_export(
+    kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     from loraplug_causal_lm.export import export_merged, export_peft
 
     if kind == "peft":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loraplug import ExportResult, KindSpec, LoraplugError, ModelBundle, RunContext, hookimpl
-from loraplug_onnx.options import OnnxExportOptions
+
+if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
+    from loraplug_onnx.options import OnnxExportOptions
 
 MODEL_KINDS = ("causal-lm", "stable-diffusion")
 
@@ -17,7 +20,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
         KindSpec(
             "export",
             "onnx",
-            OnnxExportOptions,
+            "loraplug_onnx.options:OnnxExportOptions",
             "merged model (causal LM, or SD UNet) as ONNX, dynamic axes, onnxruntime parity checked",
             models=MODEL_KINDS,
         )
@@ -25,7 +28,9 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
 
 
 @hookimpl
-def loraplug_export(kind: str, options: OnnxExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def loraplug_export(
+    kind: str, options: OnnxExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     if model.kind == "causal-lm":
         from loraplug_onnx import causal_lm
 
@@ -34,4 +39,7 @@ def loraplug_export(kind: str, options: OnnxExportOptions, model: ModelBundle, o
         from loraplug_onnx import unet
 
         return unet.export(options, model, out_dir, ctx)
-    raise LoraplugError(f"The onnx export does not handle model kind {model.kind!r}", fix=f"Use it with {', '.join(MODEL_KINDS)}")
+    raise LoraplugError(
+        f"The onnx export does not handle model kind {model.kind!r}",
+        fix=f"Use it with {', '.join(MODEL_KINDS)}",
+    )

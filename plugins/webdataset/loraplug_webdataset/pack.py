@@ -105,7 +105,7 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     served = plugins.lookup("data", kind)
     values = {"path": str(source.absolute()), **parse_settings(settings)}
     try:
-        options = served.spec.options.model_validate(values, context={"base_dir": Path.cwd(), "check_files": True})
+        options = served.spec.options_model().model_validate(values, context={"base_dir": Path.cwd(), "check_files": True})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or kind}: {e['msg']}" for e in exc.errors())
         raise LoraplugError(

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from loraplug import DataBundle, KindSpec, LoraplugError, RunContext, hookimpl
-from loraplug_webdataset.options import WebDatasetOptions
+
+if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
+    from loraplug_webdataset.options import WebDatasetOptions
 
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
-    register(KindSpec("data", "webdataset", WebDatasetOptions, "WebDataset tar shards: images + captions, or chat JSON (streamed)"))
+    register(
+        KindSpec(
+            "data",
+            "webdataset",
+            "loraplug_webdataset.options:WebDatasetOptions",
+            "WebDataset tar shards: images + captions, or chat JSON (streamed)",
+        )
+    )
 
 
 @hookimpl
@@ -33,12 +42,16 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
         )
     workers = max(1, ctx.recipe.train.num_workers)
     if len(shards) < world * workers:
-        ctx.warn(f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): some workers will have nothing to read")
+        ctx.warn(
+            f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): some workers will have nothing to read"
+        )
     train = ShardStream(shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn)
     val = None
     summary: dict[str, Any] = {"shards": len(shards), "train samples": "streamed"}
     if options.val_urls:
-        reader = ShardStream(list(options.val_urls), options, rank=0, world=1, seed=ctx.seed, warn=ctx.warn, shuffle=False)
+        reader = ShardStream(
+            list(options.val_urls), options, rank=0, world=1, seed=ctx.seed, warn=ctx.warn, shuffle=False
+        )
         val = list(islice(reader, options.val_max_samples))
         summary["val samples"] = len(val)
         if reader.skipped.count:
@@ -55,11 +68,29 @@ def loraplug_register_commands(cli: click.Group) -> None:
     @data.command("pack")
     @click.argument("kind")
     @click.argument("source", type=click.Path(exists=True, path_type=Path))
-    @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory for the shards.")
-    @click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
-    @click.option("-o", "--option", "settings", multiple=True, metavar="KEY=VALUE", help="An option of data kind KIND (repeatable).")
-    @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (only once the new shards are complete).")
-    def pack(kind: str, source: Path, out: Path, maxcount: int, settings: tuple[str, ...], overwrite: bool) -> None:
+    @click.option(
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Directory for the shards.",
+    )
+    @click.option(
+        "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard."
+    )
+    @click.option(
+        "-o",
+        "--option",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option of data kind KIND (repeatable).",
+    )
+    @click.option(
+        "--overwrite", is_flag=True, help="Replace a non-empty --out (only once the new shards are complete)."
+    )
+    def pack(
+        kind: str, source: Path, out: Path, maxcount: int, settings: tuple[str, ...], overwrite: bool
+    ) -> None:
         """Write the records of data kind KIND read from SOURCE as WebDataset shards in --out.
 
         \b
