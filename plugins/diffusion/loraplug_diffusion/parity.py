@@ -19,6 +19,8 @@ from loraplug_diffusion.quiet import quiet_libraries
 
 PROBE_PROMPT = "a photo of a cat, flat poster style"
 PROBE_SIDE = 16  # latents: any multiple of the UNet's total downsampling (8 for SD)
+FLOAT32_TOLERANCE = 1e-3
+HALF_TOLERANCE = 2e-2
 
 
 def model_options(ctx: RunContext) -> StableDiffusionOptions:
@@ -71,13 +73,21 @@ def trained_probe(model: ModelBundle) -> torch.Tensor:
         module.train(was_training)
 
 
-def compare(pipeline: Any, model: ModelBundle, options: ParityOptions, what: str) -> dict[str, float]:
+def tolerance(options: ParityOptions, ctx: RunContext, *, saved_dtype: str) -> float:
+    """The export's tolerance, or the default for its precision: 16-bit weights round at about 1e-3."""
+    if options.tolerance is not None:
+        return options.tolerance
+    return FLOAT32_TOLERANCE if model_options(ctx).dtype == saved_dtype == "float32" else HALF_TOLERANCE
+
+
+def compare(pipeline: Any, model: ModelBundle, options: ParityOptions, ctx: RunContext, what: str, *, saved_dtype: str) -> dict[str, float]:
     """The parity figure of ``pipeline`` (an export loaded back) against the trained model; raise when too far."""
     difference = float((probe(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer) - trained_probe(model)).abs().max())
-    if difference > options.tolerance:
+    limit = tolerance(options, ctx, saved_dtype=saved_dtype)
+    if difference > limit:
         raise LoraplugError(
             f"The {what} export, loaded back with diffusers, predicts differently from the trained model: the UNet's "
-            f"outputs differ by up to {difference:.2e} (tolerance {options.tolerance:g})",
+            f"outputs differ by up to {difference:.2e} (tolerance {limit:g})",
             fix="Export in float32 (`dtype`), or raise the export's `tolerance` if the base runs in reduced precision",
         )
     return {"max_abs_diff_vs_trained": difference}
