@@ -70,3 +70,15 @@ def test_transform_covers_the_target_then_crops_and_flips() -> None:
     assert torch.equal(flipped, torch.flip(tensor, dims=[-1]))
     crops = {tuple(to_tensor(image, (32, 32), crop="random", flip=False, rng=random.Random(s))[2, 0, :4].tolist()) for s in range(8)}
     assert len(crops) > 1  # random crops land in different places
+
+
+def test_in_memory_images_stay_usable_after_being_checked_and_measured() -> None:
+    from loraplug_diffusion.images import check_image, image_size, load_rgb
+
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (1, 2, 3)).save(buffer, format="PNG")
+    image = Image.open(io.BytesIO(buffer.getvalue()))  # opened lazily, as a record may hold it
+    assert image_size(image) == (40, 20) and check_image(image) is None
+    assert load_rgb(image, "x").getpixel((0, 0)) == (1, 2, 3)  # not closed by the checks above

@@ -69,7 +69,9 @@ def test_loss_options_buckets_and_random_augmentations_train(tmp_path: Path) -> 
             "crop": "random",
             "shuffle_tags": True,
             "keep_tokens": 1,
+            "gradient_checkpointing": True,
         },
+        adapter={"conv": True},
         eval={"sample_prompts": []},
     )
     result = run_cli("run", recipe)
@@ -78,6 +80,14 @@ def test_loss_options_buckets_and_random_augmentations_train(tmp_path: Path) -> 
     status = json.loads((tmp_path / "runs" / "tiny-sd" / "run.json").read_text())
     assert status["data"]["buckets"] == 2 and "latents cached" in status["data"]  # validation images still cached
     assert all(isinstance(loss, float) for _, loss in status["val_losses"])
+    # Every injected layer trained — gradient checkpointing included (a reentrant checkpoint would leave
+    # the LoRA inside checkpointed blocks without gradients, and its up matrices at zero).
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "runs" / "tiny-sd" / "adapter" / "adapter.safetensors"))
+    ups = {name: tensor for name, tensor in weights.items() if ".lora_B." in name}
+    assert any("resnets.0.conv1" in name for name in ups)
+    assert all(tensor.abs().sum() > 0 for tensor in ups.values()), [n for n, t in ups.items() if t.abs().sum() == 0]
 
 
 def test_min_snr_weights_follow_the_formula() -> None:
