@@ -29,6 +29,7 @@ test: install
 
 bench: install
 	$(PY) bench/cli_startup.py
+	$(PY) bench/sd_caching.py tiny --json bench/results/sd_caching_tiny.json
 
 clean-venv:
 	rm -rf $(VENV)

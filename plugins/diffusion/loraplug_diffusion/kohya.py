@@ -93,7 +93,9 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
     v2, base_version, architecture = _architecture(model.components["unet"].config, prediction)
     status = read_status(ctx.run_dir) or {}
     data = status.get("data", {})
-    network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)} if adapter.conv else {}
+    network_args = {}
+    if adapter.conv:  # sd-scripts' LoCon arguments, as strings
+        network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
     title = options.title or recipe.run.name
     now = time.time()
     metadata = {

@@ -58,7 +58,7 @@ def probe(unet: Any, text_encoder: Any, tokenizer: Any) -> torch.Tensor:
         out = unet(
             latents.to(parameter.device, unet.dtype),
             torch.tensor([500], device=parameter.device),
-            encoder_hidden_states=states.to(unet.dtype),
+            encoder_hidden_states=states.to(parameter.device, unet.dtype),
         ).sample
     return out.float().cpu()
 
@@ -80,7 +80,9 @@ def tolerance(options: ParityOptions, ctx: RunContext, *, saved_dtype: str) -> f
     return FLOAT32_TOLERANCE if model_options(ctx).dtype == saved_dtype == "float32" else HALF_TOLERANCE
 
 
-def compare(pipeline: Any, model: ModelBundle, options: ParityOptions, ctx: RunContext, what: str, *, saved_dtype: str) -> dict[str, float]:
+def compare(
+    pipeline: Any, model: ModelBundle, options: ParityOptions, ctx: RunContext, what: str, *, saved_dtype: str
+) -> dict[str, float]:
     """The parity figure of ``pipeline`` (an export loaded back) against the trained model; raise when too far."""
     difference = float((probe(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer) - trained_probe(model)).abs().max())
     limit = tolerance(options, ctx, saved_dtype=saved_dtype)

@@ -55,9 +55,13 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
         )
     )
     register(KindSpec("adapter", "lora", SdLoraOptions, "peft LoRA on the UNet (+ LoCon convs, text encoder)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "diffusers", DiffusersExportOptions, "pytorch_lora_weights.safetensors (load_lora_weights)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "kohya", KohyaExportOptions, "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "merged", MergedExportOptions, "the diffusers pipeline with the LoRA fused", models=(MODEL_KIND,)))
+    exports = (
+        ("diffusers", DiffusersExportOptions, "pytorch_lora_weights.safetensors (load_lora_weights)"),
+        ("kohya", KohyaExportOptions, "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)"),
+        ("merged", MergedExportOptions, "the diffusers pipeline with the LoRA fused"),
+    )
+    for name, options, summary in exports:
+        register(KindSpec("export", name, options, summary, models=(MODEL_KIND,)))
 
 
 @hookimpl

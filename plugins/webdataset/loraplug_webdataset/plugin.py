@@ -33,7 +33,10 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
         )
     workers = max(1, ctx.recipe.train.num_workers)
     if len(shards) < world * workers:
-        ctx.warn(f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): some workers will have nothing to read")
+        ctx.warn(
+            f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): "
+            "some workers will have nothing to read"
+        )
     train = ShardStream(shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn)
     val = None
     summary: dict[str, Any] = {"shards": len(shards), "train samples": "streamed"}
