@@ -152,7 +152,7 @@ class ParityOptions(Options):
     tolerance: PositiveFloat | None = Field(
         None,
         description="Largest difference of the UNet's outputs (of order 1) the parity check accepts. "
-        "Default: 1e-3 in float32, 2e-2 when the base or the saved weights are 16-bit.",
+        "Default by the base's and the file's dtypes: 1e-3 float32, 2e-2 float16, 6e-2 bfloat16.",
     )
 
 

@@ -195,3 +195,21 @@ def test_an_export_that_does_not_match_the_trained_model_fails_alone(tmp_path: P
     run_dir = tmp_path / "runs" / "tiny-sd"
     assert (run_dir / "adapter" / "adapter.safetensors").is_file() and (run_dir / "exports" / "diffusers" / "export.json").is_file()
     assert not (run_dir / "exports" / "kohya").exists()
+
+
+def test_a_16_bit_base_trains_float32_lora_and_its_exports_pass_parity(tmp_path: Path) -> None:
+    recipe = tiny_sd_recipe(
+        tmp_path,
+        model={"dtype": "bfloat16"},
+        eval={"sample_prompts": []},
+        export=[{"kind": "diffusers"}, {"kind": "kohya", "dtype": "float16"}, {"kind": "merged", "dtype": "bfloat16"}],
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny-sd"
+    weights = load_file(str(run_dir / "adapter" / "adapter.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # the LoRA trained in float32 on a bf16 base
+    for name in ("diffusers", "kohya", "merged"):
+        figure = json.loads((run_dir / "exports" / name / "export.json").read_text())["figures"]["max_abs_diff_vs_trained"]
+        assert 0 < figure < 6e-2, (name, figure)
+    assert {t.dtype for t in load_file(str(run_dir / "exports" / "kohya" / "tiny-sd.safetensors")).values()} == {torch.float16}
