@@ -69,7 +69,11 @@ class StableDiffusionOptions(Options):
     )
     crop: Literal["center", "random"] = Field("center", description="Crop after resizing; `random` turns the latent cache off.")
     flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
-    buckets: bool = Field(False, description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket.")
+    buckets: bool = Field(
+        False,
+        description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket "
+        "(validation images stay resolution² squares).",
+    )
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this many pixels.")
     caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training a sample with an empty caption.")
     shuffle_tags: bool = Field(False, description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).")
