@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/cli_startup.py
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/llm_throughput.py --out runs/bench/llm_throughput.json
+	$(PY) bench/sd_caching.py tiny --json bench/results/sd_caching_tiny.json
 
 docs: install
 	$(PY) tools/update_recipes_doc.py

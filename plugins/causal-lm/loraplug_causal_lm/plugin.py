@@ -1,6 +1,6 @@
 """The hook implementations of loraplug-causal-lm.
 
-Module level imports only pydantic option models; each hook imports its heavy implementation when it
+Option models are declared by import path (built when a recipe is checked); each hook imports its heavy implementation when it
 is called, so ``loraplug --help`` never pays for torch or transformers.
 """
 

@@ -69,6 +69,18 @@ def _float32_lora(model: torch.nn.Module) -> None:
             param.data = param.data.float()
 
 
+def inject_text_encoder_lora(text_encoder: Any, config: Any) -> None:
+    """peft's own injection (transformers' ``add_adapter`` needs a newer peft than diffusers does).
+
+    ``peft_config`` is set the way both integrations set it, so ``get_peft_model_state_dict`` and
+    diffusers' savers find the adapter's config.
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, text_encoder, adapter_name=ADAPTER_NAME)
+    text_encoder.peft_config = {ADAPTER_NAME: config}
+
+
 def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
     unet = bundle.components["unet"]
     targets = list(options.target_modules)
@@ -106,7 +118,7 @@ def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelB
             options.text_encoder_target_modules,
             {},
         )
-        text_encoder.add_adapter(config, adapter_name=ADAPTER_NAME)
+        inject_text_encoder_lora(text_encoder, config)
         _float32_lora(text_encoder)
         bundle.module.text_encoder = text_encoder
         if options.text_encoder_lr is not None:

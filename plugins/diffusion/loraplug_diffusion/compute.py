@@ -18,7 +18,9 @@ from loraplug_diffusion.model import encode_latents, encode_text, trains_text_en
 from loraplug_diffusion.options import StableDiffusionOptions
 
 
-def _fixed_noise(latents: torch.Tensor, sample_ids: list[str], seed: int, timesteps: int, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fixed_noise(
+    latents: torch.Tensor, sample_ids: list[str], seed: int, timesteps: int, offset: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample noise and timestep, the same at every evaluation."""
     noise, steps = [], []
     for sample_id in sample_ids:

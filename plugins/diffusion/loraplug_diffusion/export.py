@@ -16,7 +16,7 @@ import torch
 
 from loraplug import ExportResult, ModelBundle, RunContext
 from loraplug_diffusion.kohya import write_kohya
-from loraplug_diffusion.model import DTYPES, trains_text_encoder
+from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import DiffusersExportOptions, KohyaExportOptions, MergedExportOptions
 from loraplug_diffusion.parity import base_pipeline, compare
 from loraplug_diffusion.quiet import quiet_libraries
@@ -30,10 +30,11 @@ def adapter_metadata(module: Any) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
-def lora_weights(module: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def lora_weights(module: Any, dtype: torch.dtype, spell: Callable[[str], str] = str) -> dict[str, torch.Tensor]:
+    """peft's LoRA state dict of ``module``, keys respelt by ``spell``, in ``dtype`` on the CPU."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(module).items()}
+    return {spell(k): v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(module).items()}
 
 
 def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> None:
@@ -46,7 +47,7 @@ def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> Non
         str(out_dir),
         unet_lora_layers=lora_weights(unet, dtype),
         unet_lora_adapter_metadata=adapter_metadata(unet),
-        text_encoder_lora_layers=lora_weights(text_encoder, dtype) if text_encoder is not None else None,
+        text_encoder_lora_layers=lora_weights(text_encoder, dtype, canonical_text_encoder_path) if text_encoder is not None else None,
         text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder) if text_encoder is not None else None,
         weight_name=DIFFUSERS_FILE,
         safe_serialization=True,
@@ -59,7 +60,7 @@ def export_diffusers(options: DiffusersExportOptions, model: ModelBundle, out_di
     if options.check_parity:
         pipeline = base_pipeline(model, ctx)
         pipeline.load_lora_weights(str(out_dir), weight_name=DIFFUSERS_FILE)
-        figures.update(compare(pipeline, model, options, "diffusers"))
+        figures.update(compare(pipeline, model, options, ctx, "diffusers", saved_dtype=options.dtype))
     return ExportResult(
         files=[DIFFUSERS_FILE],
         figures=figures,
@@ -73,7 +74,7 @@ def export_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path,
     if options.check_parity:
         pipeline = base_pipeline(model, ctx)
         pipeline.load_lora_weights(str(out_dir), weight_name=path.name)  # diffusers' own kohya conversion
-        figures.update(compare(pipeline, model, options, "kohya"))
+        figures.update(compare(pipeline, model, options, ctx, "kohya", saved_dtype=options.dtype))
     return ExportResult(
         files=[path.name],
         figures=figures,
@@ -91,7 +92,7 @@ def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Pat
     pipeline.unload_lora_weights()  # keeps the fused weights, drops the LoRA layers
     figures: dict[str, Any] = {}
     if options.check_parity:
-        figures.update(compare(pipeline, model, options, "merged"))
+        figures.update(compare(pipeline, model, options, ctx, "merged", saved_dtype="float32"))  # compared before the cast
     pipeline.to(DTYPES[options.dtype])
     pipeline.save_pretrained(str(out_dir), safe_serialization=True)
     figures["dtype"] = options.dtype

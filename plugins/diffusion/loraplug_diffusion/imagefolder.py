@@ -114,7 +114,8 @@ def _column(rows: list[tuple[str, dict[str, Any]]], wanted: str | None, candidat
         if name in present:
             return name
     raise LoraplugError(
-        f"The metadata file has none of the usual {what} columns ({', '.join(candidates)}); its columns are {', '.join(present) or 'none'}",
+        f"The metadata file has none of the usual {what} columns ({', '.join(candidates)}); "
+        f"its columns are {', '.join(present) or 'none'}",
         where=str(path),
         fix=f"Set data.{what}_column",
     )

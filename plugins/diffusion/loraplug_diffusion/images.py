@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,21 @@ def _open(source: ImageSource) -> Any:
     return Image.open(source)
 
 
+@contextmanager
+def _opened(source: ImageSource) -> Iterator[Any]:
+    """The image of ``source``, closed afterwards only if it was opened here (a caller's PIL image stays usable)."""
+    image = _open(source)
+    try:
+        yield image
+    finally:
+        if image is not source:
+            image.close()
+
+
 def check_image(source: ImageSource) -> str | None:
     """Why the image cannot be used (unreadable, truncated, empty), or ``None`` when it decodes fully."""
     try:
-        with _open(source) as image:
+        with _opened(source) as image:
             image.load()  # decodes every pixel: a truncated file fails here, not mid-epoch
             if image.width < 1 or image.height < 1:
                 return "it has no pixels"
@@ -62,7 +75,7 @@ def load_rgb(source: ImageSource, sample_id: str) -> Any:
 
 def image_size(source: ImageSource) -> tuple[int, int]:
     """``(width, height)`` without decoding the pixels."""
-    with _open(source) as image:
+    with _opened(source) as image:
         return image.size
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import save
 
 from loraplug import ModelBundle, RunContext, __version__
 from loraplug.rundir import atomic_write_bytes, read_status
-from loraplug_diffusion.model import DTYPES, trains_text_encoder
+from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import KohyaExportOptions, SdLoraOptions, StableDiffusionOptions
 
 UNET_PREFIX = "lora_unet"
@@ -42,15 +42,15 @@ def kohya_tensors(model: ModelBundle, dtype: torch.dtype) -> dict[str, torch.Ten
     """Every LoRA layer of the UNet (and a trained text encoder) under its kohya key."""
     from peft.tuners.lora import LoraLayer
 
-    parts = [(UNET_PREFIX, model.components["unet"])]
+    parts = [(UNET_PREFIX, model.components["unet"], str)]
     if trains_text_encoder(model):
-        parts.append((TEXT_ENCODER_PREFIX, model.components["text_encoder"]))
+        parts.append((TEXT_ENCODER_PREFIX, model.components["text_encoder"], canonical_text_encoder_path))
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, part in parts:
+    for prefix, part, spell in parts:
         for path, layer in part.named_modules():
             if not isinstance(layer, LoraLayer) or "default" not in layer.lora_A:
                 continue
-            name = kohya_name(prefix, path)
+            name = kohya_name(prefix, spell(path))
             tensors[f"{name}.lora_down.weight"] = layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
             tensors[f"{name}.lora_up.weight"] = layer.lora_B["default"].weight.detach().to("cpu", dtype).contiguous()
             tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha["default"]), dtype=dtype)
@@ -93,7 +93,9 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
     v2, base_version, architecture = _architecture(model.components["unet"].config, prediction)
     status = read_status(ctx.run_dir) or {}
     data = status.get("data", {})
-    network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)} if adapter.conv else {}
+    network_args = {}
+    if adapter.conv:  # sd-scripts' LoCon arguments, as strings
+        network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
     title = options.title or recipe.run.name
     now = time.time()
     metadata = {

@@ -153,6 +153,15 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def canonical_text_encoder_path(path: str) -> str:
+    """A CLIP text-encoder module path as SD checkpoints, kohya tools and transformers 4 spell it.
+
+    transformers 5 dropped the ``text_model.`` level of ``CLIPTextModel`` (and maps it back when loading);
+    exported files keep it, so every tool finds its layers.
+    """
+    return path if path.startswith("text_model.") else f"text_model.{path}"
+
+
 def place_frozen(model: ModelBundle, device: Any) -> None:
     """Put the frozen VAE and text encoder where the UNet trains (the core moves only ``model.module``)."""
     if device is None:

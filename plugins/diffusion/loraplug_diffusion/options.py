@@ -64,10 +64,16 @@ class StableDiffusionOptions(Options):
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
         "auto", description="What the UNet predicts; `auto` takes the model's scheduler config (SD 2.x 768: v_prediction)."
     )
-    resolution: PositiveInt = Field(512, description="Training side length in pixels (a multiple of 8); images are resized and cropped to it.")
+    resolution: PositiveInt = Field(
+        512, description="Training side length in pixels (a multiple of 8); images are resized and cropped to it."
+    )
     crop: Literal["center", "random"] = Field("center", description="Crop after resizing; `random` turns the latent cache off.")
     flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
-    buckets: bool = Field(False, description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket.")
+    buckets: bool = Field(
+        False,
+        description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket "
+        "(validation images stay resolution² squares).",
+    )
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this many pixels.")
     caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training a sample with an empty caption.")
     shuffle_tags: bool = Field(False, description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).")
@@ -110,7 +116,9 @@ class SdLoraOptions(Options):
     r: PositiveInt = Field(8, description="LoRA rank of linear layers and 1×1 convolutions.")
     alpha: PositiveFloat = Field(8.0, description="LoRA alpha; the update is scaled by alpha/r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    init: Literal["default", "gaussian"] = Field("default", description="Initialisation of the down matrix (the up matrix starts at zero).")
+    init: Literal["default", "gaussian"] = Field(
+        "default", description="Initialisation of the down matrix (the up matrix starts at zero)."
+    )
     target_modules: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules to adapt, by name or name suffix (the attention projections)."
     )
@@ -145,7 +153,11 @@ class ParityOptions(Options):
     check_parity: bool = Field(
         True, description="Load the export back with diffusers and compare its UNet output with the trained model's."
     )
-    tolerance: float = Field(1e-3, gt=0, description="Largest output difference the parity check accepts (relative to the output's scale).")
+    tolerance: PositiveFloat | None = Field(
+        None,
+        description="Largest difference of the UNet's outputs (of order 1) the parity check accepts. "
+        "Default by the base's and the file's dtypes: 1e-3 float32, 2e-2 float16, 6e-2 bfloat16.",
+    )
 
 
 class DiffusersExportOptions(ParityOptions):

@@ -1,6 +1,6 @@
 """The hook implementations of loraplug-diffusion.
 
-Module level imports only pydantic option models; each hook imports its heavy implementation when it
+Option models are declared by import path (built when a recipe is checked); each hook imports its heavy implementation when it
 is called, so ``loraplug --help`` never pays for torch, diffusers or transformers.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplug import (
     Batch,
@@ -22,26 +22,22 @@ from loraplug import (
     StepResult,
     hookimpl,
 )
-from loraplug_diffusion.options import (
-    DiffusersExportOptions,
-    ImageFolderOptions,
-    KohyaExportOptions,
-    MergedExportOptions,
-    SdLoraOptions,
-    StableDiffusionOptions,
-)
+
+if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
+    from loraplug_diffusion.options import ImageFolderOptions, SdLoraOptions, StableDiffusionOptions
 
 MODEL_KIND = "stable-diffusion"
+OPTIONS = "loraplug_diffusion.options"
 
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
-    register(KindSpec("data", "imagefolder", ImageFolderOptions, "images with .txt captions or a metadata.jsonl/.csv"))
+    register(KindSpec("data", "imagefolder", f"{OPTIONS}:ImageFolderOptions", "images with .txt captions or a metadata.jsonl/.csv"))
     register(
         KindSpec(
             "model",
             MODEL_KIND,
-            StableDiffusionOptions,
+            f"{OPTIONS}:StableDiffusionOptions",
             "Stable Diffusion 1.x/2.x through diffusers (hub id, directory or tiny-sd)",
             smoke={
                 "pretrained": "tiny-sd",
@@ -54,10 +50,14 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             },
         )
     )
-    register(KindSpec("adapter", "lora", SdLoraOptions, "peft LoRA on the UNet (+ LoCon convs, text encoder)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "diffusers", DiffusersExportOptions, "pytorch_lora_weights.safetensors (load_lora_weights)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "kohya", KohyaExportOptions, "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)", models=(MODEL_KIND,)))
-    register(KindSpec("export", "merged", MergedExportOptions, "the diffusers pipeline with the LoRA fused", models=(MODEL_KIND,)))
+    register(KindSpec("adapter", "lora", f"{OPTIONS}:SdLoraOptions", "peft LoRA on the UNet (+ LoCon convs, text encoder)", models=(MODEL_KIND,)))
+    exports = (
+        ("diffusers", "DiffusersExportOptions", "pytorch_lora_weights.safetensors (load_lora_weights)"),
+        ("kohya", "KohyaExportOptions", "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)"),
+        ("merged", "MergedExportOptions", "the diffusers pipeline with the LoRA fused"),
+    )
+    for name, options, summary in exports:
+        register(KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,)))
 
 
 @hookimpl

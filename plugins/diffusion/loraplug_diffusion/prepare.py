@@ -25,7 +25,7 @@ from loraplug_diffusion.images import image_size, load_rgb, to_tensor
 from loraplug_diffusion.model import encode_latents, encode_text, place_frozen, tokenize, trains_text_encoder
 from loraplug_diffusion.options import StableDiffusionOptions
 
-ENCODE_BATCH = 8
+TEXT_BATCH = 32
 
 
 @dataclass
@@ -122,7 +122,9 @@ class StreamedImages(IterableDataset):
             )
 
 
-def _samples(records: Sequence[Record], options: StableDiffusionOptions, *, train: bool, buckets: list[tuple[int, int]] | None) -> list[ImageSample]:
+def _samples(
+    records: Sequence[Record], options: StableDiffusionOptions, *, train: bool, buckets: list[tuple[int, int]] | None
+) -> list[ImageSample]:
     samples = []
     square = (options.resolution, options.resolution)
     for record in records:
@@ -132,8 +134,12 @@ def _samples(records: Sequence[Record], options: StableDiffusionOptions, *, trai
     return samples
 
 
-def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *, flip: bool) -> int:
-    """Give each sample its latent key, encoding what the cache lacks; return how many were encoded."""
+def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *, flip: bool, batch: int) -> int:
+    """Give each sample its latent key, encoding what the cache lacks; return how many were encoded.
+
+    At most ``batch`` images are encoded at once — the training batch — so building the cache never
+    needs more memory than a training step that encodes its images would.
+    """
     todo: dict[str, ImageSample] = {}
     for sample in samples:
         with_flip = flip and sample.train
@@ -145,8 +151,8 @@ def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *,
         by_size.setdefault((sample.size, key.endswith("-flip")), []).append(sample)
     with torch.no_grad():
         for (size, with_flip), group in by_size.items():
-            for start in range(0, len(group), ENCODE_BATCH):
-                chunk = group[start : start + ENCODE_BATCH]
+            for start in range(0, len(group), batch):
+                chunk = group[start : start + batch]
                 pixels = torch.stack([to_tensor(load_rgb(s.source, s.id), size, crop="center", flip=False, rng=None) for s in chunk])
                 latents = encode_latents(vae, pixels)
                 flipped = encode_latents(vae, torch.flip(pixels, dims=[-1])) if with_flip else None
@@ -161,8 +167,8 @@ def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *,
 def _cache_texts(captions: set[str], cache: FeatureCache, text_encoder: Any, tokenizer: Any) -> int:
     todo = sorted(c for c in captions if text_hash(c) not in cache)
     with torch.no_grad():
-        for start in range(0, len(todo), 4 * ENCODE_BATCH):
-            chunk = todo[start : start + 4 * ENCODE_BATCH]
+        for start in range(0, len(todo), TEXT_BATCH):
+            chunk = todo[start : start + TEXT_BATCH]
             states = encode_text(text_encoder, tokenize(tokenizer, chunk))
             for caption, state in zip(chunk, states, strict=True):
                 cache.put(text_hash(caption), {"states": state})
@@ -214,7 +220,7 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
         cached = [s for s in train_samples if options.crop == "center"] + (val_samples or [])
         if cached:
             ctx.info(f"caching latents of {len(cached)} images ({'on disk' if root else 'in memory'})")
-            encoded = _cache_latents(cached, latent_cache, vae, flip=options.flip)
+            encoded = _cache_latents(cached, latent_cache, vae, flip=options.flip, batch=ctx.recipe.train.batch_size)
             summary["latents cached"] = len({s.latent_key for s in cached})
             if root:
                 summary["latents reused from disk"] = summary["latents cached"] - encoded
@@ -226,6 +232,16 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
                 captions.add("")
         _cache_texts(captions, text_cache, text_encoder, tokenizer)
         summary["captions cached"] = len(captions)
+
+    # What is fully cached is not needed on the accelerator while training (kohya's trick): the VAE
+    # and the text encoder go back to the CPU, and come to the device only to draw sample grids.
+    on_accelerator = ctx.device is not None and torch.device(ctx.device).type != "cpu"
+    if on_accelerator and not streamed and all(s.latent_key is not None for s in train_samples + (val_samples or [])):
+        vae.to("cpu")
+        summary["vae"] = "offloaded to the CPU"
+    if on_accelerator and text_cache is not None and not options.shuffle_tags:
+        text_encoder.to("cpu")
+        summary["text encoder"] = "offloaded to the CPU"
 
     plan = partial(plan_by_bucket, [s.size for s in train_samples]) if options.buckets and train_samples else None
     return PreparedData(

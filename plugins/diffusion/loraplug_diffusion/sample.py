@@ -79,7 +79,21 @@ def _next_index(out_dir: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def generate(model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext) -> list[Sample]:
+def generate(
+    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
+    # The VAE and text encoder may be offloaded while training (see prepare.py): borrow them, then put them back.
+    homes = {name: next(model.components[name].parameters()).device for name in ("vae", "text_encoder")}
+    try:
+        return _generate(model, options, prompts, out_dir, ctx)
+    finally:
+        for name, device in homes.items():
+            model.components[name].to(device)
+
+
+def _generate(
+    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
     pipeline = pipeline_of(model)
     size = options.sample_size or options.resolution
     seeds = [ctx.seed + k for k in range(options.sample_images)]

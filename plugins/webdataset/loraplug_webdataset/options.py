@@ -51,8 +51,12 @@ class WebDatasetOptions(Options):
     samples: Literal["auto", "image", "text"] = Field(
         "auto", description="What a sample is: an image with a caption, chat text in JSON, or `auto` (an image if it has one)."
     )
-    image_keys: list[str] = Field(["jpg", "jpeg", "png", "webp"], description="Extensions that hold a sample's image (first present wins).")
-    caption_keys: list[str] = Field(["txt", "caption"], description="Extensions that hold a sample's caption (then the JSON's caption or text field).")
+    image_keys: list[str] = Field(
+        ["jpg", "jpeg", "png", "webp"], description="Extensions that hold a sample's image (first present wins)."
+    )
+    caption_keys: list[str] = Field(
+        ["txt", "caption"], description="Extensions that hold a sample's caption (then the JSON's caption or text field)."
+    )
     json_key: str = Field("json", description="Extension of the JSON part: a text sample's prompt/response or messages.")
     shuffle_shards: bool = Field(True, description="Shuffle each process's shards every epoch (seeded).")
     shuffle_buffer: NonNegativeInt = Field(1000, description="Samples held in the shuffle buffer; 0 keeps shard order.")

@@ -1,4 +1,4 @@
-"""The hook implementations of loraplug-webdataset; module level imports pydantic models and click only."""
+"""The hook implementations of loraplug-webdataset; module level imports click only."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
     workers = max(1, ctx.recipe.train.num_workers)
     if len(shards) < world * workers:
         ctx.warn(
-            f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): some workers will have nothing to read"
+            f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): "
+            "some workers will have nothing to read"
         )
     train = ShardStream(shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn)
     val = None

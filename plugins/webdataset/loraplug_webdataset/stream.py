@@ -92,7 +92,8 @@ def to_record(sample: dict[str, Any], options: WebDatasetOptions) -> Record:
             raise BadSample(f"image without a caption (looked for .{', .'.join(options.caption_keys)} and the JSON's caption)")
         return {"id": sample_id, "image": decode_image(sample[image_key]), "caption": caption}
     if meta is None:
-        raise BadSample(f"neither an image nor a .{options.json_key} text part (it has .{', .'.join(k for k in sample if not k.startswith('_'))})")
+        parts = ", .".join(k for k in sample if not k.startswith("_"))
+        raise BadSample(f"neither an image nor a .{options.json_key} text part (it has .{parts})")
     extras = {k: v for k, v in meta.items() if k not in ("messages", "prompt", "response", "source_id")} if isinstance(meta, dict) else {}
     return {"id": sample_id, "messages": chat_messages(meta), **extras}
 
@@ -114,7 +115,15 @@ class ShardStream:
     """An iterable of records over shards; iterate it once per epoch (the core's DataLoader does)."""
 
     def __init__(
-        self, shards: list[str], options: WebDatasetOptions, *, rank: int, world: int, seed: int, warn: Callable[[str], None], shuffle: bool = True
+        self,
+        shards: list[str],
+        options: WebDatasetOptions,
+        *,
+        rank: int,
+        world: int,
+        seed: int,
+        warn: Callable[[str], None],
+        shuffle: bool = True,
     ) -> None:
         self.shards = shards
         self.options = options

@@ -1,0 +1,344 @@
+"""What caching VAE latents and text-encoder outputs buys: steps/s, and peak memory.
+
+Two loops over the same images, through loraplug-diffusion's own code (data kind, LoRA injection,
+prepare_data, train_step) and the core's training loop:
+
+* ``cached``: latents and caption encodings computed once before training (the default);
+* ``uncached``: the VAE and the text encoder run in every step, as diffusers'
+  ``train_text_to_image_lora.py`` does (``model.cache_latents = false``, ``cache_text_encoder_outputs = false``).
+
+Two models:
+
+* ``tiny``: the tiny-sd preset at 64 px on the bundled drawings, batch 8;
+* ``sd15``: an SD-1.5-shaped model built from its configs with random weights (UNet 860M, VAE 84M,
+  CLIP ViT-L text encoder 123M), 512 px, batch 1, LoCon on, gradient checkpointing — a few steps.
+
+Each (model, variant) runs in a fresh process, so its peak memory is its own. Seconds per step are
+the median over the measured steps; the first step (allocations, warm-up) is not measured. On a shared
+machine whose load drifts, ``--paired`` also runs both variants on one model in one process, a step of
+each in turn, so both see the same load (timing only).
+
+    python bench/sd_caching.py tiny                      # about 2 minutes on 2 CPU cores
+    python bench/sd_caching.py sd15 --steps 3 --paired   # about 40 minutes on 2 CPU cores; minutes on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT / "recipes" / "data" / "shapes"
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "pretrained": "tiny-sd",
+        "resolution": 64,
+        "batch_size": 8,
+        "adapter": {"r": 16, "alpha": 16, "conv": True},
+        "gradient_checkpointing": False,
+    },
+    "sd15": {
+        "pretrained": "bench/sd15-shaped-random",  # never downloaded: the components are built from configs
+        "resolution": 512,
+        "batch_size": 1,
+        "adapter": {"r": 16, "alpha": 8, "conv": True, "conv_r": 8, "conv_alpha": 4},
+        "gradient_checkpointing": True,
+    },
+}
+
+
+def sd15_components(tokenizer_size: int) -> dict[str, Any]:
+    """Stable Diffusion 1.5's architecture with random weights (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from loraplug_diffusion.presets import _build_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    tokenizer = _build_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=max(tokenizer_size, len(tokenizer)),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    )
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    for part in (unet, vae, text_encoder):
+        part.requires_grad_(False)
+        part.eval()
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "noise_scheduler": scheduler}
+
+
+def images_for(shape: str, folder: Path, count: int) -> Path:
+    """The bundled drawings at the model's resolution (nearest-neighbour upscaled, captions copied)."""
+    from PIL import Image
+
+    side = SETTINGS[shape]["resolution"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in sorted(SHAPES.glob("*.png"))[:count]:
+        Image.open(source).convert("RGB").resize((side, side), Image.NEAREST).save(folder / source.name)
+        (folder / source.with_suffix(".txt").name).write_text(source.with_suffix(".txt").read_text())
+    return folder
+
+
+@dataclass
+class Setup:
+    """One model, and the same images prepared once per variant."""
+
+    host: Any
+    accelerator: Any
+    model: Any
+    recipes: dict[str, Any]
+    contexts: dict[str, Any]
+    prepared: dict[str, Any]
+    cache_seconds: dict[str, float]
+    model_seconds: float
+
+
+def setup(shape: str, variants: list[str], steps: int) -> Setup:
+    from accelerate.utils import set_seed
+    from rich.console import Console
+
+    from loraplug import ModelBundle
+    from loraplug.context import RunContext
+    from loraplug.pipeline import build_stages, make_accelerator
+    from loraplug.plugins import PluginHost
+    from loraplug.recipe import load_recipe
+    from loraplug.testing import write_recipe
+    from loraplug_diffusion.model import DiffusionModule
+
+    settings = SETTINGS[shape]
+    work = Path(tempfile.mkdtemp(prefix=f"sd-bench-{shape}-"))
+    images = images_for(shape, work / "images", 32 if shape == "tiny" else max(4, steps + 1))
+    host = PluginHost.load()
+    recipes, contexts = {}, {}
+    for variant in variants:
+        cached = variant == "cached"
+        path = write_recipe(
+            work / f"{variant}.toml",
+            {
+                "run": {"name": f"{shape}-{variant}", "output_dir": str(work / "runs"), "seed": 0},
+                "data": {"kind": "imagefolder", "path": str(images)},
+                "model": {
+                    "kind": "stable-diffusion",
+                    "pretrained": settings["pretrained"],
+                    "resolution": settings["resolution"],
+                    "cache_latents": cached,
+                    "cache_text_encoder_outputs": cached,
+                    "gradient_checkpointing": settings["gradient_checkpointing"],
+                },
+                "adapter": {"kind": "lora", **settings["adapter"]},
+                "train": {"max_steps": steps, "batch_size": settings["batch_size"], "lr": 1e-4, "log_every_n_steps": 1000},
+            },
+        )
+        recipes[variant] = load_recipe(path, host)
+    accelerator = make_accelerator(recipes[variants[0]], Console(quiet=True))
+    for variant in variants:
+        contexts[variant] = RunContext(
+            recipe=recipes[variant], run_dir=work / "runs", cache_dir=work / "cache", seed=0,
+            device=accelerator.device, info=lambda m: None, warn=lambda m: None,
+        )  # fmt: skip
+    first = variants[0]
+    set_seed(0)
+    started = time.monotonic()
+    if shape == "tiny":
+        model = build_stages(host, recipes[first], contexts[first])
+    else:
+        parts = sd15_components(49408)
+        if settings["gradient_checkpointing"]:
+            parts["unet"].enable_gradient_checkpointing()
+        base = ModelBundle(kind="stable-diffusion", module=DiffusionModule(parts["unet"]), components=parts, base=settings["pretrained"])
+        set_seed(0)
+        model = host.call_stage("adapter", "lora", "stable-diffusion", options=recipes[first].adapter.options, model=base, ctx=contexts[first])
+    model_seconds = time.monotonic() - started
+    prepared, cache_seconds = {}, {}
+    for variant in variants:
+        recipe, ctx = recipes[variant], contexts[variant]
+        data = host.call_stage("data", "imagefolder", "stable-diffusion", options=recipe.data.options, ctx=ctx)
+        started = time.monotonic()
+        prepared[variant] = host.call_model_hook(
+            "loraplug_prepare_data", "stable-diffusion", model=model, options=recipe.model.options, data=data, ctx=ctx
+        )
+        cache_seconds[variant] = time.monotonic() - started
+    return Setup(host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds)
+
+
+def step_times(bench: Setup, variant: str, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` optimizer steps of the core's loop, the first included."""
+    from rich.console import Console
+
+    from loraplug.training.loop import train
+    from loraplug.training.progress import ProgressDisplay
+    from loraplug.training.sinks import Sinks
+
+    recipe = bench.recipes[variant]
+    recipe.train.max_steps = steps
+    stamps = [time.monotonic()]
+    train(
+        accelerator=bench.accelerator,
+        step_fn=bench.host.bound_model_hook("loraplug_train_step", "stable-diffusion"),
+        model=bench.model,
+        prepared=bench.prepared[variant],
+        recipe=recipe,
+        ctx=bench.contexts[variant],
+        sinks=Sinks([]),
+        display=lambda total: ProgressDisplay(Console(quiet=True), total, enabled=False),
+        on_step_end=lambda step: stamps.append(time.monotonic()),
+    )
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def _result(shape: str, variant: str, bench: Setup, times: list[float]) -> dict[str, Any]:
+    import torch
+
+    settings = SETTINGS[shape]
+    per_step = statistics.median(times)
+    return {
+        "model": shape,
+        "variant": variant,
+        "measured_steps": len(times),
+        "batch_size": settings["batch_size"],
+        "resolution": settings["resolution"],
+        "seconds_per_step": per_step,
+        "steps_per_second": 1 / per_step,
+        "images_per_second": settings["batch_size"] / per_step,
+        "cache_build_seconds": bench.cache_seconds[variant] if variant == "cached" else 0.0,
+        "model_build_seconds": bench.model_seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB -> GiB (Linux)
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "device": str(bench.accelerator.device),
+    }
+
+
+def run_one(shape: str, variant: str, steps: int) -> dict[str, Any]:
+    """One variant alone in this process (so the peak memory is its own); the first step is warm-up."""
+    bench = setup(shape, [variant], steps + 1)
+    return _result(shape, variant, bench, step_times(bench, variant, steps + 1)[1:])
+
+
+def run_paired(shape: str, rounds: int) -> list[dict[str, Any]]:
+    """Both variants on one model, one step each in turn, so a machine whose load drifts slows both alike.
+
+    Each turn is a whole one-step run of the core's loop (optimizer set-up included, which is negligible
+    next to an SD-1.5 step). Peak memory here is the two variants' together, so it is not reported.
+    """
+    variants = ["cached", "uncached"]
+    bench = setup(shape, variants, 1)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for variant in variants:
+        step_times(bench, variant, 1)  # warm-up
+    for _ in range(rounds):
+        for variant in variants:
+            times[variant] += step_times(bench, variant, 1)
+    results = [_result(shape, v, bench, times[v]) for v in variants]
+    for result in results:
+        result["peak_rss_gib"] = None
+        result["paired"] = True
+    return results
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    versions = {name: metadata.version(name) for name in ("torch", "diffusers", "transformers", "peft", "accelerate")}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    return {
+        "python": platform.python_version(),
+        **versions,
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "torch_threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    by = {(r["model"], r["variant"], bool(r.get("paired"))): r for r in results}
+    lines = [
+        "| model | variant | s/step | images/s | one-time cache build | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['model']} ({r['resolution']} px, batch {r['batch_size']}) | {r['variant']}{' (paired)' if r.get('paired') else ''} "
+            f"| {r['seconds_per_step']:.3f} "
+            f"| {r['images_per_second']:.2f} | {r['cache_build_seconds']:.1f} s | "
+            + (f"{r['peak_rss_gib']:.2f} GiB |" if r["peak_rss_gib"] is not None else "— (paired run) |")
+        )
+    for shape, paired in sorted({(r["model"], bool(r.get("paired"))) for r in results}):
+        if (shape, "cached", paired) in by and (shape, "uncached", paired) in by:
+            cached, uncached = by[(shape, "cached", paired)], by[(shape, "uncached", paired)]
+            lines.append("")
+            memory = (
+                f"; peak RSS {cached['peak_rss_gib'] / uncached['peak_rss_gib']:.2f}× of uncached"
+                if cached["peak_rss_gib"] and uncached["peak_rss_gib"]
+                else ""
+            )
+            how = " (paired: steps alternated in one process)" if paired else ""
+            lines.append(f"{shape}{how}: caching gives {uncached['seconds_per_step'] / cached['seconds_per_step']:.2f}× the steps/s{memory}")
+    return "\n".join(lines)
+
+
+def _in_fresh_process(call: str) -> Any:
+    code = f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sd_caching as b; print('RESULT ' + json.dumps(b.{call}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{call} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=list(SETTINGS))
+    parser.add_argument("--steps", type=int, default=None, help="Measured steps per variant (after one warm-up step).")
+    parser.add_argument("--paired", action="store_true", help="Also alternate both variants' steps in one process (timing only).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
+    args = parser.parse_args()
+    steps = args.steps or (40 if args.model == "tiny" else 3)
+    results = []
+    for variant in ("cached", "uncached"):
+        results.append(_in_fresh_process(f"run_one({args.model!r}, {variant!r}, {steps})"))
+        print(f"{args.model}/{variant}: {results[-1]['seconds_per_step']:.3f} s/step", flush=True)
+    if args.paired:
+        paired = _in_fresh_process(f"run_paired({args.model!r}, {steps})")
+        results += paired
+        print("paired: " + ", ".join(f"{r['variant']} {r['seconds_per_step']:.3f} s/step" for r in paired), flush=True)
+    report = {"environment": environment(), "results": results}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["environment"], indent=2))
+    print(markdown(results))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""loraplug-diffusion: LoRA (and LoCon) for Stable Diffusion 1.x / 2.x.
+
+Serves data kind ``imagefolder``, model kind ``stable-diffusion`` (with the ``tiny-sd`` preset), adapter kind
+``lora`` and export kinds ``diffusers``, ``kohya`` and ``merged``. The hooks live in :mod:`.plugin`;
+everything heavy (torch, diffusers, transformers, peft) is imported inside them.
+
+The ``stable-diffusion`` ModelBundle — what other plugins (an ONNX exporter, a quantizer) may rely on:
+
+* ``kind`` is ``"stable-diffusion"``; ``base`` is the recipe's ``pretrained`` and ``base_dir`` its local
+  directory (a diffusers pipeline: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``) when there is one.
+* ``components["unet"]`` is a diffusers ``UNet2DConditionModel``. After ``wrap_adapter`` it carries the
+  LoRA injected through peft under the adapter name ``"default"`` (diffusers' ``add_adapter``), so
+  ``peft.get_peft_model_state_dict(unet)`` returns its LoRA weights and ``unet.fuse_lora()`` /
+  diffusers' loaders work on it. Base weights are frozen, in ``model.dtype``; LoRA weights are float32.
+* ``components["vae"]`` (``AutoencoderKL``, frozen, float32), ``components["text_encoder"]``
+  (``CLIPTextModel``, frozen unless the adapter trains it; then it carries a peft LoRA ``"default"`` too),
+  ``components["tokenizer"]`` (``CLIPTokenizer``) and ``components["noise_scheduler"]`` (a
+  ``DDPMScheduler`` whose ``prediction_type`` is the one trained).
+* ``module`` is an ``nn.Module`` holding exactly the trainable parts as attributes: ``module.unet``
+  always, ``module.text_encoder`` when the text encoder trains. The core optimises it, saves every
+  parameter that requires grad by name (``unet.…lora_A.default.weight``) and hands it to accelerate.
+  Its ``forward(noisy_latents, timesteps, encoder_hidden_states=None, input_ids=None)`` returns the
+  UNet's prediction (running the text encoder on ``input_ids`` when it trains).
+* ``lr_scales`` holds ``{"text_encoder.": text_encoder_lr / train.lr}`` when the adapter sets its own
+  text-encoder learning rate.
+
+Image records, from any data kind: ``{"id": str, "image": path or PIL image, "caption": str}``.
+"""

@@ -1,0 +1,63 @@
+"""Test helpers for recipes on the tiny-sd preset (used by this plugin's tests; handy for other plugins)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from loraplug.testing import write_recipe
+
+PALETTE = {"red": (220, 60, 50), "teal": (40, 184, 176), "orange": (236, 128, 44), "navy": (22, 34, 64)}
+
+
+def draw_images(folder: Path, count: int, *, size: tuple[int, int] = (48, 48), seed: int = 0, captions: bool = True) -> list[Path]:
+    """``count`` PNGs of a coloured square on a plain background, each with a same-stem .txt caption."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for index in range(count):
+        background, shape = rng.sample(sorted(PALETTE), 2)
+        image = Image.new("RGB", size, PALETTE[background])
+        left, top = rng.randint(0, size[0] // 2), rng.randint(0, size[1] // 2)
+        ImageDraw.Draw(image).rectangle((left, top, left + size[0] // 3, top + size[1] // 3), fill=PALETTE[shape])
+        path = folder / f"img-{index:03d}.png"
+        image.save(path)
+        if captions:
+            path.with_suffix(".txt").write_text(f"a {shape} square, {background} background\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def tiny_sd_recipe(tmp_path: Path, **changes: Any) -> Path:
+    """A recipe for tiny-sd on eight small drawn images that trains and samples in a few seconds.
+
+    ``changes`` update its sections (``model={"flip": True}``); a section with another ``kind`` replaces it.
+    """
+    images = tmp_path / "images"
+    if not images.exists():
+        draw_images(images, 8)
+    recipe: dict[str, Any] = {
+        "run": {"name": "tiny-sd", "output_dir": str(tmp_path / "runs"), "seed": 3},
+        "data": {"kind": "imagefolder", "path": str(images), "val_fraction": 0.25},
+        "model": {
+            "kind": "stable-diffusion",
+            "pretrained": "tiny-sd",
+            "resolution": 32,
+            "sample_steps": 2,
+            "sample_images": 2,
+            "sample_guidance_scale": 1.0,
+        },
+        "adapter": {"kind": "lora", "r": 4, "alpha": 4},
+        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-2, "log_every_n_steps": 1},
+        "eval": {"sample_prompts": ["a teal square, navy background"]},
+        "export": [],
+    }
+    for section, values in changes.items():
+        if isinstance(values, list) or values.get("kind", recipe[section].get("kind")) != recipe[section].get("kind"):
+            recipe[section] = values  # a list ([[export]]) or another kind: replaced, not merged
+        else:
+            recipe.setdefault(section, {}).update(values)
+    return write_recipe(tmp_path / "recipe.toml", recipe)

@@ -1,0 +1,172 @@
+"""Data kind ``webdataset`` and ``loraplug data pack``: round trips, splitting, corrupt shards, both modalities."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from loraplug import LoraplugError
+from loraplug.testing import run_cli, write_recipe
+from loraplug_diffusion.testing import draw_images, tiny_sd_recipe
+from loraplug_webdataset.options import WebDatasetOptions
+from loraplug_webdataset.stream import ShardStream
+
+
+def _stream(urls: str | list[str], *, rank: int = 0, world: int = 1, **options: object) -> tuple[ShardStream, list[str]]:
+    warnings: list[str] = []
+    parsed = WebDatasetOptions.model_validate({"urls": urls, **options})
+    return ShardStream(list(parsed.urls), parsed, rank=rank, world=world, seed=0, warn=warnings.append), warnings
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_pack_imagefolder_then_stream_gives_the_same_images_and_captions(tmp_path: Path) -> None:
+    images = draw_images(tmp_path / "pics", 5)
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "shards", "--maxcount", "2")
+    assert result.exit_code == 0, result.output
+    shards = sorted((tmp_path / "shards").glob("shard-*.tar"))
+    assert [s.name for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert "shard-{000000..000002}.tar" in result.stdout
+
+    stream, warnings = _stream(str(tmp_path / "shards" / "shard-{000000..000002}.tar"), shuffle_shards=False, shuffle_buffer=0)
+    records = list(stream)
+    assert not warnings and len(records) == 5
+    assert [r["caption"] for r in records] == [p.with_suffix(".txt").read_text().strip() for p in images]
+    from PIL import Image
+
+    assert list(records[0]["image"].getdata()) == list(Image.open(images[0]).getdata())
+    assert records[0]["id"] == "shard-000000.tar:00000000"
+
+
+def test_pack_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
+    draw_images(tmp_path / "pics", 2)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "mine.txt").write_text("keep me")
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "shards")
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "shards" / "mine.txt").read_text() == "keep me"
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "shards", "--overwrite")
+    assert result.exit_code == 0 and [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-000000.tar"]
+
+
+def test_pack_passes_options_to_the_data_kind_and_reports_its_errors(tmp_path: Path) -> None:
+    draw_images(tmp_path / "pics", 2, captions=False)
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "has no caption" in result.stderr and not (tmp_path / "a").exists()
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "b", "-o", "missing_caption=filename")
+    assert result.exit_code == 0, result.output
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "c", "-o", "missing_captions=empty")
+    assert result.exit_code == 2 and "missing_captions" in result.stderr
+
+
+def test_processes_and_workers_each_read_their_own_shards(tmp_path: Path) -> None:
+    draw_images(tmp_path / "pics", 12)
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "s", "--maxcount", "2").exit_code == 0
+    urls = str(tmp_path / "s" / "shard-{000000..000005}.tar")
+    per_rank = [[r["id"] for r in _stream(urls, rank=rank, world=2)[0]] for rank in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 6 and not set(per_rank[0]) & set(per_rank[1])
+
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Ids(IterableDataset):
+        def __init__(self, stream: ShardStream) -> None:
+            self.stream = stream
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return (r["id"] for r in self.stream)
+
+    stream, _ = _stream(urls, rank=1, world=2)
+    seen = list(DataLoader(Ids(stream), batch_size=None, num_workers=2))
+    assert sorted(seen) == sorted(per_rank[1])  # every shard of this rank once, across its two workers
+
+
+def test_corrupt_samples_and_broken_tars_are_skipped_and_counted(tmp_path: Path) -> None:
+    good = draw_images(tmp_path / "pics", 3)
+    png = [p.read_bytes() for p in good]
+    first = _tar(
+        tmp_path / "a.tar",
+        {"x0.png": png[0], "x0.txt": b"fine", "x1.png": b"\x89PNG broken", "x1.txt": b"broken image", "x2.txt": b"no image"},
+    )
+    full = _tar(tmp_path / "full.tar", {"y0.png": png[1], "y0.txt": b"fine too", "y1.png": png[2], "y1.txt": b"cut off"})
+    with tarfile.open(full) as tar:
+        cut = tar.getmember("y1.png").offset_data + 10
+    (tmp_path / "b.tar").write_bytes(full.read_bytes()[:cut])  # a download cut off in the middle of a member
+    stream, warnings = _stream([str(first), str(tmp_path / "b.tar")], shuffle_shards=False, shuffle_buffer=0, samples="image")
+    records = list(stream)
+    assert [r["caption"] for r in records] == ["fine", "fine too"]
+    assert "a.tar:x1" in warnings[0] and "image does not decode" in warnings[0]
+    assert "a.tar:x2" in warnings[1] and "no image" in warnings[1]
+    assert any("b.tar" in w and "reading the tar" in w for w in warnings[2:])
+    assert stream.skipped.count == len(warnings)
+
+    strict, _ = _stream([str(first)], on_corrupt="error", shuffle_buffer=0)
+    with pytest.raises(LoraplugError, match=r"Sample a.tar:x1 cannot be used"):
+        list(strict)
+
+
+def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
+    rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_cli("data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "5").exit_code == 0
+    stream, _ = _stream(str(tmp_path / "s" / "shard-{000000..000002}.tar"), shuffle_buffer=0, shuffle_shards=False)
+    records = list(stream)
+    assert records[0]["messages"] == [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "answer 0"}]
+    assert records[-1]["messages"][-1]["content"] == "hello" and len(records) == 13
+
+    recipe = write_recipe(
+        tmp_path / "text.toml",
+        {
+            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
+            "data": {"kind": "webdataset", "urls": "s/shard-{000000..000002}.tar"},
+            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
+            "adapter": {"kind": "lora", "r": 4},
+            "train": {"max_steps": 2, "batch_size": 4, "num_workers": 2},
+        },
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs" / "text" / "run.json").read_text())["step"] == 2
+
+
+def test_streamed_images_train_stable_diffusion(tmp_path: Path) -> None:
+    draw_images(tmp_path / "images", 6)
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "images", "--out", tmp_path / "s", "--maxcount", "3").exit_code == 0
+    recipe = tiny_sd_recipe(
+        tmp_path,
+        data={"kind": "webdataset", "urls": str(tmp_path / "s" / "shard-{000000..000001}.tar"), "val_urls": str(tmp_path / "s" / "shard-000001.tar")},
+        eval={"sample_prompts": []},
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "streamed data" in result.output
+    status = json.loads((tmp_path / "runs" / "tiny-sd" / "run.json").read_text())
+    assert status["data"]["shards"] == 2 and status["data"]["val samples"] == 3 and len(status["val_losses"]) == 2
+
+
+def test_missing_shards_and_too_few_shards_are_clear_errors(tmp_path: Path) -> None:
+    recipe = tiny_sd_recipe(tmp_path, data={"kind": "webdataset", "urls": "nowhere/shard-{0..1}.tar"})
+    result = run_cli("recipe", "check", recipe)
+    assert result.exit_code == 2 and "shard not found" in result.stderr and "nowhere/shard-0.tar" in result.stderr
+
+    from types import SimpleNamespace
+
+    from loraplug_webdataset.plugin import loraplug_load_data
+
+    draw_images(tmp_path / "pics", 2)
+    run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "s")
+    options = WebDatasetOptions.model_validate({"urls": str(tmp_path / "s" / "shard-000000.tar")})
+    ctx = SimpleNamespace(num_processes=2, process_index=0, seed=0, warn=print, recipe=SimpleNamespace(train=SimpleNamespace(num_workers=0)))
+    with pytest.raises(LoraplugError, match="1 shard\\(s\\) cannot be split over 2 processes"):
+        loraplug_load_data(kind="webdataset", options=options, ctx=ctx)
