@@ -53,22 +53,29 @@ def test_f1_against_labels(tmp_path: Path, lm_recipe, jsonl_file) -> None:
 
 
 def test_early_stopping_and_best_weights(tmp_path: Path, lm_recipe) -> None:
-    # min_delta is larger than any change a few steps can make, so only the baseline counts as an
-    # improvement: the run stops after `patience` evaluations and exports the baseline's weights.
+    # min_delta is larger than any change a few steps can make, so only the first evaluation after the
+    # baseline counts as an improvement: the run stops `patience` evaluations later and exports the
+    # weights of step 1, not the last ones. A constant schedule makes step 1 the same in a 1-step run.
     recipe = lm_recipe(
-        train={"max_steps": 20, "lr": 1e-3},
+        train={"max_steps": 20, "lr": 1e-3, "schedule": "constant"},
         eval={"every_n_steps": 1, "early_stopping_patience": 2, "early_stopping_min_delta": 100.0},
         export=[{"kind": "peft"}],
     )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
-    assert "early stopping at step 2" in result.stdout
-    assert "using the best weights, from step 0" in result.stdout
+    assert "early stopping at step 3" in result.stdout
+    assert "using the best weights, from step 1" in result.stdout
     record = status(tmp_path)
-    assert record["step"] == 2 and record["stopped_early"] is True
-    assert record["best"]["step"] == 0 and record["best"]["metric"] == "val_loss"
-    weights = load_file(str(tmp_path / "runs" / "tiny" / "adapter" / "adapter.safetensors"))
-    assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if "lora_B" in k)  # LoRA B starts at zero
+    assert record["step"] == 3 and record["stopped_early"] is True
+    assert record["best"]["step"] == 1 and record["best"]["metric"] == "val_loss"
+    assert [e["step"] for e in record["evaluations"]] == [0, 1, 2, 3]
+
+    one = run_cli("run", recipe, "run.name=one", "train.max_steps=1", "~eval.early_stopping_patience")
+    assert one.exit_code == 0, one.output
+    exported = load_file(str(tmp_path / "runs" / "tiny" / "adapter" / "adapter.safetensors"))
+    after_one = load_file(str(tmp_path / "runs" / "one" / "adapter" / "adapter.safetensors"))
+    assert all(torch.equal(exported[k], after_one[k]) for k in exported)
+    assert any(torch.count_nonzero(v) for k, v in exported.items() if "lora_B" in k)  # it did train
 
 
 def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, monkeypatch) -> None:

@@ -151,14 +151,15 @@ def train(
         result.evaluations.append((step, scores))
         sinks.log(step, scores, split="eval")
         improved = stop = False
-        if recipe.eval.monitor in scores or recipe.eval.early_stopping_patience:
+        # The baseline is logged but never "best": an untrained adapter is not what anyone exports.
+        if step > 0 and (recipe.eval.monitor in scores or recipe.eval.early_stopping_patience):
             improved, stop = tracker.update(progress, scores)
         if improved and recipe.eval.use_best:
             best_weights = trainable_state(model.module)  # a LoRA is small: keep the best in memory
-            if cfg.save_every_n_steps and step > 0:
+            if cfg.save_every_n_steps:
                 save(BEST)
         line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        live.note(f"step {step}: {line}{'  (best so far)' if improved and step > 0 else ''}")
+        live.note(f"step {step}: {line}{'  (best so far)' if improved else ''}")
         return stop
 
     micro_count = 0

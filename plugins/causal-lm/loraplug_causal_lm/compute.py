@@ -11,19 +11,29 @@ from loraplug_causal_lm.options import CausalLMOptions
 from loraplug_causal_lm.pack import attention_implementation, packed_labels, packed_model_inputs
 
 
+def forward(module: Any, batch: Batch) -> tuple[Any, Any, Any]:
+    """``(logits, labels, real)`` of a padded or packed batch, laid out alike.
+
+    ``real`` marks the positions that hold a token (not padding). Packed batches are fed with their
+    per-sample position ids and a block-diagonal mask, so no sample attends to another.
+    """
+    inputs = batch.inputs
+    if "segment_ids" in inputs:
+        implementation = attention_implementation(module)
+        logits = module(**packed_model_inputs(inputs, implementation), use_cache=False).logits
+        labels = packed_labels(inputs, implementation)
+        real = inputs["segment_ids"] >= 0
+        return logits, labels, real if labels.shape == real.shape else real[real][None]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
+    logits = module(input_ids=inputs["input_ids"], use_cache=False, **extra).logits
+    return logits, inputs["labels"], inputs["attention_mask"].bool()
+
+
 def loss_sum(module: Any, batch: Batch) -> StepResult:
     """Cross-entropy summed over target tokens (labels are pre-shifted, so no shift here)."""
     import torch.nn.functional as F
 
-    inputs = batch.inputs
-    if "segment_ids" in inputs:  # a packed batch: each sample attends to itself only
-        implementation = attention_implementation(module)
-        logits = module(**packed_model_inputs(inputs, implementation), use_cache=False).logits
-        labels = packed_labels(inputs, implementation)
-    else:
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
-        logits = module(input_ids=inputs["input_ids"], use_cache=False, **extra).logits
-        labels = inputs["labels"]
+    logits, labels, _ = forward(module, batch)
     targets = labels != IGNORE
     # Only target positions are upcast, which keeps float32 logits small for long prompts.
     loss = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")

@@ -37,7 +37,8 @@ def evaluation_set(ctx: RunContext, tokenizer: Any, max_samples: int) -> tuple[E
         prepared = ctx.prepared_data()
     except LoraplugError as exc:
         ids = tokenizer(PROBE_TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        batch = Batch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, num_targets=0, num_tokens=ids.numel())
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100)}
+        batch = Batch(inputs=inputs, num_targets=0, num_tokens=ids.numel())
         notes.append(f"the run's data could not be read again ({exc.what}): drift measured on a probe sentence, no perplexity")
         return EvalSet([batch], "a probe sentence", has_labels=False), notes
     if prepared.val:
@@ -63,13 +64,13 @@ def _device(module: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def logit_drift(reference: torch.nn.Module, quantized: torch.nn.Module, evalset: EvalSet) -> dict[str, float]:
     """Max and mean |quantized − unquantized| logit over every real (unpadded) position."""
+    from loraplug_causal_lm.compute import forward
+
     worst, total, count = 0.0, 0.0, 0
     for batch in evalset.batches:
-        mask = batch.inputs["attention_mask"].bool()
-        ids = batch.inputs["input_ids"]
-        want = reference(input_ids=ids.to(_device(reference)), attention_mask=mask.long().to(_device(reference))).logits
-        got = quantized(input_ids=ids.to(_device(quantized)), attention_mask=mask.long().to(_device(quantized))).logits
-        diff = (got.float().cpu() - want.float().cpu()).abs()[mask]
+        want, _, real = forward(reference, _on(batch, _device(reference)))
+        got, _, _ = forward(quantized, _on(batch, _device(quantized)))
+        diff = (got.float().cpu() - want.float().cpu()).abs()[real.cpu()]
         worst = max(worst, float(diff.max()))
         total += float(diff.sum())
         count += diff.numel()
