@@ -361,10 +361,16 @@ def execute(
         if before:
             _write_samples(run_dir, 0, before, sinks)
 
+        # The periodic samples of the last step, so the final ones are not generated and written twice
+        # when sample_every_n_steps divides the step count.
+        sampled: dict[int, list[Any]] = {}
+
         def on_step_end(step: int) -> None:
             every = recipe.eval.sample_every_n_steps
             if main and every and step % every == 0:
-                _write_samples(run_dir, step, generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx), sinks)
+                sampled.clear()
+                sampled[step] = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx)
+                _write_samples(run_dir, step, sampled[step], sinks)
             if main and step % recipe.train.log_every_n_steps == 0:
                 write_status(run_dir, step=step)
 
@@ -401,9 +407,12 @@ def execute(
         adapter_path = run_dir / ADAPTER_DIR / ADAPTER_FILE
         if main:
             save_trainable(model.module, adapter_path, metadata={"loraplug.recipe_hash": recipe.hash()})
-        after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
-        if after:
-            _write_samples(run_dir, result.steps, after, sinks)
+        # Best weights restored at the end change the model after the last periodic sample.
+        after = sampled.get(result.steps) if not result.restored_best else None
+        if after is None:
+            after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
+            if after:
+                _write_samples(run_dir, result.steps, after, sinks)
         if main:
             write_status(run_dir, status="exporting", step=result.steps)
         exports = [run_export(host, e, model, recipe, ctx, replace=False, adapter_path=adapter_path) for e in recipe.exports] if main else []

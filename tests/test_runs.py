@@ -211,3 +211,14 @@ def test_metrics_whose_names_clash_as_file_names_get_plots_of_their_own() -> Non
     plots = plan_plots(series)
     assert len({plot.file for plot in plots}) == len(plots) == 4
     assert sorted(key for plot in plots for key in plot.series) == sorted(series)
+
+
+def test_each_sample_step_is_logged_once(finished_run: Path) -> None:
+    # sample_every_n_steps = 2 divides the 4 steps: the last periodic samples are the final ones and
+    # must not be generated and logged a second time.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(finished_run / "tb"), size_guidance={"tensors": 0})
+    board.Reload()
+    steps = [event.step for event in board.Tensors("samples/0/text_summary")]
+    assert steps == [0, 2, 4]

@@ -59,6 +59,8 @@ class TrainResult:
     best: dict[str, Any] | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    # True when the best evaluation's weights replaced the last step's at the end.
+    restored_best: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -285,6 +287,7 @@ def train(
             load_weights(checkpoints.root / BEST, model.module)
         else:
             load_trainable_state(model.module, best_weights)
+        result.restored_best = True
         live.note(f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})")
     result.seconds = time.monotonic() - started
     # accelerate wrapped the module's forward in autocast; exports and samples after training must see
