@@ -60,7 +60,7 @@ MODEL = {
     "max_position_embeddings": MAX_LENGTH,
     "tie_word_embeddings": False,
 }
-WORDS = "rain sun wind snow fog cloud storm mild cold warm dry wet calm gust hail sleet frost dawn dusk haze".split()
+WORDS = ["rain", "sun", "wind", "snow", "fog", "cloud", "storm", "mild", "cold", "warm", "dry", "wet", "calm", "gust", "hail", "sleet", "frost", "dawn", "dusk", "haze"]
 
 
 # --- the shared inputs -----------------------------------------------------------------------------

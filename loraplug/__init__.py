@@ -5,7 +5,16 @@ Plugin authors need only what this module exports: ``hookimpl`` to mark hook imp
 for failures a user can fix. See docs/plugins.md.
 """
 
-from loraplug.bundles import Batch, DataBundle, ExportResult, ModelBundle, PreparedData, Record, Sample, StepResult
+from loraplug.bundles import (
+    Batch,
+    DataBundle,
+    ExportResult,
+    ModelBundle,
+    PreparedData,
+    Record,
+    Sample,
+    StepResult,
+)
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl

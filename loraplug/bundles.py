@@ -99,6 +99,8 @@ class PreparedData:
         processes`` indices; the loop gives each process its slice.
     :param sample_weights: a drawing weight per training sample: micro-batches are then drawn with
         replacement in proportion to them (``data.balance_by``). ``None``: every sample once per epoch.
+    :param unit: what a batch's ``num_tokens`` counts, for the throughput shown (``"tokens"``,
+        ``"images"``).
     """
 
     train: Sequence[Any] | Iterable[Any]
@@ -107,6 +109,7 @@ class PreparedData:
     summary: dict[str, Any] = field(default_factory=dict)
     plan_batches: Callable[[int, int, int], list[list[int]]] | None = None
     sample_weights: Sequence[float] | None = None
+    unit: str = "tokens"
 
 
 @dataclass

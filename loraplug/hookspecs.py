@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     import click
     from pydantic import BaseModel
 
-    from loraplug.bundles import Batch, DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
+    from loraplug.bundles import (
+        Batch,
+        DataBundle,
+        ExportResult,
+        ModelBundle,
+        PreparedData,
+        Sample,
+        StepResult,
+    )
     from loraplug.context import RunContext
     from loraplug.kinds import KindSpec
     from loraplug.training.sinks import MetricSink

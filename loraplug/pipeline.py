@@ -40,7 +40,6 @@ from loraplug.rundir import (
     write_status,
 )
 
-
 #: Libraries whose versions go into every export manifest, when installed.
 MANIFEST_LIBRARIES = (
     "torch", "accelerate", "safetensors", "transformers", "peft", "diffusers",
@@ -77,6 +76,8 @@ class RunOutcome:
     best: dict[str, Any] | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    # What tokens_per_second counts (PreparedData.unit): "tokens", "images".
+    unit: str = "tokens"
 
 
 def cache_dir() -> Path:
@@ -400,7 +401,7 @@ def execute(
             ctx=ctx,
             sinks=sinks,
             evaluate=evaluator,
-            display=lambda total, start: ProgressDisplay(console, total, enabled=main, start_step=start),
+            display=lambda total, start: ProgressDisplay(console, total, enabled=main, start_step=start, unit=prepared.unit),
             on_step_end=on_step_end,
             resume_from=checkpoint,
         )
@@ -464,14 +465,14 @@ def execute(
         best=result.best,
         stopped_early=result.stopped_early,
         resumed_from=result.resumed_from,
+        unit=prepared.unit,
     )
 
 
 def _cap(data: DataBundle, limit: int) -> DataBundle:
     from collections.abc import Sequence
-    from itertools import islice
-
     from dataclasses import replace
+    from itertools import islice
 
     train = list(data.train[:limit]) if isinstance(data.train, Sequence) else list(islice(data.train, limit))
     val = list(data.val[: max(2, limit // 4)]) if data.val else data.val

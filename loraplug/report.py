@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from loraplug.runinfo import RunInfo, human_size, read_run
 from loraplug.rundir import atomic_dir, atomic_write_text
+from loraplug.runinfo import RunInfo, human_size, read_run
 
 REPORT_FILE = "report.html"
 REPORT_DIR = "report"

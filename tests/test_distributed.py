@@ -50,12 +50,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, lm_r
     # only rank 0 writes: one metrics line per logged step, one header, one summary
     status = json.loads((runs / "two" / "run.json").read_text())
     assert status["processes"] == 2 and status["status"] == "finished"
-    train_steps = [json.loads(l)["step"] for l in (runs / "two" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    train_steps = [json.loads(row)["step"] for row in (runs / "two" / "metrics.jsonl").read_text().splitlines() if '"train"' in row]
     assert train_steps == sorted(set(train_steps))
     assert two.stdout.count("loraplug run two") == 1 and two.stdout.count("done 3 steps") == 1
     one_val = [e["val_loss"] for e in json.loads((runs / "one" / "run.json").read_text())["evaluations"]]
     two_val = [e["val_loss"] for e in status["evaluations"]]
-    assert one_val == torch.tensor(two_val).tolist() or max(abs(x - y) for x, y in zip(one_val, two_val)) < 1e-5
+    assert one_val == torch.tensor(two_val).tolist() or max(abs(x - y) for x, y in zip(one_val, two_val, strict=True)) < 1e-5
 
 
 def test_a_failing_process_stops_all_with_its_error_shown(tmp_path: Path, lm_recipe) -> None:

@@ -22,7 +22,7 @@ def test_generation_metrics_are_logged(tmp_path: Path, lm_recipe) -> None:
                              "generate_samples": 3, "every_n_steps": 2})  # fmt: skip
     result = run_cli("run", recipe, "train.max_steps=2")
     assert result.exit_code == 0, result.output
-    evals = [json.loads(l) for l in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    evals = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines() if '"eval"' in row]
     assert [e["step"] for e in evals] == [0, 2]
     for record in evals:
         assert {"val_loss", "perplexity", "bleu", "chrf", "rougeL", "distinct_1", "distinct_2", "exact_match"} <= record.keys()
@@ -90,8 +90,8 @@ def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, mon
         skipped = run_cli("run", lm_recipe(export=[]), "train.on_nan=skip", "--overwrite")
         assert skipped.exit_code == 0, skipped.output
         assert "skipped the update" in skipped.stdout
-        lines = [json.loads(l) for l in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
-        assert any(l.get("skipped_nan_steps") == 1 for l in lines)
+        lines = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+        assert any(row.get("skipped_nan_steps") == 1 for row in lines)
     finally:
         os.environ.pop("LORAPLUG_FAULT", None)
         faults.reset()

@@ -22,7 +22,7 @@ def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, lm_rec
     path = lm_recipe()
     text = path.read_text().replace("r = 4", "rr = 4")
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("rr ="))
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if text_line.startswith("rr ="))
     result = check(path)
     assert result.exit_code == 2
     assert f"unknown key `adapter.rr` ({path}:{line}); did you mean `adapter.r`?" in result.stderr

@@ -17,9 +17,9 @@ def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Pat
     assert resolved["train"]["max_steps"] == 4 and resolved["adapter"]["r"] == 4
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "finished" and status["step"] == 4
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if l["split"] == "train"] == [2, 4]
-    assert any(l["split"] == "eval" and "val_loss" in l for l in lines)
+    lines = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in lines if row["split"] == "train"] == [2, 4]
+    assert any(row["split"] == "eval" and "val_loss" in row for row in lines)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "adapter" / "adapter.safetensors").exists()
     assert json.loads((run_dir / "samples" / "step-000004.json").read_text())[0]["prompt"] == "q: rain"

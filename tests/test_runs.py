@@ -139,7 +139,7 @@ def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path,
     by_path = {Path(r["path"]).relative_to(runs).as_posix(): r for r in json.loads(listed.stdout)}
     assert set(by_path) == {"tiny", "smoke/tiny", "broken"}
     assert by_path["tiny"]["status"] == "finished" and by_path["tiny"]["step"] == 4 and by_path["tiny"]["total_steps"] == 4
-    val_losses = [json.loads(l)["val_loss"] for l in (finished_run / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
+    val_losses = [json.loads(row)["val_loss"] for row in (finished_run / "metrics.jsonl").read_text().splitlines() if "val_loss" in row]
     assert by_path["tiny"]["best"]["metric"] == "val_loss" and by_path["tiny"]["best"]["value"] == min(val_losses)
     assert by_path["broken"]["status"] == "failed" and by_path["broken"]["best"] is None
 

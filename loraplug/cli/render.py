@@ -89,6 +89,17 @@ def _short(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def shown(path: Path | str | None) -> str:
+    """``path`` as the user would type it: relative to the working directory when inside it."""
+    if path is None:
+        return ""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_summary(console: Console, outcome: object) -> None:
     from loraplug.pipeline import RunOutcome
 
@@ -97,18 +108,18 @@ def run_summary(console: Console, outcome: object) -> None:
     losses = f"; validation loss {val[0][1]:.3f} → {val[-1][1]:.3f}" if len(val) >= 2 else ""
     console.print(
         f"\n[bold green]done[/] {outcome.steps} steps in {outcome.seconds:.1f} s "
-        f"({outcome.tokens_per_second:,.0f} tokens/s){losses}"
+        f"({outcome.tokens_per_second:,.{1 if outcome.tokens_per_second < 10 else 0}f} {outcome.unit}/s){losses}"
     )
-    console.print(f"  run      {escape(str(outcome.run_dir))}")
-    console.print(f"  adapter  {escape(str(outcome.adapter_path))}")
+    console.print(f"  run      {escape(shown(outcome.run_dir))}")
+    console.print(f"  adapter  {escape(shown(outcome.adapter_path))}")
     for export in outcome.exports:
         state = f"[dim]{escape(export.loads_with)}[/]" if export.ok else "[red]failed[/]"
-        console.print(f"  export   {escape(str(export.path))}  {state}")
+        console.print(f"  export   {escape(shown(export.path))}  {state}")
         for note in export.notes:
             console.print(f"           [dim]{escape(note)}[/]")
     for before, after in zip(outcome.before, outcome.after, strict=False):
         if before.text is None:
-            console.print(f"  samples  {escape(str(before.image_path))} → {escape(str(after.image_path))}")
+            console.print(f"  samples  {escape(shown(before.image_path))} → {escape(shown(after.image_path))}")
             continue
         console.print(f"\n  [bold]prompt[/]  {escape(_short(before.prompt))}")
         console.print(f"  [bold]before[/]  {escape(_short(before.text))}")
@@ -186,7 +197,7 @@ def run_details(console: Console, info: RunInfo) -> None:
 
 def _figure(value: object) -> str | None:
     """A figure as table text; structured ones (shapes per input) stay in export.json."""
-    if isinstance(value, bool) or isinstance(value, int | str):
+    if isinstance(value, bool | int | str):
         return str(value)
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"

@@ -9,14 +9,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
-def _fmt_rate(tokens_per_s: float) -> str:
-    return f"{tokens_per_s / 1000:.1f}k" if tokens_per_s >= 1000 else f"{tokens_per_s:.0f}"
+def _fmt_rate(per_s: float) -> str:
+    if per_s >= 1000:
+        return f"{per_s / 1000:.1f}k"
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.1f}"
+
+
+# Short names of PreparedData.unit for the progress line; any other unit is shown as it is.
+SHORT_UNITS = {"tokens": "tok", "images": "img"}
 
 
 class ProgressDisplay:
-    """Shows step, loss, lr, tokens/s and ETA; silent on processes other than the main one."""
+    """Shows step, loss, lr, throughput (tokens/s, images/s) and ETA; silent on processes other than the main one."""
 
-    def __init__(self, console: Console, total_steps: int, *, enabled: bool, start_step: int = 0) -> None:
+    def __init__(
+        self, console: Console, total_steps: int, *, enabled: bool, start_step: int = 0, unit: str = "tokens"
+    ) -> None:
+        self.rate_label = f"{SHORT_UNITS.get(unit, unit)}/s"
         self.console = console
         self.total = total_steps
         self.enabled = enabled
@@ -31,7 +40,7 @@ class ProgressDisplay:
             self._progress = Progress(
                 TextColumn("[bold]step {task.completed}/{task.total}"),
                 BarColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} tok/s"),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} " + self.rate_label),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
@@ -54,7 +63,7 @@ class ProgressDisplay:
             done = step - self.start_step
             eta = elapsed / done * (self.total - step) if done else 0.0
             self.console.print(
-                f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {_fmt_rate(tokens_per_s)} tok/s  ETA {eta:.0f}s",
+                f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {_fmt_rate(tokens_per_s)} {self.rate_label}  ETA {eta:.0f}s",
                 highlight=False,
             )
 

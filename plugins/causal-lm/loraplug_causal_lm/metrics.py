@@ -45,9 +45,9 @@ def macro_f1(predictions: Sequence[str], labels: Sequence[str]) -> float:
     classes = set(labels)
     scores = []
     for cls in classes:
-        tp = sum(p == cls and l == cls for p, l in zip(predictions, labels, strict=True))
-        fp = sum(p == cls and l != cls for p, l in zip(predictions, labels, strict=True))
-        fn = sum(p != cls and l == cls for p, l in zip(predictions, labels, strict=True))
+        tp = sum(p == cls and label == cls for p, label in zip(predictions, labels, strict=True))
+        fp = sum(p == cls and label != cls for p, label in zip(predictions, labels, strict=True))
+        fn = sum(p != cls and label == cls for p, label in zip(predictions, labels, strict=True))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(scores) / len(scores) if scores else 0.0
 

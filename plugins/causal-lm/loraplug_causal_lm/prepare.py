@@ -13,7 +13,6 @@ from loraplug_causal_lm.encode import Encoded, Encoder, PadCollator, encode_all
 from loraplug_causal_lm.options import CausalLMOptions
 from loraplug_causal_lm.pack import PackedCollator, PackedRow, pack, packs_exactly
 
-
 STREAM_BLOCKER = "the training data is a stream (rows are planned over the whole list of samples)"
 
 

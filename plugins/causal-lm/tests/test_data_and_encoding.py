@@ -57,9 +57,10 @@ def test_chat_messages_train(lm_recipe, jsonl_file) -> None:
 def _encoder(max_length: int = 256, train_on_prompt: bool = False):
     import os
 
+    from transformers import AutoTokenizer
+
     from loraplug_causal_lm.encode import Encoder
     from loraplug_causal_lm.presets import preset_dir
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(preset_dir("tiny-llama", Path(os.environ["LORAPLUG_CACHE"])))
     return Encoder(tokenizer, max_length=max_length, train_on_prompt=train_on_prompt), tokenizer

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from loraplug.testing import run_cli
 from loraplug_causal_lm.testing import adapter_for_exactness
 

@@ -250,4 +250,5 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
         val=val_samples,
         summary=summary,
         plan_batches=plan,
+        unit="images",
     )

@@ -73,9 +73,9 @@ def test_transform_covers_the_target_then_crops_and_flips() -> None:
 
 
 def test_in_memory_images_stay_usable_after_being_checked_and_measured() -> None:
-    from loraplug_diffusion.images import check_image, image_size, load_rgb
-
     import io
+
+    from loraplug_diffusion.images import check_image, image_size, load_rgb
 
     buffer = io.BytesIO()
     Image.new("RGB", (40, 20), (1, 2, 3)).save(buffer, format="PNG")

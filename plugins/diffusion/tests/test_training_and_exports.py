@@ -33,6 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
+    (tmp / "output.txt").write_text(result.output)
     return tmp / "runs" / "tiny-sd"
 
 
@@ -88,6 +89,12 @@ def test_run_writes_adapter_sample_grids_and_checked_exports(trained: Path) -> N
     for name in ("diffusers", "kohya", "merged"):
         manifest = json.loads((trained / "exports" / name / "export.json").read_text())
         assert manifest["figures"]["max_abs_diff_vs_trained"] < 1e-4, manifest
+
+
+def test_throughput_is_shown_in_images_per_second(trained: Path) -> None:
+    output = (trained.parents[1] / "output.txt").read_text()
+    assert re.search(r"done 3 steps in [\d.]+ s \([\d.,]+ images/s\)", output), output
+    assert "tok/s" not in output and "tokens/s" not in output
 
 
 def test_diffusers_and_kohya_exports_draw_what_the_trained_model_draws(trained: Path) -> None:
