@@ -163,9 +163,9 @@ def run_when(info: RunInfo) -> str:
 
 def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
     if not runs:
-        console.print(f"No runs in {escape(str(root))}. `loraplug run RECIPE` writes one under runs/.")
+        console.print(f"No runs in {escape(shown(root))}. `loraplug run RECIPE` writes one under runs/.")
         return
-    table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
+    table = Table(title=f"runs in {escape(shown(root))}", title_justify="left")
     for column in ("run", "status", "steps", "best", "started"):
         table.add_column(column, justify="right" if column == "steps" else "left")
     for info in runs:
@@ -177,7 +177,7 @@ def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
 def run_details(console: Console, info: RunInfo) -> None:
     """What ``runs show`` prints: status, data, final metrics; the exports follow in their own table."""
     console.print(f"[bold]{escape(info.name)}[/] {status_text(info.status)}  step {run_steps(info)}  started {run_when(info)}")
-    console.print(f"  run dir  {escape(str(info.path))}")
+    console.print(f"  run dir  {escape(shown(info.path))}")
     if info.fields.get("error") and info.status != "finished":
         console.print(f"  [red]error[/]    {escape(str(info.fields['error']))}")
     if info.data:

@@ -54,7 +54,38 @@ def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, c
     model.module.save_pretrained(str(out_dir), safe_serialization=True)
     if options.model_card:
         (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
-    return ExportResult(loads_with="PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)")
+    figures = _check_written_adapter(model, out_dir) if options.check_parity else {}
+    return ExportResult(
+        figures=figures, loads_with="PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)"
+    )
+
+
+def _check_written_adapter(model: ModelBundle, out_dir: Path) -> dict[str, Any]:
+    """Read the adapter back as PeftModel.from_pretrained would and compare it with the trained weights.
+
+    Cheap (no second base model), and it catches what a user would otherwise find at load time: a
+    config peft cannot parse, missing or renamed tensors, weights saved in another dtype.
+    """
+    from peft import PeftConfig
+    from peft.utils import get_peft_model_state_dict, load_peft_weights
+
+    PeftConfig.from_pretrained(str(out_dir))
+    written = load_peft_weights(str(out_dir), device="cpu")
+    trained = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model.module).items()}
+    if written.keys() != trained.keys():
+        missing, extra = sorted(trained.keys() - written.keys()), sorted(written.keys() - trained.keys())
+        raise LoraplugError(
+            f"The written PEFT adapter's tensors do not match the trained adapter's (missing {missing[:3]}, "
+            f"unexpected {extra[:3]})",
+            fix="Report it to the authors of loraplug-causal-lm with the run's recipe.toml",
+        )
+    diff = max((float((written[k].float() - trained[k].float()).abs().max()) for k in trained), default=0.0)
+    if diff > 0:
+        raise LoraplugError(
+            f"The written PEFT adapter differs from the trained one by up to {diff:.2e}",
+            fix="Report it to the authors of loraplug-causal-lm with the run's recipe.toml",
+        )
+    return {"tensors_checked": len(trained), "max_abs_diff_vs_trained": diff}
 
 
 def _probe_logits(module: Any, tokenizer: Any) -> Any:

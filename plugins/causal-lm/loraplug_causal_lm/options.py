@@ -104,6 +104,9 @@ class PeftExportOptions(Options):
     """``[[export]] kind = "peft"``."""
 
     model_card: bool = Field(True, description="Write a README.md model card beside the adapter.")
+    check_parity: bool = Field(
+        True, description="Read the written adapter back with peft and compare every tensor with the trained one."
+    )
 
 
 class MergedExportOptions(Options):

@@ -54,6 +54,34 @@ def test_peft_export_loads_with_peft_and_matches(trained_run: Path) -> None:
     torch.testing.assert_close(logits, _trained_logits(trained_run, PROBE), rtol=0, atol=1e-5)
     untouched = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # from_pretrained adapted `base`
     assert not torch.allclose(logits, untouched(input_ids=PROBE).logits, atol=1e-3)  # the adapter matters
+    figures = json.loads((export / "export.json").read_text())["figures"]
+    assert figures["max_abs_diff_vs_trained"] == 0.0
+    from safetensors import safe_open
+
+    with safe_open(export / "adapter_model.safetensors", "pt") as written:
+        assert figures["tensors_checked"] == len(list(written.keys())) > 2  # LoRA A/B pairs and the saved lm_head
+
+
+def test_peft_export_check_catches_a_tensor_that_differs(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rich.console import Console
+    from safetensors.torch import load_file, save_file
+
+    from loraplug import LoraplugError
+    from loraplug.pipeline import load_run
+    from loraplug.plugins import PluginHost
+    from loraplug_causal_lm.export import _check_written_adapter
+
+    _, _, model = load_run(trained_run, PluginHost.load(), Console(quiet=True))
+    copy = shutil.copytree(trained_run / "exports" / "peft", tmp_path / "peft")
+    _check_written_adapter(model, copy)  # the written adapter passes as it is
+    tensors = load_file(copy / "adapter_model.safetensors")
+    name = next(k for k in tensors if "lora_B" in k)
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, copy / "adapter_model.safetensors")
+    with pytest.raises(LoraplugError, match="differs from the trained one by up to 1.00e-03"):
+        _check_written_adapter(model, copy)
 
 
 def test_merged_export_loads_with_transformers_and_matches(trained_run: Path) -> None:
