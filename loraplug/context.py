@@ -33,6 +33,8 @@ class RunContext:
     :param info: print a line for the user (main process only).
     :param warn: print a warning for the user (main process only).
     :param load_prepared_data: how :meth:`prepared_data` gets the run's data; set by the core.
+    :param final_metrics: the finished run's last training loss and last evaluation's scores
+        (``{"train_loss": 0.24, "val_loss": 0.25, ...}``), for model cards; empty until training ends.
     """
 
     recipe: Recipe
@@ -48,6 +50,7 @@ class RunContext:
     warn: Callable[[str], None] = _print
     extras: dict[str, Any] = field(default_factory=dict)
     load_prepared_data: Callable[[], PreparedData] | None = field(default=None, repr=False)
+    final_metrics: dict[str, float] = field(default_factory=dict)
 
     def prepared_data(self) -> PreparedData:
         """The run's prepared data (training and validation samples, ``collate``), for an export that

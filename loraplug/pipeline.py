@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -340,6 +341,7 @@ def execute(
         )
     sinks = Sinks([])
     status = "failed"
+    steps_done = {"step": resumed_step}  # updated after every optimizer step, for the failure record
     try:
         if main:
             extra = [s for s in host.broadcast("loraplug_metric_sinks", ctx=ctx) if s is not None]
@@ -367,6 +369,7 @@ def execute(
         sampled: dict[int, list[Any]] = {}
 
         def on_step_end(step: int) -> None:
+            steps_done["step"] = step
             every = recipe.eval.sample_every_n_steps
             if main and every and step % every == 0:
                 sampled.clear()
@@ -414,6 +417,7 @@ def execute(
             after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
             if after:
                 _write_samples(run_dir, result.steps, after, sinks)
+        ctx.final_metrics = final_metrics(result.train_loss, result.evaluations, result.best if result.restored_best else None)
         if main:
             write_status(run_dir, status="exporting", step=result.steps)
         exports = [run_export(host, e, model, recipe, ctx, replace=False, adapter_path=adapter_path) for e in recipe.exports] if main else []
@@ -421,9 +425,16 @@ def execute(
         status = "finished"
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
-        if main:
+        if main and aside is not None and steps_done["step"] == 0:
+            # Nothing was trained (bad data, a model that would not load): the replaced run goes back in
+            # place, so a typo with --overwrite costs nothing.
+            sinks.close(status)
+            shutil.rmtree(run_dir)
+            os.replace(aside, run_dir)
+            warn(f"this run failed before its first step: the previous run is back in {run_dir}")
+        elif main:
             error = exc.paragraph() if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
-            write_status(run_dir, status=status, error=error)
+            write_status(run_dir, status=status, error=error, step=steps_done["step"])
             write_report_or_warn(run_dir, warn)
             if aside is not None:
                 warn(f"the run you asked to overwrite is kept at {aside}")
@@ -447,8 +458,6 @@ def execute(
         )
         write_report_or_warn(run_dir, warn)
         if aside is not None:
-            import shutil
-
             shutil.rmtree(aside, ignore_errors=True)
     return RunOutcome(
         run_dir=run_dir,
@@ -467,6 +476,19 @@ def execute(
         resumed_from=result.resumed_from,
         unit=prepared.unit,
     )
+
+
+def final_metrics(
+    train_loss: float | None, evaluations: list[tuple[int, dict[str, float]]], best: dict[str, Any] | None
+) -> dict[str, float]:
+    """The figures a model card shows: the last training loss, and the scores of the evaluation whose
+    weights are exported — the best one when ``eval.use_best`` restored it, otherwise the last."""
+    figures = {} if train_loss is None else {"train_loss": round(train_loss, 4)}
+    chosen = [e for e in evaluations if best and e[0] == best.get("step")] or evaluations[-1:]
+    for step, scores in chosen:
+        figures.update({name: round(value, 4) for name, value in scores.items()})
+        figures["evaluated_at_step"] = step
+    return figures
 
 
 def _cap(data: DataBundle, limit: int) -> DataBundle:
@@ -499,14 +521,20 @@ def load_run(
             fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart",
         )
     recipe = load_recipe(recipe_path, host, check_files=False)
+    status = read_status(run_dir) or {}
+    evaluations = [(e.get("step", 0), {k: v for k, v in e.items() if k != "step"}) for e in status.get("evaluations") or []]
     ctx = RunContext(
         recipe=recipe,
         run_dir=run_dir,
         cache_dir=cache_dir(),
-        smoke=bool((read_status(run_dir) or {}).get("smoke")),
+        smoke=bool(status.get("smoke")),
         seed=recipe.run.seed,
         info=lambda m: console.print(m, highlight=False),
         warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
+        # A checkpoint's weights are not the finished run's: its card gets no final figures.
+        final_metrics=final_metrics(status.get("train_loss"), evaluations, status.get("best") if recipe.eval.use_best else None)
+        if adapter_path is None
+        else {},
     )
     model = build_stages(host, recipe, ctx)
     if with_adapter:

@@ -22,6 +22,7 @@ from loraplug.errors import LoraplugError
 STATUS_FILE = "run.json"
 RECIPE_FILE = "recipe.toml"
 ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_FILE = "adapter.safetensors"
 SAMPLES_DIR = "samples"
 METRICS_FILE = "metrics.jsonl"
@@ -108,6 +109,17 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
+def _failed_before_training(run_dir: Path, status: dict[str, Any] | None) -> bool:
+    return (
+        status is not None
+        and status.get("status") == "failed"
+        and not status.get("step")
+        and not status.get("resumed_at_step")
+        and not any((run_dir / CHECKPOINTS_DIR).glob("step-*"))
+        and not (run_dir / ADAPTER_DIR).exists()
+    )
+
+
 def claim_run_dir(run_dir: Path, *, overwrite: bool) -> Path | None:
     """Make ``run_dir`` ready for a new run without destroying anything the user has not agreed to.
 
@@ -116,6 +128,12 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool) -> Path | None:
     """
     if run_dir.exists() and any(run_dir.iterdir()):
         status = read_status(run_dir)
+        if _failed_before_training(run_dir, status):
+            # A failed attempt that trained nothing holds nothing to lose: its error was shown when it
+            # failed, and rerunning after a fix must not need --overwrite.
+            shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            return None
         if not overwrite:
             if status is None:
                 what = "is not empty and is not a loraplug run directory"

@@ -62,6 +62,24 @@ def test_export_kind_is_checked_against_the_model_kind(lm_recipe) -> None:
     assert "`export[1].kind` = 'nonesuch'" in result.stderr
 
 
+def test_bad_model_options_do_not_make_adapter_and_export_kinds_ambiguous(lm_recipe) -> None:
+    # The model kind is known even when its options fail: [adapter] and [[export]] are still checked
+    # against it, and no false "served by more than one plugin" error appears.
+    result = check(lm_recipe(model={"max_length": 0}, adapter={"alpah": 3}, export=[{"kind": "merged"}]))
+    assert result.exit_code == 2
+    assert "2 problems" in result.stderr, result.stderr
+    assert "`model.max_length` = 0" in result.stderr and "did you mean `adapter.alpha`?" in result.stderr
+    assert "more than one plugin" not in result.stderr
+
+
+def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_model(lm_recipe) -> None:
+    result = check(lm_recipe(model={"kind": "causal-llm"}, export=[{"kind": "merged"}]))
+    assert result.exit_code == 2
+    assert "1 problem" in result.stderr or "has a problem" in result.stderr, result.stderr
+    assert "Did you mean 'causal-lm'?" in result.stderr
+    assert "more than one plugin" not in result.stderr
+
+
 def test_overrides_are_applied_and_checked(lm_recipe) -> None:
     path = lm_recipe()
     result = run_cli("recipe", "check", path, "train.lr=1e-4", "adapter.target_modules=[\"q_proj\"]", "--resolved")

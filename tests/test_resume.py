@@ -27,12 +27,13 @@ STEPS, SAVE_EVERY, ACCUMULATION = 8, 2, 2
 @pytest.fixture
 def resumable(lm_recipe):
     def make(name: str, **train):
+        settings = {"max_steps": STEPS, "batch_size": 3, "grad_accum_steps": ACCUMULATION,
+                    "save_every_n_steps": SAVE_EVERY, "lr": 5e-3, **train}  # fmt: skip
         return lm_recipe(
             run={"name": name},
             data={"val_fraction": 0.0},
             adapter={"dropout": 0.1},
-            train={"max_steps": STEPS, "batch_size": 3, "grad_accum_steps": ACCUMULATION,
-                   "save_every_n_steps": SAVE_EVERY, "lr": 5e-3, **train},  # fmt: skip
+            train={k: v for k, v in settings.items() if v is not None},  # None: leave the key out
             eval={"sample_prompts": []},
             export=[],
         )
@@ -122,8 +123,13 @@ def test_full_disk_while_saving_keeps_the_last_whole_checkpoint(tmp_path: Path, 
     assert run_cli("run", recipe, "--resume").exit_code == 0
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(tmp_path: Path, resumable) -> None:
-    recipe = resumable("signalled", max_steps=400, save_every_n_steps=1000, log_every_n_steps=1)
+@pytest.mark.parametrize(
+    ("stop", "save_every"),
+    [(signal.SIGTERM, 1000), (signal.SIGINT, None)],  # SIGINT = Ctrl-C, with periodic checkpoints off
+    ids=["SIGTERM", "SIGINT-no-periodic-checkpoints"],
+)
+def test_a_signal_saves_a_checkpoint_and_stops(tmp_path: Path, resumable, stop: signal.Signals, save_every: int | None) -> None:
+    recipe = resumable("signalled", max_steps=400, save_every_n_steps=save_every, log_every_n_steps=1)
     env = {**os.environ, "LORAPLUG_FAULT": ""}
     proc = subprocess.Popen([sys.executable, "-m", "loraplug", "run", str(recipe)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -132,10 +138,10 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path: Path, resumable) -> None
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
-    assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
+    assert f"Stopped by {stop.name}" in stderr and "a checkpoint was saved" in stderr and "--resume" in stderr
     status = json.loads((tmp_path / "runs" / "signalled" / "run.json").read_text())
     assert status["status"] == "interrupted"
     saved = list((tmp_path / "runs" / "signalled" / "checkpoints").glob("step-*"))

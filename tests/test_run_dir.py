@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -42,15 +45,43 @@ def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, lm_rec
     assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
 
 
-def test_failed_overwrite_keeps_the_previous_run(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_path: Path, lm_recipe, jsonl_file) -> None:
     recipe = lm_recipe(export=[])
     assert run_cli("run", recipe).exit_code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    adapter = (run_dir / "adapter" / "adapter.safetensors").read_bytes()
     empty = jsonl_file("empty.jsonl", [])
     failed = run_cli("run", recipe, f"data.path={json_str(empty)}", "--overwrite")
     assert failed.exit_code == 2
+    assert "No training samples" in failed.stderr
+    assert f"the previous run is back in {run_dir}" in failed.stdout + failed.stderr
+    assert (run_dir / "adapter" / "adapter.safetensors").read_bytes() == adapter
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
+
+
+def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_aside(tmp_path: Path, lm_recipe) -> None:
+    recipe = lm_recipe(export=[])
+    assert run_cli("run", recipe).exit_code == 0
+    # The new run trains step 1, then fails in step 2.
+    env = {**os.environ, "LORAPLUG_FAULT": "raise:step=2"}
+    failed = subprocess.run([sys.executable, "-m", "loraplug", "run", str(recipe), "--overwrite"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert failed.returncode != 0 and "injected failure" in failed.stderr, failed.stderr
     kept = list((tmp_path / "runs").glob(".tiny.replaced-*"))
     assert len(kept) == 1 and (kept[0] / "adapter" / "adapter.safetensors").exists()
     assert "kept at" in failed.stderr + failed.stdout
+    status = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
+    assert status["status"] == "failed" and status["step"] == 1
+
+
+def test_a_run_that_failed_before_training_is_replaced_without_the_flag(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    empty = jsonl_file("empty.jsonl", [])
+    recipe = lm_recipe(export=[])
+    assert run_cli("run", recipe, f"data.path={json_str(empty)}").exit_code == 2
+    assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["status"] == "failed"
+    fixed = run_cli("run", recipe)  # the data fixed: no --overwrite needed, nothing was trained
+    assert fixed.exit_code == 0, fixed.output
 
 
 def json_str(path: Path) -> str:

@@ -98,7 +98,8 @@ class EvalSection(Options):
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts sampled before training, periodically and after.")
     sample_every_n_steps: PositiveInt | None = Field(None, description="Also sample every this many steps.")
     metrics: list[str] = Field(
-        default_factory=list, description="Metrics besides val_loss, e.g. perplexity, bleu, chrf, rougeL, distinct, exact_match, f1."
+        default_factory=list, description="Metrics besides val_loss, served per model kind (`loraplug recipe keys` lists them): causal-lm has "
+        "perplexity, bleu, chrf, rougeL, distinct_1, distinct_2, exact_match, f1."
     )
     generate_samples: PositiveInt = Field(32, description="Validation samples generated for generation metrics.")
     monitor: str = Field("val_loss", description="The score that picks the best checkpoint and drives early stopping.")

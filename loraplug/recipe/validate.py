@@ -101,6 +101,18 @@ class _Checker:
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
 
+def _known_model_kind(table: Any, host: PluginHost) -> str | None:
+    """The raw ``model.kind`` when an installed plugin serves it, even if its options failed to validate."""
+    kind = table.get("kind") if isinstance(table, dict) else None
+    if not isinstance(kind, str):
+        return None
+    try:
+        host.lookup("model", kind)
+    except LoraplugError:
+        return None
+    return kind
+
+
 def load_recipe(
     path: Path,
     host: PluginHost,
@@ -128,9 +140,12 @@ def load_recipe(
     train = checker.check(TrainSection, raw.get("train", {}), ("train",))
     evaluation = checker.check(EvalSection, raw.get("eval", {}), ("eval",))
     model = checker.kind_section("model", raw.get("model"), ("model",), None)
-    model_kind = model.kind if model else None
+    model_kind = model.kind if model else _known_model_kind(raw.get("model"), host)
+    # Adapter, export and metric kinds are served per model kind: with no known model kind they cannot
+    # be told apart, so they wait until model.kind is fixed rather than report false conflicts.
+    scoped = model_kind is not None
     data = checker.kind_section("data", raw.get("data"), ("data",), model_kind)
-    adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind)
+    adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
 
     exports: list[ExportSection] = []
     raw_exports = raw.get("export", [])
@@ -140,7 +155,7 @@ def load_recipe(
         checker.problems.append(f"`export` must be [[export]] tables ({source.where(('export',))})")
         raw_exports = []
     names: dict[str, int] = {}
-    for index, table in enumerate(raw_exports):
+    for index, table in enumerate(raw_exports if scoped else []):
         section = checker.kind_section("export", table, ("export", index), model_kind)
         if section is None:
             continue
@@ -154,7 +169,7 @@ def load_recipe(
         exports.append(ExportSection(section.kind, section.options, section.served, name=name))
 
     metrics: dict[str, Any] = {}
-    if evaluation is not None:
+    if evaluation is not None and scoped:
         for index, name in enumerate(evaluation.metrics):
             try:
                 metrics[name] = host.lookup("metric", name, model_kind)

@@ -21,13 +21,12 @@ from typing import Any
 import torch
 
 from loraplug.errors import LoraplugError
-from loraplug.rundir import ADAPTER_FILE, atomic_write_json
+from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json
 from loraplug.training import faults
 from loraplug.training.batches import Position
 from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
 from loraplug.training.weights import load_trainable, save_trainable
 
-CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "checkpoint.json"
 BEST = "best"
 

@@ -126,7 +126,7 @@ def train(
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = MicroBatches(prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=rank, world=world, num_workers=cfg.num_workers)
     steps = total_steps(recipe, batches.per_epoch(), recipe.data.kind)
-    optimizer = build_optimizer(model.module, cfg, model.lr_scales)
+    optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device)
     scheduler = build_scheduler(optimizer, cfg, steps)
     module, optimizer = accelerator.prepare(model.module, optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -261,15 +261,13 @@ def train(
             if on_step_end is not None:
                 on_step_end(step)
             interrupted = _agreed(accelerator, bool(signals))
-            if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or interrupted):
+            # A signal always saves, checkpointing on or off: Ctrl-C must never cost the steps done.
+            if interrupted or (cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0):
                 save(step_name(step))
             if interrupted:
                 raise Interrupted(
-                    f"Stopped by {signals[0] if signals else 'a signal'} at step {step}"
-                    + ("; a checkpoint was saved" if cfg.save_every_n_steps else ""),
-                    fix="Continue with `loraplug run RECIPE --resume`"
-                    if cfg.save_every_n_steps
-                    else "Set train.save_every_n_steps to make runs resumable",
+                    f"Stopped by {signals[0] if signals else 'a signal'} at step {step}; a checkpoint was saved",
+                    fix="Continue with `loraplug run RECIPE --resume`",
                 )
             if stop:
                 result.stopped_early = True

@@ -18,8 +18,15 @@ def _decays(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim >= 2 and "norm" not in name.lower()
 
 
-def build_optimizer(module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float]) -> torch.optim.AdamW:
-    """AdamW on exactly the parameters that require gradients, grouped by decay and lr scale."""
+def build_optimizer(
+    module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float], device: torch.device | None = None
+) -> torch.optim.AdamW:
+    """AdamW on exactly the parameters that require gradients, grouped by decay and lr scale.
+
+    :param device: where training will run. The optimizer is built before accelerate moves the model
+        there, so the parameters' own device would say CPU; fused AdamW (one kernel for all
+        parameters) is used on CUDA.
+    """
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
@@ -35,7 +42,8 @@ def build_optimizer(module: torch.nn.Module, train: TrainSection, lr_scales: Map
         {"params": params, "weight_decay": train.weight_decay if decays else 0.0, "lr": train.lr * scale}
         for (decays, scale), params in groups.items()
     ]
-    fused = all(p.is_cuda for g in param_groups for p in g["params"])
+    on_cuda = (device.type == "cuda") if device is not None else all(p.is_cuda for g in param_groups for p in g["params"])
+    fused = on_cuda and all(p.is_floating_point() for g in param_groups for p in g["params"])
     return torch.optim.AdamW(param_groups, lr=train.lr, betas=train.betas, eps=train.eps, fused=fused or None)
 
 

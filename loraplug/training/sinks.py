@@ -94,5 +94,7 @@ class Sinks:
             sink.log_image(step, name, path)
 
     def close(self, status: str) -> None:
-        for sink in self.sinks:
+        """Close every sink once; later calls do nothing."""
+        closing, self.sinks = self.sinks, []
+        for sink in closing:
             sink.close(status)

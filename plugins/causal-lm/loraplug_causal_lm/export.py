@@ -17,8 +17,7 @@ INT8_TOLERANCE = 5e-2
 
 
 def _model_card(model: ModelBundle, ctx: RunContext) -> str:
-    status = ctx.extras.get("final_metrics", {})
-    metrics = "\n".join(f"- {k}: {v}" for k, v in status.items()) or "- (see the run's metrics.jsonl)"
+    metrics = "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
     return f"""---
 library_name: peft
 base_model: {model.base}

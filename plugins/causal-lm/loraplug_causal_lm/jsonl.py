@@ -51,22 +51,25 @@ def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
     records: list[Record] = []
     skipped: list[str] = []
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 — closed by the with below
+        # Bytes, decoded line by line: a line that is not UTF-8 is one bad line, named like any other.
+        handle = open(path, "rb")  # noqa: SIM115 — closed by the with below
     except OSError as exc:
         raise LoraplugError(f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions") from exc
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BadLine(f"not UTF-8 text (byte {exc.start + 1}); save the file as UTF-8") from exc
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
                 messages, extras = parse_line(obj)
-            except UnicodeDecodeError as exc:
-                raise LoraplugError(f"{path} is not UTF-8 text", where=where, fix="Save the file as UTF-8") from exc
             except BadLine as exc:
                 if not skip_bad:
                     raise LoraplugError(

@@ -20,6 +20,23 @@ def test_malformed_line_is_an_error_naming_file_and_line(lm_recipe, jsonl_file, 
     assert "Traceback" not in result.output
 
 
+def test_a_line_that_is_not_utf8_is_a_bad_line_named_by_number(tmp_path: Path, chat_rows) -> None:
+    import pytest
+
+    from loraplug import LoraplugError
+    from loraplug_causal_lm.jsonl import read_jsonl
+
+    lines = [json.dumps(r).encode() for r in chat_rows(4)]
+    lines[2] = '{"prompt": "café", "response": "ok"}'.encode("latin-1")  # saved by an editor in Latin-1
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")  # with a byte-order mark, as Notepad writes
+    with pytest.raises(LoraplugError, match="Line 3 of mixed.jsonl is malformed: not UTF-8 text") as caught:
+        read_jsonl(path, skip_bad=False)
+    assert caught.value.where == f"{path}:3"
+    records, skipped = read_jsonl(path, skip_bad=True)
+    assert len(records) == 3 and skipped == ["line 3: not UTF-8 text (byte 16); save the file as UTF-8"]
+
+
 def test_wrong_shape_line_says_which_keys_it_has(lm_recipe, jsonl_file) -> None:
     data = jsonl_file("shape.jsonl", [{"text": "hello"}])
     result = run_cli("run", lm_recipe(data={"path": str(data)}))

@@ -46,6 +46,10 @@ def test_peft_export_loads_with_peft_and_matches(trained_run: Path) -> None:
 
     export = trained_run / "exports" / "peft"
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "export.json"} <= {p.name for p in export.iterdir()}
+    card = (export / "README.md").read_text()
+    status = json.loads((trained_run / "run.json").read_text())
+    assert f"- train_loss: {round(status['train_loss'], 4)}" in card
+    assert f"- val_loss: {round(status['evaluations'][-1]['val_loss'], 4)}" in card
     config = json.loads((export / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, export).eval()
