@@ -127,6 +127,7 @@ def validation_loss(model: Any, tokenizer: Any, work: Path) -> float:
     """Mean cross-entropy per response token over the held-out samples; the same code for every setup."""
     import torch
 
+    from loraplug.training.batches import move_to
     from loraplug_causal_lm.compute import loss_sum
     from loraplug_causal_lm.encode import Encoder, PadCollator
 
@@ -134,10 +135,11 @@ def validation_loss(model: Any, tokenizer: Any, work: Path) -> float:
     samples = [encoder.encode(r) for r in records(work / "val.jsonl")]
     collate = PadCollator(tokenizer.pad_token_id)
     model.eval()
+    on = next(model.parameters()).device  # wherever the setup left it (HF Trainer moves it to CUDA)
     total, targets = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(samples), 8):
-            result = loss_sum(model, collate(samples[start : start + 8]))
+            result = loss_sum(model, move_to(collate(samples[start : start + 8]), on))
             total += float(result.loss_sum)
             targets += result.num_targets
     return total / targets
@@ -167,7 +169,22 @@ class Timer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _synchronize()  # CUDA kernels still queued belong to the timed block
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def device() -> Any:
+    """Where the setups that do not place the model themselves (bare loop, shared evaluator) run."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def peak_memory_mib() -> float:
@@ -296,7 +313,7 @@ def run_bare(work: Path) -> dict[str, Any]:
 
     from loraplug import DataBundle, ModelBundle, RunContext
     from loraplug.recipe.sections import TrainSection
-    from loraplug.training.batches import MicroBatches
+    from loraplug.training.batches import MicroBatches, move_to
     from loraplug.training.optim import build_optimizer, build_scheduler
     from loraplug_causal_lm.compute import loss_sum
     from loraplug_causal_lm.options import CausalLMOptions
@@ -311,7 +328,8 @@ def run_bare(work: Path) -> dict[str, Any]:
     cfg = TrainSection(lr=LR, epochs=1, batch_size=PACKED_BATCH)
     batches = MicroBatches(prepared, batch_size=PACKED_BATCH, seed=seed, rank=0, world=1, num_workers=0)
     steps = math.ceil(batches.per_epoch() or 0)
-    optimizer = build_optimizer(model, cfg, {})
+    model.to(device())  # as accelerate does for loraplug
+    optimizer = build_optimizer(model, cfg, {}, device=device())
     scheduler = build_scheduler(optimizer, cfg, steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -319,7 +337,7 @@ def run_bare(work: Path) -> dict[str, Any]:
     stream = batches.iterate()
     with Timer() as timer:
         for _ in range(steps):
-            batch = next(stream)[1]
+            batch = move_to(next(stream)[1], device())
             result = loss_sum(model, batch)
             (result.loss_sum / result.num_targets).backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)

@@ -76,6 +76,9 @@ def test_broken_plugin_is_listed_with_its_error_and_skipped(tmp_path: Path) -> N
     other = loraplug(site, "recipe", "check", "missing.toml")
     assert "warning: plugin loraplug_broken" in other.stderr
     assert "Traceback" not in other.stderr
+    keys = loraplug(site, "recipe", "keys", "--markdown")
+    assert keys.returncode == 0 and "warning: plugin loraplug_broken" in keys.stderr
+    assert "warning" not in keys.stdout  # the Markdown stays clean
 
 
 def test_strict_mode_makes_a_broken_plugin_fatal(tmp_path: Path) -> None:

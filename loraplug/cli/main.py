@@ -119,6 +119,7 @@ def recipe_keys(markdown: bool, first_party: bool) -> None:
     """Every recipe key of the core and of each installed kind: type, default, meaning."""
     from loraplug.recipe import reference
 
+    warn_broken_plugins()  # on stderr: the Markdown on stdout stays clean
     loaded = host()
     dists = {r.distribution for r in loaded.records if r.distribution in FIRST_PARTY} if first_party else None
     if markdown:

@@ -97,10 +97,11 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     import click
     from pydantic import ValidationError
 
-    from loraplug.cli.main import host
+    from loraplug.cli.main import host, warn_broken_plugins
     from loraplug.context import RunContext
     from loraplug.pipeline import cache_dir
 
+    warn_broken_plugins()
     plugins = host()
     served = plugins.lookup("data", kind)
     values = {"path": str(source.absolute()), **parse_settings(settings)}
