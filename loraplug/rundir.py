@@ -79,20 +79,54 @@ def build_once(final: Path, build: Callable[[Path], None], *, marker: str) -> Pa
     """A cached directory (a tiny model preset…), built by ``build`` on first use; ``final/marker`` says it is done.
 
     ``build`` writes into a temporary sibling that is renamed into place, so parallel processes (test
-    workers) never see half of one; when two build at once, the first rename wins and the other's
-    identical copy is dropped.
+    workers, the ranks of a distributed run) never see half of one; when two build at once, the first
+    rename wins and the other's identical copy is dropped.
+
+    In a distributed run the build happens in a fresh subprocess: transformers' ``save_pretrained``
+    writes nothing on any rank but 0 once ``torch.distributed`` is initialised, which would leave a
+    preset without its weights. ``build`` must then be a module-level function.
     """
     if (final / marker).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
+    if _distributed_initialized():
+        _build_in_subprocess(build, tmp)
+    else:
+        build(tmp)
+    if not (tmp / marker).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LoraplugError(
+            f"Building {final.name} wrote no {marker}",
+            fix=f"Report it with the output above; removing {final.parent} and running again rebuilds every preset",
+        )
     try:
         os.replace(tmp, final)
     except OSError:  # another process finished first; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _distributed_initialized() -> bool:
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never import torch just to ask
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
+def _build_in_subprocess(build: Callable[[Path], None], target: Path) -> None:
+    import subprocess
+    import sys
+
+    code = f"from {build.__module__} import {build.__qualname__} as build; build(__import__('pathlib').Path({str(target)!r}))"
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LoraplugError(f"Building {target.name.lstrip('.')} failed: {last}", fix="Run again with --debug, or report it")
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
