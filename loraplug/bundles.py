@@ -37,6 +37,8 @@ class DataBundle:
     :param weights: set by the core from ``data.balance_by`` / ``data.weight_by``: one drawing weight
         per training record. A model plugin that drops samples must hand them on as
         ``PreparedData.sample_weights``, one per encoded sample, and must not pack samples together.
+    :param final_summary: for streams, counts known only once training has read them (corrupt samples
+        skipped); the core adds what it returns to the data summary in ``run.json`` when training ends.
     """
 
     train: Sequence[Record] | Iterable[Record]
@@ -44,6 +46,7 @@ class DataBundle:
     summary: dict[str, Any] = field(default_factory=dict)
     report: DataReport | None = None
     weights: Sequence[float] | None = None
+    final_summary: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass

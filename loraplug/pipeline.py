@@ -417,6 +417,12 @@ def execute(
             after = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main else []
             if after:
                 _write_samples(run_dir, result.steps, after, sinks)
+        if data.final_summary is not None:  # streams: what reading them found (corrupt samples skipped)
+            as_read = data.final_summary()
+            summary.update(as_read)
+            info("data, as read: " + ", ".join(f"{k} {v}" for k, v in as_read.items()))
+            if main:
+                write_status(run_dir, data=summary)
         ctx.final_metrics = final_metrics(result.train_loss, result.evaluations, result.best if result.restored_best else None)
         if main:
             write_status(run_dir, status="exporting", step=result.steps)

@@ -46,7 +46,14 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
             f"{len(shards)} shard(s) for {world} process(es) × {workers} DataLoader worker(s): "
             "some workers will have nothing to read"
         )
-    train = ShardStream(shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn)
+    import multiprocessing
+
+    # Inherited by the DataLoader's workers, so skips counted there reach this process's summary.
+    skipped = multiprocessing.Value("q", 0)
+    train = ShardStream(
+        shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn, skipped_total=skipped
+    )
+    mine = " (this process's shards)" if world > 1 else ""
     val = None
     summary: dict[str, Any] = {"shards": len(shards), "train samples": "streamed"}
     if options.val_urls:
@@ -57,7 +64,9 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
         summary["val samples"] = len(val)
         if reader.skipped.count:
             summary["skipped val samples"] = reader.skipped.count
-    return DataBundle(train=train, val=val, summary=summary)
+    return DataBundle(
+        train=train, val=val, summary=summary, final_summary=lambda: {f"skipped train samples{mine}": skipped.value}
+    )
 
 
 @hookimpl

@@ -33,9 +33,14 @@ class SkipCounter:
     warn: Callable[[str], None]
     count: int = 0
     first: list[str] = field(default_factory=list)
+    # A multiprocessing.Value shared with the DataLoader's worker processes: the run's total.
+    total: Any = None
 
     def skip(self, where: str, why: str) -> None:
         self.count += 1
+        if self.total is not None:
+            with self.total.get_lock():
+                self.total.value += 1
         if len(self.first) < 5:
             self.first.append(f"{where}: {why}")
         if self.count <= 5 or self.count % 100 == 0:
@@ -124,6 +129,7 @@ class ShardStream:
         seed: int,
         warn: Callable[[str], None],
         shuffle: bool = True,
+        skipped_total: Any = None,
     ) -> None:
         self.shards = shards
         self.options = options
@@ -131,7 +137,7 @@ class ShardStream:
         self.world = world
         self.seed = seed
         self.shuffle = shuffle
-        self.skipped = SkipCounter(warn)
+        self.skipped = SkipCounter(warn, total=skipped_total)
         self._epoch = 0
 
     def _handler(self, exc: Exception) -> bool:

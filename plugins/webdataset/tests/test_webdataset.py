@@ -140,6 +140,29 @@ def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "runs" / "text" / "run.json").read_text())["step"] == 2
 
 
+def test_samples_skipped_by_dataloader_workers_are_counted_in_the_run(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(8)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_cli("data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "4").exit_code == 0
+    _tar(tmp_path / "s" / "bad.tar", {"b0.json": b"{not json", "b1.json": b'{"prompt": "q", "response": "a"}'})
+    recipe = write_recipe(
+        tmp_path / "text.toml",
+        {
+            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
+            # worker 0 reads bad.tar first, worker 1 the first packed shard
+            "data": {"kind": "webdataset", "urls": ["s/bad.tar", "s/shard-000000.tar", "s/shard-000001.tar"],
+                     "shuffle_shards": False, "shuffle_buffer": 0},
+            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
+            "adapter": {"kind": "lora", "r": 4},
+            "train": {"max_steps": 2, "batch_size": 1, "num_workers": 2},
+        },
+    )  # fmt: skip
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "data, as read: skipped train samples 1" in result.output
+    assert json.loads((tmp_path / "runs" / "text" / "run.json").read_text())["data"]["skipped train samples"] == 1
+
+
 def test_streamed_images_train_stable_diffusion(tmp_path: Path) -> None:
     draw_images(tmp_path / "images", 6)
     assert run_cli("data", "pack", "imagefolder", tmp_path / "images", "--out", tmp_path / "s", "--maxcount", "3").exit_code == 0
