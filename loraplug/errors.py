@@ -7,6 +7,8 @@ non-zero. Anything else that escapes is a bug in loraplug or a plugin, and is re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LoraplugError(Exception):
     """A failure the user can fix.
@@ -35,6 +37,26 @@ class LoraplugError(Exception):
 
     def __str__(self) -> str:
         return self.paragraph()
+
+
+def model_load_error(what: str, pretrained: str, source: str | Path, exc: Exception, *, layout: str, preset: str) -> LoraplugError:
+    """The error for a base model that did not load, for every model plugin alike.
+
+    :param what: the kind of model ("model", "Stable Diffusion model").
+    :param pretrained: ``model.pretrained`` as the user wrote it; ``source`` is what was loaded.
+    :param layout: what a local directory must hold, for the fix.
+    :param preset: the tiny preset ``--smoke`` swaps in.
+    """
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if Path(source).exists():
+        fix = f"Check that the directory holds {layout}"
+    else:
+        fix = (
+            "It is not a local directory and could not be fetched from the Hugging Face Hub (offline, "
+            "HF_HUB_OFFLINE=1, a typo, or a gated model without a token). Download it and set model.pretrained "
+            f"to its directory, or try the recipe with --smoke (the {preset} preset)"
+        )
+    return LoraplugError(f"Could not load the {what} {pretrained!r}: {first_line}", where="model.pretrained", fix=fix)
 
 
 class RecipeError(LoraplugError):

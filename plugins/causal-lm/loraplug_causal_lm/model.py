@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug.errors import model_load_error
 from loraplug_causal_lm.options import PRESETS, CausalLMOptions, LoraOptions
 from loraplug_causal_lm.presets import preset_dir
 from loraplug_causal_lm.quiet import quiet_libraries
@@ -54,18 +55,8 @@ def load_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(source, revision=options.revision, trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        local = Path(source).exists()
-        raise LoraplugError(
-            f"Could not load the model {options.pretrained!r}: {str(exc).splitlines()[0]}",
-            where="model.pretrained",
-            fix=(
-                "Check that the directory holds a transformers checkpoint (config.json, weights, tokenizer)"
-                if local
-                else "It is not a local directory and could not be fetched from the Hugging Face Hub "
-                "(offline, HF_HUB_OFFLINE=1, a typo, or a gated model without a token). Download it and set "
-                "model.pretrained to its directory, or try the recipe with --smoke (the tiny-llama preset)"
-            ),
-        ) from exc
+        layout = "a transformers checkpoint (config.json, weights, tokenizer)"
+        raise model_load_error("model", options.pretrained, source, exc, layout=layout, preset="tiny-llama") from exc
     if tokenizer.pad_token is None:
         # Padding never enters the loss (labels are -100 there), so reusing EOS as pad is safe here.
         tokenizer.pad_token = tokenizer.eos_token

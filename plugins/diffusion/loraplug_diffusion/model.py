@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug import ModelBundle, RunContext
+from loraplug.errors import model_load_error
 from loraplug_diffusion.options import PRESETS, StableDiffusionOptions
 from loraplug_diffusion.presets import preset_dir
 from loraplug_diffusion.quiet import quiet_libraries
@@ -84,19 +85,8 @@ def load_components(options: StableDiffusionOptions, cache_dir: Path, *, dtype: 
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weights, **revision)
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **revision)
     except (OSError, ValueError) as exc:
-        local = Path(source).exists()
-        raise LoraplugError(
-            f"Could not load the Stable Diffusion model {options.pretrained!r}: {str(exc).splitlines()[0]}",
-            where="model.pretrained",
-            fix=(
-                "Check that the directory is a diffusers pipeline (model_index.json, unet/, vae/, text_encoder/, "
-                "tokenizer/, scheduler/)"
-                if local
-                else "It is not a local directory and could not be fetched from the Hugging Face Hub (offline, "
-                "HF_HUB_OFFLINE=1, a typo, or a gated model without a token). Download it and set model.pretrained "
-                "to its directory, or try the recipe with --smoke (the tiny-sd preset)"
-            ),
-        ) from exc
+        layout = "a diffusers pipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        raise model_load_error("Stable Diffusion model", options.pretrained, source, exc, layout=layout, preset="tiny-sd") from exc
     if options.prediction_type != "auto":
         scheduler.register_to_config(prediction_type=options.prediction_type)
     for part in (unet, vae, text_encoder):
