@@ -15,6 +15,7 @@ from loraplug.errors import LoraplugError
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe, load_recipe
 from loraplug.rundir import RECIPE_FILE, atomic_write_text, read_status
+from loraplug.runinfo import read_metrics
 from loraplug.training.checkpoint import Checkpoints
 
 
@@ -69,8 +70,8 @@ def resume_point(
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines a crashed run logged after the checkpoint it is resumed from."""
+    """Drop the lines a crashed run logged after the checkpoint it is resumed from, and a line torn by the crash."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))

@@ -52,6 +52,17 @@ def test_reexport_of_a_checkpoint_directory(run_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     manifest = json.loads((run_dir / "exports" / "step-2-peft" / "export.json").read_text())
     assert manifest["adapter"]["path"] == "checkpoints/step-2/adapter.safetensors"
+    # A checkpoint's weights are not the finished run's: its model card claims no final metrics.
+    assert "- train_loss:" not in (run_dir / "exports" / "step-2-peft" / "README.md").read_text()
+
+
+def test_reexported_model_card_carries_the_runs_final_metrics(run_dir: Path) -> None:
+    result = run_cli("export", run_dir, "--kind", "peft", "--name", "peft-again")
+    assert result.exit_code == 0, result.output
+    status = json.loads((run_dir / "run.json").read_text())
+    card = (run_dir / "exports" / "peft-again" / "README.md").read_text()
+    assert f"- train_loss: {round(status['train_loss'], 4)}" in card
+    assert card == (run_dir / "exports" / "peft" / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

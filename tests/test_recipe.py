@@ -80,6 +80,22 @@ def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_
     assert "more than one plugin" not in result.stderr
 
 
+def test_recipe_keys_names_each_table_and_lists_the_metrics() -> None:
+    result = run_cli("recipe", "keys")
+    assert result.exit_code == 0, result.output
+    for heading in ("[run]  core", "[train]  core", '[model] kind = "causal-lm"', '[[export]] kind = "peft"'):
+        assert heading in result.stdout, heading
+    assert "Every [[export]] also takes `name`" in result.stdout
+    assert "distinct_2" in result.stdout and "eval.metrics" in result.stdout
+
+
+def test_name_is_a_key_of_exports_only(lm_recipe) -> None:
+    result = check(lm_recipe(), "model.name=x")
+    assert result.exit_code == 2
+    assert "unknown key `model.name`" in result.stderr
+    assert check(lm_recipe(export=[{"kind": "peft", "name": "adapter-only"}])).exit_code == 0
+
+
 def test_overrides_are_applied_and_checked(lm_recipe) -> None:
     path = lm_recipe()
     result = run_cli("recipe", "check", path, "train.lr=1e-4", "adapter.target_modules=[\"q_proj\"]", "--resolved")

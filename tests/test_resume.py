@@ -146,3 +146,13 @@ def test_a_signal_saves_a_checkpoint_and_stops(tmp_path: Path, resumable, stop: 
     assert status["status"] == "interrupted"
     saved = list((tmp_path / "runs" / "signalled" / "checkpoints").glob("step-*"))
     assert len(saved) == 1 and int(saved[0].name.removeprefix("step-")) == status["step"]
+
+
+def test_resuming_drops_later_lines_and_a_line_torn_by_the_crash(tmp_path: Path) -> None:
+    from loraplug.resume import truncate_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (2, 4, 6)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 8, "split": "tr')  # killed mid-write
+    truncate_metrics(metrics, 4)
+    assert [json.loads(row) for row in metrics.read_text().splitlines()] == lines[:2]

@@ -46,7 +46,7 @@ def locate_weights(path: Path) -> WeightsSource:
     if adapter is None or run_dir is None:
         raise LoraplugError(
             f"{path} is not a loraplug run directory (no {RECIPE_FILE}) nor a checkpoint of one (no {ADAPTER_FILE})",
-            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart, or runs/quickstart/checkpoints/step-200",
+            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart, or runs/quickstart/checkpoints/step-00000200",
         )
     return WeightsSource(run_dir, adapter, checkpoint=path.name)
 
@@ -103,7 +103,10 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
             fix="Pass --overwrite to replace it (the old export is kept until the new one is complete), or --name to write beside it",
         )
 
-    recipe, ctx, model = load_run(source.run_dir, host, cli_main.console, adapter_path=source.adapter)
+    # A checkpoint's weights load as such; the finished run's own adapter keeps its final metrics (model cards).
+    recipe, ctx, model = load_run(
+        source.run_dir, host, cli_main.console, adapter_path=source.adapter if source.checkpoint else None
+    )
     outcome = run_export(host, section, model, recipe, ctx, replace=overwrite, adapter_path=source.adapter)
     _record_in_status(source.run_dir, outcome)
     if not outcome.ok:

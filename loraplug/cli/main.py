@@ -125,7 +125,7 @@ def recipe_keys(markdown: bool, first_party: bool) -> None:
     if markdown:
         click.echo(reference.markdown(loaded.registry, dists), nl=False)
     else:
-        render.key_tables(console, reference.sections(loaded.registry, dists))
+        render.key_tables(console, reference.sections(loaded.registry, dists), reference.metrics(loaded.registry, dists))
 
 
 @cli.group()

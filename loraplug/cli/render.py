@@ -126,16 +126,26 @@ def run_summary(console: Console, outcome: object) -> None:
         console.print(f"  [bold]after[/]   {escape(_short(after.text))}")
 
 
-def key_tables(console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]]) -> None:
+def key_tables(
+    console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]], metrics: list[tuple[str, str, str, str]]
+) -> None:
     from loraplug.recipe.reference import keys_of
 
     for heading, note, model in sections:
-        table = Table(title=f"{heading}  [dim]{escape(note)}[/]", title_justify="left", show_lines=False)
+        # escape: "[train]" is a section name here, not rich markup
+        table = Table(title=f"{escape(heading)}  [dim]{escape(note)}[/]", title_justify="left", show_lines=False)
         for column in ("key", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for key in keys_of(model):
             table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
         console.print(table)
+    console.print("Every [[export]] also takes `name` (its directory under exports/; default: the kind).", markup=False)
+    table = Table(title="eval.metrics  [dim]names a recipe can list[/]", title_justify="left")
+    for column in ("metric", "model kinds", "distribution", "meaning"):
+        table.add_column(column, overflow="fold")
+    for row in metrics:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
 
 
 # --- runs: `loraplug runs list` and `loraplug runs show` -----------------------------------------

@@ -45,7 +45,7 @@ class TrainSection(Options):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0).")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr.")
-    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; overrides epochs.")
+    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; set this or epochs, not both (a streamed dataset needs it).")
     epochs: PositiveFloat | None = Field(None, description="Passes over the training data (default 1 when max_steps is unset).")
     batch_size: BatchSize = Field(
         8,

@@ -89,7 +89,8 @@ class _Checker:
         except LoraplugError as exc:
             self.problems.append(f"`{dotted((*path, 'kind'))}` = {kind!r} ({self.source.where((*path, 'kind'))}): {exc.what}")
             return None
-        reserved = ("kind", "name", *CORE_DATA_KEYS) if stage == "data" else ("kind", "name")
+        # `name` is an export's directory under exports/; no other section has one.
+        reserved = {"data": ("kind", *CORE_DATA_KEYS), "export": ("kind", "name")}.get(stage, ("kind",))
         options = {k: v for k, v in table.items() if k not in reserved}
         checked = self.check(served.spec.options_model(), options, path)
         if stage == "data":

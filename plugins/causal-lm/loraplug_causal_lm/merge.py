@@ -72,7 +72,8 @@ def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True
             "merging, so the merged weights are the values the trained model computed with plus the LoRA update"
         )
     else:
-        base, tokenizer = load_causal_lm(options, ctx.cache_dir, dtype="float32")
+        # The merge runs on the CPU in float32, where flash-attention does not: transformers' default kernel.
+        base, tokenizer = load_causal_lm(options.model_copy(update={"attn_implementation": None}), ctx.cache_dir, dtype="float32")
         trained_dtype = str(next(model.module.get_base_model().parameters()).dtype).removeprefix("torch.")
     with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as adapter_dir:
         model.module.save_pretrained(adapter_dir, safe_serialization=True)

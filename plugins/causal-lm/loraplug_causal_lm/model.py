@@ -22,14 +22,13 @@ def locate(options: CausalLMOptions, cache_dir: Path) -> str:
 
 
 def load_causal_lm(
-    options: CausalLMOptions, cache_dir: Path, *, dtype: str | None = None, quantize: bool = True, device: Any = None
+    options: CausalLMOptions, cache_dir: Path, *, dtype: str | None = None, device: Any = None
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from ``options``.
+    """``(model, tokenizer)`` from ``options``; ``dtype`` overrides ``options.dtype`` for an unquantized load.
 
-    :param dtype: overrides ``options.dtype`` for an unquantized load.
-    :param quantize: honour ``options.quantization`` (QLoRA); a quantized model computes in
-        :func:`~loraplug_causal_lm.quantized.compute_dtype` and is placed on ``device`` (default: the
-        first CUDA GPU, else the CPU), since bitsandbytes models cannot be moved after loading.
+    With ``options.quantization`` (QLoRA) the model is loaded quantized, computes in
+    :func:`~loraplug_causal_lm.quantized.compute_dtype` and is placed on ``device`` (default: the first
+    CUDA GPU, else the CPU), since bitsandbytes models cannot be moved after loading.
     """
     quiet_libraries()
     import torch
@@ -45,7 +44,7 @@ def load_causal_lm(
     }
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
-    if quantize and options.quantization:
+    if options.quantization:
         from loraplug_causal_lm.quantized import bnb_config, compute_dtype
 
         kwargs["quantization_config"] = bnb_config(options)

@@ -39,7 +39,7 @@ BITSANDBYTES_INSTALL = "pip install 'bitsandbytes>=0.45'"
 
 def require_bitsandbytes(value: str | None) -> str | None:
     if value is not None:
-        require_package("bitsandbytes", repr(value), BITSANDBYTES_INSTALL)
+        require_package("bitsandbytes", "QLoRA", BITSANDBYTES_INSTALL)
     return value
 
 

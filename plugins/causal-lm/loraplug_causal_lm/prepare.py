@@ -44,10 +44,8 @@ class EncodedStream(IterableDataset):
                 yield sample
 
 
-def packing_blocker(options: CausalLMOptions, model: ModelBundle, data: DataBundle) -> str | None:
-    """Why packing cannot be used for this run, or ``None`` when it can."""
-    if not isinstance(data.train, Sequence):
-        return STREAM_BLOCKER
+def packing_blocker(model: ModelBundle, data: DataBundle) -> str | None:
+    """Why packing cannot be used for this list of samples, or ``None`` when it can (streams never pack)."""
     if data.weights is not None:
         return "data.balance_by / data.weight_by draw single samples, and a packed row holds several"
     return packs_exactly(model.module)
@@ -79,7 +77,7 @@ def prepare(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx:
             f"No training sample has a target token left after truncation to max_length={options.max_length}",
             fix="Raise model.max_length, or check that samples have responses",
         )
-    blocker = None if options.packing is False else packing_blocker(options, model, data)
+    blocker = None if options.packing is False else packing_blocker(model, data)
     if options.packing and blocker:
         raise LoraplugError(f"model.packing = true, but {blocker}", where="model.packing", fix="Set model.packing = false (or leave it unset)")
     if options.packing is None and blocker:

@@ -90,4 +90,4 @@ def test_quantization_without_bitsandbytes_fails_at_recipe_check(lm_recipe, monk
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees when it is not installed
     result = run_cli("recipe", "check", lm_recipe(model={"quantization": "nf4"}))
     assert result.exit_code == 2
-    assert "`model.quantization` = 'nf4': 'nf4' needs bitsandbytes, which is not installed" in result.stderr
+    assert "`model.quantization` = 'nf4': QLoRA needs bitsandbytes, which is not installed" in result.stderr

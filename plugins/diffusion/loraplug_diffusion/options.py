@@ -151,7 +151,9 @@ class ParityOptions(Options):
 
     dtype: Dtype = Field("float32", description="Dtype of the saved weights.")
     check_parity: bool = Field(
-        True, description="Load the export back with diffusers and compare its UNet output with the trained model's."
+        True,
+        description="Compare the export's UNet output with the trained model's: the LoRA files loaded back with "
+        "diffusers' load_lora_weights, the merged pipeline as fused (in float32, before saving).",
     )
     tolerance: PositiveFloat | None = Field(
         None,

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from loraplug import Batch, LoraplugError, RunContext
+from loraplug.training.batches import move_to
+from loraplug_causal_lm.export import PROBE_TEXT  # also the probe of the merged export's parity check
 
 BATCH_SIZE = 8
-#: Used when the run's data cannot be read again (a re-export on another machine).
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
 
 
 @dataclass
@@ -49,12 +49,10 @@ def evaluation_set(ctx: RunContext, tokenizer: Any, max_samples: int) -> tuple[E
         split = "training data (the run has no validation split)"
         notes.append("the run has no validation split: drift and perplexity are measured on training samples")
     batches = [prepared.collate(samples[i : i + BATCH_SIZE]) for i in range(0, len(samples), BATCH_SIZE)]
-    return EvalSet(batches, f"{split}, first {len(samples)} samples"), notes
-
-
-def _on(batch: Batch, device: torch.device) -> Batch:
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
-    return Batch(inputs=inputs, num_targets=batch.num_targets, num_tokens=batch.num_tokens, sample_ids=batch.sample_ids)
+    # With packing the items are rows of several samples: say how many samples they hold.
+    held = sum(len(getattr(item, "samples", [item])) for item in samples)
+    what = f"{len(samples)} packed rows holding {held} samples" if held != len(samples) else f"{held} samples"
+    return EvalSet(batches, f"{split}, first {what}"), notes
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -68,8 +66,8 @@ def logit_drift(reference: torch.nn.Module, quantized: torch.nn.Module, evalset:
 
     worst, total, count = 0.0, 0.0, 0
     for batch in evalset.batches:
-        want, _, real = forward(reference, _on(batch, _device(reference)))
-        got, _, _ = forward(quantized, _on(batch, _device(quantized)))
+        want, _, real = forward(reference, move_to(batch, _device(reference)))
+        got, _, _ = forward(quantized, move_to(batch, _device(quantized)))
         diff = (got.float().cpu() - want.float().cpu()).abs()[real.cpu()]
         worst = max(worst, float(diff.max()))
         total += float(diff.sum())
@@ -84,7 +82,7 @@ def perplexity(module: torch.nn.Module, evalset: EvalSet) -> float:
 
     total, targets = 0.0, 0
     for batch in evalset.batches:
-        result = loss_sum(module, _on(batch, _device(module)))
+        result = loss_sum(module, move_to(batch, _device(module)))
         total += float(result.loss_sum)
         targets += result.num_targets
     return math.exp(total / max(targets, 1))
