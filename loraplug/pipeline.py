@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ from loraplug.report import write_report_or_warn
 from loraplug.rundir import (
     ADAPTER_DIR,
     ADAPTER_FILE,
+    EXPORTS_DIR,
     METRICS_FILE,
     RECIPE_FILE,
     SAMPLES_DIR,
@@ -38,6 +38,7 @@ from loraplug.rundir import (
     atomic_write_text,
     claim_run_dir,
     read_status,
+    sha256_file,
     write_status,
 )
 
@@ -187,11 +188,7 @@ def file_manifest(directory: Path, names: list[str] | None = None) -> list[dict[
     files = []
     paths = sorted(p for p in directory.rglob("*") if p.is_file()) if names is None else [directory / n for n in names]
     for path in paths:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        files.append({"path": str(path.relative_to(directory)), "sha256": digest.hexdigest(), "size": path.stat().st_size})
+        files.append({"path": str(path.relative_to(directory)), "sha256": sha256_file(path), "size": path.stat().st_size})
     return files
 
 
@@ -220,7 +217,7 @@ def run_export(
     :param adapter_path: the trained weights the model holds (the run's adapter or a checkpoint's),
         recorded in the manifest with their sha256.
     """
-    final = ctx.run_dir / "exports" / export.name
+    final = ctx.run_dir / EXPORTS_DIR / export.name
     try:
         with atomic_dir(final, replace=replace) as tmp:
             result = _check(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from loraplug.rundir import atomic_dir, atomic_write_text
+from loraplug.rundir import RECIPE_FILE, atomic_dir, atomic_write_text
 from loraplug.runinfo import RunInfo, human_size, read_run
 
 REPORT_FILE = "report.html"
@@ -298,7 +298,7 @@ def _exports(info: RunInfo) -> str:
 
 def _recipe(info: RunInfo) -> str:
     try:
-        text = (info.path / "recipe.toml").read_text(encoding="utf-8")
+        text = (info.path / RECIPE_FILE).read_text(encoding="utf-8")
     except OSError:
         return _dim("No recipe.toml in the run directory.")
     return f"<details><summary>recipe.toml (resolved: every default written out)</summary><pre>{_e(text)}</pre></details>"

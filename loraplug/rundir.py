@@ -7,6 +7,7 @@ one. ``run.json`` records the run's status, which is how a finished run is told 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,9 +24,19 @@ STATUS_FILE = "run.json"
 RECIPE_FILE = "recipe.toml"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
+EXPORTS_DIR = "exports"
 ADAPTER_FILE = "adapter.safetensors"
 SAMPLES_DIR = "samples"
 METRICS_FILE = "metrics.jsonl"
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (adapters and merged models can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -122,11 +133,14 @@ def _build_in_subprocess(build: Callable[[Path], None], target: Path) -> None:
     code = f"from {build.__module__} import {build.__qualname__} as build; build(__import__('pathlib').Path({str(target)!r}))"
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launcher}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    # Its output goes to this process's terminal: a failed build's traceback is right above the error.
+    done = subprocess.run([sys.executable, "-c", code], env=env, check=False)
     if done.returncode != 0:
         shutil.rmtree(target, ignore_errors=True)
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LoraplugError(f"Building {target.name.lstrip('.')} failed: {last}", fix="Run again with --debug, or report it")
+        raise LoraplugError(
+            f"Building {target.name.lstrip('.')} failed in a subprocess (exit status {done.returncode}; its output is above)",
+            fix="Report it with that output",
+        )
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.errors import LoraplugError
-from loraplug.rundir import METRICS_FILE, SAMPLES_DIR, STATUS_FILE, read_status
+from loraplug.rundir import EXPORTS_DIR, METRICS_FILE, RECIPE_FILE, SAMPLES_DIR, STATUS_FILE, read_status
 
-EXPORTS_DIR = "exports"
 #: Keys of a metrics.jsonl line that are not metrics.
 RECORD_KEYS = frozenset({"step", "split", "time"})
 #: The metric ``runs list`` calls "best" when the run does not say otherwise (lower is better).
@@ -87,9 +86,15 @@ class RunInfo:
             return Best(metric=recorded["metric"], value=float(recorded["value"]), step=int(recorded["step"]))
         evaluation = self.recipe.get("eval", {})
         watched = str(evaluation.get("monitor", DEFAULT_BEST[1]))
-        mode = evaluation.get("monitor_mode", "auto")
-        lower = mode == "min" or (mode == "auto" and ("loss" in watched.lower() or "perplexity" in watched.lower()))
+        lower = lower_is_better(watched, str(evaluation.get("monitor_mode", "auto")))
         return best_metric(self.metrics, ("eval", watched), lower=lower)
+
+
+def lower_is_better(monitor: str, mode: str = "auto") -> bool:
+    """Whether a lower ``monitor`` score is better: ``eval.monitor_mode``, or for ``auto`` losses and perplexity."""
+    if mode != "auto":
+        return mode == "min"
+    return "loss" in monitor.lower() or "perplexity" in monitor.lower()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -112,7 +117,7 @@ def read_run(path: Path) -> RunInfo:
         metrics=read_metrics(path / METRICS_FILE),
         samples=read_samples(path / SAMPLES_DIR),
         exports=read_exports(path / EXPORTS_DIR),
-        recipe=_read_toml(path / "recipe.toml"),
+        recipe=_read_toml(path / RECIPE_FILE),
     )
 
 

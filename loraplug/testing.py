@@ -65,8 +65,3 @@ def plugin_dist(site: Path, *, distribution: str, module: str, source: str, vers
     return site
 
 
-def forget_plugins() -> None:
-    """Drop the CLI's cached plugin host, so the next command discovers plugins again."""
-    from loraplug.cli import main as cli_main
-
-    cli_main._host = None

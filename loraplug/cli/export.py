@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from loraplug.errors import LoraplugError
-from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, RECIPE_FILE
+from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, EXPORTS_DIR, RECIPE_FILE
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     recipe = load_recipe(source.run_dir / RECIPE_FILE, host, check_files=False)
     default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
     section = export_section(host, kind, settings, name=_check_name(name or default_name), model_kind=recipe.model.kind)
-    target = source.run_dir / "exports" / section.name
+    target = source.run_dir / EXPORTS_DIR / section.name
     if target.exists() and not overwrite:
         raise LoraplugError(
             f"{target} already exists",

@@ -1,9 +1,9 @@
 """The cleaning filters, one class each, over records of any data kind.
 
 A filter answers ``reason(record)``: ``None`` to keep the record, or a short sentence saying why it
-is dropped. Deduplicating filters remember what they kept; ``reset()`` forgets, so a stream can be
-read again epoch after epoch. A filter that does not apply to a record (an image filter on a chat
-sample) keeps it.
+is dropped. Deduplicating filters remember what they kept, so a stream read again (one epoch after
+another) gets fresh filters from :func:`build_filters`. A filter that does not apply to a record (an
+image filter on a chat sample) keeps it.
 
 Heavy libraries (datasketch, imagehash, Pillow, numpy) are imported only by the filters that use
 them, and only when the recipe asks for those filters.
@@ -56,15 +56,8 @@ class Filter(Protocol):
 
     def reason(self, record: Record) -> str | None: ...
 
-    def reset(self) -> None: ...
 
-
-class _Stateless:
-    def reset(self) -> None:
-        return None
-
-
-class EmptyResponses(_Stateless):
+class EmptyResponses:
     name = "empty_responses"
     description = "an assistant turn is empty or whitespace"
 
@@ -78,7 +71,7 @@ class EmptyResponses(_Stateless):
         return None
 
 
-class Include(_Stateless):
+class Include:
     name = "include"
 
     def __init__(self, patterns: list[str]) -> None:
@@ -92,7 +85,7 @@ class Include(_Stateless):
         return "matches no include pattern"
 
 
-class Exclude(_Stateless):
+class Exclude:
     name = "exclude"
 
     def __init__(self, patterns: list[str]) -> None:
@@ -109,7 +102,7 @@ class Exclude(_Stateless):
         return None
 
 
-class CharLength(_Stateless):
+class CharLength:
     name = "length_chars"
 
     def __init__(self, low: int | None, high: int | None) -> None:
@@ -145,9 +138,6 @@ class ExactDuplicates:
     def __init__(self) -> None:
         self.seen: dict[bytes, str] = {}
 
-    def reset(self) -> None:
-        self.seen.clear()
-
     def reason(self, record: Record) -> str | None:
         key = chat_key(record)
         if key is None:
@@ -168,9 +158,6 @@ class NearDuplicates:
     def __init__(self, threshold: float, ngram: int, num_perm: int) -> None:
         self.threshold, self.ngram, self.num_perm = threshold, ngram, num_perm
         self.description = f"estimated Jaccard similarity ≥ {threshold} to an earlier sample ({ngram}-character shingles)"
-        self.reset()
-
-    def reset(self) -> None:
         from datasketch import MinHashLSH
 
         self.lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -224,7 +211,7 @@ def open_image(record: Record) -> Any | None:
     return None
 
 
-class MinResolution(_Stateless):
+class MinResolution:
     name = "min_resolution"
 
     def __init__(self, pixels: int) -> None:
@@ -247,9 +234,6 @@ class ImageDuplicates:
     def __init__(self, distance: int) -> None:
         self.distance = distance
         self.description = f"perceptual hash within {distance} bits of an earlier image"
-        self.reset()
-
-    def reset(self) -> None:
         self.hashes: list[int] = []
         self.ids: list[str] = []
 

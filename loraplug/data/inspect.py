@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from loraplug.bundles import DataBundle, ModelBundle, PreparedData
+from loraplug.bundles import ModelBundle, PreparedData
 from loraplug.context import RunContext
-from loraplug.data.stage import clean_and_weigh, finish_prepared, show_report
-from loraplug.pipeline import _check
+from loraplug.data.stage import show_report
+from loraplug.pipeline import _check, load_data, prepare_data
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import Recipe
 
@@ -102,20 +102,13 @@ def render_view(console: Console, view: TokenView, tokenizer: Any) -> None:
 
 def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunContext, *, samples: int) -> None:
     """Load, clean and prepare the recipe's data as a run would; print the report and ``samples`` samples."""
-    data = _check(
-        host.call_stage("data", recipe.data.kind, recipe.model.kind, options=recipe.data.options, ctx=ctx),
-        DataBundle, recipe.data.served.distribution, "loraplug_load_data",
-    )  # fmt: skip
-    data = clean_and_weigh(data, recipe)
+    data = load_data(host, recipe, ctx)
+    # The base model alone: encoding needs its tokenizer or VAE, not an adapter.
     model = _check(
         host.call_stage("model", recipe.model.kind, options=recipe.model.options, ctx=ctx),
         ModelBundle, recipe.model.served.distribution, "loraplug_build_model",
     )  # fmt: skip
-    prepared = _check(
-        host.call_model_hook("loraplug_prepare_data", recipe.model.kind, model=model, options=recipe.model.options, data=data, ctx=ctx),
-        PreparedData, recipe.model.served.distribution, "loraplug_prepare_data",
-    )  # fmt: skip
-    prepared = finish_prepared(data, prepared, recipe, recipe.model.served.distribution)
+    prepared = prepare_data(host, recipe, model, data, ctx)
     show_report(data.report, console, None)
     summary = {**data.summary, **prepared.summary}
     console.print("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()), highlight=False)

@@ -10,7 +10,6 @@ Only safetensors and JSON are written; nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,10 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from loraplug.errors import LoraplugError
-from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json
+from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json, sha256_file
 from loraplug.training import faults
 from loraplug.training.batches import Position
 from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
@@ -55,14 +52,6 @@ class Progress:
             stale_evals=data.get("stale_evals", 0),
             skipped_steps=data.get("skipped_steps", 0),
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def step_name(step: int) -> str:
@@ -107,7 +96,7 @@ class Checkpoints:
                         "scaler": scaler.state_dict() if scaler is not None else None,
                     },
                 )
-                files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+                files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
                 atomic_write_json(
                     tmp / MANIFEST,
                     {
@@ -156,7 +145,7 @@ class Checkpoints:
         for name, digest in manifest.get("files", {}).items():
             if not (path / name).exists():
                 return f"{name} is missing"
-            if _sha256(path / name) != digest:
+            if sha256_file(path / name) != digest:
                 return f"{name} is damaged (its checksum does not match)"
         return None
 
@@ -190,7 +179,3 @@ class Checkpoints:
         set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
         return Progress.from_json(manifest["progress"])
 
-
-def load_weights(path: Path, module: torch.nn.Module) -> None:
-    """Load only a checkpoint's trained weights (the best model before exporting)."""
-    load_trainable(module, path / ADAPTER_FILE)

@@ -13,6 +13,7 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.recipe.sections import EvalSection
+from loraplug.runinfo import lower_is_better
 from loraplug.training.batches import eval_batches, move_to
 from loraplug.training.checkpoint import Progress
 
@@ -104,10 +105,7 @@ def broadcast(accelerator: Any, value: dict[str, float]) -> dict[str, float]:
 
 
 def monitor_mode(section: EvalSection) -> str:
-    if section.monitor_mode != "auto":
-        return section.monitor_mode
-    lowered = section.monitor.lower()
-    return "min" if "loss" in lowered or "perplexity" in lowered else "max"
+    return "min" if lower_is_better(section.monitor, section.monitor_mode) else "max"
 
 
 class BestTracker:

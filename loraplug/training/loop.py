@@ -28,14 +28,15 @@ from loraplug.bundles import Batch, ModelBundle, PreparedData, StepResult
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
+from loraplug.rundir import ADAPTER_FILE
 from loraplug.training import faults
 from loraplug.training.batches import MicroBatches, move_to
-from loraplug.training.checkpoint import BEST, Checkpoints, Progress, load_weights, step_name
+from loraplug.training.checkpoint import BEST, Checkpoints, Progress, step_name
 from loraplug.training.evaluation import BestTracker, reduce_sum
 from loraplug.training.optim import build_optimizer, build_scheduler
 from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
-from loraplug.training.weights import load_trainable_state, trainable_state
+from loraplug.training.weights import load_trainable, load_trainable_state, trainable_state
 
 StepFn = Callable[..., StepResult]
 MAX_SKIPPED_IN_A_ROW = 10
@@ -282,7 +283,7 @@ def train(
     result.best = progress.best
     if recipe.eval.use_best and progress.best and progress.best["step"] != result.steps:
         if best_weights is None:  # resumed after the best evaluation: it is on disk
-            load_weights(checkpoints.root / BEST, model.module)
+            load_trainable(model.module, checkpoints.root / BEST / ADAPTER_FILE)
         else:
             load_trainable_state(model.module, best_weights)
         result.restored_best = True

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from loraplug.rundir import atomic_write_bytes
+from loraplug.rundir import atomic_write_bytes, sha256_file
 
 
 def fingerprint(model: torch.nn.Module, config: Any) -> str:
@@ -30,12 +30,10 @@ def fingerprint(model: torch.nn.Module, config: Any) -> str:
 
 def content_hash(source: Any) -> str:
     """The hash of an image's bytes (a file) or pixels (an in-memory image)."""
-    digest = hashlib.sha256()
     if isinstance(source, str | Path):
-        with open(source, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    elif isinstance(source, bytes):
+        return sha256_file(Path(source))[:24]
+    digest = hashlib.sha256()
+    if isinstance(source, bytes):
         digest.update(source)
     else:
         digest.update(f"{source.mode}{source.size}".encode())
@@ -73,5 +71,3 @@ class FeatureCache:
             return self._memory[key]
         return load_file(str(self._path(key)))
 
-    def __len__(self) -> int:
-        return len(self._memory) if self.directory is None else sum(1 for _ in self.directory.rglob("*.safetensors"))

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save
 
-from loraplug import ModelBundle, RunContext, __version__
+from loraplug import LoraplugError, ModelBundle, RunContext, __version__
 from loraplug.rundir import atomic_write_bytes, read_status
 from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import KohyaExportOptions, SdLoraOptions, StableDiffusionOptions
@@ -75,13 +76,27 @@ def _architecture(unet_config: Any, prediction_type: str) -> tuple[bool, str, st
     return True, "sd_v2", f"{arch}/lora"
 
 
-def _tag_frequency(ctx: RunContext) -> dict[str, dict[str, int]]:
-    counts: dict[str, int] = {}
-    for caption in ctx.extras.get("diffusion_captions", []):
-        for tag in (t.strip() for t in caption.split(",")):
+def _dataset_facts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """``(ss_bucket_info, ss_tag_frequency)`` of the training images: sizes and comma-separated tags.
+
+    From the run's prepared data — the data just trained on, or, for a re-export, read and prepared
+    again; empty for a stream or when the data is gone.
+    """
+    try:
+        train = ctx.prepared_data().train
+    except LoraplugError:
+        return {}, {}
+    if not isinstance(train, Sequence):
+        return {}, {}
+    sizes: dict[tuple[int, int], int] = {}
+    tags: dict[str, int] = {}
+    for sample in train:
+        sizes[sample.size] = sizes.get(sample.size, 0) + 1
+        for tag in (t.strip() for t in sample.caption.split(",")):
             if tag:
-                counts[tag] = counts.get(tag, 0) + 1
-    return {"train": counts} if counts else {}
+                tags[tag] = tags.get(tag, 0) + 1
+    buckets = {str(i): {"resolution": list(size), "count": n} for i, (size, n) in enumerate(sorted(sizes.items()))}
+    return {"buckets": buckets} if buckets else {}, {"train": tags} if tags else {}
 
 
 def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunContext) -> dict[str, str]:
@@ -108,6 +123,9 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
     }
     if options.metadata == "full":
         started = status.get("started_at")
+        bucket_info, tag_frequency = _dataset_facts(ctx)
+        # The steps trained (early stopping, a checkpoint's export): not the planned max_steps.
+        steps = str(status.get("step") or train.max_steps or 0)
         metadata.update(
             {
                 "ss_session_id": str(int(recipe.hash(), 16) % 2**32),
@@ -117,7 +135,7 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_training_finished_at": str(now),
                 "ss_sd_model_name": model.base,
                 "ss_seed": str(recipe.run.seed),
-                "ss_steps": str(train.max_steps or status.get("step", 0)),
+                "ss_steps": steps,
                 "ss_max_train_steps": str(train.max_steps or status.get("step", 0)),
                 "ss_learning_rate": str(train.lr),
                 "ss_unet_lr": str(train.lr),
@@ -136,8 +154,8 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_num_train_images": str(data.get("train images", "None")),
                 "ss_resolution": f"({sd.resolution}, {sd.resolution})",
                 "ss_enable_bucket": str(sd.buckets),
-                "ss_bucket_info": json.dumps(ctx.extras.get("diffusion_buckets", {})),
-                "ss_tag_frequency": json.dumps(_tag_frequency(ctx)),
+                "ss_bucket_info": json.dumps(bucket_info),
+                "ss_tag_frequency": json.dumps(tag_frequency),
                 "ss_caption_dropout_rate": str(sd.caption_dropout),
                 "ss_shuffle_caption": str(sd.shuffle_tags),
                 "ss_keep_tokens": str(sd.keep_tokens),

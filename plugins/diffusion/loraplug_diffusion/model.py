@@ -115,11 +115,6 @@ def build(options: StableDiffusionOptions, ctx: RunContext) -> ModelBundle:
     )
 
 
-def vae_scale(vae: Any) -> int:
-    """How many pixels one latent covers per side (8 for SD)."""
-    return int(2 ** (len(vae.config.block_out_channels) - 1))
-
-
 def encode_latents(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """Scaled latents of images in [-1, 1]: the posterior's mean, so caching and not caching agree exactly.
 

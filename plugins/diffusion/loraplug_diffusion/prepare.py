@@ -202,16 +202,8 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
         buckets = bucket_sizes(options.resolution, options.bucket_step) if options.buckets else None
         train_samples = _samples(data.train, options, train=True, buckets=buckets)
         train = train_samples
-        counts: dict[tuple[int, int], int] = {}
-        for sample in train_samples:
-            counts[sample.size] = counts.get(sample.size, 0) + 1
         if buckets:
-            summary["buckets"] = len(counts)
-        # For the kohya export's ss_bucket_info and ss_tag_frequency.
-        ctx.extras["diffusion_buckets"] = {
-            "buckets": {str(i): {"resolution": list(size), "count": n} for i, (size, n) in enumerate(sorted(counts.items()))}
-        }
-        ctx.extras["diffusion_captions"] = [s.caption for s in train_samples]
+            summary["buckets"] = len({s.size for s in train_samples})
     val_samples = _samples(data.val, options, train=False, buckets=None) if data.val else None
 
     if options.cache_latents and options.crop == "random":

@@ -144,6 +144,17 @@ def test_kohya_file_has_sd_scripts_keys_shapes_and_metadata(trained: Path) -> No
     assert meta["ss_text_encoder_lr"] == "0.005" and meta["ss_num_train_images"] == "6"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.trigger_phrase"] == "teal square"
     assert "[adapter]" in meta["loraplug.recipe"]
+    assert meta["ss_steps"] == "3"
+    buckets = json.loads(meta["ss_bucket_info"])["buckets"]
+    assert sum(b["count"] for b in buckets.values()) == 6 and all(b["resolution"] == [32, 32] for b in buckets.values())
+    tags = json.loads(meta["ss_tag_frequency"])["train"]
+    assert sum(tags.values()) >= 6 and all(tag == tag.strip() and tag for tag in tags)
+    # Re-exported from the finished run, the dataset facts are read again, not lost.
+    again = run_cli("export", trained, "--kind", "kohya", "--name", "kohya-again")
+    assert again.exit_code == 0, again.output
+    meta_again = read_metadata(trained / "exports" / "kohya-again" / "tiny-sd.safetensors")
+    for key in ("ss_bucket_info", "ss_tag_frequency", "ss_steps"):
+        assert meta_again[key] == meta[key], key
     # The sd-webui-additional-networks hashes, recomputed here the way sd-scripts does.
     import hashlib
 

@@ -70,17 +70,18 @@ def write_shards(data: DataBundle, out: Path, *, maxcount: int, overwrite: bool)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LoraplugError(f"{out} already exists and is not empty", fix="Choose another --out, or pass --overwrite to replace it")
     count = 0
-    with atomic_dir(out, replace=overwrite) as tmp:
+    # replace=True: an empty --out, or a full one with --overwrite, was agreed to just above.
+    with atomic_dir(out, replace=True) as tmp:
         # mtime fixed: packing the same data twice gives byte-identical shards.
         with ShardWriter(str(tmp / SHARD_PATTERN), maxcount=maxcount, verbose=0, mtime=0.0) as writer:
             for count, record in enumerate(chain(data.train, data.val or []), start=1):
                 writer.write(to_sample(record, count - 1))
         if count == 0:
-            raise LoraplugError("There was nothing to pack", fix="Check the source")
-        names = sorted(p.name for p in tmp.glob("shard-*.tar") if p.stat().st_size > 0)
-        for empty in tmp.glob("shard-*.tar"):
-            if empty.name not in names:
-                empty.unlink()
+            raise LoraplugError(
+                "The data kind read no records, so there was nothing to pack",
+                fix="Check SOURCE and the -o settings; the data kind's summary above says what it skipped",
+            )
+        names = sorted(p.name for p in tmp.glob("shard-*.tar"))
     return count, names
 
 

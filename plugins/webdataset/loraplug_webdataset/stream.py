@@ -12,7 +12,7 @@ import io
 import json
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class SkipCounter:
 
     warn: Callable[[str], None]
     count: int = 0
-    first: list[str] = field(default_factory=list)
     # A multiprocessing.Value shared with the DataLoader's worker processes: the run's total.
     total: Any = None
 
@@ -41,8 +40,6 @@ class SkipCounter:
         if self.total is not None:
             with self.total.get_lock():
                 self.total.value += 1
-        if len(self.first) < 5:
-            self.first.append(f"{where}: {why}")
         if self.count <= 5 or self.count % 100 == 0:
             self.warn(f"skipped a corrupt sample ({where}: {why}); {self.count} skipped so far")
 
@@ -71,7 +68,9 @@ def chat_messages(obj: Any) -> list[dict[str, str]]:
             raise BadSample("no assistant message, so nothing to learn")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
-        return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
+        # As the jsonl data kind reads the same line: an optional system prompt comes first.
+        system = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
+        return [*system, {"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
     raise BadSample(f"JSON has neither messages nor prompt/response (keys: {', '.join(sorted(obj)) or 'none'})")
 
 
@@ -99,7 +98,7 @@ def to_record(sample: dict[str, Any], options: WebDatasetOptions) -> Record:
     if meta is None:
         parts = ", .".join(k for k in sample if not k.startswith("_"))
         raise BadSample(f"neither an image nor a .{options.json_key} text part (it has .{parts})")
-    extras = {k: v for k, v in meta.items() if k not in ("messages", "prompt", "response", "source_id")} if isinstance(meta, dict) else {}
+    extras = {k: v for k, v in meta.items() if k not in ("messages", "prompt", "response", "system", "source_id")} if isinstance(meta, dict) else {}
     return {"id": sample_id, "messages": chat_messages(meta), **extras}
 
 

@@ -118,12 +118,18 @@ def test_corrupt_samples_and_broken_tars_are_skipped_and_counted(tmp_path: Path)
 def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
     rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    rows[1]["system"] = "be brief"
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s").mkdir()  # an empty --out is fine
     assert run_cli("data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "5").exit_code == 0
     stream, _ = _stream(str(tmp_path / "s" / "shard-{000000..000002}.tar"), shuffle_buffer=0, shuffle_shards=False)
     records = list(stream)
     assert records[0]["messages"] == [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "answer 0"}]
     assert records[-1]["messages"][-1]["content"] == "hello" and len(records) == 13
+    # the same messages as the jsonl data kind reads from the same lines, system prompt included
+    from loraplug_causal_lm.jsonl import read_jsonl
+
+    assert [r["messages"] for r in records] == [r["messages"] for r in read_jsonl(tmp_path / "chat.jsonl", skip_bad=False)[0]]
 
     recipe = write_recipe(
         tmp_path / "text.toml",
