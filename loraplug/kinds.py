@@ -49,6 +49,8 @@ class KindSpec:
     :param models: for adapter and export kinds, the model kinds it works with (``None``: any).
     :param smoke: option overrides ``--smoke`` applies to a model kind, e.g.
         ``{"pretrained": "tiny-llama"}``.
+    :param streams: for data kinds whose training records are a stream of unknown length: a recipe
+        must then give ``train.max_steps``, checked with the rest of the recipe.
     """
 
     stage: Stage
@@ -57,6 +59,7 @@ class KindSpec:
     summary: str = ""
     models: tuple[str, ...] | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    streams: bool = False
 
     def options_model(self) -> type[BaseModel]:
         """The options model, imported now if it was declared by its import path."""

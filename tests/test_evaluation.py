@@ -35,6 +35,8 @@ def test_unknown_metric_and_unmonitorable_score_are_recipe_errors(lm_recipe) -> 
     assert result.exit_code == 2
     assert "`eval.metrics[0]` = 'blue'" in result.stderr and "Did you mean 'bleu'?" in result.stderr
     assert "`eval.monitor` = 'accuracy'" in result.stderr
+    typo = run_cli("recipe", "check", lm_recipe(eval={"metrics": ["chrf"], "monitor": "chrf2"}))
+    assert typo.exit_code == 2 and "did you mean 'chrf'? Or add it to eval.metrics" in typo.stderr
 
 
 def test_f1_needs_labels(lm_recipe) -> None:

@@ -21,6 +21,7 @@ from loraplug.cli import runs as runs_commands
 from loraplug.cli.export import export as export_command
 from loraplug.errors import LoraplugError
 from loraplug.plugins import FIRST_PARTY, PluginHost
+from loraplug.quiet import debugging
 
 _host: PluginHost | None = None
 # soft_wrap: long paths stay on one line when output goes to a file or a CI log.
@@ -207,7 +208,7 @@ def _register_plugin_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code. User errors print one paragraph, tracebacks need --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("LORAPLUG_DEBUG", "") not in ("", "0")
+    debug = "--debug" in args or debugging()
     args = [a for a in args if a != "--debug"]
     try:
         _register_plugin_commands()

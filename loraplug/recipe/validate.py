@@ -178,11 +178,19 @@ def load_recipe(
                 checker.problems.append(f"`eval.metrics[{index}]` = {name!r} ({source.where(('eval', 'metrics'))}): {exc.what}")
         watched = evaluation.monitor
         if watched != "val_loss" and watched not in evaluation.metrics:
+            known = ["val_loss", *host.registry.kinds("metric", model_kind)]
+            close = get_close_matches(watched, known, n=1)
+            hint = f"did you mean {close[0]!r}? Or " if close and close[0] != watched else ""
             checker.problems.append(
                 f"`eval.monitor` = {watched!r} ({source.where(('eval', 'monitor'))}): it is neither val_loss nor one of "
-                f"eval.metrics ({', '.join(evaluation.metrics) or 'none'}); add it to eval.metrics"
+                f"eval.metrics ({', '.join(evaluation.metrics) or 'none'}); {hint}add it to eval.metrics"
             )
 
+    if data is not None and data.served.spec.streams and train is not None and train.max_steps is None:
+        checker.problems.append(
+            f"`train.max_steps` is missing ({source.where(('train',))}): the data kind {data.kind!r} streams its "
+            "samples, so the run's length cannot be derived from epochs; set train.max_steps"
+        )
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
     assert run and train and evaluation and model and adapter  # noqa: S101 — no problems means all parsed

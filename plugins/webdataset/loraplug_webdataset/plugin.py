@@ -22,6 +22,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "webdataset",
             "loraplug_webdataset.options:WebDatasetOptions",
             "WebDataset tar shards: images + captions, or chat JSON (streamed)",
+            streams=True,
         )
     )
 

@@ -184,6 +184,15 @@ def test_streamed_images_train_stable_diffusion(tmp_path: Path) -> None:
     assert status["data"]["shards"] == 2 and status["data"]["val samples"] == 3 and len(status["val_losses"]) == 2
 
 
+def test_a_stream_without_max_steps_is_refused_by_recipe_check(tmp_path: Path) -> None:
+    draw_images(tmp_path / "images", 2)
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "images", "--out", tmp_path / "s").exit_code == 0
+    recipe = tiny_sd_recipe(tmp_path, data={"kind": "webdataset", "urls": str(tmp_path / "s" / "shard-000000.tar")})
+    result = run_cli("recipe", "check", recipe, "~train.max_steps", "train.epochs=2")
+    assert result.exit_code == 2
+    assert "`train.max_steps` is missing" in result.stderr and "streams its samples" in result.stderr
+
+
 def test_missing_shards_and_too_few_shards_are_clear_errors(tmp_path: Path) -> None:
     recipe = tiny_sd_recipe(tmp_path, data={"kind": "webdataset", "urls": "nowhere/shard-{0..1}.tar"})
     result = run_cli("recipe", "check", recipe)

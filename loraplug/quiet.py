@@ -1,0 +1,31 @@
+"""Keep libraries' deprecation chatter out of loraplug's own output, unless the user is debugging.
+
+Plugins call :func:`silence_warnings` from their own ``quiet_libraries()`` before importing the heavy
+libraries, then turn off those libraries' progress bars and log levels themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+
+
+def debugging() -> bool:
+    """``LORAPLUG_DEBUG=1``: show every warning and traceback."""
+    return os.environ.get("LORAPLUG_DEBUG", "") not in ("", "0")
+
+
+def silence_warnings(modules: Iterable[str], loggers: Iterable[str] = ()) -> bool:
+    """Ignore FutureWarning and UserWarning raised from ``modules`` (regular expressions) and log only
+    errors from ``loggers``. Returns False, silencing nothing, while debugging."""
+    if debugging():
+        return False
+    for module in modules:
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    # torchao (imported by peft when installed) logs a warning per enum it registers with torch.
+    for name in ("torch.utils._pytree", *loggers):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return True
