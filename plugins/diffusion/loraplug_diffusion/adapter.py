@@ -104,7 +104,11 @@ def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelB
     try:
         unet.add_adapter(_config(options.r, options.alpha, options, targets, patterns), adapter_name=ADAPTER_NAME)
     except ValueError as exc:
-        raise LoraplugError(f"LoRA could not be attached to the UNet: {str(exc).splitlines()[0]}", where="adapter") from exc
+        raise LoraplugError(
+            f"LoRA could not be attached to the UNet: {str(exc).splitlines()[0]}",
+            where="adapter.target_modules",
+            fix="Name modules the UNet has (e.g. to_q, to_k, to_v, to_out.0), or leave target_modules at its default",
+        ) from exc
     _float32_lora(unet)
 
     lr_scales = dict(bundle.lr_scales)

@@ -25,7 +25,7 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
     for setting in settings:
         key, sep, raw = setting.partition("=")
         if not sep or not key.strip():
-            raise LoraplugError(f"The option {setting!r} is not KEY=VALUE", fix="Write it as -o missing_caption=empty")
+            raise LoraplugError(f"The option {setting!r} is not KEY=VALUE", fix="Write each setting as -o KEY=VALUE, a key of the data kind (`loraplug recipe keys` lists them)")
         try:
             parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
