@@ -1,7 +1,7 @@
 """Cached VAE latents and text-encoder outputs, in memory or on disk, keyed so a stale entry is never used.
 
 A latent's key is the VAE's fingerprint (a hash of its config and weights), the image's content hash,
-and the size and crop it was encoded at; a text encoding's key is the text encoder's fingerprint and
+the version of the image decoding, and the size and crop it was encoded at; a text encoding's key is the text encoder's fingerprint and
 the caption. On disk each entry is one safetensors file under the cache directory, written atomically,
 so a later run with the same images, model and resolution reuses it (like kohya's ``_WxH.npz``).
 """

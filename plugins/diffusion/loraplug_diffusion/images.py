@@ -1,5 +1,9 @@
 """Opening images and turning them into training tensors with torchvision.transforms.v2.
 
+An image is trained as it is displayed: its EXIF orientation is applied, 16-bit greyscale is scaled
+down to 8 bits (not clipped, which turns it white), transparency is composited on white. An image
+Pillow flags as a possible decompression bomb is never decoded: it is unreadable like a broken file.
+
 Randomness (crop offsets, flips) comes from a ``random.Random`` the caller owns, so it is seeded with
 the run and the same seed gives the same crops.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +21,19 @@ from typing import Any
 from loraplug import LoraplugError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+# Part of every cached latent's key: bump it when the pixels an image file decodes to change, so a
+# latent cached on disk by an older decoding (an unrotated photo, a white 16-bit PNG) is not reused.
+DECODING_VERSION = 2
+# EXIF orientations that turn the stored image by 90°: its displayed width is its stored height.
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+ORIENTATION_TAG = 0x0112
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 ImageSource = str | Path | bytes | Any  # a path, encoded bytes, or a PIL image
+
+
+class TooLargeImage(ValueError):
+    """Pillow's decompression-bomb check refused the image (its error, or its warning made one)."""
 
 
 def _open(source: ImageSource) -> Any:
@@ -25,9 +41,17 @@ def _open(source: ImageSource) -> Any:
 
     if isinstance(source, Image.Image):
         return source
-    if isinstance(source, bytes):
-        return Image.open(io.BytesIO(source))
-    return Image.open(source)
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes it anyway; both are
+    # refused here, so a huge image is skipped and counted instead of taking the memory of the run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise TooLargeImage(
+                f"it has more pixels than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} "
+                f"(PIL.Image.MAX_IMAGE_PIXELS); downscale it if it is a real image ({exc})"
+            ) from exc
 
 
 @contextmanager
@@ -42,7 +66,7 @@ def _opened(source: ImageSource) -> Iterator[Any]:
 
 
 def check_image(source: ImageSource) -> str | None:
-    """Why the image cannot be used (unreadable, truncated, empty), or ``None`` when it decodes fully."""
+    """Why the image cannot be used (unreadable, truncated, empty, too large), or ``None`` when it decodes fully."""
     try:
         with _opened(source) as image:
             image.load()  # decodes every pixel: a truncated file fails here, not mid-epoch
@@ -53,9 +77,18 @@ def check_image(source: ImageSource) -> str | None:
     return None
 
 
-def load_rgb(source: ImageSource, sample_id: str) -> Any:
-    """The image as RGB (transparency composited on white), or a LoraplugError naming the sample."""
+def _eight_bit(image: Any) -> Any:
+    """A 16-bit greyscale image as 8-bit ``L``, scaled (65535 → 255); Pillow's own convert clips it to white."""
+    import numpy as np
     from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8), mode="L")
+
+
+def load_rgb(source: ImageSource, sample_id: str) -> Any:
+    """The image as RGB, upright as displayed (transparency composited on white), or a LoraplugError naming the sample."""
+    from PIL import Image, ImageOps
 
     try:
         image = _open(source)
@@ -66,6 +99,9 @@ def load_rgb(source: ImageSource, sample_id: str) -> Any:
             where=str(source) if isinstance(source, str | Path) else sample_id,
             fix="It was readable when the run started; restore the file",
         ) from exc
+    image = ImageOps.exif_transpose(image)  # a copy, so a caller's image is left as it was
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = _eight_bit(image)
     if image.mode in ("RGBA", "LA", "P"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -74,9 +110,10 @@ def load_rgb(source: ImageSource, sample_id: str) -> Any:
 
 
 def image_size(source: ImageSource) -> tuple[int, int]:
-    """``(width, height)`` without decoding the pixels."""
+    """``(width, height)`` as displayed (EXIF orientation applied), without decoding the pixels."""
     with _opened(source) as image:
-        return image.size
+        width, height = image.size
+        return (height, width) if image.getexif().get(ORIENTATION_TAG) in QUARTER_TURNS else (width, height)
 
 
 def cover_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:

@@ -25,7 +25,7 @@ DEFAULT_CONV_MODULES = (
 class ImageFolderOptions(Options):
     """``[data] kind = "imagefolder"``."""
 
-    path: InputDir = Field(description="Folder of images (png, jpg, webp), searched recursively.")
+    path: InputDir = Field(description="Folder of images (png, jpg, webp), searched recursively; each trains as displayed (EXIF orientation applied, 16-bit scaled to 8-bit).")
     metadata: InputFile | None = Field(
         None,
         description="A .jsonl or .csv file with an image path and a caption per row. Default: `metadata.jsonl` or "
@@ -40,7 +40,7 @@ class ImageFolderOptions(Options):
         "error", description="An image without a caption stops the run, trains with an empty caption, or uses its file name."
     )
     on_unreadable: Literal["skip", "error"] = Field(
-        "skip", description="An unreadable or truncated image is skipped and counted, or stops the run naming it."
+        "skip", description="An unreadable, truncated or too large image (over Pillow's decompression-bomb limit) is skipped and counted, or stops the run naming it."
     )
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the images for validation loss (seeded).")
 

@@ -21,7 +21,7 @@ from loraplug import Batch, DataBundle, LoraplugError, ModelBundle, PreparedData
 from loraplug_diffusion.buckets import bucket_sizes, nearest_bucket, plan_by_bucket
 from loraplug_diffusion.cache import FeatureCache, content_hash, fingerprint, text_hash
 from loraplug_diffusion.captions import augment
-from loraplug_diffusion.images import image_size, load_rgb, to_tensor
+from loraplug_diffusion.images import DECODING_VERSION, image_size, load_rgb, to_tensor
 from loraplug_diffusion.model import encode_latents, encode_text, place_frozen, tokenize, trains_text_encoder
 from loraplug_diffusion.options import StableDiffusionOptions
 
@@ -143,7 +143,9 @@ def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *,
     todo: dict[str, ImageSample] = {}
     for sample in samples:
         with_flip = flip and sample.train
-        sample.latent_key = f"{content_hash(sample.source)}-{sample.size[0]}x{sample.size[1]}-center{'-flip' if with_flip else ''}"
+        sample.latent_key = (
+            f"{content_hash(sample.source)}-d{DECODING_VERSION}-{sample.size[0]}x{sample.size[1]}-center{'-flip' if with_flip else ''}"
+        )
         if sample.latent_key not in cache:
             todo.setdefault(sample.latent_key, sample)
     by_size: dict[tuple[tuple[int, int], bool], list[ImageSample]] = {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -82,3 +84,31 @@ def test_in_memory_images_stay_usable_after_being_checked_and_measured() -> None
     image = Image.open(io.BytesIO(buffer.getvalue()))  # opened lazily, as a record may hold it
     assert image_size(image) == (40, 20) and check_image(image) is None
     assert load_rgb(image, "x").getpixel((0, 0)) == (1, 2, 3)  # not closed by the checks above
+
+
+def test_a_16_bit_png_keeps_its_gradient_scaled_to_8_bits(tmp_path: Path) -> None:
+    from loraplug_diffusion.images import load_rgb
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))  # black to white, left to right
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert Image.open(tmp_path / "ramp.png").mode == "I;16"  # what Pillow hands the loader
+    row = np.asarray(load_rgb(tmp_path / "ramp.png", "ramp"))[0]
+    assert (row[:, 0] == row[:, 1]).all() and (row[:, 0] == row[:, 2]).all()  # still grey
+    assert row[0, 0] == 0 and row[-1, 0] == 255 and row[32, 0] == round(ramp[0, 32] / 257)
+    assert (np.diff(row[:, 0].astype(int)) >= 0).all() and len(set(row[:, 0])) > 50  # a gradient, not white
+
+
+def test_an_exif_rotated_photo_is_trained_upright_and_bucketed_by_its_displayed_size(tmp_path: Path) -> None:
+    from loraplug_diffusion.images import image_size, load_rgb
+
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (0, 0, 10, 20))  # blue on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display", as a phone held upright writes it
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    assert image_size(tmp_path / "phone.jpg") == (20, 40)
+    upright = load_rgb(tmp_path / "phone.jpg", "phone")
+    assert upright.size == (20, 40)
+    top, bottom = upright.getpixel((10, 2)), upright.getpixel((10, 37))
+    assert top[2] > 200 and top[0] < 60  # the stored left edge is the displayed top
+    assert bottom[0] > 200 and bottom[2] < 60

@@ -69,6 +69,26 @@ def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path: Path)
     assert "on_unreadable" in str(info.value)
 
 
+def test_decompression_bombs_are_skipped_and_counted_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    draw_images(tmp_path / "d", 2)  # 48×48 = 2304 pixels each
+    for name, side in (("warned.png", 60), ("refused.png", 100)):  # Pillow warns past the limit, refuses past twice it
+        Image.new("RGB", (side, side), (9, 9, 9)).save(tmp_path / "d" / name)
+        (tmp_path / "d" / name).with_suffix(".txt").write_text("huge")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    bundle, warnings = _load(tmp_path / "d")
+    assert [r["id"] for r in bundle.train] == ["img-000.png", "img-001.png"]
+    assert bundle.summary["skipped unreadable images"] == 2
+    assert "refused.png" in bundle.summary["first unreadable"] and "decompression-bomb" in bundle.summary["first unreadable"]
+    assert any("skipped 2 unreadable" in w for w in warnings)
+
+    with pytest.raises(LoraplugError, match="refused.png cannot be read") as info:
+        _load(tmp_path / "d", on_unreadable="error")
+    message = str(info.value)
+    assert str(tmp_path / "d" / "refused.png") in message and "downscale it" in message and "on_unreadable" in message
+
+
 def test_validation_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     draw_images(tmp_path / "d", 8)
     first, _ = _load(tmp_path / "d", val_fraction=0.25)

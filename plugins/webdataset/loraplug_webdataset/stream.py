@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,13 @@ def decode_image(data: bytes) -> Any:
     from PIL import Image
 
     try:
-        image = Image.open(io.BytesIO(data))
+        # Pillow's decompression-bomb warning (and error) make a skipped sample, not a crash or a huge decode.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadSample(f"image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadSample(f"image does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
     return image

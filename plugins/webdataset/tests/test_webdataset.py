@@ -115,6 +115,19 @@ def test_corrupt_samples_and_broken_tars_are_skipped_and_counted(tmp_path: Path)
         list(strict)
 
 
+def test_a_decompression_bomb_sample_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    small, large = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (40, 40)).save(small, format="PNG")  # 1600 pixels
+    Image.new("RGB", (100, 100)).save(large, format="PNG")  # over twice the limit below: Pillow refuses it
+    shard = _tar(tmp_path / "a.tar", {"x0.png": large.getvalue(), "x0.txt": b"bomb", "x1.png": small.getvalue(), "x1.txt": b"fine"})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    stream, warnings = _stream([str(shard)], shuffle_buffer=0, samples="image")
+    assert [r["caption"] for r in stream] == ["fine"]
+    assert len(warnings) == 1 and "a.tar:x0" in warnings[0] and "too large" in warnings[0]
+
+
 def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
     rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
