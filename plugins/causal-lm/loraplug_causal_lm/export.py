@@ -10,6 +10,9 @@ from loraplug_causal_lm.merge import merged_model
 from loraplug_causal_lm.options import CausalLMOptions, MergedExportOptions, PeftExportOptions
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
+#: What names a LoRA matrix in a PEFT adapter file (as llama.cpp's converter tells them apart).
+LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B")
+PEFT_PREFIX = "base_model.model."
 #: Merged-vs-trained logit tolerances: float32 merges agree to ~1e-6; an LLM.int8 base computes with
 #: 8-bit activations, which the merged model does not (measured ~1e-2 on tiny-llama).
 DEFAULT_TOLERANCE = 1e-3
@@ -49,13 +52,38 @@ model = PeftModel.from_pretrained(base, "path/to/this/directory")
 """
 
 
+def non_lora_tensors(weights: Path) -> list[str]:
+    """The tensors of a PEFT adapter file that are not LoRA pairs (modules saved in full, DoRA magnitudes).
+
+    LoRA-only converters such as llama.cpp's ``convert_lora_to_gguf.py`` refuse a file holding any.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        names = list(handle.keys())
+    return sorted(name.removeprefix(PEFT_PREFIX) for name in names if not any(part in name for part in LORA_PARTS))
+
+
 def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     model.module.save_pretrained(str(out_dir), safe_serialization=True)
     if options.model_card:
         (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
     figures = _check_written_adapter(model, out_dir) if options.check_parity else {}
+    full = non_lora_tensors(out_dir / "adapter_model.safetensors")
+    figures["lora_only"] = not full
+    notes = []
+    if full:
+        figures["non_lora_tensors"] = full
+        shown = ", ".join(full[:3]) + (f" and {len(full) - 3} more" if len(full) > 3 else "")
+        notes.append(
+            f"not LoRA-only: it also holds {shown} (adapter.modules_to_save trains a module in full), which "
+            "LoRA-only converters such as llama.cpp's convert_lora_to_gguf.py refuse; for GGUF, convert the "
+            "`merged` export with convert_hf_to_gguf.py instead"
+        )
     return ExportResult(
-        figures=figures, loads_with="PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)"
+        figures=figures,
+        notes=notes,
+        loads_with="PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)",
     )
 
 

@@ -12,6 +12,9 @@ from loraplug_causal_lm.presets import preset_dir
 from loraplug_causal_lm.quiet import quiet_libraries
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+#: How this machine loaded the tokenizer, which transformers 5 keeps in its init arguments and so writes
+#: into every tokenizer_config.json saved from it (merged, onnx, quantized exports): not for a published model.
+LOAD_TIME_KEYS = ("is_local", "local_files_only", "cache_dir")
 
 
 def locate(options: CausalLMOptions, cache_dir: Path) -> str:
@@ -59,6 +62,8 @@ def load_causal_lm(
     if tokenizer.pad_token is None:
         # Padding never enters the loss (labels are -100 there), so reusing EOS as pad is safe here.
         tokenizer.pad_token = tokenizer.eos_token
+    for key in LOAD_TIME_KEYS:
+        tokenizer.init_kwargs.pop(key, None)
     return model, tokenizer
 
 

@@ -103,6 +103,34 @@ def test_merged_export_loads_with_transformers_and_matches(trained_run: Path) ->
     assert all(len(f["sha256"]) == 64 for f in manifest["files"])
 
 
+def test_peft_export_with_a_module_saved_in_full_says_it_is_not_lora_only(trained_run: Path) -> None:
+    manifest = json.loads((trained_run / "exports" / "peft" / "export.json").read_text())
+    assert manifest["figures"]["lora_only"] is False
+    assert manifest["figures"]["non_lora_tensors"] == ["lm_head.weight"]  # the recipe's modules_to_save
+    note = next(n for n in manifest["notes"] if "not LoRA-only" in n)
+    assert "lm_head.weight" in note and "convert_lora_to_gguf.py" in note and "`merged` export" in note
+
+
+def test_an_adapter_of_lora_pairs_only_is_lora_only(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from loraplug_causal_lm.export import non_lora_tensors
+
+    pair = {"lora_A": torch.zeros(2, 8), "lora_B": torch.zeros(8, 2)}
+    save_file({f"base_model.model.model.layers.0.self_attn.q_proj.{k}.weight": v for k, v in pair.items()}, tmp_path / "adapter_model.safetensors")
+    assert non_lora_tensors(tmp_path / "adapter_model.safetensors") == []
+
+
+def test_merged_export_carries_no_machine_local_loading_keys(trained_run: Path) -> None:
+    from transformers import AutoTokenizer
+
+    export = trained_run / "exports" / "merged"
+    for name in ("tokenizer_config.json", "config.json", "generation_config.json"):
+        written = json.loads((export / name).read_text())
+        assert not {"is_local", "local_files_only", "cache_dir", "_name_or_path", "name_or_path"} & set(written), name
+    assert AutoTokenizer.from_pretrained(export).pad_token == "<pad>"  # still loads, special tokens kept
+
+
 def test_no_pickle_files_are_written(trained_run: Path) -> None:
     assert not [p for p in trained_run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
