@@ -120,7 +120,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #d
 table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f6f6f6; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 .status { font-weight: bold; padding: 2px 8px; border-radius: 4px; color: #fff; }
-.finished { background: #2e7d32; } .failed { background: #c62828; } .interrupted { background: #ef6c00; } .running, .unknown { background: #1565c0; }
+.finished { background: #2e7d32; } .failed, .damaged, .unreadable { background: #c62828; } .interrupted { background: #ef6c00; } .running, .unknown { background: #1565c0; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; } .plots figure { margin: 0; } .plots img { width: 480px; border: 1px solid #eee; }
 .sample { white-space: pre-wrap; max-width: 40em; } .samples img { max-width: 256px; display: block; }
 .error { background: #fdecea; border-left: 4px solid #c62828; padding: 0.6em 1em; white-space: pre-wrap; }
@@ -209,7 +209,8 @@ def _header(info: RunInfo) -> str:
     for key in ("tokens_per_second", "processes", "recipe_hash", "smoke"):
         if key in fields:
             facts[key.replace("_", " ")] = fields[key]
-    error = f"<div class=\"error\">{_e(fields['error'])}</div>" if fields.get("error") and status != "finished" else ""
+    message = info.problem or (fields.get("error") if status != "finished" else None)  # a damaged adapter, a failure
+    error = f"<div class=\"error\">{_e(message)}</div>" if message else ""
     return (
         f"<h1>{_e(info.name)} <span class=\"status {_e(status)}\">{_e(status)}</span></h1>\n"
         f"{error}{_key_values(facts)}"

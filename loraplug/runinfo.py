@@ -16,12 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.errors import LoraplugError
-from loraplug.rundir import EXPORTS_DIR, METRICS_FILE, RECIPE_FILE, SAMPLES_DIR, STATUS_FILE, read_status
+from loraplug.rundir import (
+    ADAPTER_DIR,
+    ADAPTER_FILE,
+    CHECKPOINTS_DIR,
+    EXPORTS_DIR,
+    METRICS_FILE,
+    RECIPE_FILE,
+    SAMPLES_DIR,
+    STATUS_FILE,
+)
 
 #: Keys of a metrics.jsonl line that are not metrics.
 RECORD_KEYS = frozenset({"step", "split", "time"})
 #: The metric ``runs list`` calls "best" when the run does not say otherwise (lower is better).
 DEFAULT_BEST = ("eval", "val_loss")
+#: The status of a finished run whose adapter is missing or cut short: its training result is lost.
+DAMAGED = "damaged"
+#: The status ``runs list`` shows for a run whose ``run.json`` cannot be read.
+UNREADABLE = "unreadable"
+#: safetensors refuses headers longer than this; a longer length field means the file is not one.
+MAX_SAFETENSORS_HEADER = 100 << 20
 
 
 @dataclass
@@ -49,14 +64,33 @@ class RunInfo:
     samples: list[SampleSet] = field(default_factory=list)
     exports: list[dict[str, Any]] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
+    #: Why a finished run's adapter cannot be loaded (:func:`safetensors_problem`): the run is ``damaged``.
+    adapter_problem: str | None = None
+    #: Why the run could not be read at all (``runs list`` shows it as ``unreadable``).
+    unreadable: str | None = None
 
     @property
     def name(self) -> str:
         return str(self.recipe.get("run", {}).get("name") or self.path.name)
 
     @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER_DIR / ADAPTER_FILE
+
+    @property
     def status(self) -> str:
-        return effective_status(self.fields)
+        if self.unreadable:
+            return UNREADABLE
+        status = effective_status(self.fields)
+        # A finished run's result is its adapter: without a whole one it is not finished in any useful sense.
+        return DAMAGED if status == "finished" and self.adapter_problem else status
+
+    @property
+    def problem(self) -> str | None:
+        """Why the run is ``unreadable`` or ``damaged``, as one line; ``None`` when it is neither."""
+        if self.unreadable:
+            return self.unreadable
+        return f"{ADAPTER_DIR}/{ADAPTER_FILE} {self.adapter_problem}" if self.adapter_problem else None
 
     @property
     def step(self) -> int:
@@ -102,16 +136,15 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_run(path: Path) -> RunInfo:
-    """Read the run in ``path``; a directory that holds no run is a :class:`LoraplugError`."""
+    """Read the run in ``path``; a directory that holds no run, or an unreadable ``run.json``, is a :class:`LoraplugError`.
+
+    A finished run whose adapter is missing or not a whole safetensors file gets an ``adapter_problem``
+    and the status ``damaged``.
+    """
     if not path.is_dir():
         raise LoraplugError(f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart")
-    fields = read_status(path)
-    if fields is None:
-        raise LoraplugError(
-            f"{path} is not a loraplug run directory (no readable {STATUS_FILE})",
-            fix="Pass a directory that `loraplug runs list` shows, e.g. runs/quickstart",
-        )
-    return RunInfo(
+    fields = _read_fields(path)
+    info = RunInfo(
         path=path,
         fields=fields,
         metrics=read_metrics(path / METRICS_FILE),
@@ -119,6 +152,101 @@ def read_run(path: Path) -> RunInfo:
         exports=read_exports(path / EXPORTS_DIR),
         recipe=_read_toml(path / RECIPE_FILE),
     )
+    if effective_status(fields) == "finished":
+        info.adapter_problem = safetensors_problem(info.adapter_path)
+    return info
+
+
+def _read_fields(path: Path) -> dict[str, Any]:
+    """``run.json`` as a dict; missing: not a run directory; unparsable: damaged (loraplug writes it atomically)."""
+    status_file = path / STATUS_FILE
+    try:
+        fields = json.loads(status_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoraplugError(
+            f"{path} is not a loraplug run directory (no {STATUS_FILE})",
+            fix="Pass a directory that `loraplug runs list` shows, e.g. runs/quickstart",
+        ) from None
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:  # JSON and UTF-8 errors alike
+        problem = f"is not valid JSON ({str(exc).splitlines()[0]})"
+    else:
+        if isinstance(fields, dict):
+            return fields
+        problem = f"holds a JSON {type(fields).__name__}, not the object loraplug writes"
+    raise LoraplugError(
+        f"The run's {STATUS_FILE} {problem}",
+        where=str(status_file),
+        fix="loraplug writes it in one piece, so something else changed it: restore it from a backup. The run's "
+        "adapter, checkpoints and exports do not depend on it",
+    )
+
+
+def read_runs(root: Path) -> list[RunInfo]:
+    """Every run :func:`find_runs` finds, newest first. One run that cannot be read never hides the others:
+    it is listed with the status ``unreadable`` and its ``problem``."""
+    runs = []
+    for path in find_runs(root):
+        try:
+            info = read_run(path)
+            _shown = (info.status, info.step, info.name, info.best())  # a hand-edited odd value fails here, not mid-table
+        except (LoraplugError, TypeError, ValueError, AttributeError) as exc:
+            what = exc.what if isinstance(exc, LoraplugError) else f"{STATUS_FILE} or {RECIPE_FILE} holds a value of the wrong type ({exc})"
+            info = RunInfo(path=path, fields={}, unreadable=what)
+        runs.append(info)
+    return sorted(runs, key=lambda info: str(info.fields.get("started_at", "")), reverse=True)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (missing, empty, cut short), or ``None`` when it is.
+
+    Reads only the header and the file's size, so listing runs stays instant; this is the check the
+    safetensors library makes before it reads any tensor.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size == 0:
+                return "is empty (0 bytes)"
+            if size < 8:
+                return f"is {size} bytes, too short for a safetensors file"
+            if length > MAX_SAFETENSORS_HEADER:
+                return "is not a safetensors file (its header length is implausible)"
+            if 8 + length > size:
+                return f"is cut short ({size} bytes; its header alone needs {8 + length})"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError:
+        return "is not a safetensors file (its header is not JSON)"
+    try:
+        needed = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        return "is not a safetensors file (its header does not list tensors)"
+    stored = size - 8 - length
+    if needed > stored:
+        return f"is cut short ({size} bytes of {8 + length + needed})"
+    if needed < stored:
+        return f"has {stored - needed} bytes after its last tensor (two files written into one?)"
+    return None
+
+
+def damaged_weights_error(path: Path, problem: str) -> LoraplugError:
+    """The error for trained weights that cannot be loaded, with where to find them again."""
+    run_dir = path.parent.parent if path.parent.name == ADAPTER_DIR else None
+    checkpoints = sorted((run_dir / CHECKPOINTS_DIR).glob("step-*")) if run_dir is not None else []
+    fix = "If it was copied from elsewhere, copy it again"
+    if checkpoints:
+        fix += (
+            f"; the run's newest checkpoint holds the weights of its step: "
+            f"`loraplug export {checkpoints[-1]} --kind KIND` exports those"
+        )
+    fix += "; otherwise train again (`loraplug run RECIPE --overwrite`)"
+    return LoraplugError(f"The trained weights {path.name} {problem}", where=str(path), fix=fix)
 
 
 def find_runs(root: Path) -> list[Path]:

@@ -222,3 +222,61 @@ def test_each_sample_step_is_logged_once(finished_run: Path) -> None:
     board.Reload()
     steps = [event.step for event in board.Tensors("samples/0/text_summary")]
     assert steps == [0, 2, 4]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-byte"])
+def test_a_damaged_adapter_is_a_clear_error_for_runs_show_export_and_generate(tmp_path: Path, finished_run: Path, damage: str) -> None:
+    run_dir = tmp_path / "runs" / "tiny"
+    shutil.copytree(finished_run, run_dir)
+    adapter = run_dir / "adapter" / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2] if damage == "truncated" else b"")
+    said = "is cut short" if damage == "truncated" else "is empty (0 bytes)"
+
+    shown = run_cli("runs", "show", run_dir)
+    assert shown.exit_code == 2, shown.output
+    first = shown.stdout.splitlines()[0]
+    assert "damaged" in first and "finished" not in first
+    assert f"adapter/adapter.safetensors {said}" in shown.stdout
+    assert f"The trained weights adapter.safetensors {said}" in shown.stderr and str(adapter) in shown.stderr
+    assert 'class="status damaged"' in (run_dir / "report.html").read_text()
+    listed = json.loads(run_cli("runs", "list", tmp_path / "runs", "--json").stdout)
+    assert [r["status"] for r in listed] == ["damaged"] and listed[0]["problem"].startswith(f"adapter/adapter.safetensors {said}")
+
+    for command in (("export", run_dir, "--kind", "peft", "--name", "again"), ("generate", run_dir, "--prompt", "q: rain")):
+        result = run_cli(*command)
+        assert result.exit_code == 2, result.output
+        assert f"The trained weights adapter.safetensors {said}" in result.stderr and "adapter.safetensors." in result.stderr
+        assert "unexpected error" not in result.output and "Traceback" not in result.output
+    assert not (run_dir / "exports" / "again").exists()
+
+
+def test_an_unreadable_run_json_is_listed_and_hides_no_other_run(tmp_path: Path, finished_run: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_run, runs / "good")
+    shutil.copytree(finished_run, runs / "torn")
+    (runs / "torn" / "run.json").write_text('{"status": "fini')
+    shutil.copytree(finished_run, runs / "odd")
+    (runs / "odd" / "run.json").write_text("[1, 2]")
+
+    table = run_cli("runs", "list", runs)
+    assert table.exit_code == 0, table.output
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.count("│") > 3}
+    assert "finished" in rows["good"] and "unreadable" in rows["torn"] and "unreadable" in rows["odd"]
+    assert "run.json is not valid JSON" in table.stdout
+    listed = {Path(r["path"]).name: r for r in json.loads(run_cli("runs", "list", runs, "--json").stdout)}
+    assert listed["good"]["status"] == "finished" and listed["good"]["problem"] is None
+    assert listed["torn"]["status"] == "unreadable" and "not valid JSON" in listed["torn"]["problem"]
+    assert listed["odd"]["status"] == "unreadable" and "holds a JSON list" in listed["odd"]["problem"]
+
+    shown = run_cli("runs", "show", runs / "torn")
+    assert shown.exit_code == 2 and "run.json is not valid JSON" in shown.stderr and str(runs / "torn" / "run.json") in shown.stderr
+
+
+def test_runs_list_of_a_directory_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    result = run_cli("runs", "list", tmp_path / "nowhere")
+    assert result.exit_code == 2 and f"{tmp_path / 'nowhere'} does not exist" in result.stderr
+    (tmp_path / "file").write_text("")
+    assert run_cli("runs", "list", tmp_path / "file", "--json").exit_code == 2
+    # No DIRECTORY and no ./runs yet: nothing ran here, which is not a mistake.
+    default = run_cli("runs", "list")
+    assert default.exit_code == 0 and "No runs in" in default.stdout

@@ -16,6 +16,7 @@ import click
 
 from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, EXPORTS_DIR, RECIPE_FILE
+from loraplug.runinfo import damaged_weights_error, safetensors_problem
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def locate_weights(path: Path) -> WeightsSource:
                 f"The run {path} has no trained adapter yet ({ADAPTER_DIR}/{ADAPTER_FILE} is missing)",
                 fix="Export it once the run has finished, or pass one of its checkpoint directories",
             )
+        _check_whole(adapter)
         return WeightsSource(path, adapter)
     candidates = [path / ADAPTER_FILE, path / ADAPTER_DIR / ADAPTER_FILE]
     adapter = next((c for c in candidates if c.exists()), None)
@@ -48,7 +50,15 @@ def locate_weights(path: Path) -> WeightsSource:
             f"{path} is not a loraplug run directory (no {RECIPE_FILE}) nor a checkpoint of one (no {ADAPTER_FILE})",
             fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart, or runs/quickstart/checkpoints/step-00000200",
         )
+    _check_whole(adapter)
     return WeightsSource(run_dir, adapter, checkpoint=path.name)
+
+
+def _check_whole(adapter: Path) -> None:
+    """Refuse weights cut short before the base model loads (seconds to minutes), naming the file."""
+    problem = safetensors_problem(adapter)
+    if problem:
+        raise damaged_weights_error(adapter, problem)
 
 
 def _check_name(name: str) -> str:

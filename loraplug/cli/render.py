@@ -150,7 +150,7 @@ def key_tables(
 
 # --- runs: `loraplug runs list` and `loraplug runs show` -----------------------------------------
 
-STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan", "damaged": "red", "unreadable": "red"}
 
 
 def status_text(status: str) -> str:
@@ -182,6 +182,9 @@ def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
         name = info.path.relative_to(root) if info.path.is_relative_to(root) and info.path != root else Path(info.path.name)
         table.add_row(escape(str(name)), status_text(info.status), run_steps(info), escape(run_best(info)), run_when(info))
     console.print(table)
+    for info in runs:  # damaged and unreadable runs: why, under the table
+        if info.problem:
+            console.print(f"  {status_text(info.status)} {escape(shown(info.path))}: {escape(info.problem)}", highlight=False)
 
 
 def run_details(console: Console, info: RunInfo) -> None:
@@ -190,6 +193,8 @@ def run_details(console: Console, info: RunInfo) -> None:
     console.print(f"  run dir  {escape(shown(info.path))}")
     if info.fields.get("error") and info.status != "finished":
         console.print(f"  [red]error[/]    {escape(str(info.fields['error']))}")
+    if info.problem:
+        console.print(f"  [red]{escape(info.status)}[/]  {escape(info.problem)}")
     if info.data:
         console.print("  data     " + escape(", ".join(f"{k} {v}" for k, v in info.data.items())))
     final = info.final_metrics()

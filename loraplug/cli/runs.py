@@ -13,18 +13,25 @@ import click
 
 from loraplug.cli import render
 from loraplug.errors import LoraplugError
-from loraplug.runinfo import RunInfo, find_runs, read_run
+from loraplug.runinfo import RunInfo, damaged_weights_error, read_run, read_runs
+
+#: Where runs are listed from when no DIRECTORY is given (``run.output_dir``'s default).
+DEFAULT_RUNS = Path("runs")
 
 
 @click.command("list")
-@click.argument("directory", required=False, default="runs", type=click.Path(path_type=Path))
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_runs(directory: Path, as_json: bool) -> None:
+def list_runs(directory: Path | None, as_json: bool) -> None:
     """List the runs in DIRECTORY (default ./runs, and the smoke runs under it): status, steps, best metric."""
     from loraplug.cli.main import console
 
-    root = directory.absolute()
-    runs = sorted((read_run(path) for path in find_runs(root)), key=lambda info: str(info.fields.get("started_at", "")), reverse=True)
+    # A DIRECTORY that is not there is a mistake (a typo); a missing ./runs only means nothing ran here yet.
+    if directory is not None and not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise LoraplugError(f"{directory} {what}", fix="Pass the directory your runs are in (run.output_dir, default ./runs)")
+    root = (directory or DEFAULT_RUNS).absolute()
+    runs = read_runs(root)
     if as_json:
         click.echo(json.dumps([run_summary(info) for info in runs], indent=2))
     else:
@@ -46,6 +53,8 @@ def show_run(run_dir: Path) -> None:
     except OSError as exc:
         raise LoraplugError(f"Could not write the report in {info.path}: {exc}", fix="Check the directory is writable") from exc
     console.print(f"  report   {render.escape(str(page))}")
+    if info.adapter_problem:  # shown above as damaged; the exit status says so too
+        raise damaged_weights_error(info.adapter_path, info.adapter_problem)
 
 
 def run_summary(info: RunInfo) -> dict[str, object]:
@@ -61,6 +70,7 @@ def run_summary(info: RunInfo) -> dict[str, object]:
         "started_at": info.fields.get("started_at"),
         "finished_at": info.fields.get("finished_at"),
         "smoke": bool(info.fields.get("smoke", False)),
+        "problem": info.problem,
     }
 
 

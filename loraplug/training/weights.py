@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save
 
 from loraplug.errors import LoraplugError
 from loraplug.rundir import atomic_write_bytes
+from loraplug.runinfo import damaged_weights_error, safetensors_problem
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -29,6 +30,9 @@ def load_trainable(module: torch.nn.Module, path: Path) -> None:
     """Load weights written by :func:`save_trainable` into an identically adapted module."""
     if not path.exists():
         raise LoraplugError(f"No adapter weights at {path}", fix="Point at a finished run directory or a checkpoint")
+    problem = safetensors_problem(path)  # a file cut short is the user's to fix, not a safetensors traceback
+    if problem:
+        raise damaged_weights_error(path, problem)
     load_trainable_state(module, load_file(str(path)), source=str(path))
 
 
