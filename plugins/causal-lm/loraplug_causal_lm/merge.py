@@ -7,12 +7,18 @@ plugins) all start from :func:`merged_model`, so a LoRA update is folded in one 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from loraplug import LoraplugError, ModelBundle, RunContext
 from loraplug_causal_lm.model import load_causal_lm
 from loraplug_causal_lm.options import CausalLMOptions
+
+#: Largest logit difference accepted between the merged model and the trained model computed in float32
+#: (a quantized one on its dequantized weights): a correct merge agrees to ~1e-6, a lost or doubled
+#: LoRA update differs by far more.
+DEFAULT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -79,3 +85,53 @@ def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True
         model.module.save_pretrained(adapter_dir, safe_serialization=True)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(safe_merge=True)
     return MergedModel(merged.eval(), tokenizer, trained_dtype, notes)
+
+
+def check_parity(
+    merged: MergedModel, trained: Any, logits: Callable[[Any], Any], *, tolerance: float | None = None
+) -> dict[str, float]:
+    """Compare the merged model's logits with the trained model's, like with like; raise when they differ.
+
+    ``logits`` computes a model's logits on the probe (float32, on the CPU). A quantized trained model
+    computes through bitsandbytes' kernels in whatever precision they pick (``bnb_4bit_compute_dtype``,
+    8-bit activations for LLM.int8); its float32 merge cannot reproduce that rounding, and how large it is
+    depends on the kernel and the host. So the merge is held to the trained model with each quantized
+    layer computing in float32 on its weights dequantized as the merge dequantized them; the kernels'
+    own share is reported beside it (``quantized_kernel_drift``) and not held against the merge.
+    """
+    from loraplug_causal_lm.quantized import dequantized_forward, is_quantized
+
+    was_training = trained.training
+    trained.eval()
+    try:
+        merged_logits = logits(merged.module)
+        as_trained = logits(trained)
+        reference = as_trained
+        figures = {"max_abs_logit_diff_vs_trained": _max_abs_diff(merged_logits, as_trained)}
+        if is_quantized(trained):
+            with dequantized_forward(trained, merged.trained_dtype):
+                reference = logits(trained)
+            figures["max_abs_logit_diff_vs_dequantized"] = _max_abs_diff(merged_logits, reference)
+            figures["quantized_kernel_drift"] = _max_abs_diff(as_trained, reference)
+    finally:
+        trained.train(was_training)
+    limit = tolerance or DEFAULT_TOLERANCE
+    figures["tolerance"] = limit
+    difference = _max_abs_diff(merged_logits, reference)
+    if difference > limit:
+        if reference is as_trained:
+            raise LoraplugError(
+                f"The merged model's logits differ from the trained model's by {difference:.2e} (tolerance {limit:g})",
+                fix="Raise the export's `tolerance` if the trained model ran in reduced precision, or report it",
+            )
+        raise LoraplugError(
+            f"The merged model's logits differ by {difference:.2e} (tolerance {limit:g}) from the trained model's "
+            "computed on the same dequantized weights in float32: the merge does not reproduce the trained model",
+            fix="Report it to the authors of loraplug-causal-lm with the run's recipe.toml, or raise the export's "
+            "`tolerance` to keep the export anyway",
+        )
+    return figures
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    return float((a - b).abs().max())

@@ -6,6 +6,8 @@ test suite. Everything here is imported by hook bodies only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from loraplug import LoraplugError
@@ -65,8 +67,66 @@ def prepare_for_training(model: Any, options: CausalLMOptions) -> Any:
     """peft's ``prepare_model_for_kbit_training``: frozen base, float32 norms, input grads for checkpointing."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(
+    model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=options.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
+    keep_training_kernels(model)
+    return model
+
+
+def keep_training_kernels(model: Any) -> None:
+    """Keep every 4-bit layer of ``model`` on the kernel it trains with, on every CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.48+) repacks a 4-bit layer the first time it runs in eval
+    mode, for an inference-only kernel: the block scales are rounded to bfloat16 in place, the layer then
+    computes in bfloat16 whatever ``bnb_4bit_compute_dtype`` says, and back in training it passes no
+    gradient to its input (the kernel has no backward). A run evaluates at step 0, so without this the
+    rest of its training silently backpropagated through no 4-bit layer, and its outputs depended on
+    the host's instruction set.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # The flag bitsandbytes sets from the CPU's features at construction and reads on every forward.
+            module.support_avx512bf16_for_cpu = False
+
+
+@contextmanager
+def dequantized_forward(model: Any, dtype: str) -> Iterator[None]:
+    """Within: every bitsandbytes layer of ``model`` computes in float32 on its weights dequantized to ``dtype``.
+
+    The weights are dequantized by transformers' own helper, as ``model.dequantize(dtype)`` does for the
+    merge, so this is the trained model computed the way its merged export computes: what is left
+    between the two is the merge itself, not the rounding of bitsandbytes' kernels (``bnb_4bit_compute_dtype``,
+    LLM.int8's 8-bit activations), which a float model cannot reproduce.
+    """
+    import bitsandbytes as bnb
+    import torch
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    target = getattr(torch, dtype)
+    layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+
+    def float32_forward(layer: Any) -> Any:
+        def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+            weight = dequantize_bnb_weight(layer.weight, getattr(layer, "state", None)).to(target).float()
+            bias = None if layer.bias is None else layer.bias.float()
+            return torch.nn.functional.linear(x.float(), weight, bias).to(x.dtype)
+
+        return forward
+
+    # An accelerate hook may already have replaced a layer's forward on the instance: put back what was there.
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        layer.forward = float32_forward(layer)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved, strict=True):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
