@@ -19,7 +19,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_PROJECTS),-e $(dir $(p)))
+	# setuptools prints an informational "Editable installation" notice per package: not for newcomers.
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_PROJECTS),-e $(dir $(p)))
 	touch $(STAMP)
 
 demo: install
@@ -30,7 +31,7 @@ test: install
 
 bench: install
 	$(PY) bench/cli_startup.py
-	$(PY) -m pip install --quiet -e ".[bench]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/llm_throughput.py --out runs/bench/llm_throughput.json
 	$(PY) bench/sd_caching.py tiny --json bench/results/sd_caching_tiny.json
 
