@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from loraplug import options
@@ -43,7 +44,8 @@ def describe_type(annotation: Any) -> str:
     if origin is typing.Annotated:
         base = describe_type(args[0])
         must_exist = any(getattr(m, "func", None) in MUST_EXIST for m in args[1:])
-        return f"{base} (must exist)" if must_exist else base
+        optional = " (optional)" if base.endswith(" (optional)") else ""
+        return f"{base.removesuffix(optional)}{_bounds(args[1:])}{optional}" + (" (must exist)" if must_exist else "")
     if origin is Literal:
         return " \\| ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -60,6 +62,28 @@ def describe_type(annotation: Any) -> str:
             return "path"
         return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(annotation.__name__, annotation.__name__)
     return str(annotation)
+
+
+def _bounds(metadata: Sequence[Any]) -> str:
+    """``" in (0, 10]"`` or ``" > 0"`` from a type's constraints (``Field(gt=0, le=10)``, ``PositiveInt``)."""
+    flat: list[Any] = []
+    for item in metadata:
+        flat.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    found: dict[str, Any] = {}
+    for item in flat:
+        for attribute in ("gt", "ge", "lt", "le"):
+            if type(item).__name__.lower() == attribute:
+                found[attribute] = getattr(item, attribute)
+    show = {key: f"{value:g}" if isinstance(value, float) else str(value) for key, value in found.items()}
+    low = ("(", show["gt"]) if "gt" in show else ("[", show["ge"]) if "ge" in show else None
+    high = (show["lt"], ")") if "lt" in show else (show["le"], "]") if "le" in show else None
+    if low and high:
+        return f" in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f" {'>' if low[0] == '(' else '≥'} {low[1]}"
+    if high:
+        return f" {'<' if high[1] == ')' else '≤'} {high[0]}"
+    return ""
 
 
 def _default(field: Any) -> str:

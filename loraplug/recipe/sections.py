@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PlainValidator, PositiveFloat, PositiveInt, model_validator
 
-from loraplug.options import Options
+from loraplug.options import MAX_SEED, DirName, LearningRate, Options
 
 
 def _batch_size(value: object) -> int | Literal["auto"]:
@@ -24,23 +24,31 @@ def _batch_size(value: object) -> int | Literal["auto"]:
 
 
 BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
+#: An Adam beta: the decay of a moving average, so in [0, 1).
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class RunSection(Options):
     """``[run]``: what the run is called, where it goes, its seed."""
 
-    name: str = Field("", description="Run name; the run directory is output_dir/name. Default: the recipe file's name.")
+    name: DirName = Field(
+        "",
+        description="Run name; the run directory is output_dir/name. One directory name: letters, digits, `_`, `-`, "
+        "`.`, `+` and inner spaces (no `/`, no `..`). Default: the recipe file's name.",
+    )
     output_dir: Path = Field(Path("runs"), description="Parent directory of run directories, relative to the current directory.")
-    seed: int = Field(42, description="The one seed for Python, NumPy, torch, data order and adapter initialisation.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="The one seed for Python, NumPy, torch, data order and adapter initialisation."
+    )
 
 
 class TrainSection(Options):
     """``[train]``: the optimiser, schedule, batch and precision."""
 
-    lr: PositiveFloat = Field(2e-4, description="Peak learning rate of AdamW.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    eps: PositiveFloat = Field(1e-8, description="AdamW epsilon.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay; never applied to biases and norm weights.")
+    lr: LearningRate = Field(2e-4, description="Peak learning rate of AdamW (LoRA usually trains at 1e-5 to 1e-3).")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, le=1, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay; never applied to biases and norm weights.")
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0).")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.errors import LoraplugError
+from loraplug.options import unreadable_reason
 
 KeyPath = tuple[str | int, ...]
 
@@ -55,13 +56,22 @@ class RecipeSource:
 
 def read_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeSource:
     """Read ``path`` as UTF-8 TOML and apply ``key.path=value`` overrides (``~key.path`` deletes)."""
-    if not path.exists():
-        raise LoraplugError(f"Recipe file not found: {path}", fix="Check the path; recipes/ holds the shipped recipes")
+    reason = unreadable_reason(path, "file")
+    if reason is not None:
+        missing = reason.startswith("file not found")
+        raise LoraplugError(
+            f"Recipe file not found: {path}" if missing else f"The recipe cannot be read: {reason}",
+            fix="Check the path; recipes/ holds the shipped recipes" if missing else "Pass the recipe file itself (or fix the link)",
+        )
     if path.is_dir():
         raise LoraplugError(f"{path} is a directory, not a recipe file", fix="Pass a .toml file")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LoraplugError(f"The recipe {path} cannot be read: {exc.strerror}", fix="Check the file's permissions") from exc
+    try:
+        # utf-8-sig: a byte-order mark (which some Windows editors write) is not part of the TOML.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise LoraplugError(
@@ -107,6 +117,29 @@ def _key_lines(text: str) -> dict[KeyPath, int]:
     return lines
 
 
+def _not_a_table(override: str, parent: KeyPath, node: Any) -> LoraplugError:
+    name = dotted(parent)
+    if isinstance(node, list) and node and all(isinstance(item, dict) for item in node):
+        key = override.lstrip("~").partition("=")[0].strip()
+        fix = f"Say which of its {len(node)} tables, counting from 0: e.g. `{key.replace(name, f'{name}.0', 1)}=…`"
+    else:
+        fix = f"Set `{name}` itself (e.g. `{name}=…`), or check the key with `loraplug recipe keys`"
+    return LoraplugError(f"The override {override!r} sets a key inside `{name}`, which is {_kind_of(node)}, not a table", fix=fix)
+
+
+def _kind_of(value: Any) -> str:
+    """A reader's name for a TOML value's type: ``a number (0.0002)``."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "an array of tables" if value and all(isinstance(item, dict) for item in value) else "an array"
+    return type(value).__name__
+
+
 def parse_value(text: str) -> Any:
     """A TOML value (``1e-4``, ``true``, ``["q_proj", "v_proj"]``), or the text itself as a string."""
     try:
@@ -137,13 +170,16 @@ def apply_override(source: RecipeSource, override: str) -> None:
             node = node[part]
         else:
             if not isinstance(node, dict):
-                raise LoraplugError(f"The override {override!r} goes inside {dotted(path[:depth])}, which is not a table")
-            if isinstance(node.get(part), list) and len(node[part]) == 1 and not isinstance(path[depth + 1], int):
+                raise _not_a_table(override, path[:depth], node)
+            single = node.get(part)
+            if isinstance(single, list) and len(single) == 1 and isinstance(single[0], dict) and not isinstance(path[depth + 1], int):
                 node = node[part][0]  # `export.kind=…` with a single [[export]]
                 path = (*path[: depth + 1], 0, *path[depth + 1 :])
                 continue
             node = node.setdefault(part, {})
     last = path[-1]
+    if not isinstance(node, (dict, list)) or (isinstance(node, list) and not isinstance(last, int)):
+        raise _not_a_table(override, path[:-1], node)  # `train.lr.x=5`: nothing goes inside a number
     if delete:
         if isinstance(node, dict):
             node.pop(last, None)

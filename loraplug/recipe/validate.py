@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
 from loraplug.errors import LoraplugError, RecipeError
 from loraplug.kinds import Stage
+from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
@@ -63,12 +64,24 @@ class _Checker:
             return f"unknown key `{key}` ({where}){hint}"
         if kind == "missing":
             return f"missing key `{key}` ({where})"
-        message = err["msg"].removeprefix("Value error, ")
+        message = err["msg"].removeprefix("Value error, ") + _type_hint(kind, err.get("input"))
         if kind.startswith("path_"):
             return f"`{key}`: {message} ({where})"
         if not err["loc"]:
             return f"[{key}]: {message} ({where})"
         return f"`{key}` = {_show(err.get('input'))}: {message} ({where})"
+
+    def export_name(self, table: Any, index: int) -> str | None:
+        """``export[index].name`` ("" when unset: the kind names it), or None when it cannot name a directory."""
+        name = table.get("name", "") if isinstance(table, dict) else ""
+        key, where = f"export[{index}].name", self.source.where(("export", index, "name"))
+        if not isinstance(name, str):
+            self.problems.append(f"`{key}` = {_show(name)}: must be a string, the export's directory under exports/ ({where})")
+            return None
+        if name and (problem := dir_name_problem(name)) is not None:
+            self.problems.append(f"`{key}` = {_show(name)}: {problem}; it must be {DIR_NAME_RULE} ({where})")
+            return None
+        return name
 
     def kind_section(self, stage: Stage, table: Any, path: KeyPath, model_kind: str | None) -> KindSection | None:
         if not isinstance(table, dict):
@@ -158,9 +171,10 @@ def load_recipe(
     names: dict[str, int] = {}
     for index, table in enumerate(raw_exports if scoped else []):
         section = checker.kind_section("export", table, ("export", index), model_kind)
-        if section is None:
+        name = checker.export_name(table, index)
+        if section is None or name is None:
             continue
-        name = str(table.get("name") or section.kind)
+        name = name or section.kind
         if name in names:
             checker.problems.append(
                 f"`export[{index}]` writes to exports/{name}/ like export[{names[name]}] "
@@ -191,12 +205,19 @@ def load_recipe(
             f"`train.max_steps` is missing ({source.where(('train',))}): the data kind {data.kind!r} streams its "
             "samples, so the run's length cannot be derived from epochs; set train.max_steps"
         )
+    if run is not None and not run.name:
+        # The default name comes from the file name, which the rule for names applies to as well.
+        if (problem := dir_name_problem(path.stem)) is None:
+            run.name = path.stem
+        else:
+            checker.problems.append(
+                f"`run.name` is unset and the recipe's file name {path.stem!r} {problem}, so it cannot name the run "
+                f"directory ({source.where(('run',))}); set run.name to {DIR_NAME_RULE}"
+            )
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
     assert run and train and evaluation and model and adapter  # noqa: S101 — no problems means all parsed
     assert isinstance(data, DataSection)  # noqa: S101
-    if not run.name:
-        run.name = path.stem
     return Recipe(
         path=path, run=run, data=data, model=model, adapter=adapter, train=train, eval=evaluation, exports=exports, metrics=metrics
     )
@@ -243,8 +264,30 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
     return dict(getattr(current, "model_fields", {}))
 
 
+#: Strict types' errors, by what was expected.
+_EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
+
+
+def _type_hint(kind: str, value: Any) -> str:
+    """What to write instead, for a value of the wrong TOML type (strict options never convert it)."""
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return ""
+    if isinstance(value, bool):
+        return f" ({str(value).lower()} is a boolean; write {expected})"
+    if isinstance(value, str) and kind != "string_type":
+        return f" (a string; write {expected} without quotes)"
+    if isinstance(value, float) and kind == "int_type":
+        return " (write it without a decimal point or exponent)"
+    if isinstance(value, (int, float)) and kind == "bool_type":
+        return f" ({value} is a number; write true or false)"
+    if isinstance(value, (int, float)) and kind == "string_type":
+        return f' (a number; write it in quotes: "{value}")'
+    return ""
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = str(value).lower() if isinstance(value, bool) else repr(value)  # as TOML writes it
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -255,6 +298,9 @@ def export_section(host: PluginHost, kind: str, settings: list[str] | tuple[str,
         anything else a string.
     :raises LoraplugError: listing every problem, each naming the setting it came from.
     """
+    if (problem := dir_name_problem(name)) is not None:
+        # The same rule as an [[export]]'s `name`: the export's directory stays inside exports/.
+        raise LoraplugError(f"The export name {name!r} {problem}", where="--name", fix=f"Use {DIR_NAME_RULE}, e.g. onnx-fp32")
     host.lookup("export", kind, model_kind)  # an unknown or uninstalled kind, with its own fix
     source = RecipeSource(path=Path("the command line"), text="", data={"export": {"kind": kind}})
     for setting in settings:
@@ -263,6 +309,8 @@ def export_section(host: PluginHost, kind: str, settings: list[str] | tuple[str,
                 f"The export setting {setting!r} is not KEY=VALUE",
                 fix=f"Write the export's options as e.g. `tolerance=1e-3`; `loraplug recipe keys` lists the keys of {kind!r}",
             )
+        if setting.partition("=")[0].strip() == "name":
+            raise LoraplugError(f"The export setting {setting!r} is not an option of the export", fix="Name the export's directory with --name")
         apply_override(source, f"export.{setting}")
         for path, given in source.overridden.items():
             if given == f"export.{setting}":

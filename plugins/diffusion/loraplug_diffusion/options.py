@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from loraplug import InputDir, InputFile, Options
-from loraplug.options import pretrained_source
+from loraplug.options import LearningRate, pretrained_source
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-sd",)
@@ -85,7 +85,7 @@ class StableDiffusionOptions(Options):
     cache_to_disk: bool = Field(
         False, description="Keep cached latents and text-encoder outputs on disk under the cache directory (reused by later runs)."
     )
-    noise_offset: float = Field(0.0, ge=0, description="Add this much per-channel offset noise (darker darks, brighter brights).")
+    noise_offset: float = Field(0.0, ge=0, le=1, description="Add this much per-channel offset noise (darker darks, brighter brights).")
     min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR loss weighting with this gamma (5 is usual); off when unset.")
     gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward to save memory.")
     sample_steps: PositiveInt = Field(25, description="Denoising steps for sample images.")
@@ -134,7 +134,7 @@ class SdLoraOptions(Options):
     text_encoder_target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "out_proj"], description="Text-encoder modules to adapt (add fc1, fc2 for the MLPs)."
     )
-    text_encoder_lr: PositiveFloat | None = Field(None, description="Peak learning rate of the text-encoder LoRA. Default: train.lr.")
+    text_encoder_lr: LearningRate | None = Field(None, description="Peak learning rate of the text-encoder LoRA. Default: train.lr.")
 
     @model_validator(mode="after")
     def _text_encoder_settings_need_text_encoder(self) -> SdLoraOptions:
