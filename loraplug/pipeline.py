@@ -273,7 +273,7 @@ def execute(
     from accelerate.utils import set_seed
 
     from loraplug.data.stage import show_report
-    from loraplug.resume import resume_point, truncate_metrics
+    from loraplug.resume import logged_evaluations, resume_point, truncate_metrics
     from loraplug.training.autobatch import resolve_batch_size
     from loraplug.training.evaluation import Evaluator
     from loraplug.training.loop import Interrupted, train
@@ -405,6 +405,8 @@ def execute(
             on_step_end=on_step_end,
             resume_from=checkpoint,
         )
+        if checkpoint is not None and main:  # what was evaluated before the resume, from the step-0 baseline on
+            result.evaluations[:0] = logged_evaluations(run_dir / METRICS_FILE, up_to=resumed_step)
         adapter_path = run_dir / ADAPTER_DIR / ADAPTER_FILE
         if main:
             save_trainable(model.module, adapter_path, metadata={"loraplug.recipe_hash": recipe.hash()})

@@ -15,7 +15,7 @@ from loraplug.errors import LoraplugError
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe, load_recipe
 from loraplug.rundir import RECIPE_FILE, atomic_write_text, read_status
-from loraplug.runinfo import read_metrics
+from loraplug.runinfo import RECORD_KEYS, read_metrics
 from loraplug.training.checkpoint import Checkpoints
 
 
@@ -49,12 +49,10 @@ def resume_point(
             f"The run in {run_dir} already finished (step {status.get('step')}); there is nothing to resume",
             fix="To train further, raise train.max_steps and pass --resume --force; to start over, --overwrite",
         )
-    checkpoint = Checkpoints(run_dir, accelerator, keep_last=recipe.train.keep_last).newest(warn=warn)
+    checkpoints = Checkpoints(run_dir, accelerator, keep_last=recipe.train.keep_last)
+    checkpoint = checkpoints.newest(warn=warn)
     if checkpoint is None:
-        raise LoraplugError(
-            f"The run in {run_dir} has no whole checkpoint to resume from",
-            fix="Set train.save_every_n_steps so runs write checkpoints; this one must start over (--overwrite)",
-        )
+        raise no_checkpoint_error(run_dir, checkpoints, recipe.train.save_every_n_steps, status)
     stored = load_recipe(run_dir / RECIPE_FILE, host, check_files=False)
     changed = changed_keys(stored, recipe)
     if changed and not force:
@@ -67,6 +65,44 @@ def resume_point(
         warn(f"resuming with a changed recipe (--force): {', '.join(changed)}")
         atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
     return checkpoint
+
+
+def no_checkpoint_error(run_dir: Path, checkpoints: Checkpoints, save_every: int | None, status: dict[str, Any]) -> LoraplugError:
+    """Why there is nothing to resume from, as it is: every checkpoint damaged, none written yet, or none asked for."""
+    problems = checkpoints.problems()
+    if problems:
+        listed = "; ".join(f"{path.name}: {problem}" for path, problem in problems)
+        which = "its only checkpoint is" if len(problems) == 1 else f"all {len(problems)} of its checkpoints are"
+        return LoraplugError(
+            f"The run in {run_dir} has no whole checkpoint to resume from: {which} damaged ({listed})",
+            where=str(checkpoints.root),
+            fix="A checkpoint's files must match the checksums in its checkpoint.json; if they were copied, copy them "
+            "again. Otherwise start the run over with --overwrite",
+        )
+    step = status.get("step") or 0
+    if save_every:
+        return LoraplugError(
+            f"The run in {run_dir} stopped before its first checkpoint (train.save_every_n_steps = {save_every}; "
+            f"its last recorded step is {step}), so there is nothing to resume from",
+            fix="Start it over with --overwrite; a smaller train.save_every_n_steps loses less of a run that stops early",
+        )
+    return LoraplugError(
+        f"The run in {run_dir} has no checkpoint to resume from: train.save_every_n_steps is not set, so it wrote none",
+        fix="Start it over with --overwrite, and set train.save_every_n_steps so the next run can be resumed",
+    )
+
+
+def logged_evaluations(path: Path, *, up_to: int) -> list[tuple[int, dict[str, float]]]:
+    """The evaluations ``metrics.jsonl`` holds up to step ``up_to``, the step-0 baseline first.
+
+    A resumed run evaluates only from its checkpoint on; these are the ones before, so its summary and
+    ``run.json`` cover the whole run.
+    """
+    return [
+        (record["step"], {k: float(v) for k, v in record.items() if k not in RECORD_KEYS and isinstance(v, int | float) and not isinstance(v, bool)})
+        for record in read_metrics(path)
+        if record.get("split") == "eval" and record["step"] <= up_to
+    ]
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -98,13 +98,54 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, resum
     assert "step-00000004" in resumed.stdout
 
 
+def test_resume_with_every_checkpoint_damaged_names_them_and_suggests_no_setting_already_set(tmp_path: Path, resumable) -> None:
+    recipe = resumable("all-damaged")
+    assert cli("run", recipe, fault="kill:micro=13", cwd=tmp_path).returncode == -signal.SIGKILL
+    checkpoints = sorted((tmp_path / "runs" / "all-damaged" / "checkpoints").glob("step-*"))
+    assert [p.name for p in checkpoints] == ["step-00000004", "step-00000006"]
+    for checkpoint in checkpoints:
+        (checkpoint / "adapter.safetensors").write_bytes(b"")
+    result = run_cli("run", recipe, "--resume")
+    assert result.exit_code == 2
+    assert "has no whole checkpoint to resume from: all 2 of its checkpoints are damaged" in result.stderr
+    assert "step-00000006: adapter.safetensors is damaged (its checksum does not match)" in result.stderr
+    assert "save_every_n_steps" not in result.stderr  # it is set: the fault is elsewhere
+    assert "Traceback" not in result.output
+
+
+def test_a_resumed_runs_summary_and_run_json_start_at_the_step_0_baseline(tmp_path: Path, lm_recipe) -> None:
+    recipe = lm_recipe(
+        run={"name": "evaluated"},
+        train={"max_steps": 6, "save_every_n_steps": 2},
+        eval={"every_n_steps": 2, "sample_prompts": []},
+        export=[],
+    )
+    assert cli("run", recipe, fault="kill:micro=5", cwd=tmp_path).returncode == -signal.SIGKILL  # in step 5
+    run_dir = tmp_path / "runs" / "evaluated"
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    baseline = next(r["val_loss"] for r in logged if r["split"] == "eval" and r["step"] == 0)
+
+    resumed = run_cli("run", recipe, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"validation loss {baseline:.3f} → " in resumed.stdout
+    status = json.loads((run_dir / "run.json").read_text())
+    assert [e["step"] for e in status["evaluations"]] == [0, 2, 4, 6]
+    assert status["val_losses"][0] == [0, baseline]
+
+
 def test_resume_without_checkpoint_or_run_is_a_clear_error(tmp_path: Path, resumable) -> None:
     nothing = run_cli("run", resumable("never-ran"), "--resume")
     assert nothing.exit_code == 2 and "There is no run to resume" in nothing.stderr
-    recipe = resumable("no-checkpoints", save_every_n_steps=100)
+    # The error says why there is none, and suggests setting save_every_n_steps only when it is not set.
+    recipe = resumable("no-checkpoints-yet", save_every_n_steps=100)
     assert cli("run", recipe, fault="kill:micro=3", cwd=tmp_path).returncode == -signal.SIGKILL
     result = run_cli("run", recipe, "--resume")
-    assert result.exit_code == 2 and "has no whole checkpoint" in result.stderr
+    assert result.exit_code == 2 and "stopped before its first checkpoint (train.save_every_n_steps = 100" in result.stderr
+    assert "set train.save_every_n_steps" not in result.stderr.lower() and "--overwrite" in result.stderr
+    recipe = resumable("no-checkpoints", save_every_n_steps=None)
+    assert cli("run", recipe, fault="kill:micro=3", cwd=tmp_path).returncode == -signal.SIGKILL
+    result = run_cli("run", recipe, "--resume")
+    assert result.exit_code == 2 and "train.save_every_n_steps is not set, so it wrote none" in result.stderr
     done = run_cli("run", resumable("done"))
     assert done.exit_code == 0
     again = run_cli("run", resumable("done"), "--resume")

@@ -149,6 +149,11 @@ class Checkpoints:
                 return f"{name} is damaged (its checksum does not match)"
         return None
 
+    def problems(self) -> list[tuple[Path, str]]:
+        """Each step checkpoint that is not whole, newest first, with why (see :meth:`verify`)."""
+        found = ((path, self.verify(path)) for path in sorted((p for p in self.root.glob("step-*") if p.is_dir()), reverse=True))
+        return [(path, problem) for path, problem in found if problem is not None]
+
     def newest(self, *, warn: Any = None) -> Path | None:
         """The newest whole step checkpoint; damaged ones are reported through ``warn`` and skipped."""
         for path in sorted((p for p in self.root.glob("step-*") if p.is_dir()), reverse=True):
