@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from loraplug import DataBundle, LoraplugError, Record
 
 ROLES = ("system", "user", "assistant")
 FORMAT_HELP = 'Each line must be {"prompt": "...", "response": "..."} or {"messages": [{"role": "user", "content": "..."}, ...]}'
+#: The longest line read as one sample (documented with ``on_error``). A longer one — a file that is
+#: not JSON Lines, a multi-gigabyte blob — is a bad line, read past in blocks: memory stays bounded.
+MAX_LINE_BYTES = 64 << 20
+#: How much of an overlong line is read at a time while skipping the rest of it.
+SKIP_BLOCK = 1 << 20
 
 
 class BadLine(ValueError):
@@ -46,6 +52,29 @@ def parse_line(obj: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
     raise BadLine(f"it has neither prompt/response nor messages (keys: {', '.join(sorted(obj)) or 'none'})")
 
 
+def bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The file's lines as bytes, ``None`` for a line longer than ``limit`` bytes (not counting its newline).
+
+    Never holds more than ``limit`` bytes of one line: an overlong line's rest is read and dropped in blocks.
+    """
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):  # at most limit bytes before its newline
+            yield line
+            continue
+        while not line.endswith(b"\n"):
+            line = handle.readline(SKIP_BLOCK)
+            if not line:
+                break
+        yield None
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count % (1 << 20) == 0 else f"{count:,} bytes"
+
+
 def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
     """Records of ``path`` and the descriptions of skipped lines."""
     records: list[Record] = []
@@ -56,9 +85,11 @@ def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
     except OSError as exc:
         raise LoraplugError(f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions") from exc
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, MAX_LINE_BYTES), start=1):
             where = f"{path}:{number}"
             try:
+                if raw is None:
+                    raise BadLine(f"longer than {_size(MAX_LINE_BYTES)}, the most read as one sample (is it JSON Lines, one sample per line?)")
                 try:
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:

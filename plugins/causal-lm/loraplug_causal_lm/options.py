@@ -49,7 +49,7 @@ class JsonlOptions(Options):
     path: InputFile = Field(description="JSONL file: {prompt, response} or {messages: [{role, content}]} per line.")
     val_path: InputFile | None = Field(None, description="A separate validation file in the same format.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of `path` for validation (seeded).")
-    on_error: Literal["error", "skip"] = Field("error", description="A malformed line stops the run, or is skipped and counted.")
+    on_error: Literal["error", "skip"] = Field("error", description="A malformed line (or one longer than 64 MiB) stops the run, or is skipped and counted.")
 
 
 class CausalLMOptions(Options):

@@ -37,6 +37,39 @@ def test_a_line_that_is_not_utf8_is_a_bad_line_named_by_number(tmp_path: Path, c
     assert len(records) == 3 and skipped == ["line 3: not UTF-8 text (byte 16); save the file as UTF-8"]
 
 
+def test_a_line_over_the_length_limit_is_a_bad_line_read_in_bounded_memory(tmp_path: Path, monkeypatch, lm_recipe, chat_rows) -> None:
+    import tracemalloc
+
+    from loraplug_causal_lm import jsonl
+    from loraplug_causal_lm.options import JsonlOptions
+
+    assert f"longer than {jsonl.MAX_LINE_BYTES >> 20} MiB" in str(JsonlOptions.model_fields["on_error"].description)  # documented
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 4096)  # 64 MiB in use; a test writes no gigabytes
+    rows = [json.dumps(r) for r in chat_rows(12)]
+    huge = json.dumps({"prompt": "q", "response": "x" * (16 << 20)})  # valid JSON, 4096 times the limit
+    path = tmp_path / "huge.jsonl"
+    path.write_text("\n".join([*rows[:3], huge, *rows[3:]]) + "\n")
+    del huge
+
+    result = run_cli("run", lm_recipe(data={"path": str(path)}))
+    assert result.exit_code == 2
+    assert "Line 4 of huge.jsonl is malformed: longer than 4,096 bytes, the most read as one sample" in result.stderr
+    assert f"{path}:4" in result.stderr and 'on_error = "skip"' in result.stderr
+
+    tracemalloc.start()
+    records, skipped = jsonl.read_jsonl(path, skip_bad=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(skipped) == 1 and skipped[0].startswith("line 4: longer than 4,096 bytes")
+    assert len(records) == 12 and records[3]["id"] == "huge.jsonl:5"  # the lines after it keep their numbers
+    assert peak < 4 << 20, f"reading held {peak:,} bytes: the 16 MiB line was read whole"
+    # A line of exactly the limit is read; its newline does not count.
+    exact = json.dumps({"prompt": "q", "response": ""})
+    exact = exact[:-2] + "x" * (4096 - len(exact)) + exact[-2:]
+    (tmp_path / "exact.jsonl").write_text(exact + "\n" + exact)
+    assert len(jsonl.read_jsonl(tmp_path / "exact.jsonl", skip_bad=False)[0]) == 2
+
+
 def test_wrong_shape_line_says_which_keys_it_has(lm_recipe, jsonl_file) -> None:
     data = jsonl_file("shape.jsonl", [{"text": "hello"}])
     result = run_cli("run", lm_recipe(data={"path": str(data)}))
