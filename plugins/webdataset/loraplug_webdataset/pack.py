@@ -93,6 +93,16 @@ def brace_pattern(out: Path, names: list[str]) -> str:
     return str(out / f"shard-{{{first}..{last}}}.tar")
 
 
+def _option_problem(error: Any, kind: str) -> str:
+    """One pydantic error as the -o option it concerns: a missing one says how to give it."""
+    key = ".".join(str(part) for part in error["loc"]) or kind
+    if error["type"] == "missing":
+        return f"`{key}` is required (give it as -o {key}=VALUE)"
+    if error["type"] == "extra_forbidden":
+        return f"`{key}` is not an option of {kind!r}"
+    return f"{key}: {error['msg']}"
+
+
 def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBundle:
     """The records of data kind ``kind`` with ``path = source`` and the ``-o`` settings, as a run would load them."""
     import click
@@ -105,11 +115,23 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     warn_broken_plugins()
     plugins = host()
     served = plugins.lookup("data", kind)
+    model = served.spec.options_model()
+    if "path" not in model.model_fields:  # SOURCE becomes the kind's `path`: a kind without one cannot read it
+        raise LoraplugError(
+            f"Data kind {kind!r} cannot be packed: SOURCE is read as the kind's `path` option, and {kind!r} has none",
+            where=str(source),
+            fix=(
+                'WebDataset shards need no packing: use them as they are, [data] kind = "webdataset" with '
+                'urls = "DIR/shard-{000000..000009}.tar"; to pack files, name the kind that reads them (imagefolder, jsonl)'
+                if kind == "webdataset"
+                else "Name a data kind that reads a file or folder (`loraplug recipe keys` shows the kinds with a `path`)"
+            ),
+        )
     values = {"path": str(source.absolute()), **parse_settings(settings)}
     try:
-        options = served.spec.options_model().model_validate(values, context={"base_dir": Path.cwd(), "check_files": True})
+        options = model.model_validate(values, context={"base_dir": Path.cwd(), "check_files": True})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or kind}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_option_problem(error, kind) for error in exc.errors())
         raise LoraplugError(
             f"The options of data kind {kind!r} do not validate: {problems}",
             fix="SOURCE is the kind's `path`; give other options as -o KEY=VALUE (`loraplug recipe keys` lists them)",

@@ -31,7 +31,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
 def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -> DataBundle:
     from itertools import islice
 
-    from loraplug_webdataset.stream import ShardStream
+    from loraplug_webdataset.stream import ShardStream, check_shards
 
     shards = list(options.urls)
     world = ctx.num_processes
@@ -41,6 +41,10 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
             where="data.urls",
             fix=f"Write at least {world} shards (`loraplug data pack … --maxcount` smaller), or train on fewer processes",
         )
+    # A shard with no samples is named now, not met as "no batches" once the model has loaded.
+    check_shards(shards, shards[ctx.process_index :: world], key="data.urls", on_corrupt=options.on_corrupt, warn=ctx.warn)
+    if options.val_urls:
+        check_shards(list(options.val_urls), list(options.val_urls), key="data.val_urls", on_corrupt=options.on_corrupt, warn=ctx.warn)
     workers = max(1, ctx.recipe.train.num_workers)
     if len(shards) < world * workers:
         ctx.warn(

@@ -108,6 +108,54 @@ def to_record(sample: dict[str, Any], options: WebDatasetOptions) -> Record:
     return {"id": sample_id, "messages": chat_messages(meta), **extras}
 
 
+def shard_problem(shard: str) -> str | None:
+    """Why a local shard holds no samples (empty file, not a tar, a tar with no members), or ``None``.
+
+    Reads one tar header, so every shard is checked before training in well under a second; a shard
+    damaged further in is found while reading, sample by sample. Remote shards are not checked.
+    """
+    import tarfile
+
+    from loraplug_webdataset.options import REMOTE_PREFIXES
+
+    if shard.startswith(REMOTE_PREFIXES):
+        return None
+    try:
+        if Path(shard).stat().st_size == 0:
+            return "is empty (0 bytes)"
+        with tarfile.open(shard, "r:") as tar:  # uncompressed, as `data pack` writes; else webdataset's own error
+            if tar.next() is None:
+                return "is a tar archive with no files in it"
+    except tarfile.ReadError:
+        return None  # compressed or damaged: reading it says which, and on_corrupt decides
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def check_shards(shards: list[str], mine: list[str], *, key: str, on_corrupt: str, warn: Callable[[str], None]) -> None:
+    """Name the shards that hold no samples before anything loads.
+
+    An error when every shard of ``mine`` (what this process reads) is such, or with ``on_corrupt =
+    "error"``; otherwise a warning, and reading skips them.
+    """
+    problems = {shard: problem for shard in shards if (problem := shard_problem(shard)) is not None}
+    if not problems:
+        return
+    shown = list(problems.items())[:5]
+    listed = "; ".join(f"{shard} {problem}" for shard, problem in shown) + (f"; {len(problems) - 5} more" if len(problems) > 5 else "")
+    fix = f"Pack or copy those shards again (`loraplug data pack KIND SOURCE --out DIR`), or drop them from {key}"
+    if all(shard in problems for shard in mine):
+        raise LoraplugError(f"No shard of {key} holds a sample to read: {listed}", where=key, fix=fix)
+    if on_corrupt == "error":
+        raise LoraplugError(
+            f"{len(problems)} shard(s) of {key} hold no samples: {listed}",
+            where=key,
+            fix=f'{fix}; or set data.on_corrupt = "skip" to skip them',
+        )
+    warn(f"{len(problems)} shard(s) of {key} hold no samples and are skipped: {listed}")
+
+
 def _buffer_shuffle(items: Iterable[Record], size: int, rng: random.Random) -> Iterator[Record]:
     buffer: list[Record] = []
     for item in items:

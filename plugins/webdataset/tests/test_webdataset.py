@@ -221,3 +221,70 @@ def test_missing_shards_and_too_few_shards_are_clear_errors(tmp_path: Path) -> N
     ctx = SimpleNamespace(num_processes=2, process_index=0, seed=0, warn=print, recipe=SimpleNamespace(train=SimpleNamespace(num_workers=0)))
     with pytest.raises(LoraplugError, match="1 shard\\(s\\) cannot be split over 2 processes"):
         loraplug_load_data(kind="webdataset", options=options, ctx=ctx)
+
+
+def test_shards_with_no_samples_are_named_before_the_model_loads(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from loraplug_webdataset.plugin import loraplug_load_data
+
+    (tmp_path / "zero.tar").write_bytes(b"")  # a download that never started
+    _tar(tmp_path / "none.tar", {})  # a pack of nothing
+    recipe = tiny_sd_recipe(tmp_path, data={"kind": "webdataset", "urls": ["zero.tar", "none.tar"]})
+    result = run_cli("run", recipe)
+    assert result.exit_code == 2
+    assert "No shard of data.urls holds a sample to read" in result.stderr
+    assert f"{tmp_path / 'zero.tar'} is empty (0 bytes)" in result.stderr
+    assert f"{tmp_path / 'none.tar'} is a tar archive with no files in it" in result.stderr
+    assert "yielded no batches" not in result.stderr
+
+    # Among good shards, an empty one is skipped with a warning naming it, or stops the run under on_corrupt = "error".
+    draw_images(tmp_path / "pics", 2)
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "s").exit_code == 0
+    urls = [str(tmp_path / "s" / "shard-000000.tar"), str(tmp_path / "zero.tar")]
+    warnings: list[str] = []
+    ctx = SimpleNamespace(num_processes=1, process_index=0, seed=0, warn=warnings.append, recipe=SimpleNamespace(train=SimpleNamespace(num_workers=0)))
+    loraplug_load_data(kind="webdataset", options=WebDatasetOptions.model_validate({"urls": urls}), ctx=ctx)
+    assert len(warnings) == 1 and f"{tmp_path / 'zero.tar'} is empty (0 bytes)" in warnings[0] and "skipped" in warnings[0]
+    strict = WebDatasetOptions.model_validate({"urls": urls, "on_corrupt": "error"})
+    with pytest.raises(LoraplugError, match="1 shard\\(s\\) of data.urls hold no samples: .*zero.tar is empty"):
+        loraplug_load_data(kind="webdataset", options=strict, ctx=ctx)
+
+
+ROWS_KIND = '''
+from pathlib import Path
+from loraplug import hookimpl, KindSpec, Options
+
+class RowsOptions(Options):
+    path: Path
+    column: str
+
+@hookimpl
+def loraplug_register_kinds(register):
+    register(KindSpec("data", "rows", RowsOptions, "a third-party data kind with a required option"))
+'''
+
+
+def test_pack_says_what_is_wrong_with_a_kind_that_cannot_read_source_or_lacks_an_option(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from loraplug.testing import plugin_dist
+
+    draw_images(tmp_path / "pics", 2)
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "s").exit_code == 0
+    result = run_cli("data", "pack", "webdataset", tmp_path / "s" / "shard-000000.tar", "--out", tmp_path / "again")
+    assert result.exit_code == 2
+    assert "Data kind 'webdataset' cannot be packed: SOURCE is read as the kind's `path` option" in result.stderr
+    assert 'use them as they are, [data] kind = "webdataset"' in result.stderr and "Field required" not in result.stderr
+    assert not (tmp_path / "again").exists()
+
+    site = plugin_dist(tmp_path / "site", distribution="loraplug-rows", module="loraplug_rows", source=ROWS_KIND)
+    (tmp_path / "rows.csv").write_text("a\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraplug", "data", "pack", "rows", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "`column` is required (give it as -o column=VALUE)" in proc.stderr and "Field required" not in proc.stderr
