@@ -41,6 +41,7 @@ from loraplug.rundir import (
     sha256_file,
     write_status,
 )
+from loraplug.safety import confine
 
 #: Libraries whose versions go into every export manifest, when installed.
 MANIFEST_LIBRARIES = (
@@ -87,7 +88,8 @@ def cache_dir() -> Path:
 
 
 def run_dir_of(recipe: Recipe) -> Path:
-    return (recipe.run.output_dir / recipe.run.name).absolute()
+    """``output_dir/name``, resolved and confined to ``output_dir`` (a name never writes elsewhere)."""
+    return confine(recipe.run.output_dir, recipe.run.name, key="run.name")
 
 
 def make_accelerator(recipe: Recipe, console: Console) -> Any:
@@ -219,6 +221,7 @@ def run_export(
     """
     final = ctx.run_dir / EXPORTS_DIR / export.name
     try:
+        final = confine(final.parent, export.name, key="the export name")  # never outside exports/
         with atomic_dir(final, replace=replace) as tmp:
             result = _check(
                 host.call_stage("export", export.kind, recipe.model.kind, options=export.options, model=model, out_dir=tmp, ctx=ctx),
@@ -299,7 +302,7 @@ def execute(
         checkpoint = resume_point(run_dir, recipe, host, accelerator, force=force, warn=warn)
         info(f"resuming from {checkpoint}")
     elif main:
-        aside = claim_run_dir(run_dir, overwrite=overwrite or smoke)
+        aside = claim_run_dir(run_dir, overwrite=overwrite, smoke=smoke)
     accelerator.wait_for_everyone()
 
     ctx = RunContext(

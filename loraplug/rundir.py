@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.errors import LoraplugError
+from loraplug.safety import may_replace
 
 # The run directory's layout (docs/runs.md).
 STATUS_FILE = "run.json"
@@ -168,35 +169,54 @@ def _failed_before_training(run_dir: Path, status: dict[str, Any] | None) -> boo
     )
 
 
-def claim_run_dir(run_dir: Path, *, overwrite: bool) -> Path | None:
+def claim_run_dir(run_dir: Path, *, overwrite: bool, smoke: bool = False) -> Path | None:
     """Make ``run_dir`` ready for a new run without destroying anything the user has not agreed to.
 
-    Returns the directory the previous contents were moved to when ``overwrite`` replaced a run; it
-    is deleted once the new run finishes, so a failed replacement loses nothing.
+    Only a loraplug run (its ``run.json``) is ever replaced (:func:`loraplug.safety.may_replace`): with
+    ``overwrite``, or under ``smoke`` when it is an earlier smoke run. Returns the directory the
+    previous run was moved to; it is deleted once the new run finishes, so a failed replacement loses nothing.
     """
-    if run_dir.exists() and any(run_dir.iterdir()):
-        status = read_status(run_dir)
+    status = read_status(run_dir) if run_dir.is_dir() else None
+    try:
         if _failed_before_training(run_dir, status):
             # A failed attempt that trained nothing holds nothing to lose: its error was shown when it
             # failed, and rerunning after a fix must not need --overwrite.
             shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
             return None
-        if not overwrite:
-            if status is None:
-                what = "is not empty and is not a loraplug run directory"
-            elif status.get("status") == "finished":
-                what = "already holds a finished run"
-            else:
-                what = f"holds a run that did not finish (status: {status.get('status')}, step {status.get('step', 0)})"
-            raise LoraplugError(
-                f"The run directory {run_dir} {what}",
-                fix="Pass --overwrite to replace it (the old run is deleted only once the new one finishes), "
-                "or set run.name / run.output_dir to write elsewhere",
-            )
-        aside = run_dir.with_name(f".{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(run_dir, aside)
-        run_dir.mkdir(parents=True)
-        return aside
-    run_dir.mkdir(parents=True, exist_ok=True)
+        earlier_smoke = bool(status and status.get("smoke") is True)
+        replace = may_replace(
+            run_dir,
+            holds=_what_run(run_dir, status, smoke=smoke),
+            overwrite=overwrite or (smoke and earlier_smoke),
+            key="The run directory",
+            ours=f"a loraplug run (it has no {STATUS_FILE})",
+            replacing="the old run is deleted only once the new one finishes",
+            elsewhere="set run.name / run.output_dir to write elsewhere",
+        )
+        if replace:
+            aside = run_dir.with_name(f".{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(run_dir, aside)
+            run_dir.mkdir(parents=True)
+            return aside
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, a full disk, a kernel filesystem: say which key to change
+        raise LoraplugError(
+            f"Cannot create the run directory {run_dir}: {exc.strerror or exc}",
+            where="run.output_dir",
+            fix="Set run.output_dir to a directory you can write to",
+        ) from exc
     return None
+
+
+def _what_run(run_dir: Path, status: dict[str, Any] | None, *, smoke: bool) -> str | None:
+    """The run ``run_dir`` holds, as a phrase for :func:`may_replace`; None when it holds no run."""
+    if status is None:
+        return f"a run whose {STATUS_FILE} cannot be read" if (run_dir / STATUS_FILE).is_file() else None
+    if status.get("status") == "finished":
+        what = "a finished run"
+    else:
+        what = f"a run that did not finish (status: {status.get('status')}, step {status.get('step', 0)})"
+    if smoke and status.get("smoke") is not True:
+        what += " that is not a smoke run (--smoke replaces only an earlier smoke run)"
+    return what

@@ -68,10 +68,10 @@ def test_reexported_model_card_carries_the_runs_final_metrics(run_dir: Path) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kind", "peft"], "exports/peft already exists. Pass --overwrite"),
+        (["--kind", "peft"], "exports/peft already holds an export. Pass --overwrite"),
         (["--kind", "peft", "model_crad=false", "--name", "x"], "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?"),
         (["--kind", "peft", "model_card"], "is not KEY=VALUE"),
-        (["--kind", "peft", "--name", "../elsewhere"], "is not a directory name"),
+        (["--kind", "peft", "--name", "../elsewhere"], "is a path, not one directory name"),
         (["--kind", "perf"], "Did you mean 'peft'?"),
     ],
 )

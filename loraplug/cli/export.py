@@ -17,6 +17,7 @@ import click
 from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, EXPORTS_DIR, RECIPE_FILE
 from loraplug.runinfo import damaged_weights_error, safetensors_problem
+from loraplug.safety import confine, may_replace
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,6 @@ def _check_whole(adapter: Path) -> None:
         raise damaged_weights_error(adapter, problem)
 
 
-def _check_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise LoraplugError(f"--name {name!r} is not a directory name", fix="Use a plain name such as onnx-fp32")
-    return name
-
-
 def _record_in_status(run_dir: Path, outcome: Any) -> None:
     """Keep ``run.json``'s list of exports current, so run listings show re-exports too."""
     from loraplug.rundir import read_status, write_status
@@ -105,19 +100,26 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     source = locate_weights(run_dir)
     recipe = load_recipe(source.run_dir / RECIPE_FILE, host, check_files=False)
     default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
-    section = export_section(host, kind, settings, name=_check_name(name or default_name), model_kind=recipe.model.kind)
-    target = source.run_dir / EXPORTS_DIR / section.name
-    if target.exists() and not overwrite:
-        raise LoraplugError(
-            f"{target} already exists",
-            fix="Pass --overwrite to replace it (the old export is kept until the new one is complete), or --name to write beside it",
-        )
+    section = export_section(host, kind, settings, name=name or default_name, model_kind=recipe.model.kind)
+    # Resolved inside exports/ as run_export resolves it: a symlink there cannot lead the export elsewhere.
+    target = confine(source.run_dir / EXPORTS_DIR, section.name, key="--name")
+    # Only an earlier export (its export.json) is replaced, and only with --overwrite (loraplug.safety).
+    may_replace(
+        target,
+        holds="an export" if (target / "export.json").is_file() else None,
+        overwrite=overwrite,
+        key="The export directory",
+        ours="a loraplug export (it has no export.json)",
+        replacing="the old export is kept until the new one is complete",
+        elsewhere="pass --name to write beside it",
+    )
 
     # A checkpoint's weights load as such; the finished run's own adapter keeps its final metrics (model cards).
     recipe, ctx, model = load_run(
         source.run_dir, host, cli_main.console, adapter_path=source.adapter if source.checkpoint else None
     )
-    outcome = run_export(host, section, model, recipe, ctx, replace=overwrite, adapter_path=source.adapter)
+    # replace=True: what is there (nothing, an empty directory, or an export with --overwrite) was agreed to above.
+    outcome = run_export(host, section, model, recipe, ctx, replace=True, adapter_path=source.adapter)
     _record_in_status(source.run_dir, outcome)
     if not outcome.ok:
         raise LoraplugError(

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PlainValidator, PositiveFloat, PositiveInt, model_validator
 
 from loraplug.options import MAX_SEED, DirName, LearningRate, Options
+from loraplug.safety import OutputDir
 
 
 def _batch_size(value: object) -> int | Literal["auto"]:
@@ -36,7 +37,7 @@ class RunSection(Options):
         description="Run name; the run directory is output_dir/name. One directory name: letters, digits, `_`, `-`, "
         "`.`, `+` and inner spaces (no `/`, no `..`). Default: the recipe file's name.",
     )
-    output_dir: Path = Field(Path("runs"), description="Parent directory of run directories, relative to the current directory.")
+    output_dir: OutputDir = Field(Path("runs"), description="Parent directory of run directories, relative to the current directory.")
     seed: int = Field(
         42, ge=0, le=MAX_SEED, description="The one seed for Python, NumPy, torch, data order and adapter initialisation."
     )

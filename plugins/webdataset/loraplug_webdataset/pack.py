@@ -8,6 +8,7 @@ Image files are stored with their original bytes (no re-encoding); in-memory ima
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +60,39 @@ def to_sample(record: Record, index: int) -> dict[str, Any]:
     return sample
 
 
-def write_shards(data: DataBundle, out: Path, *, maxcount: int, overwrite: bool) -> tuple[int, list[str]]:
-    """Write every record (train, then val) to shards in ``out``, atomically; return (samples, shard names)."""
+def check_out(out: Path, source: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is, holds or lies inside SOURCE, or that holds anything but earlier shards.
+
+    Checked before the records load. loraplug's one replace rule (:func:`loraplug.safety.may_replace`):
+    ``--overwrite`` replaces a directory of shards this command wrote, never the user's files.
+    """
+    from loraplug.safety import may_replace
+
+    shards_only = out.is_dir() and all(p.is_file() and fnmatch(p.name, "shard-*.tar") for p in out.iterdir())
+    may_replace(
+        out,
+        holds="shards (shard-*.tar)" if shards_only else None,
+        overwrite=overwrite,
+        key="--out",
+        ours="a directory of shards (it holds files other than shard-*.tar)",
+        replacing="only once the new shards are complete",
+        elsewhere="choose another --out",
+        keep=[source],
+    )
+
+
+def write_shards(data: DataBundle, out: Path, *, maxcount: int) -> tuple[int, list[str]]:
+    """Write every record (train, then val) to shards in ``out``, atomically; return (samples, shard names).
+
+    ``out`` must have passed :func:`check_out`: whatever is there is replaced once the new shards are complete.
+    """
     from itertools import chain
 
     from webdataset import ShardWriter
 
     from loraplug.rundir import atomic_dir
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LoraplugError(f"{out} already exists and is not empty", fix="Choose another --out, or pass --overwrite to replace it")
     count = 0
-    # replace=True: an empty --out, or a full one with --overwrite, was agreed to just above.
     with atomic_dir(out, replace=True) as tmp:
         # mtime fixed: packing the same data twice gives byte-identical shards.
         with ShardWriter(str(tmp / SHARD_PATTERN), maxcount=maxcount, verbose=0, mtime=0.0) as writer:

@@ -101,7 +101,7 @@ def loraplug_register_commands(cli: click.Group) -> None:
         help="An option of data kind KIND (repeatable).",
     )
     @click.option(
-        "--overwrite", is_flag=True, help="Replace a non-empty --out (only once the new shards are complete)."
+        "--overwrite", is_flag=True, help="Replace the shards in --out (only once the new shards are complete)."
     )
     def pack(
         kind: str, source: Path, out: Path, maxcount: int, settings: tuple[str, ...], overwrite: bool
@@ -112,10 +112,11 @@ def loraplug_register_commands(cli: click.Group) -> None:
         loraplug data pack imagefolder photos/ --out shards/
         loraplug data pack jsonl chats.jsonl --out shards/ --maxcount 5000
         """
-        from loraplug_webdataset.pack import brace_pattern, load_records, write_shards
+        from loraplug_webdataset.pack import brace_pattern, check_out, load_records, write_shards
 
+        check_out(out, source, overwrite=overwrite)  # before loading: a refused --out costs nothing
         data = load_records(kind, source, settings)
-        count, names = write_shards(data, out, maxcount=maxcount, overwrite=overwrite)
+        count, names = write_shards(data, out, maxcount=maxcount)
         click.echo(f"packed {count} samples into {len(names)} shard(s) in {out}")
         for key, value in data.summary.items():
             click.echo(f"  {key}: {value}")

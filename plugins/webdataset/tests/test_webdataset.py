@@ -49,15 +49,21 @@ def test_pack_imagefolder_then_stream_gives_the_same_images_and_captions(tmp_pat
     assert records[0]["id"] == "shard-000000.tar:00000000"
 
 
-def test_pack_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
+def test_pack_replaces_its_own_shards_only_with_the_flag_and_never_other_files(tmp_path: Path) -> None:
     draw_images(tmp_path / "pics", 2)
-    (tmp_path / "shards").mkdir()
-    (tmp_path / "shards" / "mine.txt").write_text("keep me")
-    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "shards")
-    assert result.exit_code == 2 and "--overwrite" in result.stderr
-    assert (tmp_path / "shards" / "mine.txt").read_text() == "keep me"
-    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / "shards", "--overwrite")
-    assert result.exit_code == 0 and [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-000000.tar"]
+    out = tmp_path / "shards"
+    assert run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", out, "--maxcount", "1").exit_code == 0
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", out)
+    assert result.exit_code == 2 and "already holds shards" in result.stderr and "--overwrite" in result.stderr
+    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", out, "--overwrite")
+    assert result.exit_code == 0 and [p.name for p in out.iterdir()] == ["shard-000000.tar"]
+
+    (out / "mine.txt").write_text("keep me")
+    for flags in ((), ("--overwrite",)):
+        result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", out, *flags)
+        assert result.exit_code == 2 and "never replaces files it did not write" in result.stderr
+        assert "--overwrite" not in result.stderr  # no flag deletes the user's files: none is suggested
+        assert (out / "mine.txt").read_text() == "keep me"
 
 
 def test_pack_passes_options_to_the_data_kind_and_reports_its_errors(tmp_path: Path) -> None:
