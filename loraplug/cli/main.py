@@ -20,6 +20,7 @@ from loraplug.cli import render
 from loraplug.cli import runs as runs_commands
 from loraplug.cli.export import export as export_command
 from loraplug.errors import LoraplugError
+from loraplug.optional import decide_for_this_process, keep_out_unused
 from loraplug.plugins import FIRST_PARTY, PluginHost
 from loraplug.quiet import debugging
 
@@ -76,6 +77,7 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
     if force and not resume:
         raise click.UsageError("--force only applies with --resume")
     checked = load_recipe(recipe, host(), overrides, smoke=smoke)
+    keep_out_unused(checked)  # before anything heavy loads: bitsandbytes, torchao, scipy only if the recipe uses them
     if int(os.environ.get("RANK", "0")) == 0:
         render.run_header(console, checked, smoke=smoke)
     outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite, resume=resume, force=force)
@@ -208,6 +210,8 @@ def _register_plugin_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code. User errors print one paragraph, tracebacks need --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the `loraplug` program itself, not a caller in its own process
+        decide_for_this_process()
     debug = "--debug" in args or debugging()
     args = [a for a in args if a != "--debug"]
     try:

@@ -61,6 +61,10 @@ class CleanOptions(Options):
     )
     examples: int = Field(3, ge=0, le=50, description="Removed samples shown per filter in the report.")
 
+    def optional_libraries(self) -> tuple[str, ...]:
+        """datasketch's MinHash LSH and imagehash's phash import scipy (see loraplug.optional)."""
+        return ("scipy",) if self.near_dedup_threshold is not None or self.image_dedup_distance is not None else ()
+
     @model_validator(mode="after")
     def _ranges(self) -> CleanOptions:
         for low, high in (("min_chars", "max_chars"), ("min_tokens", "max_tokens")):

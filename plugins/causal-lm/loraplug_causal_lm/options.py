@@ -83,6 +83,12 @@ class CausalLMOptions(Options):
     _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
     _quantization = field_validator("quantization")(require_bitsandbytes)
 
+    def optional_libraries(self) -> tuple[str, ...]:
+        """What a run of this model imports of the libraries loraplug keeps out of plain runs (loraplug.optional)."""
+        if self.trust_remote_code:
+            return ("bitsandbytes", "torchao", "scipy")  # the repository's own code may import any of them
+        return ("bitsandbytes",) if self.quantization else ()
+
 
 class LoraOptions(Options):
     """``[adapter] kind = "lora"`` for causal LMs, through peft's ``LoraConfig``."""

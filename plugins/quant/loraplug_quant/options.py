@@ -24,6 +24,10 @@ class BnbExportOptions(QuantExportOptions):
         require_package("bitsandbytes", "this export", BITSANDBYTES_INSTALL)
         return self
 
+    def optional_libraries(self) -> tuple[str, ...]:
+        """What a run with this export imports of the libraries loraplug keeps out of plain runs."""
+        return ("bitsandbytes",)
+
 
 class Bnb8bitExportOptions(BnbExportOptions):
     """``[[export]] kind = "bnb-8bit"``: LLM.int8 through bitsandbytes."""
@@ -50,3 +54,7 @@ class Int8ExportOptions(QuantExportOptions):
     def _needs_torchao(self) -> Self:
         require_package("torchao", "this export", "pip install 'torchao>=0.12'")
         return self
+
+    def optional_libraries(self) -> tuple[str, ...]:
+        """What a run with this export imports of the libraries loraplug keeps out of plain runs."""
+        return ("torchao",)
