@@ -602,7 +602,7 @@ def child_hf(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_gib": peak_gib(),
         "optimizer": f"{type(optimizer).__name__} ({args.optim})",
         "fused_adamw": bool(getattr(optimizer, "defaults", {}).get("fused")),
-        "final_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
+        "train_loss_mean": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),  # HF: over the run
         "padding_share": round(1 - sum(batch_tokens) / max(1, sum(positions)), 3),
     }
 
@@ -661,8 +661,11 @@ def part_auto_batch(ctx: Check, part: Part) -> None:
     bigger = [s for s in (1, 2, 4, 8, 16, 32, 64) if s > (size or 64)]
     if bigger:
         nxt = probes.get(bigger[0])
-        part.check("the next divisor does not fit (measured or out of memory)" if bigger[0] in probes else "the next divisor is predicted not to fit",
-                   bigger[0] not in probes or nxt is None or nxt > budget, f"{bigger[0]}: {'OOM' if nxt is None else f'{nxt / 2**30:.2f} GiB'}")  # fmt: skip
+        if bigger[0] in probes:
+            part.check("the next divisor does not fit (measured, or out of memory)", nxt is None or nxt > budget,
+                       f"{bigger[0]}: {'out of memory' if nxt is None else f'{nxt / 2**30:.2f} GiB'}")  # fmt: skip
+        else:
+            part.check("the next divisor is not measured (the search predicted it over the budget)", True, f"{bigger[0]}: not measured")
     part.check("training with the choice stays inside the budget", result["training_peak_gib"] * 2**30 <= budget,
                f"training peak {result['training_peak_gib']:.2f} GiB of {budget / 2**30:.2f} GiB")  # fmt: skip
     part.check("ran 2 steps", result["steps"] == 2, f"{result['steps']}")
@@ -745,7 +748,7 @@ def part_throughput(ctx: Check, part: Part) -> None:
         part.check(f"{name}: trained {steps} steps", result["steps"] == steps, f"{result['steps']}")
         part.check(f"{name}: throughput measured", rate > 0 and math.isfinite(rate), f"{rate:,.0f} tokens/s")
         if not dry:
-            part.check(f"{name}: fused AdamW", result["fused_adamw"], result.get("optimizer", ""))
+            part.check(f"{name}: fused AdamW", result["fused_adamw"], result.get("optimizer", f"fused={result['fused_adamw']}"))
     part.figures["results"] = results
     if "hf" in results and "loraplug" in results:
         part.figures["loraplug_vs_hf"] = round(results["loraplug"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
@@ -834,6 +837,10 @@ def part_packing(ctx: Check, part: Part) -> None:
                        f"relative {figures['loss_relative_diff']:.2e}; {figures['packed_loss']:.5f} vs {figures['alone_loss']:.5f}")  # fmt: skip
             part.check("bfloat16: packed logits within the start-up check's bf16 tolerance", figures["logits_max_abs_diff"] <= 5e-2 * scale,
                        f"max |Δlogit| {figures['logits_max_abs_diff']:.2e} (limit {5e-2 * scale:.2e})")  # fmt: skip
+            # On random weights leakage moves the mean loss by less than 2⁻⁸ (measured ~2e-4 on the 1.1B model),
+            # so it is the logits that must show it: the bf16 comparison is only a check if they do.
+            part.check("bfloat16: the logits comparison sees cross-document attention (negative control)",
+                       control["logits_max_abs_diff"] > 5e-2 * scale, f"max |Δlogit| with leakage {control['logits_max_abs_diff']:.2e}")  # fmt: skip
         part.check(f"{dtype_name}: loraplug's start-up check (packs_exactly) passes", startup is None, startup or "ok")
         part.figures[dtype_name] = {**figures, "leak_control": control, "device": device, "document_lengths": lengths}
     from importlib.util import find_spec
