@@ -8,6 +8,10 @@ Adapter and export kinds are looked up per model kind: ``merged`` means one thin
 another for Stable Diffusion, so each plugin says which model kinds its adapter or export works with.
 Two plugins serving the same kind for the same model kind is an error naming both; nothing is ever
 chosen silently.
+
+Kinds also declare what they fit, so ``recipe check`` refuses a mismatch before anything loads: an
+export the adapter kinds it handles (``adapters``), a data kind the record shapes it produces
+(``produces``), a model kind the shapes it trains on (``accepts``). Undeclared (``None``) is never checked.
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ STAGE_HOOKS: dict[Stage, str] = {
 }
 
 
+#: The record shapes first-party kinds declare (``KindSpec.produces`` / ``accepts``), and what such a
+#: record holds. A plugin may name a shape of its own; two kinds fit when they name the same one.
+RECORD_SHAPES: dict[str, str] = {
+    "chat": 'text as chat turns: {"id", "messages": [{"role", "content"}, ...]} (prompt/response pairs become two turns)',
+    "caption-image": '{"id", "image": a path or PIL image, "caption": str}',
+    "labelled-text": '{"id", "text": str, "label": str or int}: one label per text, for classifiers',
+}
+
+#: What each stage may declare besides ``models``: the field, and the stage it belongs to.
+_DECLARED_AT = {"adapters": "export", "produces": "data", "accepts": "model"}
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """One kind a plugin serves.
@@ -51,6 +67,14 @@ class KindSpec:
         ``{"pretrained": "tiny-llama"}``.
     :param streams: for data kinds whose training records are a stream of unknown length: a recipe
         must then give ``train.max_steps``, checked with the rest of the recipe.
+    :param adapters: for export kinds, the adapter kinds it handles (``None``: any). ``recipe check``
+        refuses an export of an adapter kind it does not name.
+    :param produces: for data kinds, the record shapes it produces (:data:`RECORD_SHAPES` names the
+        well-known ones; more than one when an option picks). ``None``: undeclared, never checked.
+    :param accepts: for model kinds, the record shapes it trains on (``None``: undeclared, never
+        checked). ``recipe check`` refuses a data kind that produces none of them.
+
+    ``adapters``, ``produces`` and ``accepts`` take a tuple of names, or one name as a string.
     """
 
     stage: Stage
@@ -60,6 +84,18 @@ class KindSpec:
     models: tuple[str, ...] | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
     streams: bool = False
+    adapters: tuple[str, ...] | None = None
+    produces: tuple[str, ...] | None = None
+    accepts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # One name as a plain string is a tuple of one, not of its characters.
+        for name in ("models", "adapters", "produces", "accepts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def options_model(self) -> type[BaseModel]:
         """The options model, imported now if it was declared by its import path."""
@@ -76,6 +112,14 @@ class KindSpec:
 
     def serves_model(self, model_kind: str | None) -> bool:
         return self.models is None or model_kind is None or model_kind in self.models
+
+    def handles_adapter(self, adapter_kind: str | None) -> bool:
+        """Whether this export kind handles ``adapter_kind`` (undeclared or unknown: assumed so)."""
+        return self.adapters is None or adapter_kind is None or adapter_kind in self.adapters
+
+    def fits_shapes(self, accepted: tuple[str, ...] | None) -> bool:
+        """Whether this data kind produces a record shape a model accepting ``accepted`` trains on."""
+        return self.produces is None or accepted is None or bool(set(self.produces) & set(accepted))
 
     def label(self) -> str:
         scope = "" if self.models is None else f" (for {', '.join(self.models)})"
@@ -109,6 +153,21 @@ class KindRegistry:
                 f"Plugin {distribution} declared kind {spec.name!r} for an unknown stage {spec.stage!r}",
                 fix=f"Use one of {', '.join(STAGES)}",
             )
+        for name, stage in _DECLARED_AT.items():
+            value = getattr(spec, name)
+            if value is None:
+                continue
+            if spec.stage != stage:
+                raise PluginError(
+                    f"Plugin {distribution} declared `{name}` on {spec.label()}: only {stage} kinds declare it",
+                    fix=f"Remove `{name}=` from that KindSpec (see docs/plugins.md)",
+                )
+            if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
+                raise PluginError(
+                    f"Plugin {distribution} declared `{name}` = {value!r} on {spec.label()}: it must be a non-empty "
+                    "tuple of names (or None: undeclared)",
+                    fix=f"Write e.g. {name}=(\"{'lora' if name == 'adapters' else 'chat'}\",)",
+                )
 
     def add(self, spec: KindSpec, plugin: object, distribution: str) -> None:
         self.check(spec, distribution)
@@ -130,6 +189,22 @@ class KindRegistry:
 
     def kinds(self, stage: Stage, model_kind: str | None = None) -> list[str]:
         return sorted({s.spec.name for s in self._served if s.spec.stage == stage and s.spec.serves_model(model_kind)})
+
+    def exports_for(self, model_kind: str, adapter_kind: str) -> list[str]:
+        """The export kinds for ``model_kind`` that handle ``adapter_kind``."""
+        return sorted(
+            {
+                s.spec.name
+                for s in self._served
+                if s.spec.stage == "export" and s.spec.serves_model(model_kind) and s.spec.handles_adapter(adapter_kind)
+            }
+        )
+
+    def data_kinds_for(self, accepted: tuple[str, ...]) -> list[str]:
+        """The data kinds declared to produce one of the ``accepted`` record shapes."""
+        return sorted(
+            {s.spec.name for s in self._served if s.spec.stage == "data" and s.spec.produces and set(s.spec.produces) & set(accepted)}
+        )
 
     def lookup(self, stage: Stage, name: str, model_kind: str | None = None) -> Served:
         """The one plugin serving ``name`` at ``stage`` (for ``model_kind``), or a clear error."""

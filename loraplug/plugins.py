@@ -66,10 +66,7 @@ class PluginRecord:
             "status": self.status,
             "error": self.error,
             "hooks": self.hooks,
-            "kinds": [
-                {"stage": k.stage, "kind": k.name, "models": list(k.models) if k.models else None, "summary": k.summary}
-                for k in self.kinds
-            ],
+            "kinds": [_kind_json(k) for k in self.kinds],
         }
 
 
@@ -80,6 +77,16 @@ class ExtraPlugin:
     plugin: object
     distribution: str
     version: str = "0"
+
+def _kind_json(spec: KindSpec) -> dict[str, Any]:
+    """A kind for ``plugins list --json``; what it fits (adapters, produces, accepts) only where declared."""
+    out: dict[str, Any] = {"stage": spec.stage, "kind": spec.name, "models": list(spec.models) if spec.models else None, "summary": spec.summary}
+    for name in ("adapters", "produces", "accepts"):
+        value = getattr(spec, name)
+        if value is not None:
+            out[name] = list(value)
+    return out
+
 
 
 def _trace_call(hook_name: str, hook_impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:

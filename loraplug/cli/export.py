@@ -100,7 +100,9 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     source = locate_weights(run_dir)
     recipe = load_recipe(source.run_dir / RECIPE_FILE, host, check_files=False)
     default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
-    section = export_section(host, kind, settings, name=name or default_name, model_kind=recipe.model.kind)
+    section = export_section(
+        host, kind, settings, name=name or default_name, model_kind=recipe.model.kind, adapter_kind=recipe.adapter.kind
+    )
     # Resolved inside exports/ as run_export resolves it: a symlink there cannot lead the export elsewhere.
     target = confine(source.run_dir / EXPORTS_DIR, section.name, key="--name")
     # Only an earlier export (its export.json) is replaced, and only with --overwrite (loraplug.safety).

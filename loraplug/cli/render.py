@@ -11,6 +11,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 from loraplug.bundles import Sample
+from loraplug.kinds import KindSpec
 from loraplug.plugins import PluginHost
 from loraplug.runinfo import RunInfo, human_size
 
@@ -34,7 +35,7 @@ def plugin_table(console: Console, host: PluginHost) -> None:
     table.add_column("status")
     conflicts = host.registry.conflicts()
     for record in host.records:
-        kinds = "\n".join(f"{k.stage}: {k.name}" + (f" ({', '.join(k.models)})" if k.models else "") for k in record.kinds)
+        kinds = "\n".join(kind_line(k) for k in record.kinds)
         hooks = ", ".join(h.removeprefix("loraplug_") for h in record.hooks if h != "loraplug_register_kinds")
         if record.status == "error":
             status = f"[red]error[/]: {escape(record.error or '')}"
@@ -50,6 +51,15 @@ def plugin_table(console: Console, host: PluginHost) -> None:
         console.print("No plugins installed. First-party ones: pip install -e plugins/causal-lm (see README.md).")
         return
     console.print(table)
+
+
+def kind_line(spec: KindSpec) -> str:
+    """``export: kohya (stable-diffusion; adapters lora, loha)``, ``data: jsonl (produces chat)``: a kind and what it fits."""
+    parts = [", ".join(spec.models)] if spec.models else []
+    for word, value in (("produces", spec.produces), ("accepts", spec.accepts), ("adapters", spec.adapters)):
+        if value:
+            parts.append(f"{word} {', '.join(value)}")
+    return f"{spec.stage}: {spec.name}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def recipe_ok(console: Console, recipe: Recipe) -> None:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticUndefined
 
 from loraplug import options
 from loraplug.data.options import CleanOptions, DataCoreOptions
-from loraplug.kinds import KindRegistry
+from loraplug.kinds import KindRegistry, KindSpec
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
 
 BEGIN = "<!-- BEGIN GENERATED: loraplug recipe keys --markdown -->"
@@ -132,7 +132,17 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
         spec = item.spec
         table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
         scope = f" for {', '.join(spec.models)}" if spec.models else ""
-        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}", spec.options_model()
+        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}{fits(spec)}", spec.options_model()
+
+
+def fits(spec: KindSpec) -> str:
+    """What a kind declares it fits, for its heading's note: `` (produces: chat)``, `` (adapters: lora, loha)``."""
+    declared = [
+        f"{word}: {', '.join(value)}"
+        for word, value in (("produces", spec.produces), ("accepts", spec.accepts), ("adapters", spec.adapters))
+        if value
+    ]
+    return f" ({'; '.join(declared)})" if declared else ""
 
 
 def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str]]:

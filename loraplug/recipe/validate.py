@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
 from loraplug.errors import LoraplugError, RecipeError
-from loraplug.kinds import Stage
+from loraplug.kinds import Served, Stage
 from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
@@ -115,16 +115,40 @@ class _Checker:
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
 
-def _known_model_kind(table: Any, host: PluginHost) -> str | None:
-    """The raw ``model.kind`` when an installed plugin serves it, even if its options failed to validate."""
+def _known(table: Any, host: PluginHost, stage: Stage, model_kind: str | None = None) -> Served | None:
+    """The plugin serving a section's raw ``kind``, even if the section's options failed to validate."""
     kind = table.get("kind") if isinstance(table, dict) else None
     if not isinstance(kind, str):
         return None
     try:
-        host.lookup("model", kind)
+        return host.lookup(stage, kind, model_kind)
     except LoraplugError:
         return None
-    return kind
+
+
+def adapter_misfit(host: PluginHost, export: Served, model_kind: str, adapter_kind: str) -> str | None:
+    """Why ``export`` cannot export an adapter of ``adapter_kind`` (None when it can), naming the exports that can."""
+    spec = export.spec
+    if spec.handles_adapter(adapter_kind):
+        return None
+    others = ", ".join(host.registry.exports_for(model_kind, adapter_kind)) or "none installed"
+    return (
+        f"the {spec.name} export ({export.distribution}) does not handle adapter kind {adapter_kind!r} "
+        f"(only {', '.join(spec.adapters or ())}); export kinds for {model_kind} that handle {adapter_kind}: {others}"
+    )
+
+
+def _shape_misfit(host: PluginHost, data: Served, model: Served) -> str | None:
+    """Why ``model`` cannot train on the records ``data`` produces (None when it can, or either is undeclared)."""
+    produces, accepts = data.spec.produces, model.spec.accepts
+    if produces is None or accepts is None or data.spec.fits_shapes(accepts):
+        return None
+    fitting = ", ".join(host.registry.data_kinds_for(accepts)) or "none installed"
+    return (
+        f"the data kind {data.spec.name!r} ({data.distribution}) produces {' or '.join(produces)} records, but the "
+        f"model kind {model.spec.name!r} ({model.distribution}) trains on {' or '.join(accepts)} records; "
+        f"data kinds that produce them: {fitting}"
+    )
 
 
 def load_recipe(
@@ -154,12 +178,19 @@ def load_recipe(
     train = checker.check(TrainSection, raw.get("train", {}), ("train",))
     evaluation = checker.check(EvalSection, raw.get("eval", {}), ("eval",))
     model = checker.kind_section("model", raw.get("model"), ("model",), None)
-    model_kind = model.kind if model else _known_model_kind(raw.get("model"), host)
+    model_served = model.served if model else _known(raw.get("model"), host, "model")
+    model_kind = model_served.spec.name if model_served else None
     # Adapter, export and metric kinds are served per model kind: with no known model kind they cannot
     # be told apart, so they wait until model.kind is fixed rather than report false conflicts.
     scoped = model_kind is not None
     data = checker.kind_section("data", raw.get("data"), ("data",), model_kind)
     adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
+    adapter_served = adapter.served if adapter else _known(raw.get("adapter"), host, "adapter", model_kind) if scoped else None
+    data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
+    if data_served is not None and model_served is not None:
+        # Checked here, not when the model meets its first batch after minutes of loading.
+        if (misfit := _shape_misfit(host, data_served, model_served)) is not None:
+            checker.problems.append(f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}")
 
     exports: list[ExportSection] = []
     raw_exports = raw.get("export", [])
@@ -171,6 +202,9 @@ def load_recipe(
     names: dict[str, int] = {}
     for index, table in enumerate(raw_exports if scoped else []):
         section = checker.kind_section("export", table, ("export", index), model_kind)
+        if section is not None and model_kind is not None and adapter_served is not None:
+            if (misfit := adapter_misfit(host, section.served, model_kind, adapter_served.spec.name)) is not None:
+                checker.problems.append(f"`export[{index}].kind` = {section.kind!r} ({source.where(('export', index, 'kind'))}): {misfit}")
         name = checker.export_name(table, index)
         if section is None or name is None:
             continue
@@ -291,17 +325,32 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def export_section(host: PluginHost, kind: str, settings: list[str] | tuple[str, ...], *, name: str, model_kind: str) -> ExportSection:
+def export_section(
+    host: PluginHost,
+    kind: str,
+    settings: list[str] | tuple[str, ...],
+    *,
+    name: str,
+    model_kind: str,
+    adapter_kind: str | None = None,
+) -> ExportSection:
     """One export given on the command line (``--kind onnx tolerance=1e-3``), checked like an ``[[export]]``.
 
     :param settings: ``key=value`` pairs of the export's options; values are TOML (``1e-3``, ``true``),
         anything else a string.
+    :param adapter_kind: the run's ``adapter.kind``: an export that does not handle it is refused.
     :raises LoraplugError: listing every problem, each naming the setting it came from.
     """
     if (problem := dir_name_problem(name)) is not None:
         # The same rule as an [[export]]'s `name`: the export's directory stays inside exports/.
         raise LoraplugError(f"The export name {name!r} {problem}", where="--name", fix=f"Use {DIR_NAME_RULE}, e.g. onnx-fp32")
-    host.lookup("export", kind, model_kind)  # an unknown or uninstalled kind, with its own fix
+    served = host.lookup("export", kind, model_kind)  # an unknown or uninstalled kind, with its own fix
+    if adapter_kind is not None and (misfit := adapter_misfit(host, served, model_kind, adapter_kind)) is not None:
+        raise LoraplugError(
+            f"The run's adapter cannot be exported as {kind}: {misfit}",
+            where="--kind",
+            fix="Export it as one of the kinds named, or train the run with an adapter kind this export handles",
+        )
     source = RecipeSource(path=Path("the command line"), text="", data={"export": {"kind": kind}})
     for setting in settings:
         if "=" not in setting or setting.startswith(("export.", "~")):

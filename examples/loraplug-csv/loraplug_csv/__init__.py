@@ -24,7 +24,8 @@ class CsvOptions(Options):
 
 @hookimpl
 def loraplug_register_kinds(register):
-    register(KindSpec("data", "csv", CsvOptions, "CSV of prompt/response pairs"))
+    # Its records are chat turns, what a causal LM trains on: recipe check refuses it for an image model.
+    register(KindSpec("data", "csv", CsvOptions, "CSV of prompt/response pairs", produces="chat"))
 
 
 @hookimpl

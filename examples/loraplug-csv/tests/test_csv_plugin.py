@@ -49,3 +49,20 @@ def test_missing_column_is_a_clear_error(tmp_path: Path) -> None:
     proc = run(site, "run", str(recipe))
     assert proc.returncode == 2
     assert "has no column prompt, response" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_csv_data_for_an_image_model_is_refused_by_recipe_check(tmp_path: Path) -> None:
+    site = plugin_dist(tmp_path / "site", distribution="loraplug-csv", module="loraplug_csv", source=SOURCE.read_text())
+    (tmp_path / "pairs.csv").write_text("prompt,response\nx,y\n")
+    recipe = write_recipe(
+        tmp_path / "csv.toml",
+        {
+            "data": {"kind": "csv", "path": "pairs.csv"},
+            "model": {"kind": "stable-diffusion", "pretrained": "tiny-sd"},
+            "adapter": {"kind": "lora"},
+        },
+    )
+    proc = run(site, "recipe", "check", str(recipe))
+    assert proc.returncode == 2
+    assert "the data kind 'csv' (loraplug-csv) produces chat records" in proc.stderr
+    assert "trains on caption-image records" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,6 +1,6 @@
-"""loraplug-causal-lm: LoRA for causal language models.
+"""loraplug-causal-lm: LoRA (and LoHa, LoKr) for causal language models.
 
-Serves data kind ``jsonl``, model kind ``causal-lm`` (with the ``tiny-llama`` preset), adapter kind
-``lora`` and export kinds ``peft`` and ``merged``. The hooks live in :mod:`.plugin`; everything heavy
+Serves data kind ``jsonl``, model kind ``causal-lm`` (with the ``tiny-llama`` preset), adapter kinds
+``lora``, ``loha`` and ``lokr`` (peft's), and export kinds ``peft`` and ``merged`` (for all three). The hooks live in :mod:`.plugin`; everything heavy
 (torch, transformers, peft) is imported inside them.
 """

@@ -12,7 +12,10 @@ from loraplug_causal_lm.options import MergedExportOptions, PeftExportOptions
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
 #: What names a LoRA matrix in a PEFT adapter file (as llama.cpp's converter tells them apart).
 LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B")
+#: What names a LoHa or LoKr factor (peft's parameter names, LyCORIS' too).
+LYCORIS_PARTS = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".hada_t1", ".hada_t2", ".lokr_w", ".lokr_t")
 PEFT_PREFIX = "base_model.model."
+PEFT_TYPE_NAMES = {"LOHA": "LoHa", "LOKR": "LoKr"}
 
 
 def _model_card(model: ModelBundle, ctx: RunContext) -> str:
@@ -52,12 +55,14 @@ def non_lora_tensors(weights: Path) -> list[str]:
     """The tensors of a PEFT adapter file that are not LoRA pairs (modules saved in full, DoRA magnitudes).
 
     LoRA-only converters such as llama.cpp's ``convert_lora_to_gguf.py`` refuse a file holding any.
+    LoHa/LoKr factors are not counted here: the adapter's type says those are not LoRA.
     """
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as handle:
         names = list(handle.keys())
-    return sorted(name.removeprefix(PEFT_PREFIX) for name in names if not any(part in name for part in LORA_PARTS))
+    adapter_parts = LORA_PARTS + LYCORIS_PARTS
+    return sorted(name.removeprefix(PEFT_PREFIX) for name in names if not any(part in name for part in adapter_parts))
 
 
 def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
@@ -66,8 +71,15 @@ def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, c
         (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
     figures = _check_written_adapter(model, out_dir) if options.check_parity else {}
     full = non_lora_tensors(out_dir / "adapter_model.safetensors")
-    figures["lora_only"] = not full
+    peft_type = str(getattr(model.module.peft_config["default"].peft_type, "value", "LORA"))
+    figures["lora_only"] = not full and peft_type == "LORA"
     notes = []
+    if peft_type != "LORA":
+        figures["peft_type"] = peft_type
+        notes.append(
+            f"a {PEFT_TYPE_NAMES.get(peft_type, peft_type)} adapter: PeftModel.from_pretrained loads it, LoRA-only converters such as llama.cpp's "
+            "convert_lora_to_gguf.py do not; for GGUF, convert the `merged` export with convert_hf_to_gguf.py instead"
+        )
     if full:
         figures["non_lora_tensors"] = full
         shown = ", ".join(full[:3]) + (f" and {len(full) - 3} more" if len(full) > 3 else "")

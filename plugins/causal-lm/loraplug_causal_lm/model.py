@@ -1,4 +1,4 @@
-"""Loading a causal LM and its tokenizer, and attaching LoRA through peft."""
+"""Loading a causal LM and its tokenizer, and attaching the adapter (LoRA, LoHa or LoKr) through peft."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from loraplug import LoraplugError, ModelBundle, RunContext
 from loraplug.errors import model_load_error
-from loraplug_causal_lm.options import PRESETS, CausalLMOptions, LoraOptions
+from loraplug_causal_lm.options import PRESETS, CausalLMOptions, LohaOptions, LokrOptions, LoraOptions, LycorisOptions
 from loraplug_causal_lm.presets import preset_dir
 from loraplug_causal_lm.quiet import quiet_libraries
 
@@ -105,16 +105,47 @@ def lora_config(options: LoraOptions) -> Any:
     )
 
 
-def wrap(options: LoraOptions, bundle: ModelBundle) -> ModelBundle:
+def lycoris_config(options: LycorisOptions) -> Any:
+    """peft's ``LoHaConfig`` or ``LoKrConfig`` from the adapter's options."""
+    quiet_libraries()
+    from peft import LoHaConfig, LoKrConfig, TaskType
+
+    common: dict[str, Any] = {
+        "task_type": TaskType.CAUSAL_LM,
+        "r": options.r,
+        "alpha": options.alpha,
+        "rank_dropout": options.rank_dropout,
+        "module_dropout": options.module_dropout,
+        "target_modules": options.target_modules,
+        "modules_to_save": options.modules_to_save or None,
+    }
+    if isinstance(options, LokrOptions):
+        init: bool | str = True if options.init == "default" else "lycoris"
+        return LoKrConfig(
+            **common, decompose_both=options.decompose_both, decompose_factor=options.decompose_factor, init_weights=init
+        )
+    assert isinstance(options, LohaOptions)  # noqa: S101 — the two kinds of LycorisOptions
+    return LoHaConfig(**common)
+
+
+def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBundle:
     from peft import get_peft_model
 
-    config = lora_config(options)
+    config = lora_config(options) if isinstance(options, LoraOptions) else lycoris_config(options)
+    what = "LoRA" if isinstance(options, LoraOptions) else type(config).__name__.removesuffix("Config")
+    if what != "LoRA" and (getattr(bundle.module, "is_loaded_in_4bit", False) or getattr(bundle.module, "is_loaded_in_8bit", False)):
+        # peft's LoHa/LoKr layers rebuild ΔW in the shape of the base weight, which 4/8-bit storage is not.
+        raise LoraplugError(
+            f"{what} cannot train on a quantized base (model.quantization): peft implements it for plain linear layers only",
+            where="adapter.kind",
+            fix='Use kind = "lora" for QLoRA, or remove model.quantization to train LoHa/LoKr on the full-precision base',
+        )
     try:
         peft_model = get_peft_model(bundle.module, config)
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in bundle.module.named_modules() if name})
         raise LoraplugError(
-            f"LoRA could not be attached: {str(exc).splitlines()[0]}",
+            f"{what} could not be attached: {str(exc).splitlines()[0]}",
             where="adapter.target_modules",
             fix=f"Name modules this model has, or use \"all-linear\". Its module names include: {', '.join(names[:30])}",
         ) from exc

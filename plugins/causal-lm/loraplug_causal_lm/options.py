@@ -106,6 +106,42 @@ class LoraOptions(Options):
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
 
 
+class LycorisOptions(Options):
+    """What LoHa and LoKr (LyCORIS' adapters, through peft) share."""
+
+    r: PositiveInt = Field(8, description="Rank of each factor.")
+    alpha: float = Field(8.0, gt=0, description="The update is scaled by alpha/r.")
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rows of the update during training.")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear` (every linear layer but the output head)."
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+
+
+class LohaOptions(LycorisOptions):
+    """``[adapter] kind = "loha"`` for causal LMs, through peft's ``LoHaConfig``: ΔW = (A₁B₁) ⊙ (A₂B₂) · alpha/r."""
+
+
+class LokrOptions(LycorisOptions):
+    """``[adapter] kind = "lokr"`` for causal LMs, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
+
+    decompose_both: bool = Field(False, description="Also factor the small Kronecker matrix W₁ into rank-r factors.")
+    decompose_factor: int = Field(
+        -1, ge=-1, description="Split each dimension as near this factor as divides it; -1: near its square root."
+    )
+    init: Literal["default", "lycoris"] = Field(
+        "default", description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero)."
+    )
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (near the square root) or a positive factor")
+        return value
+
+
 class PeftExportOptions(Options):
     """``[[export]] kind = "peft"``."""
 

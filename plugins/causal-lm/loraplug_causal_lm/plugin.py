@@ -25,9 +25,15 @@ from loraplug import (
 from loraplug_causal_lm.metrics import METRICS
 
 if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
-    from loraplug_causal_lm.options import CausalLMOptions, JsonlOptions, LoraOptions
+    from loraplug_causal_lm.options import CausalLMOptions, JsonlOptions, LoraOptions, LycorisOptions
 
 MODEL_KIND = "causal-lm"
+#: The records jsonl produces and the causal LM trains on (loraplug.kinds.RECORD_SHAPES).
+RECORD_SHAPE = "chat"
+#: LyCORIS' adapters through peft, beside LoRA: the name is also the options class's (``LohaOptions``).
+LYCORIS = {"loha": "peft LoHa: low-rank Hadamard product (LyCORIS)", "lokr": "peft LoKr: Kronecker product (LyCORIS)"}
+#: The adapter kinds the peft and merged exports handle: all peft tuners, saved and merged by peft itself.
+ADAPTERS = ("lora", *LYCORIS)
 
 
 @hookimpl
@@ -38,6 +44,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "jsonl",
             "loraplug_causal_lm.options:JsonlOptions",
             "JSONL of {prompt, response} or {messages} chat samples",
+            produces=RECORD_SHAPE,
         )
     )
     register(
@@ -47,6 +54,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "loraplug_causal_lm.options:CausalLMOptions",
             "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
             smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
+            accepts=RECORD_SHAPE,
         )
     )
     register(
@@ -58,6 +66,8 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             models=(MODEL_KIND,),
         )
     )
+    for name, summary in LYCORIS.items():
+        register(KindSpec("adapter", name, f"loraplug_causal_lm.options:{name.capitalize()}Options", summary, models=(MODEL_KIND,)))
     register(
         KindSpec(
             "export",
@@ -65,6 +75,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "loraplug_causal_lm.options:PeftExportOptions",
             "adapter_config.json + adapter_model.safetensors",
             models=(MODEL_KIND,),
+            adapters=ADAPTERS,
         )
     )
     register(
@@ -72,8 +83,9 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "export",
             "merged",
             "loraplug_causal_lm.options:MergedExportOptions",
-            "LoRA merged into the base, save_pretrained",
+            "the adapter merged into the base, save_pretrained",
             models=(MODEL_KIND,),
+            adapters=ADAPTERS,
         )
     )
     for name, summary in METRICS.items():
@@ -98,7 +110,7 @@ def loraplug_build_model(kind: str, options: CausalLMOptions, ctx: RunContext) -
 
 @hookimpl
 def loraplug_wrap_adapter(
-    kind: str, options: LoraOptions, model: ModelBundle, ctx: RunContext
+    kind: str, options: LoraOptions | LycorisOptions, model: ModelBundle, ctx: RunContext
 ) -> ModelBundle:
     from loraplug_causal_lm.model import wrap
 

@@ -1,7 +1,7 @@
-"""loraplug-diffusion: LoRA (and LoCon) for Stable Diffusion 1.x / 2.x.
+"""loraplug-diffusion: LoRA (and LoCon, LoHa, LoKr) for Stable Diffusion 1.x / 2.x.
 
-Serves data kind ``imagefolder``, model kind ``stable-diffusion`` (with the ``tiny-sd`` preset), adapter kind
-``lora`` and export kinds ``diffusers``, ``kohya`` and ``merged``. The hooks live in :mod:`.plugin`;
+Serves data kind ``imagefolder``, model kind ``stable-diffusion`` (with the ``tiny-sd`` preset), adapter kinds
+``lora``, ``loha`` and ``lokr`` and export kinds ``diffusers`` (LoRA only), ``kohya`` and ``merged``. The hooks live in :mod:`.plugin`;
 everything heavy (torch, diffusers, transformers, peft) is imported inside them.
 
 The ``stable-diffusion`` ModelBundle — what other plugins (an ONNX exporter, a quantizer) may rely on:
@@ -10,9 +10,10 @@ The ``stable-diffusion`` ModelBundle — what other plugins (an ONNX exporter, a
   directory (a diffusers pipeline: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``, ``scheduler/``) when there is one.
 * ``components["unet"]`` is a diffusers ``UNet2DConditionModel``. After ``wrap_adapter`` it carries the
-  LoRA injected through peft under the adapter name ``"default"`` (diffusers' ``add_adapter``), so
-  ``peft.get_peft_model_state_dict(unet)`` returns its LoRA weights and ``unet.fuse_lora()`` /
-  diffusers' loaders work on it. Base weights are frozen, in ``model.dtype``; LoRA weights are float32.
+  adapter (LoRA, LoHa or LoKr) injected through peft under the adapter name ``"default"`` (diffusers'
+  ``add_adapter``), so ``peft.get_peft_model_state_dict(unet)`` returns its weights, every adapted layer
+  is a peft ``BaseTunerLayer`` (``merge()``, ``get_delta_weight("default")``) and, for LoRA,
+  ``unet.fuse_lora()`` / diffusers' loaders work on it. Base weights are frozen, in ``model.dtype``; LoRA weights are float32.
 * ``components["vae"]`` (``AutoencoderKL``, frozen, float32), ``components["text_encoder"]``
   (``CLIPTextModel``, frozen unless the adapter trains it; then it carries a peft LoRA ``"default"`` too),
   ``components["tokenizer"]`` (``CLIPTokenizer``) and ``components["noise_scheduler"]`` (a

@@ -1,7 +1,8 @@
-"""LoRA on the UNet (attention, and LoCon's convolutions) and optionally the text encoder, through peft.
+"""LoRA, LoHa or LoKr on the UNet (attention, and LoCon's convolutions) and optionally the text encoder, through peft.
 
 The layers are injected with ``add_adapter`` — diffusers' and transformers' own peft integration — so
-``peft.get_peft_model_state_dict(unet)`` returns the LoRA weights and diffusers' loaders read them back.
+``peft.get_peft_model_state_dict(unet)`` returns the adapter's weights and, for LoRA, diffusers' loaders
+read them back. LoHa and LoKr are peft's ``LoHaConfig`` / ``LoKrConfig``, the same layers on the same modules.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from loraplug import LoraplugError, ModelBundle, RunContext
-from loraplug_diffusion.options import SdLoraOptions
+from loraplug_diffusion.options import SdAdapterOptions, SdLohaOptions, SdLokrOptions, SdLoraOptions
 from loraplug_diffusion.quiet import quiet_libraries
 
 ADAPTER_NAME = "default"
@@ -47,23 +48,45 @@ def find_targets(model: torch.nn.Module, targets: Sequence[str], setting: str, w
     return found
 
 
-def _config(r: int, alpha: float, options: SdLoraOptions, targets: Sequence[str], patterns: dict[str, tuple[int, float]]) -> Any:
+def _config(r: int, alpha: float, options: SdAdapterOptions, targets: Sequence[str], patterns: dict[str, tuple[int, float]]) -> Any:
+    """The peft config of the adapter's kind; ``patterns``: another (rank, alpha) for the layers named."""
     quiet_libraries()
-    from peft import LoraConfig
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=options.dropout,
-        init_lora_weights=True if options.init == "default" else "gaussian",
-        target_modules=list(targets),
-        rank_pattern={f"^{name}$": rank for name, (rank, _) in patterns.items()},
-        alpha_pattern={f"^{name}$": a for name, (_, a) in patterns.items()},
-    )
+    where: dict[str, Any] = {
+        "r": r,
+        "target_modules": list(targets),
+        "rank_pattern": {f"^{name}$": rank for name, (rank, _) in patterns.items()},
+        "alpha_pattern": {f"^{name}$": a for name, (_, a) in patterns.items()},
+    }
+    if isinstance(options, SdLoraOptions):
+        return LoraConfig(
+            **where,
+            lora_alpha=alpha,
+            lora_dropout=options.dropout,
+            init_lora_weights=True if options.init == "default" else "gaussian",
+        )
+    if isinstance(options, SdLokrOptions):
+        return LoKrConfig(
+            **where,
+            alpha=alpha,
+            rank_dropout=options.rank_dropout,
+            module_dropout=options.module_dropout,
+            decompose_both=options.decompose_both,
+            decompose_factor=options.decompose_factor,
+            init_weights=True if options.init == "default" else "lycoris",
+        )
+    assert isinstance(options, SdLohaOptions)  # noqa: S101 — the three adapter kinds of this plugin
+    return LoHaConfig(**where, alpha=alpha, rank_dropout=options.rank_dropout, module_dropout=options.module_dropout)
+
+
+def adapter_name(options: SdAdapterOptions) -> str:
+    """``LoRA``, ``LoHa`` or ``LoKr``: how a message names the adapter."""
+    return {SdLohaOptions: "LoHa", SdLokrOptions: "LoKr"}.get(type(options), "LoRA")
 
 
 def _float32_lora(model: torch.nn.Module) -> None:
-    # With a bf16/fp16 base, the LoRA weights still train in float32 (what diffusers' scripts do).
+    # With a bf16/fp16 base, the adapter's weights still train in float32 (what diffusers' scripts do).
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -81,7 +104,7 @@ def inject_text_encoder_lora(text_encoder: Any, config: Any) -> None:
     text_encoder.peft_config = {ADAPTER_NAME: config}
 
 
-def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
+def wrap(options: SdAdapterOptions, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
     unet = bundle.components["unet"]
     targets = list(options.target_modules)
     find_targets(unet, options.target_modules, "adapter.target_modules", "UNet")
@@ -105,7 +128,7 @@ def wrap(options: SdLoraOptions, bundle: ModelBundle, ctx: RunContext) -> ModelB
         unet.add_adapter(_config(options.r, options.alpha, options, targets, patterns), adapter_name=ADAPTER_NAME)
     except ValueError as exc:
         raise LoraplugError(
-            f"LoRA could not be attached to the UNet: {str(exc).splitlines()[0]}",
+            f"{adapter_name(options)} could not be attached to the UNet: {str(exc).splitlines()[0]}",
             where="adapter.target_modules",
             fix="Name modules the UNet has (e.g. to_q, to_k, to_v, to_out.0), or leave target_modules at its default",
         ) from exc

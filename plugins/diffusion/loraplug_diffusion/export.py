@@ -1,8 +1,9 @@
-"""Exports other tools load: diffusers' LoRA file, kohya's, and the whole pipeline with the LoRA fused.
+"""Exports other tools load: diffusers' LoRA file, kohya's, and the whole pipeline with the adapter fused.
 
-Each is loaded back with diffusers itself and compared with the trained model (see parity.py) before
-the core renames it into place, so a file that would not load, or would load into a different model,
-never reaches ``exports/``.
+Each is loaded back and compared with the trained model (see parity.py) before the core renames it into
+place, so a file that would not load, or would load into a different model, never reaches ``exports/``.
+LoRA files are loaded back with diffusers itself; a LoHa/LoKr kohya file (which diffusers does not load)
+with ComfyUI's formula (lycoris.py). LoHa and LoKr are fused into the base by adding each layer's ΔW.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 
 from loraplug import ExportResult, ModelBundle, RunContext
-from loraplug_diffusion.kohya import write_kohya
+from loraplug_diffusion.kohya import spelt_name, trained_parts, write_kohya
+from loraplug_diffusion.lycoris import add_deltas, algo, by_module
 from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import DiffusersExportOptions, KohyaExportOptions, MergedExportOptions
 from loraplug_diffusion.parity import base_pipeline, compare
@@ -68,28 +70,56 @@ def export_diffusers(options: DiffusersExportOptions, model: ModelBundle, out_di
     )
 
 
+def uses_lycoris(model: ModelBundle) -> bool:
+    """Whether the trained adapter is LoHa or LoKr (peft's LyCORIS layers) rather than LoRA."""
+    return any(algo(layer) is not None for part in trained_parts(model).values() for layer in part.modules())
+
+
 def export_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     path = write_kohya(options, model, out_dir, ctx)
+    lycoris = uses_lycoris(model)
     figures: dict[str, Any] = {}
     if options.check_parity:
         pipeline = base_pipeline(model, ctx)
-        pipeline.load_lora_weights(str(out_dir), weight_name=path.name)  # diffusers' own kohya conversion
+        if lycoris:  # diffusers does not load LoHa/LoKr: read the file back as ComfyUI does
+            from safetensors.torch import load_file
+
+            parts = {"lora_unet": pipeline.unet, "lora_te": pipeline.text_encoder}
+            add_deltas(parts, by_module(load_file(str(path))), spelt_name)
+        else:
+            pipeline.load_lora_weights(str(out_dir), weight_name=path.name)  # diffusers' own kohya conversion
         figures.update(compare(pipeline, model, options, ctx, "kohya", saved_dtype=options.dtype))
+    loads_with = "AUTOMATIC1111 / ComfyUI LoRA folder, kohya sd-scripts"
     return ExportResult(
         files=[path.name],
         figures=figures,
-        loads_with="AUTOMATIC1111 / ComfyUI LoRA folder, kohya sd-scripts, or StableDiffusionPipeline.load_lora_weights",
+        loads_with=f"{loads_with} (LyCORIS format)" if lycoris else f"{loads_with}, or StableDiffusionPipeline.load_lora_weights",
     )
+
+
+@torch.no_grad()
+def fuse_lycoris(pipeline: Any, model: ModelBundle) -> None:
+    """Add each trained LoHa/LoKr layer's ΔW (peft's own, in float32) to the same layer of ``pipeline``."""
+    targets = {"lora_unet": pipeline.unet, "lora_te": pipeline.text_encoder}
+    for prefix, part in trained_parts(model).items():
+        into = dict(targets[prefix].named_modules())
+        for path, layer in part.named_modules():
+            if algo(layer) is not None:
+                base = into[path]
+                base.weight += layer.get_delta_weight("default").float().to(base.weight.device, base.weight.dtype)
 
 
 def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
     """Fuse into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
     pipeline = base_pipeline(model, ctx, dtype=torch.float32)
-    with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as scratch:
-        save_diffusers(model, Path(scratch), torch.float32)
-        pipeline.load_lora_weights(scratch, weight_name=DIFFUSERS_FILE)
-    pipeline.fuse_lora(lora_scale=1.0)
-    pipeline.unload_lora_weights()  # keeps the fused weights, drops the LoRA layers
+    if uses_lycoris(model):
+        fuse_lycoris(pipeline, model)
+    else:
+        with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as scratch:
+            save_diffusers(model, Path(scratch), torch.float32)
+            pipeline.load_lora_weights(scratch, weight_name=DIFFUSERS_FILE)
+        pipeline.fuse_lora(lora_scale=1.0)
+        pipeline.unload_lora_weights()  # keeps the fused weights, drops the LoRA layers
     figures: dict[str, Any] = {}
     if options.check_parity:
         figures.update(compare(pipeline, model, options, ctx, "merged", saved_dtype="float32"))  # compared before the cast

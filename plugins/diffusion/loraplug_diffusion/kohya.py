@@ -5,6 +5,9 @@ Keys (sd-scripts ``networks/lora.py``): a module at ``down_blocks.0.attentions.0
 ``.lora_down.weight`` (peft's ``lora_A``), ``.lora_up.weight`` (``lora_B``) and a 0-dim ``.alpha``, and the
 update is ``up @ down * alpha / rank`` — exactly peft's scaling, so the weights are copied, not converted.
 A convolution's down is a conv of the layer's kernel size and its up a 1×1 conv, in both libraries.
+LoHa and LoKr are written under the same module names in LyCORIS' layout (see lycoris.py), with
+``ss_network_module = "lycoris.kohya"`` and the ``algo`` in ``ss_network_args``, as LyCORIS' sd-scripts
+module writes them.
 
 Metadata: sd-scripts' ``ss_*`` training keys, the ``sshs_*`` hashes sd-webui-additional-networks checks
 (computed as sd-scripts does: over a serialisation holding only the ``ss_*`` keys), ``modelspec.*``
@@ -26,11 +29,14 @@ from safetensors.torch import save
 from loraplug import LoraplugError, ModelBundle, RunContext, __version__
 from loraplug.rundir import atomic_write_bytes, read_status
 from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
-from loraplug_diffusion.options import KohyaExportOptions, SdLoraOptions, StableDiffusionOptions
+from loraplug_diffusion.lycoris import algo, layer_tensors
+from loraplug_diffusion.options import KohyaExportOptions, SdAdapterOptions, SdLokrOptions, SdLoraOptions, SdLycorisOptions, StableDiffusionOptions
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
 NETWORK_MODULE = "networks.lora"
+#: sd-scripts' ``--network_module`` for LyCORIS' adapters (LoHa, LoKr), whose kind is ``network_args``' ``algo``.
+LYCORIS_NETWORK_MODULE = "lycoris.kohya"
 #: What sd-scripts keeps with --no_metadata: enough for loaders to build the network.
 MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
 
@@ -39,19 +45,33 @@ def kohya_name(prefix: str, module_path: str) -> str:
     return f"{prefix}.{module_path}".replace(".", "_")
 
 
+def spelt_name(prefix: str, module_path: str) -> str:
+    """The kohya name of a UNet (``lora_unet``) or text-encoder (``lora_te``) module path, spelt as tools expect."""
+    return kohya_name(prefix, canonical_text_encoder_path(module_path) if prefix == TEXT_ENCODER_PREFIX else module_path)
+
+
+def trained_parts(model: ModelBundle) -> dict[str, Any]:
+    """The adapted components by kohya prefix: the UNet, and the text encoder when it trains."""
+    parts = {UNET_PREFIX: model.components["unet"]}
+    if trains_text_encoder(model):
+        parts[TEXT_ENCODER_PREFIX] = model.components["text_encoder"]
+    return parts
+
+
 def kohya_tensors(model: ModelBundle, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every LoRA layer of the UNet (and a trained text encoder) under its kohya key."""
+    """Every LoRA, LoHa or LoKr layer of the UNet (and a trained text encoder) under its kohya key."""
     from peft.tuners.lora import LoraLayer
 
-    parts = [(UNET_PREFIX, model.components["unet"], str)]
-    if trains_text_encoder(model):
-        parts.append((TEXT_ENCODER_PREFIX, model.components["text_encoder"], canonical_text_encoder_path))
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, part, spell in parts:
+    for prefix, part in trained_parts(model).items():
         for path, layer in part.named_modules():
+            if algo(layer) is not None:
+                name = spelt_name(prefix, path)
+                tensors.update({f"{name}.{suffix}": t for suffix, t in layer_tensors(layer, dtype).items()})
+                continue
             if not isinstance(layer, LoraLayer) or "default" not in layer.lora_A:
                 continue
-            name = kohya_name(prefix, spell(path))
+            name = spelt_name(prefix, path)
             tensors[f"{name}.lora_down.weight"] = layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
             tensors[f"{name}.lora_up.weight"] = layer.lora_B["default"].weight.detach().to("cpu", dtype).contiguous()
             tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha["default"]), dtype=dtype)
@@ -99,24 +119,38 @@ def _dataset_facts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, dict[str,
     return {"buckets": buckets} if buckets else {}, {"train": tags} if tags else {}
 
 
+def lycoris_args(adapter: SdAdapterOptions) -> dict[str, str]:
+    """LyCORIS' ``network_args`` (strings, as sd-scripts passes them) for a LoHa/LoKr adapter; empty for LoRA."""
+    if not isinstance(adapter, SdLycorisOptions):
+        return {}
+    args = {
+        "algo": "lokr" if isinstance(adapter, SdLokrOptions) else "loha",
+        "rank_dropout": str(adapter.rank_dropout),
+        "module_dropout": str(adapter.module_dropout),
+    }
+    if isinstance(adapter, SdLokrOptions):
+        args |= {"factor": str(adapter.decompose_factor), "decompose_both": str(adapter.decompose_both)}
+    return args
+
+
 def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunContext) -> dict[str, str]:
     recipe = ctx.recipe
     adapter, sd, train = recipe.adapter.options, recipe.model.options, recipe.train
-    assert isinstance(adapter, SdLoraOptions) and isinstance(sd, StableDiffusionOptions)  # noqa: S101
+    assert isinstance(adapter, SdAdapterOptions) and isinstance(sd, StableDiffusionOptions)  # noqa: S101
     scheduler = model.components["noise_scheduler"]
     prediction = scheduler.config.prediction_type
     v2, base_version, architecture = _architecture(model.components["unet"].config, prediction)
     status = read_status(ctx.run_dir) or {}
     data = status.get("data", {})
-    network_args = {}
+    network_args = lycoris_args(adapter)
     if adapter.conv:  # sd-scripts' LoCon arguments, as strings
-        network_args = {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
+        network_args |= {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
     title = options.title or recipe.run.name
     now = time.time()
     metadata = {
         "ss_v2": str(v2),
         "ss_base_model_version": base_version,
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": LYCORIS_NETWORK_MODULE if isinstance(adapter, SdLycorisOptions) else NETWORK_MODULE,
         "ss_network_dim": str(adapter.r),
         "ss_network_alpha": str(adapter.alpha),
         "ss_network_args": json.dumps(network_args),
@@ -141,7 +175,7 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_unet_lr": str(train.lr),
                 "ss_text_encoder_lr": str(adapter.text_encoder_lr or train.lr) if adapter.text_encoder else "None",
                 "ss_network_train_unet_only": str(not adapter.text_encoder),
-                "ss_network_dropout": str(adapter.dropout),
+                "ss_network_dropout": str(adapter.dropout if isinstance(adapter, SdLoraOptions) else 0.0),
                 "ss_lr_scheduler": train.schedule,
                 "ss_lr_warmup_steps": str(train.warmup_steps),
                 "ss_optimizer": f"torch.optim.AdamW(betas={tuple(train.betas)},weight_decay={train.weight_decay})",

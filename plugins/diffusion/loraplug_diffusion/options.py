@@ -110,15 +110,11 @@ class StableDiffusionOptions(Options):
         return self
 
 
-class SdLoraOptions(Options):
-    """``[adapter] kind = "lora"`` for Stable Diffusion: LoRA on the UNet (and LoCon), optionally the text encoder."""
+class SdAdapterOptions(Options):
+    """What every adapter kind for Stable Diffusion shares: where it goes (UNet, LoCon's convolutions, text encoder) and its size."""
 
-    r: PositiveInt = Field(8, description="LoRA rank of linear layers and 1×1 convolutions.")
-    alpha: PositiveFloat = Field(8.0, description="LoRA alpha; the update is scaled by alpha/r.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    init: Literal["default", "gaussian"] = Field(
-        "default", description="Initialisation of the down matrix (the up matrix starts at zero)."
-    )
+    r: PositiveInt = Field(8, description="Rank of linear layers and 1×1 convolutions.")
+    alpha: PositiveFloat = Field(8.0, description="Alpha; the update is scaled by alpha/r.")
     target_modules: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules to adapt, by name or name suffix (the attention projections)."
     )
@@ -128,22 +124,61 @@ class SdLoraOptions(Options):
     )
     conv_r: PositiveInt | None = Field(None, description="Rank of 3×3 convolutions. Default: r.")
     conv_alpha: PositiveFloat | None = Field(None, description="Alpha of 3×3 convolutions. Default: alpha.")
-    text_encoder: bool = Field(False, description="Also train LoRA on the text encoder (turns the text-encoder cache off).")
-    text_encoder_r: PositiveInt | None = Field(None, description="Rank of the text-encoder LoRA. Default: r.")
-    text_encoder_alpha: PositiveFloat | None = Field(None, description="Alpha of the text-encoder LoRA. Default: alpha.")
+    text_encoder: bool = Field(False, description="Also train the adapter on the text encoder (turns the text-encoder cache off).")
+    text_encoder_r: PositiveInt | None = Field(None, description="Rank of the text-encoder adapter. Default: r.")
+    text_encoder_alpha: PositiveFloat | None = Field(None, description="Alpha of the text-encoder adapter. Default: alpha.")
     text_encoder_target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "out_proj"], description="Text-encoder modules to adapt (add fc1, fc2 for the MLPs)."
     )
-    text_encoder_lr: LearningRate | None = Field(None, description="Peak learning rate of the text-encoder LoRA. Default: train.lr.")
+    text_encoder_lr: LearningRate | None = Field(None, description="Peak learning rate of the text-encoder adapter. Default: train.lr.")
 
     @model_validator(mode="after")
-    def _text_encoder_settings_need_text_encoder(self) -> SdLoraOptions:
+    def _text_encoder_settings_need_text_encoder(self) -> SdAdapterOptions:
         set_without = [k for k in ("text_encoder_r", "text_encoder_alpha", "text_encoder_lr") if getattr(self, k) is not None]
         if set_without and not self.text_encoder:
             raise ValueError(f"{', '.join(set_without)} only apply with text_encoder = true")
         if (self.conv_r is not None or self.conv_alpha is not None) and not self.conv:
             raise ValueError("conv_r and conv_alpha only apply with conv = true")
         return self
+
+
+class SdLoraOptions(SdAdapterOptions):
+    """``[adapter] kind = "lora"`` for Stable Diffusion: LoRA on the UNet (and LoCon), optionally the text encoder."""
+
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    init: Literal["default", "gaussian"] = Field(
+        "default", description="Initialisation of the down matrix (the up matrix starts at zero)."
+    )
+
+
+class SdLycorisOptions(SdAdapterOptions):
+    """What LoHa and LoKr (LyCORIS' adapters, through peft) add."""
+
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rows of the update during training.")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step.")
+
+
+class SdLohaOptions(SdLycorisOptions):
+    """``[adapter] kind = "loha"`` for Stable Diffusion, through peft's ``LoHaConfig``: ΔW = (A₁B₁) ⊙ (A₂B₂) · alpha/r."""
+
+
+class SdLokrOptions(SdLycorisOptions):
+    """``[adapter] kind = "lokr"`` for Stable Diffusion, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
+
+    decompose_both: bool = Field(False, description="Also factor the small Kronecker matrix W₁ into rank-r factors.")
+    decompose_factor: int = Field(
+        -1, ge=-1, description="Split each dimension as near this factor as divides it; -1: near its square root."
+    )
+    init: Literal["default", "lycoris"] = Field(
+        "default", description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero)."
+    )
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (near the square root) or a positive factor")
+        return value
 
 
 class ParityOptions(Options):

@@ -24,15 +24,26 @@ from loraplug import (
 )
 
 if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
-    from loraplug_diffusion.options import ImageFolderOptions, SdLoraOptions, StableDiffusionOptions
+    from loraplug_diffusion.options import ImageFolderOptions, SdAdapterOptions, StableDiffusionOptions
 
 MODEL_KIND = "stable-diffusion"
 OPTIONS = "loraplug_diffusion.options"
+#: The records imagefolder produces and Stable Diffusion trains on (loraplug.kinds.RECORD_SHAPES).
+RECORD_SHAPE = "caption-image"
+ADAPTERS = {
+    "lora": ("SdLoraOptions", "peft LoRA on the UNet (+ LoCon convs, text encoder)"),
+    "loha": ("SdLohaOptions", "peft LoHa (LyCORIS' Hadamard product) on the UNet (+ convs, text encoder)"),
+    "lokr": ("SdLokrOptions", "peft LoKr (LyCORIS' Kronecker product) on the UNet (+ convs, text encoder)"),
+}
 
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
-    register(KindSpec("data", "imagefolder", f"{OPTIONS}:ImageFolderOptions", "images with .txt captions or a metadata.jsonl/.csv"))
+    register(
+        KindSpec(
+            "data", "imagefolder", f"{OPTIONS}:ImageFolderOptions", "images with .txt captions or a metadata.jsonl/.csv", produces=RECORD_SHAPE
+        )
+    )
     register(
         KindSpec(
             "model",
@@ -48,16 +59,19 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
                 "sample_images": 2,
                 "bucket_step": 32,
             },
+            accepts=RECORD_SHAPE,
         )
     )
-    register(KindSpec("adapter", "lora", f"{OPTIONS}:SdLoraOptions", "peft LoRA on the UNet (+ LoCon convs, text encoder)", models=(MODEL_KIND,)))
+    for name, (options, summary) in ADAPTERS.items():
+        register(KindSpec("adapter", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,)))
     exports = (
-        ("diffusers", "DiffusersExportOptions", "pytorch_lora_weights.safetensors (load_lora_weights)"),
-        ("kohya", "KohyaExportOptions", "kohya lora_unet_/lora_te_ .safetensors (A1111, ComfyUI)"),
-        ("merged", "MergedExportOptions", "the diffusers pipeline with the LoRA fused"),
+        # diffusers' load_lora_weights reads LoRA only; kohya files hold LoHa/LoKr in LyCORIS' layout.
+        ("diffusers", "DiffusersExportOptions", "pytorch_lora_weights.safetensors (load_lora_weights)", ("lora",)),
+        ("kohya", "KohyaExportOptions", "kohya lora_unet_/lora_te_ .safetensors, LyCORIS layout for LoHa/LoKr (A1111, ComfyUI)", tuple(ADAPTERS)),
+        ("merged", "MergedExportOptions", "the diffusers pipeline with the adapter fused", tuple(ADAPTERS)),
     )
-    for name, options, summary in exports:
-        register(KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,)))
+    for name, options, summary, adapters in exports:
+        register(KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,), adapters=adapters))
 
 
 @hookimpl
@@ -75,7 +89,7 @@ def loraplug_build_model(kind: str, options: StableDiffusionOptions, ctx: RunCon
 
 
 @hookimpl
-def loraplug_wrap_adapter(kind: str, options: SdLoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+def loraplug_wrap_adapter(kind: str, options: SdAdapterOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
     from loraplug_diffusion.adapter import wrap
 
     return wrap(options, model, ctx)

@@ -23,6 +23,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "loraplug_webdataset.options:WebDatasetOptions",
             "WebDataset tar shards: images + captions, or chat JSON (streamed)",
             streams=True,
+            produces=("caption-image", "chat"),  # which one: option `samples` and the shards' contents
         )
     )
 
