@@ -7,7 +7,14 @@ from typing import Any
 
 from loraplug import LoraplugError, ModelBundle, RunContext
 from loraplug.errors import model_load_error
-from loraplug_causal_lm.options import PRESETS, CausalLMOptions, LohaOptions, LokrOptions, LoraOptions, LycorisOptions
+from loraplug_causal_lm.options import (
+    PRESETS,
+    CausalLMOptions,
+    LohaOptions,
+    LokrOptions,
+    LoraOptions,
+    LycorisOptions,
+)
 from loraplug_causal_lm.presets import preset_dir
 from loraplug_causal_lm.quiet import quiet_libraries
 

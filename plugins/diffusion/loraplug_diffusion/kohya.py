@@ -28,9 +28,16 @@ from safetensors.torch import save
 
 from loraplug import LoraplugError, ModelBundle, RunContext, __version__
 from loraplug.rundir import atomic_write_bytes, read_status
-from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.lycoris import algo, layer_tensors
-from loraplug_diffusion.options import KohyaExportOptions, SdAdapterOptions, SdLokrOptions, SdLoraOptions, SdLycorisOptions, StableDiffusionOptions
+from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
+from loraplug_diffusion.options import (
+    KohyaExportOptions,
+    SdAdapterOptions,
+    SdLokrOptions,
+    SdLoraOptions,
+    SdLycorisOptions,
+    StableDiffusionOptions,
+)
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
