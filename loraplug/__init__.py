@@ -19,6 +19,7 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl
 from loraplug.kinds import KindSpec
+from loraplug.status import RunStatus
 from loraplug.training.sinks import MetricSink
 
 #: Names imported on first use: they need pydantic, which `loraplug --help` should not pay for.
@@ -50,6 +51,7 @@ __all__ = [
     "Record",
     "RecipePath",
     "RunContext",
+    "RunStatus",
     "Sample",
     "StepResult",
     "__version__",

@@ -37,11 +37,10 @@ from loraplug.rundir import (
     atomic_write_json,
     atomic_write_text,
     claim_run_dir,
-    read_status,
     sha256_file,
-    write_status,
 )
 from loraplug.safety import confine
+from loraplug.status import RunStatus
 
 #: Libraries whose versions go into every export manifest, when installed.
 MANIFEST_LIBRARIES = (
@@ -324,7 +323,7 @@ def execute(
             atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
         else:
             truncate_metrics(run_dir / METRICS_FILE, resumed_step)
-        write_status(
+        RunStatus.update(
             run_dir,
             status="running",
             recipe_hash=recipe.hash(),
@@ -357,7 +356,7 @@ def execute(
         summary = {**data.summary, **prepared.summary}
         info("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         if main:
-            write_status(run_dir, data=summary)
+            RunStatus.update(run_dir, data=summary)
 
         prompts = list(recipe.eval.sample_prompts)
         before = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx) if main and not checkpoint else []
@@ -376,10 +375,10 @@ def execute(
                 sampled[step] = generate(host, model, recipe, prompts, run_dir / SAMPLES_DIR, ctx)
                 _write_samples(run_dir, step, sampled[step], sinks)
             if main and step % recipe.train.log_every_n_steps == 0:
-                write_status(run_dir, step=step)
+                RunStatus.update(run_dir, step=step)
 
         step_fn = host.bound_model_hook("loraplug_train_step", recipe.model.kind)
-        previous = (read_status(run_dir) or {}).get("auto_batch") if checkpoint else None
+        previous = (RunStatus.load(run_dir) or RunStatus()).auto_batch if checkpoint else None
         recipe = resolve_batch_size(recipe, model, prepared, step_fn, accelerator, ctx, previous=previous)
         ctx.recipe = recipe
         by_plugin: dict[int, tuple[Any, list[str]]] = {}
@@ -424,10 +423,10 @@ def execute(
             summary.update(as_read)
             info("data, as read: " + ", ".join(f"{k} {v}" for k, v in as_read.items()))
             if main:
-                write_status(run_dir, data=summary)
+                RunStatus.update(run_dir, data=summary)
         ctx.final_metrics = final_metrics(result.train_loss, result.evaluations, result.best if result.restored_best else None)
         if main:
-            write_status(run_dir, status="exporting", step=result.steps)
+            RunStatus.update(run_dir, status="exporting", step=result.steps)
         exports = [run_export(host, e, model, recipe, ctx, replace=False, adapter_path=adapter_path) for e in recipe.exports] if main else []
         accelerator.wait_for_everyone()
         status = "finished"
@@ -442,7 +441,7 @@ def execute(
             warn(f"this run failed before its first step: the previous run is back in {run_dir}")
         elif main:
             error = exc.paragraph() if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
-            write_status(run_dir, status=status, error=error, step=steps_done["step"])
+            RunStatus.update(run_dir, status=status, error=error, step=steps_done["step"])
             write_report_or_warn(run_dir, warn)
             if aside is not None:
                 warn(f"the run you asked to overwrite is kept at {aside}")
@@ -451,7 +450,7 @@ def execute(
         sinks.close(status)
 
     if main:
-        write_status(
+        RunStatus.update(
             run_dir,
             status="finished",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -529,18 +528,17 @@ def load_run(
             fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart",
         )
     recipe = load_recipe(recipe_path, host, check_files=False)
-    status = read_status(run_dir) or {}
-    evaluations = [(e.get("step", 0), {k: v for k, v in e.items() if k != "step"}) for e in status.get("evaluations") or []]
+    status = RunStatus.load(run_dir) or RunStatus()
     ctx = RunContext(
         recipe=recipe,
         run_dir=run_dir,
         cache_dir=cache_dir(),
-        smoke=bool(status.get("smoke")),
+        smoke=status.smoke,
         seed=recipe.run.seed,
         info=lambda m: console.print(m, highlight=False),
         warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
         # A checkpoint's weights are not the finished run's: its card gets no final figures.
-        final_metrics=final_metrics(status.get("train_loss"), evaluations, status.get("best") if recipe.eval.use_best else None)
+        final_metrics=final_metrics(status.train_loss, status.evaluation_scores(), status.best if recipe.eval.use_best else None)
         if adapter_path is None
         else {},
     )

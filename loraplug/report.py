@@ -142,7 +142,7 @@ def render_html(info: RunInfo, plots: list[Plot]) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_e(info.name)} — loraplug run report</title><style>{STYLE}</style></head><body>\n"
         + "\n".join(sections)
-        + f"\n<p class=\"dim\">Written by loraplug {_e(str(info.fields.get('loraplug_version', '')))} at {generated}. "
+        + f"\n<p class=\"dim\">Written by loraplug {_e(info.recorded.loraplug_version or '')} at {generated}. "
         f"Rewrite it with <code>loraplug runs show {_e(str(info.path))}</code>.</p>\n</body></html>\n"
     )
 
@@ -194,10 +194,10 @@ def _when(stamp: Any) -> datetime | None:
 
 
 def _header(info: RunInfo) -> str:
-    fields = info.fields
+    recorded = info.recorded
     status = info.status
     steps = f"{info.step} / {info.total_steps}" if info.total_steps else str(info.step)
-    started, finished = _when(fields.get("started_at")), _when(fields.get("finished_at"))
+    started, finished = _when(recorded.started_at), _when(recorded.finished_at)
     facts: dict[str, Any] = {"run directory": info.path, "steps": steps}
     if started:
         facts["started"] = started.strftime("%Y-%m-%d %H:%M:%S")
@@ -207,9 +207,9 @@ def _header(info: RunInfo) -> str:
     if best:
         facts[f"best {best.metric}"] = f"{best.value:.4f} at step {best.step}"
     for key in ("tokens_per_second", "processes", "recipe_hash", "smoke"):
-        if key in fields:
-            facts[key.replace("_", " ")] = fields[key]
-    message = info.problem or (fields.get("error") if status != "finished" else None)  # a damaged adapter, a failure
+        if getattr(recorded, key) is not None:
+            facts[key.replace("_", " ")] = getattr(recorded, key)
+    message = info.problem or (recorded.error if status != "finished" else None)  # a damaged adapter, a failure
     error = f"<div class=\"error\">{_e(message)}</div>" if message else ""
     return (
         f"<h1>{_e(info.name)} <span class=\"status {_e(status)}\">{_e(status)}</span></h1>\n"
@@ -270,7 +270,7 @@ def _sample_cell(run_dir: Path, record: dict[str, Any]) -> str:
 
 
 def _exports(info: RunInfo) -> str:
-    failed = [e for e in info.fields.get("exports") or [] if isinstance(e, dict) and not e.get("ok", True)]
+    failed = [e for e in info.recorded.exports or [] if isinstance(e, dict) and not e.get("ok", True)]
     if not info.exports and not failed:
         return _dim("No exports.")
     rows = []

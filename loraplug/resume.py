@@ -14,8 +14,9 @@ from typing import Any
 from loraplug.errors import LoraplugError
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe, load_recipe
-from loraplug.rundir import RECIPE_FILE, atomic_write_text, read_status
+from loraplug.rundir import RECIPE_FILE, atomic_write_text
 from loraplug.runinfo import RECORD_KEYS, read_metrics
+from loraplug.status import FINISHED, RunStatus
 from loraplug.training.checkpoint import Checkpoints
 
 
@@ -38,15 +39,15 @@ def resume_point(
     run_dir: Path, recipe: Recipe, host: PluginHost, accelerator: Any, *, force: bool, warn: Callable[[str], None]
 ) -> Path:
     """The checkpoint to continue from, after every check a resume needs."""
-    status = read_status(run_dir)
+    status = RunStatus.load(run_dir)
     if status is None:
         raise LoraplugError(
             f"There is no run to resume in {run_dir}",
             fix="Start it without --resume (check run.name and run.output_dir)",
         )
-    if status.get("status") == "finished" and not force:
+    if status.status == FINISHED and not force:
         raise LoraplugError(
-            f"The run in {run_dir} already finished (step {status.get('step')}); there is nothing to resume",
+            f"The run in {run_dir} already finished (step {status.step}); there is nothing to resume",
             fix="To train further, raise train.max_steps and pass --resume --force; to start over, --overwrite",
         )
     checkpoints = Checkpoints(run_dir, accelerator, keep_last=recipe.train.keep_last)
@@ -67,7 +68,7 @@ def resume_point(
     return checkpoint
 
 
-def no_checkpoint_error(run_dir: Path, checkpoints: Checkpoints, save_every: int | None, status: dict[str, Any]) -> LoraplugError:
+def no_checkpoint_error(run_dir: Path, checkpoints: Checkpoints, save_every: int | None, status: RunStatus) -> LoraplugError:
     """Why there is nothing to resume from, as it is: every checkpoint damaged, none written yet, or none asked for."""
     problems = checkpoints.problems()
     if problems:
@@ -79,7 +80,7 @@ def no_checkpoint_error(run_dir: Path, checkpoints: Checkpoints, save_every: int
             fix="A checkpoint's files must match the checksums in its checkpoint.json; if they were copied, copy them "
             "again. Otherwise start the run over with --overwrite",
         )
-    step = status.get("step") or 0
+    step = status.step
     if save_every:
         return LoraplugError(
             f"The run in {run_dir} stopped before its first checkpoint (train.save_every_n_steps = {save_every}; "

@@ -1,27 +1,30 @@
-"""The run directory, and writing files so that a crash never leaves half of one.
+"""The run directory: its layout, claiming it for a new run, and cached builds.
 
-Every file loraplug writes goes to a temporary name beside its destination and is renamed into place
-(a rename within a directory is atomic), so a reader sees the old file or the new one, never a torn
-one. ``run.json`` records the run's status, which is how a finished run is told from a crashed one.
+Files are written whole (:mod:`loraplug.atomic`, re-exported here). ``run.json`` records the run's
+status (:class:`loraplug.status.RunStatus`), which is how a finished run is told from a crashed one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from loraplug.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from loraplug.errors import LoraplugError
 from loraplug.safety import may_replace
+from loraplug.status import STATUS_FILE, RunStatus
 
-# The run directory's layout (docs/runs.md).
-STATUS_FILE = "run.json"
+__all__ = [
+    "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "EXPORTS_DIR", "METRICS_FILE", "RECIPE_FILE", "SAMPLES_DIR",
+    "STATUS_FILE", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "build_once",
+    "claim_run_dir", "sha256_file",
+]  # fmt: skip
+
+# The run directory's layout (docs/runs.md); STATUS_FILE is loraplug.status's.
 RECIPE_FILE = "recipe.toml"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
@@ -38,53 +41,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@contextmanager
-def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory that becomes ``final`` when the block succeeds.
-
-    On an exception the temporary directory is removed and ``final`` is untouched. With ``replace``
-    an existing ``final`` is swapped out only after the new one is complete.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise LoraplugError(f"{final} already exists", fix="Remove it or choose another name")
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def build_once(final: Path, build: Callable[[Path], None], *, marker: str) -> Path:
@@ -144,26 +100,12 @@ def _build_in_subprocess(build: Callable[[Path], None], target: Path) -> None:
         )
 
 
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    status = read_status(run_dir) or {}
-    status.update(fields)
-    atomic_write_json(run_dir / STATUS_FILE, status)
-    return status
-
-
-def _failed_before_training(run_dir: Path, status: dict[str, Any] | None) -> bool:
+def _failed_before_training(run_dir: Path, status: RunStatus | None) -> bool:
     return (
         status is not None
-        and status.get("status") == "failed"
-        and not status.get("step")
-        and not status.get("resumed_at_step")
+        and status.status == "failed"
+        and not status.step
+        and not status.resumed_at_step
         and not any((run_dir / CHECKPOINTS_DIR).glob("step-*"))
         and not (run_dir / ADAPTER_DIR).exists()
     )
@@ -176,7 +118,7 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool, smoke: bool = False) -> Pat
     ``overwrite``, or under ``smoke`` when it is an earlier smoke run. Returns the directory the
     previous run was moved to; it is deleted once the new run finishes, so a failed replacement loses nothing.
     """
-    status = read_status(run_dir) if run_dir.is_dir() else None
+    status = RunStatus.load(run_dir) if run_dir.is_dir() else None
     try:
         if _failed_before_training(run_dir, status):
             # A failed attempt that trained nothing holds nothing to lose: its error was shown when it
@@ -184,7 +126,7 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool, smoke: bool = False) -> Pat
             shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
             return None
-        earlier_smoke = bool(status and status.get("smoke") is True)
+        earlier_smoke = bool(status and status.smoke)
         replace = may_replace(
             run_dir,
             holds=_what_run(run_dir, status, smoke=smoke),
@@ -209,14 +151,14 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool, smoke: bool = False) -> Pat
     return None
 
 
-def _what_run(run_dir: Path, status: dict[str, Any] | None, *, smoke: bool) -> str | None:
+def _what_run(run_dir: Path, status: RunStatus | None, *, smoke: bool) -> str | None:
     """The run ``run_dir`` holds, as a phrase for :func:`may_replace`; None when it holds no run."""
     if status is None:
         return f"a run whose {STATUS_FILE} cannot be read" if (run_dir / STATUS_FILE).is_file() else None
-    if status.get("status") == "finished":
+    if status.status == "finished":
         what = "a finished run"
     else:
-        what = f"a run that did not finish (status: {status.get('status')}, step {status.get('step', 0)})"
-    if smoke and status.get("smoke") is not True:
+        what = f"a run that did not finish (status: {status.status}, step {status.step})"
+    if smoke and not status.smoke:
         what += " that is not a smoke run (--smoke replaces only an earlier smoke run)"
     return what

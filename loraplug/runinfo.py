@@ -26,6 +26,7 @@ from loraplug.rundir import (
     SAMPLES_DIR,
     STATUS_FILE,
 )
+from loraplug.status import RunStatus
 
 #: Keys of a metrics.jsonl line that are not metrics.
 RECORD_KEYS = frozenset({"step", "split", "time"})
@@ -59,7 +60,8 @@ class RunInfo:
     """Everything a run directory says about its run. Missing or torn files read as empty."""
 
     path: Path
-    fields: dict[str, Any]
+    #: What ``run.json`` recorded.
+    recorded: RunStatus
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[SampleSet] = field(default_factory=list)
     exports: list[dict[str, Any]] = field(default_factory=list)
@@ -81,7 +83,7 @@ class RunInfo:
     def status(self) -> str:
         if self.unreadable:
             return UNREADABLE
-        status = effective_status(self.fields)
+        status = effective_status(self.recorded)
         # A finished run's result is its adapter: without a whole one it is not finished in any useful sense.
         return DAMAGED if status == "finished" and self.adapter_problem else status
 
@@ -94,7 +96,7 @@ class RunInfo:
 
     @property
     def step(self) -> int:
-        return int(self.fields.get("step") or 0)
+        return self.recorded.step
 
     @property
     def total_steps(self) -> int | None:
@@ -104,7 +106,7 @@ class RunInfo:
 
     @property
     def data(self) -> dict[str, Any]:
-        return dict(self.fields.get("data") or {})
+        return dict(self.recorded.data or {})
 
     def series(self) -> dict[tuple[str, str], list[tuple[int, float]]]:
         return metric_series(self.metrics)
@@ -115,8 +117,8 @@ class RunInfo:
 
     def best(self) -> Best | None:
         """The run's own record of its best evaluation, else the best of the monitored metric logged."""
-        recorded = self.fields.get("best")
-        if isinstance(recorded, dict) and {"metric", "value", "step"} <= recorded.keys():
+        recorded = self.recorded.best
+        if recorded is not None and {"metric", "value", "step"} <= recorded.keys():
             return Best(metric=recorded["metric"], value=float(recorded["value"]), step=int(recorded["step"]))
         evaluation = self.recipe.get("eval", {})
         watched = str(evaluation.get("monitor", DEFAULT_BEST[1]))
@@ -143,44 +145,18 @@ def read_run(path: Path) -> RunInfo:
     """
     if not path.is_dir():
         raise LoraplugError(f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart")
-    fields = _read_fields(path)
+    recorded = RunStatus.read(path)
     info = RunInfo(
         path=path,
-        fields=fields,
+        recorded=recorded,
         metrics=read_metrics(path / METRICS_FILE),
         samples=read_samples(path / SAMPLES_DIR),
         exports=read_exports(path / EXPORTS_DIR),
         recipe=_read_toml(path / RECIPE_FILE),
     )
-    if effective_status(fields) == "finished":
+    if effective_status(recorded) == "finished":
         info.adapter_problem = safetensors_problem(info.adapter_path)
     return info
-
-
-def _read_fields(path: Path) -> dict[str, Any]:
-    """``run.json`` as a dict; missing: not a run directory; unparsable: damaged (loraplug writes it atomically)."""
-    status_file = path / STATUS_FILE
-    try:
-        fields = json.loads(status_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoraplugError(
-            f"{path} is not a loraplug run directory (no {STATUS_FILE})",
-            fix="Pass a directory that `loraplug runs list` shows, e.g. runs/quickstart",
-        ) from None
-    except OSError as exc:
-        problem = f"cannot be read ({exc.strerror or exc})"
-    except ValueError as exc:  # JSON and UTF-8 errors alike
-        problem = f"is not valid JSON ({str(exc).splitlines()[0]})"
-    else:
-        if isinstance(fields, dict):
-            return fields
-        problem = f"holds a JSON {type(fields).__name__}, not the object loraplug writes"
-    raise LoraplugError(
-        f"The run's {STATUS_FILE} {problem}",
-        where=str(status_file),
-        fix="loraplug writes it in one piece, so something else changed it: restore it from a backup. The run's "
-        "adapter, checkpoints and exports do not depend on it",
-    )
 
 
 def read_runs(root: Path) -> list[RunInfo]:
@@ -193,9 +169,9 @@ def read_runs(root: Path) -> list[RunInfo]:
             _shown = (info.status, info.step, info.name, info.best())  # a hand-edited odd value fails here, not mid-table
         except (LoraplugError, TypeError, ValueError, AttributeError) as exc:
             what = exc.what if isinstance(exc, LoraplugError) else f"{STATUS_FILE} or {RECIPE_FILE} holds a value of the wrong type ({exc})"
-            info = RunInfo(path=path, fields={}, unreadable=what)
+            info = RunInfo(path=path, recorded=RunStatus(status="unknown"), unreadable=what)
         runs.append(info)
-    return sorted(runs, key=lambda info: str(info.fields.get("started_at", "")), reverse=True)
+    return sorted(runs, key=lambda info: info.recorded.started_at or "", reverse=True)
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -272,18 +248,18 @@ def _visible_dirs(path: Path) -> list[Path]:
         return []
 
 
-def effective_status(fields: dict[str, Any]) -> str:
+def effective_status(recorded: RunStatus) -> str:
     """``finished``, ``failed``, ``interrupted`` or ``running``.
 
     A process killed outright (SIGKILL, out of memory, power loss) cannot record its end, so its
     ``run.json`` still says ``running``. When the run recorded its process id on this host and that
     process is gone, the run was interrupted. On another host we cannot tell, and keep ``running``.
     """
-    status = str(fields.get("status") or "unknown")
+    status = recorded.status or "unknown"
     if status not in ("running", "exporting"):
         return status
-    pid, host = fields.get("pid"), fields.get("host")
-    if isinstance(pid, int) and host == socket.gethostname() and not _process_alive(pid):
+    pid, host = recorded.pid, recorded.host
+    if pid is not None and host == socket.gethostname() and not _process_alive(pid):
         return "interrupted"
     return status
 

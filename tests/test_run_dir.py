@@ -9,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from loraplug.status import SCHEMA_VERSION
 from loraplug.testing import run_cli
 
 
@@ -20,6 +21,7 @@ def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Pat
     assert resolved["train"]["max_steps"] == 4 and resolved["adapter"]["r"] == 4
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "finished" and status["step"] == 4
+    assert status["schema_version"] == SCHEMA_VERSION  # RunStatus reads older files by it
     lines = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in lines if row["split"] == "train"] == [2, 4]
     assert any(row["split"] == "eval" and "val_loss" in row for row in lines)

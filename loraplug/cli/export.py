@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +18,10 @@ from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_DIR, ADAPTER_FILE, EXPORTS_DIR, RECIPE_FILE
 from loraplug.runinfo import damaged_weights_error, safetensors_problem
 from loraplug.safety import confine, may_replace
+from loraplug.status import RunStatus
+
+if TYPE_CHECKING:
+    from loraplug.pipeline import ExportOutcome
 
 
 @dataclass(frozen=True)
@@ -62,16 +66,12 @@ def _check_whole(adapter: Path) -> None:
         raise damaged_weights_error(adapter, problem)
 
 
-def _record_in_status(run_dir: Path, outcome: Any) -> None:
+def _record_in_status(run_dir: Path, outcome: ExportOutcome) -> None:
     """Keep ``run.json``'s list of exports current, so run listings show re-exports too."""
-    from loraplug.rundir import read_status, write_status
-
-    status = read_status(run_dir)
+    status = RunStatus.load(run_dir)
     if status is None:
         return
-    entries = [e for e in status.get("exports", []) if e.get("name") != outcome.name]
-    entries.append({"name": outcome.name, "kind": outcome.kind, "ok": outcome.ok, "error": outcome.error})
-    write_status(run_dir, exports=entries)
+    status.with_export(outcome.name, outcome.kind, ok=outcome.ok, error=outcome.error).save(run_dir)
 
 
 @click.command("export")

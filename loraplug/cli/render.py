@@ -178,7 +178,7 @@ def run_best(info: RunInfo) -> str:
 
 def run_when(info: RunInfo) -> str:
     """The start time as ``YYYY-MM-DD HH:MM``; run.json keeps it with its UTC offset."""
-    return str(info.fields.get("started_at", ""))[:16].replace("T", " ")
+    return (info.recorded.started_at or "")[:16].replace("T", " ")
 
 
 def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
@@ -201,8 +201,8 @@ def run_details(console: Console, info: RunInfo) -> None:
     """What ``runs show`` prints: status, data, final metrics; the exports follow in their own table."""
     console.print(f"[bold]{escape(info.name)}[/] {status_text(info.status)}  step {run_steps(info)}  started {run_when(info)}")
     console.print(f"  run dir  {escape(shown(info.path))}")
-    if info.fields.get("error") and info.status != "finished":
-        console.print(f"  [red]error[/]    {escape(str(info.fields['error']))}")
+    if info.recorded.error and info.status != "finished":
+        console.print(f"  [red]error[/]    {escape(info.recorded.error)}")
     if info.problem:
         console.print(f"  [red]{escape(info.status)}[/]  {escape(info.problem)}")
     if info.data:

@@ -67,9 +67,9 @@ def run_summary(info: RunInfo) -> dict[str, object]:
         "step": info.step,
         "total_steps": info.total_steps,
         "best": {"metric": best.metric, "value": best.value, "step": best.step} if best else None,
-        "started_at": info.fields.get("started_at"),
-        "finished_at": info.fields.get("finished_at"),
-        "smoke": bool(info.fields.get("smoke", False)),
+        "started_at": info.recorded.started_at,
+        "finished_at": info.recorded.finished_at,
+        "smoke": info.recorded.smoke,
         "problem": info.problem,
     }
 

@@ -34,7 +34,7 @@ from loraplug.bundles import Batch, ModelBundle, PreparedData
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
-from loraplug.rundir import write_status
+from loraplug.status import RunStatus
 from loraplug.training.batches import move_to
 
 GIB = 1024**3
@@ -282,7 +282,7 @@ def resolve_batch_size(
     choice = choose(recipe, model, prepared, step_fn, accelerator, ctx)
     ctx.info(explain(choice, recipe, accelerator.device))
     if ctx.is_main_process:
-        write_status(
+        RunStatus.update(
             ctx.run_dir,
             auto_batch={
                 "batch_size": choice.batch_size,

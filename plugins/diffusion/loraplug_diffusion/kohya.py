@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from loraplug import LoraplugError, ModelBundle, RunContext, __version__
-from loraplug.rundir import atomic_write_bytes, read_status
+from loraplug import LoraplugError, ModelBundle, RunContext, RunStatus, __version__
+from loraplug.rundir import atomic_write_bytes
 from loraplug_diffusion.lycoris import algo, layer_tensors
 from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import (
@@ -147,8 +147,8 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
     scheduler = model.components["noise_scheduler"]
     prediction = scheduler.config.prediction_type
     v2, base_version, architecture = _architecture(model.components["unet"].config, prediction)
-    status = read_status(ctx.run_dir) or {}
-    data = status.get("data", {})
+    status = RunStatus.load(ctx.run_dir) or RunStatus()
+    data = status.data or {}
     network_args = lycoris_args(adapter)
     if adapter.conv:  # sd-scripts' LoCon arguments, as strings
         network_args |= {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
@@ -163,10 +163,10 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
         "ss_network_args": json.dumps(network_args),
     }
     if options.metadata == "full":
-        started = status.get("started_at")
+        started = status.started_at
         bucket_info, tag_frequency = _dataset_facts(ctx)
         # The steps trained (early stopping, a checkpoint's export): not the planned max_steps.
-        steps = str(status.get("step") or train.max_steps or 0)
+        steps = str(status.step or train.max_steps or 0)
         metadata.update(
             {
                 "ss_session_id": str(int(recipe.hash(), 16) % 2**32),
@@ -177,7 +177,7 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_sd_model_name": model.base,
                 "ss_seed": str(recipe.run.seed),
                 "ss_steps": steps,
-                "ss_max_train_steps": str(train.max_steps or status.get("step", 0)),
+                "ss_max_train_steps": str(train.max_steps or status.step),
                 "ss_learning_rate": str(train.lr),
                 "ss_unet_lr": str(train.lr),
                 "ss_text_encoder_lr": str(adapter.text_encoder_lr or train.lr) if adapter.text_encoder else "None",
