@@ -140,6 +140,23 @@ def lycoris_args(adapter: SdAdapterOptions) -> dict[str, str]:
     return args
 
 
+def optimizer_text(recipe: Any) -> str:
+    """``ss_optimizer``: the optimizer and its arguments, as sd-scripts writes them (``torch.optim.AdamW(betas=…)``).
+
+    A recipe names its optimizer kind in ``train.optimizer`` with its options in ``[optimizer]``; one from
+    before optimizer kinds has AdamW's ``betas`` in ``[train]``.
+    """
+    train = recipe.train
+    section = getattr(recipe, "optimizer", None)
+    if section is None:
+        name, args = "torch.optim.AdamW", {"betas": tuple(train.betas)}
+    else:
+        name = "torch.optim.AdamW" if section.kind == "adamw" else section.kind
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in section.options.model_dump().items()}
+    args["weight_decay"] = train.weight_decay
+    return f"{name}({','.join(f'{k}={v}' for k, v in args.items())})"
+
+
 def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunContext) -> dict[str, str]:
     recipe = ctx.recipe
     adapter, sd, train = recipe.adapter.options, recipe.model.options, recipe.train
@@ -185,7 +202,7 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_network_dropout": str(adapter.dropout if isinstance(adapter, SdLoraOptions) else 0.0),
                 "ss_lr_scheduler": train.schedule,
                 "ss_lr_warmup_steps": str(train.warmup_steps),
-                "ss_optimizer": f"torch.optim.AdamW(betas={tuple(train.betas)},weight_decay={train.weight_decay})",
+                "ss_optimizer": optimizer_text(recipe),
                 "ss_max_grad_norm": str(train.max_grad_norm),
                 "ss_mixed_precision": train.mixed_precision,
                 "ss_gradient_checkpointing": str(sd.gradient_checkpointing),

@@ -147,6 +147,7 @@ def test_tiny_run_exports_kohya_in_lycoris_layout_and_merged(tmp_path: Path, kin
     metadata = read_metadata(path)
     assert metadata["ss_network_module"] == "lycoris.kohya"
     assert json.loads(metadata["ss_network_args"])["algo"] == kind
+    assert metadata["ss_optimizer"].startswith("torch.optim.AdamW(betas=(0.9, 0.999),")
 
     # Exporting the finished run again checks its adapter kind too: diffusers cannot take it.
     again = run_cli("export", run_dir, "--kind", "diffusers")
