@@ -18,15 +18,21 @@ PEFT_PREFIX = "base_model.model."
 PEFT_TYPE_NAMES = {"LOHA": "LoHa", "LOKR": "LoKr"}
 
 
+def _peft_type(model: ModelBundle) -> str:
+    """``LORA``, ``LOHA`` or ``LOKR``: the trained adapter's peft type."""
+    return str(getattr(model.module.peft_config["default"].peft_type, "value", "LORA"))
+
+
 def _model_card(model: ModelBundle, ctx: RunContext) -> str:
+    adapter = PEFT_TYPE_NAMES.get(_peft_type(model), "LoRA")
     metrics = "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
     return f"""---
 library_name: peft
 base_model: {model.base}
-tags: [lora, loraplug]
+tags: [{adapter.lower()}, loraplug]
 ---
 
-# LoRA adapter for {model.base}
+# {adapter} adapter for {model.base}
 
 Trained with [loraplug](https://github.com/loraplug/loraplug) from the recipe below.
 
@@ -71,7 +77,7 @@ def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, c
         (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
     figures = _check_written_adapter(model, out_dir) if options.check_parity else {}
     full = non_lora_tensors(out_dir / "adapter_model.safetensors")
-    peft_type = str(getattr(model.module.peft_config["default"].peft_type, "value", "LORA"))
+    peft_type = _peft_type(model)
     figures["lora_only"] = not full and peft_type == "LORA"
     notes = []
     if peft_type != "LORA":

@@ -34,7 +34,9 @@ def test_tiny_run_exports_peft_and_merged(lm_recipe: Any, tmp_path: Path, kind: 
     peft_figures = json.loads((exports / "peft" / "export.json").read_text())["figures"]
     assert peft_figures["peft_type"] == PEFT_TYPES[kind] and peft_figures["lora_only"] is False
     assert peft_figures["max_abs_diff_vs_trained"] == 0  # read back with peft, tensor by tensor
-    assert f"a {'LoHa' if kind == 'loha' else 'LoKr'} adapter" in result.stdout  # not "modules_to_save"
+    name = "LoHa" if kind == "loha" else "LoKr"
+    assert f"a {name} adapter" in result.stdout  # not "modules_to_save"
+    assert f"# {name} adapter for tiny-llama" in (exports / "peft" / "README.md").read_text()
     merged_figures = json.loads((exports / "merged" / "export.json").read_text())["figures"]
     assert merged_figures["max_abs_logit_diff_vs_trained"] <= 1e-3
 
