@@ -1,0 +1,208 @@
+"""What a model plugin needs besides the hooks: presets, loading, dtypes, parity, optional packages, quiet libraries.
+
+loraplug's own plugins use these and nothing else of the kind, so a third-party plugin written from
+docs/plugins.md ("Toolkit") needs no helper copied out of them. Importing this module imports no torch,
+transformers or diffusers: every function that needs one imports it in its body, so a plugin may import
+the toolkit from the modules loraplug loads for ``loraplug --help``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loraplug.bundles import StepResult
+from loraplug.errors import LoraplugError, model_load_error
+from loraplug.quiet import debugging, silence_warnings
+from loraplug.rundir import build_once
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import ValidationInfo
+
+__all__ = [
+    "BITSANDBYTES_INSTALL",
+    "DTYPE_NAMES",
+    "PARITY_TOLERANCES",
+    "TORCHAO_INSTALL",
+    "Preset",
+    "StepFn",
+    "build_once",
+    "debugging",
+    "dtype_name",
+    "locate",
+    "local_dir",
+    "model_load_error",
+    "parity_tolerance",
+    "pretrained_source",
+    "quiet_libraries",
+    "require_installed",
+    "require_package",
+    "silence_warnings",
+    "torch_dtype",
+]
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A tiny model built from a config and cached under ``<cache_dir>/presets/`` (``--smoke``, tests).
+
+    :param name: what a recipe writes as ``model.pretrained`` (``"tiny-llama"``).
+    :param config: everything the build depends on, JSON-serialisable; its hash names the directory, so
+        changing it (bump a ``"version"`` entry when only the build code changes) builds a fresh copy.
+    :param build: writes the model into the directory it is given, e.g. with ``save_pretrained``. A
+        module-level function: in a distributed run it is called in a fresh subprocess (see :func:`build_once`).
+    :param marker: a file ``build`` writes last-ish, whose presence means the preset is complete.
+    """
+
+    name: str
+    config: Mapping[str, Any] = field(hash=False)
+    build: Callable[[Path], None] = field(hash=False)
+    marker: str = "config.json"
+
+    def directory(self, cache_dir: Path) -> Path:
+        """The preset's directory under ``cache_dir``, built on first use (safe under parallel processes)."""
+        key = hashlib.sha256(json.dumps(dict(self.config), sort_keys=True).encode()).hexdigest()[:12]
+        return build_once(cache_dir / "presets" / f"{self.name}-{key}", self.build, marker=self.marker)
+
+
+def locate(pretrained: str, cache_dir: Path, presets: Iterable[Preset] = ()) -> str:
+    """What to hand to ``from_pretrained`` for ``model.pretrained``: a preset's cached directory (built on
+    first use), else the value itself — a local directory (made absolute by :func:`pretrained_source`) or a hub id."""
+    for preset in presets:
+        if preset.name == pretrained:
+            return str(preset.directory(cache_dir))
+    return pretrained
+
+
+def local_dir(source: str) -> Path | None:
+    """``source`` as a directory when it is one (a preset, a local checkpoint), else None (a hub id):
+    what :attr:`loraplug.ModelBundle.base_dir` wants, so exports can copy files from beside the weights."""
+    return Path(source) if Path(source).exists() else None
+
+
+def pretrained_source(presets: Iterable[str]) -> Callable[[str, ValidationInfo], str]:
+    """A pydantic field validator for ``pretrained``: a preset name, a hub id, or a local directory.
+
+    A local directory is made absolute (tried relative to the recipe, then to the current directory);
+    a value that looks like a path but does not exist is a recipe error naming where it was looked for::
+
+        _pretrained = field_validator("pretrained")(pretrained_source(["tiny-mine"]))
+    """
+    from loraplug.options import pretrained_source as validator
+
+    return validator(tuple(presets))
+
+
+# ----------------------------------------------------------------------------------------------- dtypes
+
+#: The dtype names recipes use for weights (``model.dtype``, an export's ``dtype``), most precise first.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``torch.float32`` for ``"float32"`` and so on (:data:`DTYPE_NAMES`); imports torch on first call.
+    ``"auto"`` (keep the checkpoint's) is the caller's to handle: it names no dtype."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype name {name!r}; expected one of {', '.join(DTYPE_NAMES)}")
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
+
+
+def dtype_name(dtype: Any) -> str:
+    """The recipe name of a dtype: ``"bfloat16"`` for ``torch.bfloat16`` or for ``"bfloat16"`` itself."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+#: The largest difference of outputs of order 1 a parity check accepts by default, by the compute dtype:
+#: float32 differs by summation order alone; 16-bit weights by their rounding (measured on the tiny presets).
+PARITY_TOLERANCES: Mapping[str, float] = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 6e-2}
+
+
+def parity_tolerance(*dtypes: Any, given: float | None = None) -> float:
+    """The tolerance of a parity check: ``given`` (the user's ``tolerance`` option) when set, else the
+    default for the least precise of ``dtypes`` (names or torch dtypes; ``"auto"`` and None count as float32)."""
+    if given is not None:
+        return given
+    names = [dtype_name(d) for d in dtypes if d not in (None, "auto")]
+    return max((PARITY_TOLERANCES[n] for n in names), default=PARITY_TOLERANCES["float32"])
+
+
+# ------------------------------------------------------------------------------------ optional packages
+
+#: How to get bitsandbytes; 0.45 and newer run on CPUs as well as CUDA GPUs.
+BITSANDBYTES_INSTALL = "pip install 'bitsandbytes>=0.45'"
+#: How to get torchao (int8 weight-only quantization).
+TORCHAO_INSTALL = "pip install 'torchao>=0.12'"
+
+
+def require_package(package: str, needed_for: str, install: str) -> None:
+    """In an option validator: refuse a setting at ``recipe check`` when the package it needs is missing.
+
+    Raises pydantic's error, which the recipe check reports against the key. ``find_spec`` looks for the
+    package without importing it (bitsandbytes and torchao load torch).
+    """
+    from importlib.util import find_spec
+
+    from pydantic_core import PydanticCustomError
+
+    if find_spec(package) is None:
+        raise PydanticCustomError(
+            "package_missing",
+            "{needed_for} needs {package}, which is not installed: `{install}`",
+            {"needed_for": needed_for, "package": package, "install": install},
+        )
+
+
+def require_installed(package: str, needed_for: str, install: str, *, where: str | None = None) -> None:
+    """In a hook: raise a :class:`~loraplug.LoraplugError` saying how to install ``package`` when it is missing."""
+    from importlib.util import find_spec
+
+    if find_spec(package) is None:
+        raise LoraplugError(f"{needed_for} needs {package}, which is not installed", where=where, fix=f"`{install}`")
+
+
+# -------------------------------------------------------------------------------------- quiet libraries
+
+
+@cache
+def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
+    """Keep ``libraries``' deprecation warnings and progress bars out of loraplug's output (once per process).
+
+    Call it before importing them, in every function that does. ``transformers`` and ``diffusers`` also
+    get their progress bars off and their log level set to errors; ``loggers`` are further loggers to
+    set to errors. Nothing is silenced while debugging (``LORAPLUG_DEBUG=1``).
+    """
+    if not silence_warnings([rf"{library}\..*" for library in libraries], loggers=loggers):
+        return
+    if "transformers" in libraries:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    if "diffusers" in libraries:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+#: What the core calls for one micro-batch: ``loraplug_train_step`` bound to its plugin, returning the
+#: summed loss and the number of targets.
+StepFn = Callable[..., StepResult]
