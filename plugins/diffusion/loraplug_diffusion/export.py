@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from loraplug import ExportResult, ModelBundle, RunContext
+from loraplug.toolkit import torch_dtype
 from loraplug_diffusion.kohya import spelt_name, trained_parts, write_kohya
 from loraplug_diffusion.lycoris import add_deltas, algo, by_module
-from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
+from loraplug_diffusion.model import canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import DiffusersExportOptions, KohyaExportOptions, MergedExportOptions
 from loraplug_diffusion.parity import base_pipeline, compare
 from loraplug_diffusion.quiet import quiet_libraries
@@ -57,7 +58,7 @@ def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> Non
 
 
 def export_diffusers(options: DiffusersExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
-    save_diffusers(model, out_dir, DTYPES[options.dtype])
+    save_diffusers(model, out_dir, torch_dtype(options.dtype))
     figures: dict[str, Any] = {}
     if options.check_parity:
         pipeline = base_pipeline(model, ctx)
@@ -123,7 +124,7 @@ def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Pat
     figures: dict[str, Any] = {}
     if options.check_parity:
         figures.update(compare(pipeline, model, options, ctx, "merged", saved_dtype="float32"))  # compared before the cast
-    pipeline.to(DTYPES[options.dtype])
+    pipeline.to(torch_dtype(options.dtype))
     pipeline.save_pretrained(str(out_dir), safe_serialization=True)
     figures["dtype"] = options.dtype
     return ExportResult(figures=figures, loads_with="StableDiffusionPipeline.from_pretrained(path)")

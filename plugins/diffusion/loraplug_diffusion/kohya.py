@@ -28,8 +28,9 @@ from safetensors.torch import save
 
 from loraplug import LoraplugError, ModelBundle, RunContext, RunStatus, __version__
 from loraplug.rundir import atomic_write_bytes
+from loraplug.toolkit import torch_dtype
 from loraplug_diffusion.lycoris import algo, layer_tensors
-from loraplug_diffusion.model import DTYPES, canonical_text_encoder_path, trains_text_encoder
+from loraplug_diffusion.model import canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import (
     KohyaExportOptions,
     SdAdapterOptions,
@@ -246,7 +247,7 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
 
 
 def write_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> Path:
-    tensors = kohya_tensors(model, DTYPES[options.dtype])
+    tensors = kohya_tensors(model, torch_dtype(options.dtype))
     metadata = kohya_metadata(options, model, ctx)
     if options.metadata == "full":
         metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(tensors, metadata)

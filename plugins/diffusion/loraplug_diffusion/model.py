@@ -11,14 +11,13 @@ from typing import Any
 
 import torch
 
-from loraplug import ModelBundle, RunContext
-from loraplug.errors import model_load_error
-from loraplug_diffusion.options import PRESETS, StableDiffusionOptions
-from loraplug_diffusion.presets import preset_dir
+from loraplug import ModelBundle, RunContext, toolkit
+from loraplug.toolkit import local_dir, model_load_error, torch_dtype
+from loraplug_diffusion.options import StableDiffusionOptions
+from loraplug_diffusion.presets import TINY_PRESETS
 from loraplug_diffusion.quiet import quiet_libraries
 
 MODEL_KIND = "stable-diffusion"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class DiffusionModule(torch.nn.Module):
@@ -55,9 +54,7 @@ def trains_text_encoder(model: ModelBundle) -> bool:
 
 def locate(options: StableDiffusionOptions, cache_dir: Path) -> str:
     """What to hand to ``from_pretrained``: a preset's cached directory, a local directory or a hub id."""
-    if options.pretrained in PRESETS:
-        return str(preset_dir(options.pretrained, cache_dir))
-    return options.pretrained
+    return toolkit.locate(options.pretrained, cache_dir, TINY_PRESETS)
 
 
 @dataclass
@@ -76,7 +73,7 @@ def load_components(options: StableDiffusionOptions, cache_dir: Path, *, dtype: 
     from transformers import CLIPTextModel, CLIPTokenizer
 
     source = locate(options, cache_dir)
-    weights = dtype or DTYPES[options.dtype]
+    weights = dtype or torch_dtype(options.dtype)
     revision = {"revision": options.revision} if options.revision else {}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **revision)
@@ -111,7 +108,7 @@ def build(options: StableDiffusionOptions, ctx: RunContext) -> ModelBundle:
             "noise_scheduler": parts.noise_scheduler,
         },
         base=options.pretrained,
-        base_dir=Path(source) if Path(source).exists() else None,
+        base_dir=local_dir(source),
     )
 
 

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from loraplug import LoraplugError, ModelBundle, RunContext
-from loraplug_diffusion.model import DTYPES, encode_text, locate, tokenize
+from loraplug.toolkit import parity_tolerance, torch_dtype
+from loraplug_diffusion.model import encode_text, locate, tokenize
 from loraplug_diffusion.options import ParityOptions, StableDiffusionOptions
 from loraplug_diffusion.quiet import quiet_libraries
 
 PROBE_PROMPT = "a photo of a cat, flat poster style"
 PROBE_SIDE = 16  # latents: any multiple of the UNet's total downsampling (8 for SD)
-TOLERANCES = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 6e-2}
 
 
 def model_options(ctx: RunContext) -> StableDiffusionOptions:
@@ -37,7 +37,7 @@ def base_pipeline(model: ModelBundle, ctx: RunContext, *, dtype: torch.dtype | N
     revision = {"revision": options.revision} if options.revision else {}
     pipeline = StableDiffusionPipeline.from_pretrained(
         locate(options, ctx.cache_dir),
-        torch_dtype=dtype or DTYPES[options.dtype],
+        torch_dtype=dtype or torch_dtype(options.dtype),
         safety_checker=None,
         requires_safety_checker=False,
         **revision,
@@ -78,9 +78,7 @@ def tolerance(options: ParityOptions, ctx: RunContext, *, saved_dtype: str) -> f
     A LoRA loaded by diffusers computes in the base's dtype, while training kept it in float32; with a
     16-bit base the outputs then differ by rounding alone (about 0.02 measured for bf16 on tiny-sd).
     """
-    if options.tolerance is not None:
-        return options.tolerance
-    return max(TOLERANCES[model_options(ctx).dtype], TOLERANCES[saved_dtype])
+    return parity_tolerance(model_options(ctx).dtype, saved_dtype, given=options.tolerance)
 
 
 def compare(

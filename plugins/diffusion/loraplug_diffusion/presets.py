@@ -10,13 +10,11 @@ on top of it would show nothing a person can judge; with this one they show what
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from loraplug.rundir import build_once
+from loraplug.toolkit import Preset
 
 TINY_SD: dict[str, Any] = {
     "unet": {
@@ -226,9 +224,13 @@ def _build(target: Path) -> None:
     pipeline.save_pretrained(target, safe_serialization=True)
 
 
+#: The presets ``model.pretrained`` may name (their names are options.PRESETS).
+TINY_PRESETS = (Preset("tiny-sd", TINY_SD, _build, marker="model_index.json"),)
+
+
 def preset_dir(name: str, cache_dir: Path) -> Path:
     """The directory of preset ``name``, built on first use."""
-    if name != "tiny-sd":
-        raise KeyError(name)
-    key = hashlib.sha256(json.dumps(TINY_SD, sort_keys=True).encode()).hexdigest()[:12]
-    return build_once(cache_dir / "presets" / f"{name}-{key}", _build, marker="model_index.json")
+    for preset in TINY_PRESETS:
+        if preset.name == name:
+            return preset.directory(cache_dir)
+    raise KeyError(name)
