@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "Preset",
     "StepFn",
     "build_once",
+    "byte_level_tokenizer",
     "debugging",
     "dtype_name",
     "locate",
@@ -80,6 +81,35 @@ def locate(pretrained: str, cache_dir: Path, presets: Iterable[Preset] = ()) -> 
         if preset.name == pretrained:
             return str(preset.directory(cache_dir))
     return pretrained
+
+
+def byte_level_tokenizer(
+    specials: Sequence[str] = ("<pad>", "<s>", "</s>"),
+    *,
+    bos: str | None = "<s>",
+    eos: str | None = "</s>",
+    pad: str | None = "<pad>",
+    chat_template: str | None = None,
+) -> Any:
+    """A tokenizer for a tiny preset: one token per byte, plus ``specials`` (ids 0, 1, … in order), no merges.
+
+    It needs no training data or download and encodes any text, so a preset built with it loads with
+    ``AutoTokenizer`` like a real checkpoint's. Returns a transformers ``PreTrainedTokenizerFast``; save
+    it beside the model with ``save_pretrained``. Imports tokenizers and transformers on call.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(specials)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(char, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(specials))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template
+    )
 
 
 def local_dir(source: str) -> Path | None:

@@ -5,20 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loraplug import LoraplugError, ModelBundle, RunContext
-from loraplug.errors import model_load_error
+from loraplug import LoraplugError, ModelBundle, RunContext, toolkit
+from loraplug.toolkit import local_dir, model_load_error, torch_dtype
 from loraplug_causal_lm.options import (
-    PRESETS,
     CausalLMOptions,
     LohaOptions,
     LokrOptions,
     LoraOptions,
     LycorisOptions,
 )
-from loraplug_causal_lm.presets import preset_dir
+from loraplug_causal_lm.presets import TINY_PRESETS
 from loraplug_causal_lm.quiet import quiet_libraries
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 #: How this machine loaded the tokenizer, which transformers 5 keeps in its init arguments and so writes
 #: into every tokenizer_config.json saved from it (merged, onnx, quantized exports): not for a published model.
 LOAD_TIME_KEYS = ("is_local", "local_files_only", "cache_dir")
@@ -26,9 +24,7 @@ LOAD_TIME_KEYS = ("is_local", "local_files_only", "cache_dir")
 
 def locate(options: CausalLMOptions, cache_dir: Path) -> str:
     """What to hand to ``from_pretrained``: a preset's cached directory, a local directory or a hub id."""
-    if options.pretrained in PRESETS:
-        return str(preset_dir(options.pretrained, cache_dir))
-    return options.pretrained
+    return toolkit.locate(options.pretrained, cache_dir, TINY_PRESETS)
 
 
 def load_causal_lm(
@@ -49,7 +45,7 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {
         "revision": options.revision,
         "trust_remote_code": options.trust_remote_code,
-        "dtype": "auto" if wanted == "auto" else getattr(torch, DTYPES[wanted]),
+        "dtype": "auto" if wanted == "auto" else torch_dtype(wanted),
         "low_cpu_mem_usage": True,
     }
     if options.attn_implementation:
@@ -90,7 +86,7 @@ def build(options: CausalLMOptions, ctx: RunContext) -> ModelBundle:
         module=model,
         components={"tokenizer": tokenizer},
         base=options.pretrained,
-        base_dir=Path(source) if Path(source).exists() else None,
+        base_dir=local_dir(source),
     )
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator
-from pydantic_core import PydanticCustomError
 
 from loraplug import InputFile, Options
-from loraplug.options import pretrained_source
+from loraplug.toolkit import BITSANDBYTES_INSTALL, pretrained_source, require_package
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-llama",)
@@ -16,25 +15,6 @@ PRESETS = ("tiny-llama",)
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: ``[model] quantization``: how the frozen base is stored for QLoRA (through bitsandbytes).
 Quantization = Literal["nf4", "int8"]
-
-
-def require_package(package: str, needed_for: str, install: str) -> None:
-    """Refuse a setting at ``recipe check`` when the package it needs is not installed.
-
-    ``find_spec`` looks for the package without importing it (bitsandbytes and torchao load torch).
-    """
-    from importlib.util import find_spec
-
-    if find_spec(package) is None:
-        raise PydanticCustomError(
-            "package_missing",
-            "{needed_for} needs {package}, which is not installed: `{install}`",
-            {"needed_for": needed_for, "package": package, "install": install},
-        )
-
-
-#: How to get bitsandbytes; 0.45 and newer run on CPUs as well as CUDA GPUs.
-BITSANDBYTES_INSTALL = "pip install 'bitsandbytes>=0.45'"
 
 
 def require_bitsandbytes(value: str | None) -> str | None:

@@ -7,12 +7,10 @@ so tests and ``--smoke`` exercise the real loading path, offline. Its weights ar
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from loraplug.rundir import build_once
+from loraplug.toolkit import Preset, byte_level_tokenizer
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -37,19 +35,7 @@ TINY_LLAMA: dict[str, Any] = {
 
 
 def _build_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[char] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", chat_template=CHAT_TEMPLATE
-    )
+    return byte_level_tokenizer(SPECIAL_TOKENS, bos="<s>", eos="</s>", pad="<pad>", chat_template=CHAT_TEMPLATE)
 
 
 def _build(target: Path) -> None:
@@ -75,9 +61,13 @@ def _build(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+#: The presets ``model.pretrained`` may name (their names are options.PRESETS).
+TINY_PRESETS = (Preset("tiny-llama", TINY_LLAMA, _build, marker="config.json"),)
+
+
 def preset_dir(name: str, cache_dir: Path) -> Path:
     """The directory of preset ``name``, built on first use."""
-    if name != "tiny-llama":
-        raise KeyError(name)
-    key = hashlib.sha256(json.dumps(TINY_LLAMA, sort_keys=True).encode()).hexdigest()[:12]
-    return build_once(cache_dir / "presets" / f"{name}-{key}", _build, marker="config.json")
+    for preset in TINY_PRESETS:
+        if preset.name == name:
+            return preset.directory(cache_dir)
+    raise KeyError(name)

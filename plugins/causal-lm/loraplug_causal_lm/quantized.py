@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from loraplug import LoraplugError
-from loraplug_causal_lm.options import BITSANDBYTES_INSTALL, CausalLMOptions
+from loraplug.toolkit import BITSANDBYTES_INSTALL
+from loraplug_causal_lm.options import CausalLMOptions
 
 #: Why a merge never goes into the quantized weights themselves.
 PEFT_2321 = (
