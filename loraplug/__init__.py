@@ -2,7 +2,7 @@
 
 Plugin authors need only what this module exports: ``hookimpl`` to mark hook implementations,
 ``KindSpec`` and ``Options`` to declare kinds, the bundle types hooks exchange, and ``LoraplugError``
-for failures a user can fix. See docs/plugins.md.
+for failures a user can fix — plus :mod:`loraplug.toolkit` for presets, loading and parity. See docs/plugins.md.
 """
 
 from loraplug.bundles import (
@@ -23,7 +23,7 @@ from loraplug.status import RunStatus
 from loraplug.training.sinks import MetricSink
 
 #: Names imported on first use: they need pydantic, which `loraplug --help` should not pay for.
-_LAZY = {name: "loraplug.options" for name in ("InputDir", "InputFile", "InputPath", "Options", "RecipePath")}
+_LAZY = {name: "loraplug.options" for name in ("InputDir", "InputFile", "InputPath", "NoOptions", "Options", "RecipePath")}
 
 
 def __getattr__(name: str) -> object:
@@ -46,6 +46,7 @@ __all__ = [
     "LoraplugError",
     "MetricSink",
     "ModelBundle",
+    "NoOptions",
     "Options",
     "PreparedData",
     "Record",

@@ -51,6 +51,10 @@ class Options(BaseModel):
         return {key: _toml_value(fields[key].annotation, value) if key in fields else value for key, value in data.items()}
 
 
+class NoOptions(Options):
+    """The options of a kind that has none (a metric, an export without settings): any key is an error."""
+
+
 def _toml_value(annotation: Any, value: Any) -> Any:
     """``value`` as the annotation wants it where TOML cannot say so: a string as a Path, an array as a tuple."""
     origin = typing.get_origin(annotation)

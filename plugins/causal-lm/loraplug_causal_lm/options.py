@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from loraplug import InputFile, Options
+from loraplug.options import NoOptions as NoOptions  # named by path in plugin.py
 from loraplug.toolkit import BITSANDBYTES_INSTALL, pretrained_source, require_package
 
 #: Presets built from a config and cached locally; see presets.py.
@@ -150,7 +151,3 @@ class MergedExportOptions(Options):
         "dtype. `false` asks to merge into the 4/8-bit weights themselves, which is refused: rounding the merged "
         "weights back to 4/8 bits loses most of the LoRA update (peft#2321).",
     )
-
-
-class NoOptions(Options):
-    """Kinds without options (metrics)."""
