@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loraplug.bundles import StepResult
 from loraplug.errors import LoraplugError, model_load_error
@@ -24,6 +25,8 @@ from loraplug.rundir import build_once
 if TYPE_CHECKING:
     import torch
     from pydantic import ValidationInfo
+
+R = TypeVar("R")
 
 __all__ = [
     "BITSANDBYTES_INSTALL",
@@ -36,6 +39,7 @@ __all__ = [
     "byte_level_tokenizer",
     "debugging",
     "dtype_name",
+    "hold_out",
     "locate",
     "local_dir",
     "model_load_error",
@@ -129,6 +133,20 @@ def pretrained_source(presets: Iterable[str]) -> Callable[[str, ValidationInfo],
     from loraplug.options import pretrained_source as validator
 
     return validator(tuple(presets))
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def hold_out(records: Sequence[R], fraction: float, seed: int) -> tuple[list[R], list[R]]:
+    """``(train, val)``: a seeded random ``fraction`` of ``records`` held out for validation (a data kind's
+    ``val_fraction``; pass ``ctx.seed``), at least one record when there are two or more, none from one.
+    Both keep the records' order."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    count = max(1, round(len(records) * fraction)) if fraction > 0 and len(records) > 1 else 0
+    held = set(order[:count])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 # ----------------------------------------------------------------------------------------------- dtypes

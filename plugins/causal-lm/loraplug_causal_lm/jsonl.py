@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from loraplug import DataBundle, LoraplugError, Record
+from loraplug.toolkit import hold_out
 
 ROLES = ("system", "user", "assistant")
 FORMAT_HELP = 'Each line must be {"prompt": "...", "response": "..."} or {"messages": [{"role": "user", "content": "..."}, ...]}'
@@ -124,12 +124,7 @@ def load(path: Path, val_path: Path | None, val_fraction: float, skip_bad: bool,
         val, val_skipped = read_jsonl(val_path, skip_bad=skip_bad)
         skipped += [f"{val_path.name} {s}" for s in val_skipped]
     elif val_fraction > 0:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        count = max(1, round(len(train) * val_fraction)) if len(train) > 1 else 0
-        held = set(order[:count])
-        val = [r for i, r in enumerate(train) if i in held]
-        train = [r for i, r in enumerate(train) if i not in held]
+        train, val = hold_out(train, val_fraction, seed)
     summary: dict[str, Any] = {"train samples": len(train)}
     if val is not None:
         summary["val samples"] = len(val)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loraplug import DataBundle, LoraplugError, Record
+from loraplug.toolkit import hold_out
 from loraplug_diffusion.images import IMAGE_SUFFIXES, check_image
 from loraplug_diffusion.options import ImageFolderOptions
 
@@ -201,11 +201,7 @@ def load(options: ImageFolderOptions, seed: int, warn: Any) -> DataBundle:
         warn(f"skipped {len(tally.unreadable)} unreadable image(s) (first: {tally.unreadable[0]})")
     val = None
     if options.val_fraction > 0 and len(train) > 1:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        held = set(order[: max(1, round(len(train) * options.val_fraction))])
-        val = [r for i, r in enumerate(train) if i in held]
-        train = [r for i, r in enumerate(train) if i not in held]
+        train, val = hold_out(train, options.val_fraction, seed)
     summary: dict[str, Any] = {"train images": len(train)}
     if val is not None:
         summary["val images"] = len(val)
