@@ -187,7 +187,7 @@ def run_in_process(recipe_path: Path, overrides: list[str]) -> tuple[Any, list[A
     """``loraplug run`` through the public API; returns the outcome and the optimizers built."""
     from rich.console import Console
 
-    from loraplug.pipeline import execute
+    from loraplug.run import execute
     from loraplug.recipe import load_recipe
 
     plugins = host()

@@ -201,7 +201,8 @@ def peak_memory_mib() -> float:
 def run_loraplug(work: Path, *, packing: bool = True) -> dict[str, Any]:
     from rich.console import Console
 
-    from loraplug.pipeline import execute, load_run
+    from loraplug.pipeline import load_run
+    from loraplug.run import execute
     from loraplug.plugins import PluginHost
     from loraplug.recipe import load_recipe
     from loraplug.testing import write_recipe

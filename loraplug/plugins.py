@@ -16,13 +16,24 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 
 from loraplug import hookspecs
 from loraplug.errors import LoraplugError, PluginError
 from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
+    from loraplug.context import RunContext
+    from loraplug.recipe.model import Recipe
+    from loraplug.recipe.sections import ExportSection
+    from loraplug.training.sinks import MetricSink
+
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "loraplug"
 FIRST_PARTY_PREFIX = "loraplug-"
@@ -263,6 +274,109 @@ class PluginHost:
     def broadcast(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a hook on every plugin that implements it."""
         return list(getattr(self.pm.hook, hook_name)(**kwargs))
+
+    def call_typed(self, served: Served, hook_name: str, returns: type[T], **kwargs: Any) -> T:
+        """Call ``hook_name`` on ``served``'s plugin; an answer that is not a ``returns`` is a :class:`PluginError`."""
+        return _checked(self.call_on(served, hook_name, **kwargs), returns, served, hook_name)
+
+    # -- the typed facade: one method per hook a run calls ---------------------------------------
+    # As tox's typed hook wrappers: each answer is checked once, here, against the type the hookspec
+    # promises, and a wrong one is an error naming the plugin. Callers get a DataBundle, never Any.
+
+    def load_data(self, recipe: Recipe, ctx: RunContext) -> DataBundle:
+        """``[data]``'s records, from the plugin serving ``data.kind`` (``loraplug_load_data``)."""
+        from loraplug.bundles import DataBundle
+
+        section = recipe.data
+        served = self.lookup("data", section.kind, recipe.model.kind)
+        return self.call_typed(served, STAGE_HOOKS["data"], DataBundle, kind=section.kind, options=section.options, ctx=ctx)
+
+    def build_model(self, recipe: Recipe, ctx: RunContext) -> ModelBundle:
+        """The base model of ``[model]`` (``loraplug_build_model``)."""
+        from loraplug.bundles import ModelBundle
+
+        section = recipe.model
+        served = self.lookup("model", section.kind)
+        return self.call_typed(served, STAGE_HOOKS["model"], ModelBundle, kind=section.kind, options=section.options, ctx=ctx)
+
+    def wrap_adapter(self, recipe: Recipe, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+        """``model`` with ``[adapter]`` attached (``loraplug_wrap_adapter``)."""
+        from loraplug.bundles import ModelBundle
+
+        section = recipe.adapter
+        served = self.lookup("adapter", section.kind, recipe.model.kind)
+        return self.call_typed(
+            served, STAGE_HOOKS["adapter"], ModelBundle, kind=section.kind, options=section.options, model=model, ctx=ctx
+        )
+
+    def prepare_data(self, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
+        """Records encoded for ``model`` by its plugin (``loraplug_prepare_data``)."""
+        from loraplug.bundles import PreparedData
+
+        served = self.lookup("model", recipe.model.kind)
+        return self.call_typed(
+            served, "loraplug_prepare_data", PreparedData, model=model, options=recipe.model.options, data=data, ctx=ctx
+        )
+
+    def train_step(self, model_kind: str) -> Callable[..., StepResult]:
+        """``loraplug_train_step`` bound once to the model's plugin, for the training loop's hot path.
+
+        Each call's answer is checked to be a :class:`~loraplug.StepResult` (an ``isinstance``, nothing
+        a forward pass would notice).
+        """
+        from loraplug.bundles import StepResult
+
+        served = self.lookup("model", model_kind)
+        call = self.bind(served, "loraplug_train_step")
+
+        def step(**kwargs: Any) -> StepResult:
+            return _checked(call(**kwargs), StepResult, served, "loraplug_train_step")
+
+        return step
+
+    def generate(
+        self, recipe: Recipe, model: ModelBundle, prompts: list[str], out_dir: Path, ctx: RunContext
+    ) -> list[Sample]:
+        """Samples for ``prompts`` from ``model`` (``loraplug_generate``): a list of :class:`~loraplug.Sample`."""
+        from loraplug.bundles import Sample
+
+        served = self.lookup("model", model.kind)
+        answer = self.call_on(
+            served, "loraplug_generate", model=model, options=recipe.model.options, prompts=prompts, out_dir=out_dir, ctx=ctx
+        )
+        if not isinstance(answer, list | tuple) or not all(isinstance(sample, Sample) for sample in answer):
+            raise _wrong_type(answer, "a list of Sample", served, "loraplug_generate")
+        return list(answer)
+
+    def export(
+        self, section: ExportSection, recipe: Recipe, model: ModelBundle, out_dir: Path, ctx: RunContext
+    ) -> ExportResult:
+        """One ``[[export]]`` written into ``out_dir`` (``loraplug_export``)."""
+        from loraplug.bundles import ExportResult
+
+        served = self.lookup("export", section.kind, recipe.model.kind)
+        return self.call_typed(
+            served, STAGE_HOOKS["export"], ExportResult, kind=section.kind, options=section.options, model=model,
+            out_dir=out_dir, ctx=ctx,
+        )  # fmt: skip
+
+    def metric_sinks(self, ctx: RunContext) -> list[MetricSink]:
+        """The sinks plugins add to a run (``loraplug_metric_sinks``, broadcast); plugins that stay out answer ``None``."""
+        return [sink for sink in self.broadcast("loraplug_metric_sinks", ctx=ctx) if sink is not None]
+
+
+def _checked(value: Any, expected: type[T], served: Served, hook: str) -> T:
+    if not isinstance(value, expected):
+        raise _wrong_type(value, expected.__name__, served, hook)
+    return value
+
+
+def _wrong_type(value: Any, expected: str, served: Served, hook: str) -> PluginError:
+    return PluginError(
+        f"{served.distribution} returned {type(value).__name__} from {hook}, expected {expected}",
+        fix=f"This is a bug in {served.distribution}",
+    )
+
 
 
 class PluginCrash(LoraplugError):

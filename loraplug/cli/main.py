@@ -68,7 +68,7 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="With --resume: continue even though the recipe changed.")
 def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, resume: bool, force: bool) -> None:
     """Train as RECIPE says. OVERRIDES are dotted KEY=VALUE pairs: train.lr=1e-4 adapter.r=16."""
-    from loraplug.pipeline import execute
+    from loraplug.run import execute
     from loraplug.recipe import load_recipe
 
     warn_broken_plugins()

@@ -111,7 +111,7 @@ def shown(path: Path | str | None) -> str:
 
 
 def run_summary(console: Console, outcome: object) -> None:
-    from loraplug.pipeline import RunOutcome
+    from loraplug.run import RunOutcome
 
     assert isinstance(outcome, RunOutcome)  # noqa: S101
     val = outcome.val_losses

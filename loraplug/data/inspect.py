@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from loraplug.bundles import ModelBundle, PreparedData
+from loraplug.bundles import PreparedData
 from loraplug.context import RunContext
 from loraplug.data.stage import show_report
-from loraplug.pipeline import _check, load_data, prepare_data
+from loraplug.pipeline import load_data, prepare_data
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import Recipe
 
@@ -104,10 +104,7 @@ def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunCon
     """Load, clean and prepare the recipe's data as a run would; print the report and ``samples`` samples."""
     data = load_data(host, recipe, ctx)
     # The base model alone: encoding needs its tokenizer or VAE, not an adapter.
-    model = _check(
-        host.call_stage("model", recipe.model.kind, options=recipe.model.options, ctx=ctx),
-        ModelBundle, recipe.model.served.distribution, "loraplug_build_model",
-    )  # fmt: skip
+    model = host.build_model(recipe, ctx)
     prepared = prepare_data(host, recipe, model, data, ctx)
     show_report(data.report, console, None)
     summary = {**data.summary, **prepared.summary}
