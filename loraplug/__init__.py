@@ -6,6 +6,7 @@ for failures a user can fix — plus :mod:`loraplug.toolkit` for presets, loadin
 """
 
 from loraplug.bundles import (
+    Artifact,
     Batch,
     DataBundle,
     ExportResult,
@@ -14,6 +15,7 @@ from loraplug.bundles import (
     Record,
     Sample,
     StepResult,
+    record_text,
 )
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
@@ -36,6 +38,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Artifact",
     "Batch",
     "DataBundle",
     "ExportResult",
@@ -57,4 +60,5 @@ __all__ = [
     "StepResult",
     "__version__",
     "hookimpl",
+    "record_text",
 ]

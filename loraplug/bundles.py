@@ -10,15 +10,36 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from loraplug.data.report import DataReport
 
 #: One sample as a data plugin produced it: a plain dict with at least an ``"id"`` (file:line,
 #: image path, shard/key) so errors can name the sample. Text records carry ``"messages"`` (a list of
-#: ``{"role", "content"}``); image records carry ``"image"`` and ``"caption"``.
+#: ``{"role", "content"}``) or ``"text"``; image records carry ``"image"`` and ``"caption"``. Whatever
+#: else a record holds, its text — what cleaning filters read — is what :func:`record_text` returns.
 Record = dict[str, Any]
+
+#: The fields :func:`record_text` reads, in order. A data kind whose records have text puts it in one
+#: of them; a record with none of them has no text, and a text filter asked to read it is an error.
+TEXT_FIELDS = ("text", "messages", "caption")
+
+
+def record_text(record: Record) -> str | None:
+    """The text of a record, the one way every cleaning filter reads it; ``None`` when it has none.
+
+    ``"text"`` (a string) as it is; ``"messages"`` (chat turns) as their contents, one per line;
+    ``"caption"`` (a string) as it is — the first of :data:`TEXT_FIELDS` the record holds.
+    """
+    text = record.get("text")
+    if isinstance(text, str):
+        return text
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    caption = record.get("caption")
+    return caption if isinstance(caption, str) else None
 
 
 @dataclass
@@ -143,10 +164,87 @@ class ExportResult:
     loads_with: str = ""
 
 
+#: The types of sample output every sink renders: ``metrics`` sinks, TensorBoard, W&B and report.html.
+ArtifactType = Literal["text", "image", "audio", "table"]
+ARTIFACT_TYPES: tuple[ArtifactType, ...] = ("text", "image", "audio", "table")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One typed output of a generated sample; sinks render it by its ``type``, whatever the modality.
+
+    :param type: ``"text"``: ``value`` is a string. ``"image"``: a path to a PNG or JPEG file.
+        ``"audio"``: a path to a WAV file. ``"table"``: a list of rows, each a dict of column → number
+        or string (the first row's keys are the columns).
+    :param value: as ``type`` says. Files are written by the plugin into the ``out_dir`` that
+        :func:`loraplug_generate` receives (inside the run directory).
+    :param caption: an optional line shown with it (what the image or sound is).
+    """
+
+    type: ArtifactType
+    value: Any
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in ARTIFACT_TYPES:
+            raise ValueError(f"Artifact type {self.type!r} is not one of {', '.join(ARTIFACT_TYPES)}")
+        expected = {"text": str, "image": Path, "audio": Path, "table": list}[self.type]
+        value = Path(self.value) if expected is Path and isinstance(self.value, str) else self.value
+        if not isinstance(value, expected):
+            raise ValueError(f"A {self.type} artifact's value must be a {expected.__name__}, not {type(self.value).__name__}")
+        object.__setattr__(self, "value", value)
+
+    def as_json(self, run_dir: Path) -> dict[str, Any]:
+        """The artifact in ``samples/step-N.json``: files as paths relative to ``run_dir``."""
+        out: dict[str, Any] = {"type": self.type}
+        if isinstance(self.value, Path):
+            out["path"] = _relative(self.value, run_dir)
+        elif self.type == "table":
+            out["rows"] = self.value
+        else:
+            out["text"] = self.value
+        if self.caption:
+            out["caption"] = self.caption
+        return out
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
 @dataclass
 class Sample:
-    """One generated sample for :func:`loraplug_generate`: text, or an image file written by the plugin."""
+    """One generated sample for :func:`loraplug_generate`: the prompt and its typed outputs.
+
+    ``text`` and ``image_path`` are shorthands for the two commonest outputs; anything else (audio, a
+    table, several images) goes in ``artifacts``. :meth:`outputs` lists them all, in that order.
+
+    :param prompt: the prompt it was generated from.
+    :param text: generated text.
+    :param image_path: an image file the plugin wrote.
+    :param artifacts: further typed outputs (:class:`Artifact`).
+    """
 
     prompt: str
     text: str | None = None
     image_path: Path | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def outputs(self) -> list[Artifact]:
+        """Every output of the sample as a typed :class:`Artifact`."""
+        found = [] if self.text is None else [Artifact("text", self.text)]
+        if self.image_path is not None:
+            found.append(Artifact("image", Path(self.image_path)))
+        return found + list(self.artifacts)
+
+    def as_json(self, run_dir: Path) -> dict[str, Any]:
+        """The sample in ``samples/step-N.json``: ``prompt``, ``text``, ``image`` (as before) and ``outputs``."""
+        return {
+            "prompt": self.prompt,
+            "text": self.text,
+            "image": _relative(Path(self.image_path), run_dir) if self.image_path else None,
+            "outputs": [artifact.as_json(run_dir) for artifact in self.outputs()],
+        }

@@ -4,11 +4,11 @@ A plugin is a module (or object) with functions marked ``@loraplug.hookimpl`` wh
 specs below; it reaches loraplug through an entry point in the group ``loraplug``. docs/hooks.md
 documents each hook with an example; a test keeps that page and this module in step.
 
-Dispatch: the stage hooks (``load_data``, ``build_model``, ``wrap_adapter``, ``export``) and the
-model hooks (``prepare_data``, ``train_step``, ``generate``) are called on *one* plugin only — the
-one that declared the recipe's kind in :func:`loraplug_register_kinds` — so an implementation never
-has to check whether a call is meant for it, and two plugins can never both answer. The remaining
-hooks are broadcast to every plugin.
+Dispatch: the stage hooks (``load_data``, ``build_filter``, ``build_model``, ``wrap_adapter``,
+``build_optimizer``, ``export``) and the model hooks (``prepare_data``, ``train_step``, ``generate``)
+are called on *one* plugin only — the one that declared the recipe's kind in
+:func:`loraplug_register_kinds` — so an implementation never has to check whether a call is meant for
+it, and two plugins can never both answer. The remaining hooks are broadcast to every plugin.
 
 Heavy imports (torch, transformers, diffusers…) belong inside hook bodies, never at module level:
 loraplug imports every plugin to answer ``loraplug --help``.
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         StepResult,
     )
     from loraplug.context import RunContext
+    from loraplug.data.filters import Filter
     from loraplug.kinds import KindSpec
     from loraplug.training.sinks import MetricSink
 
@@ -75,7 +76,9 @@ def loraplug_metric_sinks(ctx: RunContext) -> MetricSink | None:
 
     Broadcast to every plugin when a run starts, on the main process only. A sink has
     ``log(step, metrics, split=...)``, ``log_text(step, name, text)``,
-    ``log_image(step, name, path)`` and ``close(status)`` (see :class:`loraplug.MetricSink`).
+    ``log_image(step, name, path)`` and ``close(status)`` (see :class:`loraplug.MetricSink`), and
+    may have ``log_sample(step, name, prompt, artifact)`` to render each typed sample output
+    (:class:`loraplug.Artifact`: text, image, audio, table) itself.
     ``metrics.jsonl`` and TensorBoard are the core's own sinks; wandb, mlflow… are plugins.
 
     :param ctx: the run context (the resolved recipe is ``ctx.recipe``).
@@ -98,6 +101,24 @@ def loraplug_load_data(kind: str, options: BaseModel, ctx: RunContext) -> DataBu
     :param options: the validated ``[data]`` table, an instance of the kind's options model.
     :param ctx: the run context.
     :returns: a :class:`loraplug.DataBundle` of records.
+    """
+
+
+@hookspec
+def loraplug_build_filter(kind: str, options: BaseModel, ctx: RunContext) -> Filter:
+    """Build one cleaning filter: a built-in ``[data.clean]`` key or a ``[[data.clean.filters]]`` table.
+
+    Called after :func:`loraplug_load_data`, before any model loads — again for every pass over a
+    streamed data set, so deduplication starts afresh. The core's own filters (``exclude``,
+    ``exact_dedup``…) are built through this hook too.
+
+    :param kind: the filter kind this plugin declared (``KindSpec("filter", ...)``).
+    :param options: the validated table (its ``kind`` removed), an instance of the kind's options model.
+    :param ctx: the run context.
+    :returns: an object with ``description`` (a phrase for the report: what it removes) and
+        ``reason(record)``: ``None`` to keep the record, or a short reason to drop it. Read a record's
+        text with :func:`loraplug.record_text`; a record the filter cannot read (no text, no image)
+        must raise :class:`loraplug.LoraplugError` naming the sample, never be kept silently.
     """
 
 
@@ -126,6 +147,26 @@ def loraplug_wrap_adapter(kind: str, options: BaseModel, model: ModelBundle, ctx
     :param model: the bundle from :func:`loraplug_build_model`.
     :param ctx: the run context.
     :returns: the bundle, with ``module`` now carrying the adapter.
+    """
+
+
+@hookspec
+def loraplug_build_optimizer(kind: str, options: BaseModel, param_groups: list[dict[str, Any]], ctx: RunContext) -> Any:
+    """Build the optimizer: ``train.optimizer`` names the kind, ``[optimizer]`` holds its options.
+
+    Called once per run (and per resume) after the adapter is attached and before accelerate
+    prepares the model; the optimizer's ``state_dict`` is saved in every checkpoint and loaded back on
+    ``--resume``, so keep everything the next step depends on in it. The core's own ``adamw`` is
+    built through this hook too.
+
+    :param kind: the optimizer kind this plugin declared (``KindSpec("optimizer", ...)``).
+    :param options: the validated ``[optimizer]`` table.
+    :param param_groups: torch parameter groups of exactly the trainable parameters, each with
+        ``params``, ``lr`` (``train.lr`` times the model's ``lr_scales``) and ``weight_decay``
+        (``train.weight_decay``; 0 for biases and norm weights). Pass them on as they are; the
+        core's schedule scales each group's ``lr`` every step.
+    :param ctx: the run context; ``ctx.device`` is where training runs (for fused kernels).
+    :returns: a ``torch.optim.Optimizer``.
     """
 
 

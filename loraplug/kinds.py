@@ -26,14 +26,16 @@ from loraplug.errors import PluginError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-Stage = Literal["data", "model", "adapter", "export", "metric"]
-STAGES: tuple[Stage, ...] = ("data", "model", "adapter", "export", "metric")
+Stage = Literal["data", "filter", "model", "adapter", "optimizer", "export", "metric"]
+STAGES: tuple[Stage, ...] = ("data", "filter", "model", "adapter", "optimizer", "export", "metric")
 
 #: The hook each stage's kind is dispatched to.
 STAGE_HOOKS: dict[Stage, str] = {
     "data": "loraplug_load_data",
+    "filter": "loraplug_build_filter",
     "model": "loraplug_build_model",
     "adapter": "loraplug_wrap_adapter",
+    "optimizer": "loraplug_build_optimizer",
     "export": "loraplug_export",
     "metric": "loraplug_evaluate",
 }
@@ -56,7 +58,8 @@ class KindSpec:
     """One kind a plugin serves.
 
     :param stage: where it is chosen: the ``data``, ``model``, ``adapter`` or ``export`` section's
-        ``kind``, or ``metric``: a name in ``eval.metrics``.
+        ``kind``; ``optimizer``: ``train.optimizer`` (its options are the ``[optimizer]`` table);
+        ``filter``: a ``[[data.clean.filters]]`` table's ``kind``; ``metric``: a name in ``eval.metrics``.
     :param name: the value of ``kind`` in that section.
     :param options: a pydantic model for the rest of the section, subclassing :class:`loraplug.Options`
         (which forbids unknown keys) — or, better, its import path ``"package.module:ClassName"``, so
@@ -73,6 +76,9 @@ class KindSpec:
         well-known ones; more than one when an option picks). ``None``: undeclared, never checked.
     :param accepts: for model kinds, the record shapes it trains on (``None``: undeclared, never
         checked). ``recipe check`` refuses a data kind that produces none of them.
+    :param higher_is_better: for metric kinds, required: whether a higher score is better (``bleu``) or a
+        lower one (``perplexity``). It picks the best checkpoint and drives early stopping when the
+        metric is ``eval.monitor``; nothing is guessed from the name.
 
     ``adapters``, ``produces`` and ``accepts`` take a tuple of names, or one name as a string.
     """
@@ -87,6 +93,7 @@ class KindSpec:
     adapters: tuple[str, ...] | None = None
     produces: tuple[str, ...] | None = None
     accepts: tuple[str, ...] | None = None
+    higher_is_better: bool | None = None
 
     def __post_init__(self) -> None:
         # One name as a plain string is a tuple of one, not of its characters.
@@ -168,6 +175,16 @@ class KindRegistry:
                     "tuple of names (or None: undeclared)",
                     fix=f"Write e.g. {name}=(\"{'lora' if name == 'adapters' else 'chat'}\",)",
                 )
+        if spec.stage == "metric" and not isinstance(spec.higher_is_better, bool):
+            raise PluginError(
+                f"Plugin {distribution} declared the metric {spec.name!r} without saying whether higher is better",
+                fix="Add higher_is_better=True (accuracy, bleu) or higher_is_better=False (losses, perplexity) to its KindSpec",
+            )
+        if spec.stage != "metric" and spec.higher_is_better is not None:
+            raise PluginError(
+                f"Plugin {distribution} declared `higher_is_better` on {spec.label()}: only metric kinds declare it",
+                fix="Remove `higher_is_better=` from that KindSpec",
+            )
 
     def add(self, spec: KindSpec, plugin: object, distribution: str) -> None:
         self.check(spec, distribution)

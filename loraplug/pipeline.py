@@ -95,10 +95,10 @@ def build_stages(host: PluginHost, recipe: Recipe, ctx: RunContext) -> ModelBund
 
 def load_data(host: PluginHost, recipe: Recipe, ctx: RunContext) -> DataBundle:
     """The ``[data]`` section's records: capped under ``--smoke``, then cleaned and weighted."""
-    from loraplug.data.stage import clean_and_weigh
+    from loraplug.data.stage import clean_and_weigh, filter_builder
 
     data = host.load_data(recipe, ctx)
-    return clean_and_weigh(_cap(data, SMOKE_SAMPLES) if ctx.smoke else data, recipe)
+    return clean_and_weigh(_cap(data, SMOKE_SAMPLES) if ctx.smoke else data, recipe, filter_builder(host, recipe, ctx))
 
 
 def prepare_data(host: PluginHost, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
@@ -126,16 +126,11 @@ def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list
 
 
 def _write_samples(run_dir: Path, step: int, samples: list[Sample], sinks: Any) -> None:
+    # Each output goes to the sinks as a typed artifact (text, image, audio, table), rendered by type.
     for index, sample in enumerate(samples):
-        if sample.text is not None:
-            sinks.log_text(step, f"samples/{index}", f"**{sample.prompt}**\n\n{sample.text}")
-        if sample.image_path is not None:
-            sinks.log_image(step, f"samples/{index}", sample.image_path)
-    records = [
-        {"prompt": s.prompt, "text": s.text, "image": str(s.image_path.relative_to(run_dir)) if s.image_path else None}
-        for s in samples
-    ]
-    atomic_write_json(run_dir / SAMPLES_DIR / f"step-{step:06d}.json", records)
+        for artifact in sample.outputs():
+            sinks.log_sample(step, f"samples/{index}", sample.prompt, artifact)
+    atomic_write_json(run_dir / SAMPLES_DIR / f"step-{step:06d}.json", [s.as_json(run_dir) for s in samples])
 
 
 def file_manifest(directory: Path, names: list[str] | None = None) -> list[dict[str, Any]]:

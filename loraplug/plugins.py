@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 
-from loraplug import hookspecs
+from loraplug import __version__, builtin, hookspecs
 from loraplug.errors import LoraplugError, PluginError
 from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
 
@@ -39,8 +39,12 @@ ENTRY_POINT_GROUP = "loraplug"
 FIRST_PARTY_PREFIX = "loraplug-"
 #: The plugins developed in this repository (plugins/), documented in docs/.
 FIRST_PARTY = frozenset(
-    {"loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant", "loraplug-wandb"}
-)
+    {
+        "loraplug",  # the core's built-in kinds (loraplug/builtin.py)
+        "loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant",
+        "loraplug-wandb", "loraplug-optimizers",
+    }
+)  # fmt: skip
 #: Kinds served by first-party plugins that are installed separately: a recipe naming one without its
 #: plugin is told which distribution to install instead of "unknown kind".
 FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
@@ -50,6 +54,10 @@ FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
     ("export", "bnb-8bit"): "loraplug-quant",
     ("export", "bnb-4bit"): "loraplug-quant",
     ("export", "int8"): "loraplug-quant",
+    ("optimizer", "adamw8bit"): "loraplug-optimizers",
+    ("optimizer", "lion"): "loraplug-optimizers",
+    ("optimizer", "prodigy"): "loraplug-optimizers",
+    ("optimizer", "adafactor"): "loraplug-optimizers",
 }
 
 
@@ -142,6 +150,10 @@ class PluginHost:
         if os.environ.get("LORAPLUG_TRACE_HOOKS", "") not in ("", "0"):
             pm.add_hookcall_monitoring(_trace_call, lambda *args: None)
         host = cls(pm, KindRegistry(FIRST_PARTY_KINDS), [])
+        # The core's own kinds (adamw, the [data.clean] filters) first, through the same path as any plugin.
+        core = PluginRecord(name=builtin.NAME, distribution=builtin.DISTRIBUTION, version=__version__, target=builtin.__name__)
+        host.records.append(core)
+        host._register(core, builtin)
         if entry_points:
             for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
                 dist = ep.dist

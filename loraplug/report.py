@@ -257,16 +257,34 @@ def _samples(info: RunInfo) -> str:
 
 
 def _sample_cell(run_dir: Path, record: dict[str, Any]) -> str:
-    parts = []
-    image = record.get("image")
-    if image:
-        if (run_dir / str(image)).is_file():
-            parts.append(f"<a href=\"{_href(str(image))}\"><img src=\"{_href(str(image))}\" alt=\"{_e(image)}\"></a>")
-        else:
-            parts.append(_dim(f"(image {image} is missing)"))
-    if record.get("text") is not None:
-        parts.append(f"<div class=\"sample\">{_e(record['text'])}</div>")
-    return "".join(parts)
+    """A sample's outputs, each rendered by its type (text, image, audio, table)."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, list):  # written before samples were typed: an image and/or a text
+        outputs = ([{"type": "image", "path": record["image"]}] if record.get("image") else []) + (
+            [{"type": "text", "text": record["text"]}] if record.get("text") is not None else []
+        )
+    # Images first, as they always were: a grid reads best above its caption.
+    ordered = sorted((o for o in outputs if isinstance(o, dict)), key=lambda o: o.get("type") != "image")
+    return "".join(_artifact_html(run_dir, output) for output in ordered)
+
+
+def _artifact_html(run_dir: Path, output: dict[str, Any]) -> str:
+    kind = output.get("type")
+    caption = f"<div class=\"dim\">{_e(output['caption'])}</div>" if output.get("caption") else ""
+    if kind in ("image", "audio"):
+        path = str(output.get("path", ""))
+        if not (run_dir / path).is_file():
+            return _dim(f"({kind} {path} is missing)")
+        if kind == "image":
+            return f"<a href=\"{_href(path)}\"><img src=\"{_href(path)}\" alt=\"{_e(path)}\"></a>{caption}"
+        return f"<audio controls src=\"{_href(path)}\"></audio>{caption}"
+    if kind == "table":
+        rows = [row for row in output.get("rows") or [] if isinstance(row, dict)]
+        columns = list(rows[0]) if rows else []
+        return _table(columns, [[_e(_plain(row.get(c, ""))) for c in columns] for row in rows]) + caption
+    if kind == "text":
+        return f"<div class=\"sample\">{_e(output.get('text', ''))}</div>{caption}"
+    return _dim(f"(a {kind} output this version of loraplug cannot show)")
 
 
 def _exports(info: RunInfo) -> str:

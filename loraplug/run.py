@@ -263,6 +263,8 @@ class Run:
             # Who runs it: `runs list` tells a killed run (process gone) from a running one.
             pid=os.getpid(),
             host=socket.gethostname(),
+            # The monitored metric's direction as its plugin declared it: `runs list` ranks without plugins.
+            monitor={"metric": recipe.eval.monitor, "lower_is_better": recipe.monitor_lower_is_better()},
         )
         return ctx
 
@@ -324,6 +326,7 @@ class Run:
         """The training loop (loraplug.training.loop), then the adapter saved."""
         from loraplug.resume import logged_evaluations
         from loraplug.training.loop import train
+        from loraplug.training.optim import optimizer_maker
         from loraplug.training.progress import ProgressDisplay
         from loraplug.training.weights import save_trainable
 
@@ -342,6 +345,7 @@ class Run:
             ),
             on_step_end=lambda step: self.after_step(setup, step),
             resume_from=claim.checkpoint,
+            make_optimizer=optimizer_maker(self.host, ctx.recipe, ctx),
         )
         if (
             claim.checkpoint is not None and main

@@ -122,15 +122,33 @@ class RunInfo:
             return Best(metric=recorded["metric"], value=float(recorded["value"]), step=int(recorded["step"]))
         evaluation = self.recipe.get("eval", {})
         watched = str(evaluation.get("monitor", DEFAULT_BEST[1]))
-        lower = lower_is_better(watched, str(evaluation.get("monitor_mode", "auto")))
+        # A run records its monitored metric's direction, as the metric declared it, when it starts.
+        monitor = self.recorded.monitor
+        if isinstance(monitor, dict) and monitor.get("metric") == watched and isinstance(monitor.get("lower_is_better"), bool):
+            lower: bool | None = monitor["lower_is_better"]
+        else:
+            lower = lower_is_better(watched, str(evaluation.get("monitor_mode", "auto")))
+        if lower is None:  # an older run that did not record it: nothing is guessed from the name
+            return None
         return best_metric(self.metrics, ("eval", watched), lower=lower)
 
 
-def lower_is_better(monitor: str, mode: str = "auto") -> bool:
-    """Whether a lower ``monitor`` score is better: ``eval.monitor_mode``, or for ``auto`` losses and perplexity."""
+#: The core's own evaluation metric; lower is better.
+VAL_LOSS = "val_loss"
+
+
+def lower_is_better(monitor: str, mode: str = "auto", higher_is_better: bool | None = None) -> bool | None:
+    """Whether a lower ``monitor`` score is better.
+
+    ``eval.monitor_mode`` decides when it says ``min`` or ``max``; for ``auto``, the metric's own
+    declaration (``KindSpec.higher_is_better``) — ``val_loss``, the core's own, is lower-is-better.
+    ``None`` when neither says: nothing is guessed from the name.
+    """
     if mode != "auto":
         return mode == "min"
-    return "loss" in monitor.lower() or "perplexity" in monitor.lower()
+    if monitor == VAL_LOSS:
+        return True
+    return None if higher_is_better is None else not higher_is_better
 
 
 def is_run_dir(path: Path) -> bool:

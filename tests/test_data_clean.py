@@ -177,3 +177,97 @@ def test_image_filters_drop_small_and_perceptually_identical_images(tmp_path: Pa
     counts = {f.name: (f.removed, [e.reason for e in f.examples]) for f in cleaned.report.splits["train"].filters}
     assert counts["min_resolution"] == (1, ["32×48 px"])
     assert counts["image_dedup"][0] == 1 and counts["image_dedup"][1][0].endswith("from a.png")
+
+
+# --- text records, unreadable records and filters from plugins ------------------------------------
+
+
+def test_text_records_are_read_through_the_one_accessor() -> None:
+    # {"text": ...} records (a classifier's data): exclude and dedup used to remove nothing here.
+    records = [
+        {"id": "r:1", "text": "Rain all day in Bergen", "label": "rain"},
+        {"id": "r:2", "text": "rain  ALL day in bergen", "label": "rain"},  # the same text once normalised
+        {"id": "r:3", "text": "Buy cheap pills at spam.example", "label": "sun"},
+        {"id": "r:4", "text": "Sun over Rome", "label": "sun"},
+    ]
+    cleaned = clean(DataBundle(train=records), CleanOptions(exclude=["spam\\."]))
+    assert [r["id"] for r in cleaned.train] == ["r:1", "r:4"]
+    assert cleaned.report is not None
+    removed = {f.name: [e.reason for e in f.examples] for f in cleaned.report.splits["train"].filters}
+    assert removed["exclude"] == ["matches /spam\\./"] and removed["exact_dedup"] == ["same text as r:1"]
+
+
+def test_a_filter_that_cannot_read_a_record_is_an_error_naming_it() -> None:
+    from loraplug.errors import LoraplugError
+
+    rows = [{"id": "t:1", "features": [1.0, 2.0], "target": 3.0}, {"id": "t:2", "features": [1.0, 2.0], "target": 3.0}]
+    with pytest.raises(LoraplugError) as caught:
+        clean(DataBundle(train=rows), CleanOptions(exclude=["x"]))
+    assert "The exclude filter cannot read sample t:1: it has no text" in caught.value.what
+    assert caught.value.where == "data.clean.exclude"
+    with pytest.raises(LoraplugError, match="The min_resolution filter cannot read sample t:1: it has no image"):
+        clean(DataBundle(train=rows), CleanOptions(min_resolution=64))
+    # exact_dedup (on by default) compares a record without text or image by all its fields
+    cleaned = clean(DataBundle(train=rows), CleanOptions())
+    assert [r["id"] for r in cleaned.train] == ["t:1"]
+
+
+PLUGIN_FILTER = '''
+from loraplug import KindSpec, Options, hookimpl, record_text
+
+class DigitsOptions(Options):
+    at_most: int = 3
+
+class TooManyDigits:
+    def __init__(self, at_most):
+        self.at_most = at_most
+        self.description = f"more than {at_most} digits"
+
+    def reason(self, record):
+        digits = sum(c.isdigit() for c in record_text(record) or "")
+        return f"{digits} digits" if digits > self.at_most else None
+
+@hookimpl
+def loraplug_register_kinds(register):
+    register(KindSpec("filter", "max_digits", DigitsOptions, "samples with too many digits"))
+
+@hookimpl
+def loraplug_build_filter(kind, options, ctx):
+    return TooManyDigits(options.at_most)
+'''
+
+
+def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from loraplug.testing import plugin_dist
+
+    site = plugin_dist(tmp_path / "site", distribution="loraplug-digits", module="loraplug_digits", source=PLUGIN_FILTER)
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(8)] + [{"prompt": "call 5551234", "response": "no"}]
+    clean_table = {"filters": [{"kind": "max_digits", "at_most": 2}, {"kind": "exclude", "patterns": ["^question 7"]}]}
+    recipe = lm_recipe(
+        data={"path": str(jsonl_file("d.jsonl", rows)), "val_fraction": 0.0, "clean": clean_table},
+        train={"max_steps": 1}, eval={"sample_prompts": []}, export=[],
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(site), "LORAPLUG_TRACE_HOOKS": "1"}
+
+    def loraplug(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loraplug", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+    ran = loraplug("run", str(recipe))
+    assert ran.returncode == 0, ran.stderr
+    assert "[loraplug hook] loraplug_build_filter -> loraplug-digits:loraplug_digits" in ran.stderr
+    report = _report(tmp_path)
+    assert _removed(report) == {"empty_responses": 0, "max_digits": 1, "exclude": 1, "exact_dedup": 0}
+    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "max_digits")["examples"][0]
+    assert example == {"id": "d.jsonl:9", "text": "call 5551234 no", "reason": "7 digits"}
+    resolved = (tmp_path / "runs" / "tiny" / "recipe.toml").read_text()
+    assert '[[data.clean.filters]]\nkind = "max_digits"\nat_most = 2' in resolved  # defaults written out
+
+    bad = lm_recipe(data={"clean": {"filters": [{"kind": "max_digit"}, {"kind": "max_digits", "at_mots": 1}]}})
+    checked = loraplug("recipe", "check", str(bad))
+    assert checked.returncode == 2
+    assert "`data.clean.filters[0].kind` = 'max_digit'" in checked.stderr and "Did you mean 'max_digits'?" in checked.stderr
+    assert "unknown key `data.clean.filters[1].at_mots`" in checked.stderr and "did you mean `data.clean.filters[1].at_most`?" in checked.stderr

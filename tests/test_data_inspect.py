@@ -38,3 +38,24 @@ def test_inspect_reports_a_bad_recipe_like_run_does(lm_recipe) -> None:
     result = run_cli("data", "inspect", lm_recipe(data={"clean": {"min_chars": -3}}))
     assert result.exit_code == 2
     assert "`data.clean.min_chars`" in result.stderr
+
+
+def test_a_batch_with_one_label_per_row_gets_no_token_view_and_no_crash() -> None:
+    # A classifier's batch: `labels` holds one class per row, not one label per token.
+    import torch
+
+    from loraplug import Batch, PreparedData
+    from loraplug.data.inspect import token_views
+
+    def collate(items: list[dict]) -> Batch:
+        return Batch(
+            inputs={"input_ids": torch.tensor([i["ids"] for i in items]), "labels": torch.tensor([i["label"] for i in items])},
+            num_targets=len(items), num_tokens=sum(len(i["ids"]) for i in items), sample_ids=[i["id"] for i in items],
+        )  # fmt: skip
+
+    prepared = PreparedData(train=[{"id": "c:1", "ids": [5, 6, 7], "label": 1}, {"id": "c:2", "ids": [8, 9, 4], "label": 0}], collate=collate)
+    assert list(token_views(prepared, 3)) == []
+    # per-token labels still give a view
+    per_token = PreparedData(train=[{"id": "t:1", "ids": [5, 6, 7]}], collate=lambda items: Batch(
+        inputs={"input_ids": torch.tensor([[5, 6, 7]]), "labels": torch.tensor([[-100, 6, 7]])}, num_targets=2, num_tokens=3, sample_ids=["t:1"]))  # fmt: skip
+    assert [v.learned for v in token_views(per_token, 3)] == [[False, True, True]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -97,3 +99,81 @@ def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, mon
     finally:
         os.environ.pop("LORAPLUG_FAULT", None)
         faults.reset()
+
+
+# --- metrics declare their direction -------------------------------------------------------------
+
+RISING_METRIC = '''
+from loraplug import KindSpec, Options, hookimpl
+
+class NoOptions(Options):
+    pass
+
+calls = []
+
+@hookimpl
+def loraplug_register_kinds(register):
+    # Named like a loss, yet higher is better: a guess from the name would pick the first evaluation.
+    register(KindSpec("metric", "loss_score", NoOptions, "rises with every evaluation", higher_is_better=True))
+
+@hookimpl
+def loraplug_evaluate(metrics, model, options, data, scores, ctx):
+    calls.append(1)
+    return {"loss_score": float(len(calls))}
+'''
+
+UNDECLARED_METRIC = '''
+from loraplug import KindSpec, Options, hookimpl
+
+class NoOptions(Options):
+    pass
+
+@hookimpl
+def loraplug_register_kinds(register):
+    register(KindSpec("metric", "mystery", NoOptions, "no direction declared"))
+'''
+
+
+def _loraplug(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-m", "loraplug", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_the_monitored_metric_is_ranked_as_it_declares_not_by_its_name(tmp_path: Path, lm_recipe) -> None:
+    from loraplug.runinfo import read_run
+    from loraplug.testing import plugin_dist
+
+    site = plugin_dist(tmp_path / "site", distribution="loraplug-rising", module="loraplug_rising", source=RISING_METRIC)
+    plugin_dist(site, distribution="loraplug-mystery", module="loraplug_mystery", source=UNDECLARED_METRIC)
+    recipe = lm_recipe(
+        train={"max_steps": 3}, eval={"every_n_steps": 1, "metrics": ["loss_score"], "monitor": "loss_score", "sample_prompts": []},
+        export=[],
+    )  # fmt: skip
+    ran = _loraplug(site, tmp_path, "run", str(recipe))
+    assert ran.returncode == 0, ran.stderr
+    record = status(tmp_path)
+    assert record["monitor"] == {"metric": "loss_score", "lower_is_better": False}
+    assert record["best"] == {"metric": "loss_score", "value": 4.0, "step": 3}  # evaluations at steps 0-3 scored 1-4
+
+    # A running run (no best recorded yet) is ranked by the direction it recorded, never by the name.
+    run_dir = tmp_path / "runs" / "tiny"
+    record.pop("best")
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    best = read_run(run_dir).best()
+    assert best is not None and (best.step, best.value) == (3, 4.0)
+    record.pop("monitor")
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    assert read_run(run_dir).best() is None
+
+    # A metric that does not say which way is better is refused when its plugin loads.
+    listing = json.loads(_loraplug(site, tmp_path, "plugins", "list", "--json").stdout)
+    mystery = next(p for p in listing if p["distribution"] == "loraplug-mystery")
+    assert mystery["status"] == "error" and "without saying whether higher is better" in mystery["error"]
+
+
+def test_recipe_keys_lists_each_metric_with_its_direction() -> None:
+    result = run_cli("recipe", "keys", "--markdown")
+    assert result.exit_code == 0
+    assert "| `perplexity` | causal-lm | lower | loraplug-causal-lm |" in result.stdout
+    assert "| `bleu` | causal-lm | higher | loraplug-causal-lm |" in result.stdout
+    assert "causal-lm has perplexity" not in result.stdout  # the eval.metrics help names no plugin's metrics

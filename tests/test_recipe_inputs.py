@@ -63,7 +63,7 @@ def test_numbers_toml_users_write_are_still_accepted(lm_recipe) -> None:
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["train"]["lr"] == 1.0 and resolved["adapter"]["r"] == 16
-    assert resolved["train"]["betas"] == [0.9, 0.99]
+    assert resolved["optimizer"]["betas"] == [0.9, 0.99]  # train.betas is deprecated: read into [optimizer]
     assert resolved["run"]["output_dir"].endswith("runs")  # a path is still a string in TOML
 
 

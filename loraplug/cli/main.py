@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from loraplug import __version__
 from loraplug.cli import render
@@ -44,6 +45,12 @@ def warn_broken_plugins() -> None:
             f"[yellow]warning:[/] plugin {record.name} ({record.distribution} {record.version}) failed to load and is "
             f"skipped: {record.error} (`loraplug plugins list` shows it)"
         )
+
+
+def warn_deprecations(notes: list[str]) -> None:
+    """The recipe's deprecated keys (it runs; it should be written differently), on stderr."""
+    for note in notes:
+        err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,6 +84,7 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
     if force and not resume:
         raise click.UsageError("--force only applies with --resume")
     checked = load_recipe(recipe, host(), overrides, smoke=smoke)
+    warn_deprecations(checked.notes)
     keep_out_unused(checked)  # before anything heavy loads: bitsandbytes, torchao, scipy only if the recipe uses them
     if int(os.environ.get("RANK", "0")) == 0:
         render.run_header(console, checked, smoke=smoke)
@@ -109,6 +117,7 @@ def recipe_check(path: Path, overrides: tuple[str, ...], smoke: bool, resolved: 
 
     warn_broken_plugins()
     checked = load_recipe(path, host(), overrides, smoke=smoke)
+    warn_deprecations(checked.notes)
     if resolved:
         click.echo(checked.to_toml(), nl=False)
     else:
@@ -182,6 +191,7 @@ def data_inspect(recipe_path: Path, overrides: tuple[str, ...], samples: int) ->
 
     warn_broken_plugins()
     checked = load_recipe(recipe_path, host(), overrides)
+    warn_deprecations(checked.notes)
     ctx = RunContext(
         recipe=checked,
         run_dir=run_dir_of(checked),

@@ -77,7 +77,7 @@ def run_header(console: Console, recipe: Recipe, *, smoke: bool) -> None:
     console.print(
         f"[bold]loraplug run[/] {escape(recipe.run.name)}{' [yellow](smoke)[/]' if smoke else ''}: "
         f"{recipe.model.kind} {escape(str(getattr(recipe.model.options, 'pretrained', '')))} + {recipe.adapter.kind}, "
-        f"{length}, batch {_batch(train)}, lr {train.lr:g}, "
+        f"{length}, batch {_batch(train)}, {train.optimizer} lr {train.lr:g}, "
         f"precision {train.mixed_precision}"
     )
 
@@ -137,7 +137,7 @@ def run_summary(console: Console, outcome: object) -> None:
 
 
 def key_tables(
-    console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]], metrics: list[tuple[str, str, str, str]]
+    console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]], metrics: list[tuple[str, str, str, str, str]]
 ) -> None:
     from loraplug.recipe.reference import keys_of
 
@@ -150,8 +150,8 @@ def key_tables(
             table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
         console.print(table)
     console.print("Every [[export]] also takes `name` (its directory under exports/; default: the kind).", markup=False)
-    table = Table(title="eval.metrics  [dim]names a recipe can list[/]", title_justify="left")
-    for column in ("metric", "model kinds", "distribution", "meaning"):
+    table = Table(title="eval.metrics  [dim]names a recipe can list (val_loss is the core's own: lower is better)[/]", title_justify="left")
+    for column in ("metric", "model kinds", "better", "distribution", "meaning"):
         table.add_column(column, overflow="fold")
     for row in metrics:
         table.add_row(*(escape(cell) for cell in row))

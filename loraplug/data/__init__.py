@@ -5,7 +5,7 @@ Model plugins use :func:`token_limit` to apply the token-length filter with thei
 """
 
 from loraplug.data.clean import TokenLimit, clean, token_limit
-from loraplug.data.filters import normalise, record_text
+from loraplug.data.filters import normalise, record_text, require_text
 from loraplug.data.options import CORE_DATA_KEYS, CleanOptions, DataCoreOptions
 from loraplug.data.report import DataReport
 
@@ -18,5 +18,6 @@ __all__ = [
     "clean",
     "normalise",
     "record_text",
+    "require_text",
     "token_limit",
 ]

@@ -12,58 +12,137 @@ The plugin calls :func:`token_limit` while it encodes; the counts land in the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-from loraplug.bundles import DataBundle, Record
-from loraplug.data.filters import Filter, build_filters, record_text, sample_id
+from loraplug.bundles import DataBundle, Record, record_text
+from loraplug.data.filters import (
+    CharLengthOptions,
+    Filter,
+    ImageDedupOptions,
+    MinResolutionOptions,
+    NearDedupOptions,
+    NoFilterOptions,
+    PatternOptions,
+    builtin_filter,
+    sample_id,
+)
 from loraplug.data.options import CleanOptions
 from loraplug.data.report import DataReport, FilterCount, SplitReport
+from loraplug.errors import LoraplugError
 
 TOKEN_FILTER = "length_tokens"
 
 
-def _passes(record: Record, filters: list[Filter], split: SplitReport, keep_examples: int) -> bool:
+@dataclass(frozen=True)
+class PlannedFilter:
+    """One filter a run applies: its kind, its validated options, and the recipe key that asked for it."""
+
+    kind: str
+    options: Any
+    key: str
+
+
+@dataclass(frozen=True)
+class BuiltFilter:
+    plan: PlannedFilter
+    filter: Filter
+
+    @property
+    def description(self) -> str:
+        return str(getattr(self.filter, "description", "") or self.plan.kind)
+
+
+#: Builds a filter from its kind and options: the ``loraplug_build_filter`` hook in a run.
+FilterBuilder = Callable[[str, Any], Filter]
+
+
+def plan_filters(options: CleanOptions, listed: Sequence[tuple[str, Any]] = ()) -> list[PlannedFilter]:
+    """The filters ``[data.clean]`` asks for, in the order they run: the core's cheap checks, then the
+    ``[[data.clean.filters]]`` tables (``listed``: kind and validated options) in order, then deduplication."""
+    plan: list[PlannedFilter] = []
+    if options.drop_empty_responses:
+        plan.append(PlannedFilter("empty_responses", NoFilterOptions(), "data.clean.drop_empty_responses"))
+    if options.include:
+        plan.append(PlannedFilter("include", PatternOptions(patterns=options.include), "data.clean.include"))
+    if options.exclude:
+        plan.append(PlannedFilter("exclude", PatternOptions(patterns=options.exclude), "data.clean.exclude"))
+    if options.min_chars is not None or options.max_chars is not None:
+        bounds = CharLengthOptions(min_chars=options.min_chars, max_chars=options.max_chars)
+        plan.append(PlannedFilter("length_chars", bounds, "data.clean.min_chars / max_chars"))
+    if options.min_resolution is not None:
+        plan.append(PlannedFilter("min_resolution", MinResolutionOptions(pixels=options.min_resolution), "data.clean.min_resolution"))
+    plan += [PlannedFilter(kind, settings, f"data.clean.filters[{index}]") for index, (kind, settings) in enumerate(listed)]
+    if options.exact_dedup:
+        plan.append(PlannedFilter("exact_dedup", NoFilterOptions(), "data.clean.exact_dedup"))
+    if options.near_dedup_threshold is not None:
+        near = NearDedupOptions(threshold=options.near_dedup_threshold, ngram=options.near_dedup_ngram, num_perm=options.near_dedup_num_perm)
+        plan.append(PlannedFilter("near_dedup", near, "data.clean.near_dedup_threshold"))
+    if options.image_dedup_distance is not None:
+        plan.append(PlannedFilter("image_dedup", ImageDedupOptions(distance=options.image_dedup_distance), "data.clean.image_dedup_distance"))
+    return plan
+
+
+def build_filters(plan: Sequence[PlannedFilter], build: FilterBuilder | None = None) -> list[BuiltFilter]:
+    """Fresh filters for one pass over the data; ``build`` defaults to the core's own filters."""
+    return [BuiltFilter(item, (build or builtin_filter)(item.kind, item.options)) for item in plan]
+
+
+def _passes(record: Record, filters: list[BuiltFilter], split: SplitReport, keep_examples: int) -> bool:
     for item in filters:
-        why = item.reason(record)
+        try:
+            why = item.filter.reason(record)
+        except LoraplugError as exc:
+            # A filter that cannot read a record stops the run, naming the recipe key that asked for it.
+            exc.where = exc.where or item.plan.key
+            raise
         if why is not None:
-            split.counter(item.name, item.description).remove(sample_id(record), record_text(record) or str(record.get("image", "")), why, keep_examples)
+            split.counter(item.plan.kind, item.description).remove(
+                sample_id(record), record_text(record) or str(record.get("image", "")), why, keep_examples
+            )
             return False
     return True
 
 
-def _clean_list(records: Sequence[Record], filters: list[Filter], split: SplitReport, keep_examples: int) -> list[Record]:
+def _clean_list(records: Sequence[Record], filters: list[BuiltFilter], split: SplitReport, keep_examples: int) -> list[Record]:
     for item in filters:
-        split.counter(item.name, item.description)  # every configured filter appears, removals or not
+        split.counter(item.plan.kind, item.description)  # every configured filter appears, removals or not
     kept = [r for r in records if _passes(r, filters, split, keep_examples)]
     split.before, split.after = len(records), len(kept)
     return kept
 
 
 class CleanedStream:
-    """A stream of records filtered as it is read; each pass starts with fresh deduplication state,
-    primed with the validation records so that training never repeats one."""
+    """A stream of records filtered as it is read; each pass starts with fresh filters (deduplication
+    state), primed with the validation records so that training never repeats one."""
 
-    def __init__(self, records: Iterable[Record], options: CleanOptions, split: SplitReport, primer: Sequence[Record]) -> None:
+    def __init__(self, records: Iterable[Record], fresh: Callable[[], list[BuiltFilter]], examples: int, split: SplitReport, primer: Sequence[Record]) -> None:
         self.records = records
-        self.options = options
+        self.fresh = fresh
+        self.examples = examples
         self.split = split
         self.primer = primer
 
     def __iter__(self) -> Iterator[Record]:
-        filters = build_filters(self.options)
+        filters = self.fresh()
         scratch = SplitReport()
         for record in self.primer:
             _passes(record, filters, scratch, 0)
         for record in self.records:
-            if _passes(record, filters, self.split, self.options.examples):
+            if _passes(record, filters, self.split, self.examples):
                 yield record
 
 
-def clean(data: DataBundle, options: CleanOptions) -> DataBundle:
-    """``data`` with every configured filter applied; the report is ``.report`` of the result."""
+def clean(data: DataBundle, options: CleanOptions, plan: Sequence[PlannedFilter] | None = None, build: FilterBuilder | None = None) -> DataBundle:
+    """``data`` with every configured filter applied; the report is ``.report`` of the result.
+
+    :param plan: the filters to apply (default: :func:`plan_filters` of ``options``).
+    :param build: builds each filter (default: the core's own; a run passes the ``loraplug_build_filter`` hook).
+    """
     report = DataReport(options)
-    filters = build_filters(options)
+    steps = list(plan_filters(options) if plan is None else plan)
+    filters = build_filters(steps, build)
     val = _clean_list(list(data.val), filters, report.split("val"), options.examples) if data.val is not None else None
     # The filters keep what they saw of the validation records: training duplicates of them go too.
     train: Sequence[Record] | Iterable[Record]
@@ -75,7 +154,7 @@ def clean(data: DataBundle, options: CleanOptions) -> DataBundle:
         if removed:
             summary["removed by cleaning"] = removed
     else:
-        train = CleanedStream(data.train, options, report.split("train"), val or [])
+        train = CleanedStream(data.train, lambda: build_filters(steps, build), options.examples, report.split("train"), val or [])
         report.notes.append("the training data is a stream: it is cleaned as it is read, so its counts are not known before training")
     if val is not None and data.val is not None and len(val) != len(data.val):
         summary["val removed by cleaning"] = len(data.val) - len(val)

@@ -1,9 +1,17 @@
-"""The cleaning filters, one class each, over records of any data kind.
+"""The cleaning filters: the core's own, one class each, and the filter contract plugins implement.
 
 A filter answers ``reason(record)``: ``None`` to keep the record, or a short sentence saying why it
-is dropped. Deduplicating filters remember what they kept, so a stream read again (one epoch after
-another) gets fresh filters from :func:`build_filters`. A filter that does not apply to a record (an
-image filter on a chat sample) keeps it.
+is dropped. Every filter is a kind (``KindSpec("filter", ...)``) built through the hook
+``loraplug_build_filter`` — the core's own through its built-in plugin (loraplug/builtin.py), from the
+``[data.clean]`` keys — so a plugin's filter works exactly like ``exclude``. Deduplicating filters
+remember what they kept, so a stream read again (one epoch after another) gets fresh filters.
+
+Filters read a record's text through :func:`loraplug.record_text` and nothing else. A filter that
+cannot read a record — a text filter on a record with no text, an image filter on one with no image
+— raises :class:`LoraplugError` naming the sample: it never keeps the record silently. The two
+filters on by default are the exceptions by design: ``empty_responses`` looks at chat turns only
+(a record with none has no empty answer), and ``exact_dedup`` leaves image records to ``image_dedup``
+(the same caption on two different images is no duplicate).
 
 Heavy libraries (datasketch, imagehash, Pillow, numpy) are imported only by the filters that use
 them, and only when the recipe asks for those filters.
@@ -12,24 +20,32 @@ them, and only when the recipe asks for those filters.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraplug.bundles import Record
-from loraplug.data.options import CleanOptions
+from pydantic import Field, PositiveInt, model_validator
+
+from loraplug.bundles import TEXT_FIELDS, Record, record_text
+from loraplug.data.options import Regex
 from loraplug.errors import LoraplugError
+from loraplug.options import Options
 
-
-def record_text(record: Record) -> str | None:
-    """The text of a record: its messages' contents one per line, or its caption; ``None`` if it has none."""
-    messages = record.get("messages")
-    if isinstance(messages, list):
-        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-    caption = record.get("caption")
-    return caption if isinstance(caption, str) else None
+def require_text(record: Record, filter_name: str) -> str:
+    """The record's text (:func:`loraplug.record_text`), or the error every filter raises for a record
+    without one — for plugin filters too."""
+    text = record_text(record)
+    if text is None:
+        raise LoraplugError(
+            f"The {filter_name} filter cannot read sample {sample_id(record)}: it has no text (none of the fields "
+            f"{', '.join(TEXT_FIELDS)}; its fields are {', '.join(sorted(record)) or 'none'})",
+            fix=f"Remove the {filter_name} filter for this data, or have its data kind put each record's text in "
+            "`text`, `messages` or `caption` (docs/plugins.md, \"A record's text\")",
+        )
+    return text
 
 
 def normalise(text: str) -> str:
@@ -38,12 +54,14 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def chat_key(record: Record) -> str | None:
-    """The normalised text of a chat record, roles included (the same words said by another role differ)."""
+def text_key(record: Record) -> str | None:
+    """The normalised text a record is deduplicated by; chat turns keep their roles (the same words said
+    by another role differ). ``None`` when the record has no text."""
     messages = record.get("messages")
-    if not isinstance(messages, list):
-        return None
-    return "\x1e".join(f"{m.get('role')}\x1f{normalise(str(m.get('content', '')))}" for m in messages if isinstance(m, dict))
+    if isinstance(messages, list) and not isinstance(record.get("text"), str):
+        return "\x1e".join(f"{m.get('role')}\x1f{normalise(str(m.get('content', '')))}" for m in messages if isinstance(m, dict))
+    text = record_text(record)
+    return None if text is None else normalise(text)
 
 
 def sample_id(record: Record) -> str:
@@ -51,10 +69,68 @@ def sample_id(record: Record) -> str:
 
 
 class Filter(Protocol):
-    name: str
+    """What :func:`loraplug_build_filter` returns: ``description`` (for the report: what it removes) and
+    ``reason(record)``: ``None`` to keep the record, or why it is dropped."""
+
     description: str
 
     def reason(self, record: Record) -> str | None: ...
+
+
+# --- the options of the core's own filter kinds (each [data.clean] key maps to one) ---------------
+
+
+class NoFilterOptions(Options):
+    """A filter without options."""
+
+
+class PatternOptions(Options):
+    """``include`` / ``exclude``: regular expressions searched in the record's text."""
+
+    patterns: list[Regex] = Field(min_length=1, description="Regular expressions (Python `re.search`) searched in the sample's text.")
+
+
+class CharLengthOptions(Options):
+    """``length_chars``: bounds on the number of characters of the record's text."""
+
+    min_chars: int | None = Field(None, ge=0, description="Drop samples with fewer characters.")
+    max_chars: PositiveInt | None = Field(None, description="Drop samples with more characters.")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> CharLengthOptions:
+        if self.min_chars is None and self.max_chars is None:
+            raise ValueError("set min_chars, max_chars or both")
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
+        return self
+
+
+class MinResolutionOptions(Options):
+    """``min_resolution``: the smallest shorter side of an image, in pixels."""
+
+    pixels: PositiveInt = Field(description="Drop images whose shorter side has fewer pixels.")
+
+
+class NearDedupOptions(Options):
+    """``near_dedup``: MinHash near-duplicate detection on the records' text."""
+
+    threshold: float = Field(gt=0, lt=1, description="Drop samples whose estimated Jaccard similarity to an earlier one is at least this.")
+    ngram: PositiveInt = Field(5, description="Character n-gram size of the shingles.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower.")
+
+    def optional_libraries(self) -> tuple[str, ...]:
+        """datasketch's MinHash LSH imports scipy (see loraplug.optional)."""
+        return ("scipy",)
+
+
+class ImageDedupOptions(Options):
+    """``image_dedup``: perceptual-hash duplicate detection on the records' images."""
+
+    distance: int = Field(ge=0, le=64, description="Drop images whose perceptual hash is within this Hamming distance of an earlier one's.")
+
+    def optional_libraries(self) -> tuple[str, ...]:
+        """imagehash's phash imports scipy (see loraplug.optional)."""
+        return ("scipy",)
 
 
 class EmptyResponses:
@@ -79,8 +155,8 @@ class Include:
         self.description = "matches none of " + ", ".join(f"/{p}/" for p in patterns)
 
     def reason(self, record: Record) -> str | None:
-        text = record_text(record)
-        if text is None or any(p.search(text) for p in self.patterns):
+        text = require_text(record, self.name)
+        if any(p.search(text) for p in self.patterns):
             return None
         return "matches no include pattern"
 
@@ -93,9 +169,7 @@ class Exclude:
         self.description = "matches " + ", ".join(f"/{p}/" for p in patterns)
 
     def reason(self, record: Record) -> str | None:
-        text = record_text(record)
-        if text is None:
-            return None
+        text = require_text(record, self.name)
         for pattern in self.patterns:
             if pattern.search(text):
                 return f"matches /{pattern.pattern}/"
@@ -110,10 +184,11 @@ class CharLength:
         self.description = _range_text("characters", low, high)
 
     def reason(self, record: Record) -> str | None:
-        text = record_text(record)
-        if text is None:
-            return None
-        size = sum(len(str(m.get("content", ""))) for m in record["messages"]) if "messages" in record else len(text)
+        text = require_text(record, self.name)
+        messages = record.get("messages")
+        chat = isinstance(messages, list) and not isinstance(record.get("text"), str)
+        # Chat turns count their contents only, not the line breaks that join them.
+        size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) if chat else len(text)  # type: ignore[union-attr]
         return _out_of_range(size, "characters", self.low, self.high)
 
 
@@ -132,6 +207,9 @@ def _out_of_range(size: int, unit: str, low: int | None, high: int | None) -> st
 
 
 class ExactDuplicates:
+    """Text records by their normalised text; records with neither text nor image by all their fields
+    but ``id``. Image records are left to ``image_dedup``: the same caption on two images is no duplicate."""
+
     name = "exact_dedup"
     description = "same normalised text as an earlier sample"
 
@@ -139,15 +217,29 @@ class ExactDuplicates:
         self.seen: dict[bytes, str] = {}
 
     def reason(self, record: Record) -> str | None:
-        key = chat_key(record)
-        if key is None:
+        if record.get("image") is not None:
             return None
+        key = text_key(record)
+        if key is None:
+            key = self._fields_key(record)
         digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
         first = self.seen.get(digest)
         if first is not None:
             return f"same text as {first}"
         self.seen[digest] = sample_id(record)
         return None
+
+    def _fields_key(self, record: Record) -> str:
+        fields = {k: v for k, v in record.items() if k != "id"}
+        try:
+            return "\x1d" + json.dumps(fields, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise LoraplugError(
+                f"The exact_dedup filter cannot read sample {sample_id(record)}: it has no text or image, and its fields "
+                f"are not plain JSON values to compare ({exc})",
+                fix="Set data.clean.exact_dedup = false for this data, or have its data kind put each record's text in "
+                "`text`, `messages` or `caption`",
+            ) from exc
 
 
 class NearDuplicates:
@@ -173,9 +265,14 @@ class NearDuplicates:
         return signature
 
     def reason(self, record: Record) -> str | None:
-        key = chat_key(record)
-        if key is None:
-            return None
+        if record.get("image") is not None:
+            raise LoraplugError(
+                f"The near_dedup filter compares text samples; sample {sample_id(record)} is an image sample",
+                fix="Remove data.clean.near_dedup_threshold for image data; data.clean.image_dedup_distance finds duplicate images",
+            )
+        require_text(record, self.name)
+        key = text_key(record)
+        assert key is not None  # noqa: S101 — require_text found text
         signature = self._signature(key)
         best, best_id = 0.0, ""
         for other in self.lsh.query(signature):
@@ -192,11 +289,16 @@ class NearDuplicates:
         return None
 
 
-def open_image(record: Record) -> Any | None:
-    """The record's image as a PIL image (opened lazily: the size is read from the header), or ``None``."""
+def open_image(record: Record, filter_name: str) -> Any:
+    """The record's image as a PIL image (opened lazily: the size is read from the header); a record
+    without one is an error naming the filter."""
     value = record.get("image")
     if value is None:
-        return None
+        raise LoraplugError(
+            f"The {filter_name} filter cannot read sample {sample_id(record)}: it has no image "
+            f"(its fields are {', '.join(sorted(record)) or 'none'})",
+            fix=f"Remove the {filter_name} filter for data without images",
+        )
     from PIL import Image
 
     if isinstance(value, Image.Image):
@@ -208,7 +310,11 @@ def open_image(record: Record) -> Any | None:
             return Image.open(BytesIO(value))
     except OSError as exc:
         raise LoraplugError(f"Cannot read the image of sample {sample_id(record)}: {exc}", where=sample_id(record)) from exc
-    return None
+    raise LoraplugError(
+        f"The {filter_name} filter cannot read the image of sample {sample_id(record)}: a {type(value).__name__}, "
+        "not a path, bytes or a PIL image",
+        fix=f"Remove the {filter_name} filter, or have the data kind give images as paths, bytes or PIL images",
+    )
 
 
 class MinResolution:
@@ -219,9 +325,7 @@ class MinResolution:
         self.description = f"shorter side below {pixels} px"
 
     def reason(self, record: Record) -> str | None:
-        image = open_image(record)
-        if image is None:
-            return None
+        image = open_image(record, self.name)
         width, height = image.size
         return f"{width}×{height} px" if min(width, height) < self.pixels else None
 
@@ -238,9 +342,7 @@ class ImageDuplicates:
         self.ids: list[str] = []
 
     def reason(self, record: Record) -> str | None:
-        image = open_image(record)
-        if image is None:
-            return None
+        image = open_image(record, self.name)
         import imagehash
         import numpy as np
 
@@ -256,23 +358,22 @@ class ImageDuplicates:
         return None
 
 
-def build_filters(options: CleanOptions) -> list[Filter]:
-    """The filters the options ask for, in the order they run: cheap checks first, deduplication last."""
-    filters: list[Filter] = []
-    if options.drop_empty_responses:
-        filters.append(EmptyResponses())
-    if options.include:
-        filters.append(Include(options.include))
-    if options.exclude:
-        filters.append(Exclude(options.exclude))
-    if options.min_chars is not None or options.max_chars is not None:
-        filters.append(CharLength(options.min_chars, options.max_chars))
-    if options.min_resolution is not None:
-        filters.append(MinResolution(options.min_resolution))
-    if options.exact_dedup:
-        filters.append(ExactDuplicates())
-    if options.near_dedup_threshold is not None:
-        filters.append(NearDuplicates(options.near_dedup_threshold, options.near_dedup_ngram, options.near_dedup_num_perm))
-    if options.image_dedup_distance is not None:
-        filters.append(ImageDuplicates(options.image_dedup_distance))
-    return filters
+def builtin_filter(kind: str, options: Any) -> Filter:
+    """One of the core's own filters (``loraplug.builtin.BUILTIN_FILTERS``), from its kind and validated options."""
+    if kind == "empty_responses":
+        return EmptyResponses()
+    if kind == "include":
+        return Include(options.patterns)
+    if kind == "exclude":
+        return Exclude(options.patterns)
+    if kind == "length_chars":
+        return CharLength(options.min_chars, options.max_chars)
+    if kind == "min_resolution":
+        return MinResolution(options.pixels)
+    if kind == "exact_dedup":
+        return ExactDuplicates()
+    if kind == "near_dedup":
+        return NearDuplicates(options.threshold, options.ngram, options.num_perm)
+    if kind == "image_dedup":
+        return ImageDuplicates(options.distance)
+    raise KeyError(kind)

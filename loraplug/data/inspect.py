@@ -5,8 +5,9 @@ the model plugin's ``build_model`` and ``prepare_data`` — then shows the clean
 samples as the model receives them, token by token, with the tokens that count toward the loss
 highlighted. No adapter is attached and nothing is trained or written.
 
-The token view needs a batch with ``input_ids`` and ``labels`` (-100 = not learned) and a
-``tokenizer`` among the model's components, as text models have. Labels may be stored shifted
+The token view needs a batch with ``input_ids`` and ``labels`` of the same shape — one label per
+token, -100 = not learned — and a ``tokenizer`` among the model's components, as text models have.
+A batch whose ``labels`` are one per row (a classifier's) gets the report and no token view. Labels may be stored shifted
 (``labels[t]`` is the token after ``t``, as loraplug-causal-lm does) or aligned with the input
 (transformers' convention); which one is read from the data.
 """
@@ -56,6 +57,13 @@ def _learned(ids: list[int], labels: list[int]) -> list[bool]:
     return learned
 
 
+def per_token_labels(inputs: dict[str, Any]) -> bool:
+    """Whether a batch has ``input_ids`` and ``labels`` with one label per token. A classifier's
+    ``labels`` (one per row) are not a token view: there is nothing to highlight."""
+    ids, labels = inputs.get("input_ids"), inputs.get("labels")
+    return ids is not None and labels is not None and getattr(ids, "shape", None) == getattr(labels, "shape", ()) and len(ids.shape) == 2
+
+
 def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
     """The first ``limit`` training samples as tokens, one view per sample (a packed row holds several)."""
     items = prepared.train if isinstance(prepared.train, Sequence) else list(islice(prepared.train, limit))
@@ -63,7 +71,7 @@ def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
     for item in items:
         batch = prepared.collate([item])
         inputs = batch.inputs
-        if "input_ids" not in inputs or "labels" not in inputs:
+        if not per_token_labels(inputs):
             return
         ids, labels = inputs["input_ids"][0].tolist(), inputs["labels"][0].tolist()
         segments = inputs["segment_ids"][0].tolist() if "segment_ids" in inputs else [0] * len(ids)
@@ -114,7 +122,9 @@ def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunCon
     tokenizer = model.components.get("tokenizer")
     views = list(token_views(prepared, samples))
     if tokenizer is None or not views:
-        console.print(f"[dim]no token view for model kind {recipe.model.kind!r}: its batches carry no input_ids and labels[/]")
+        console.print(
+            f"[dim]no token view for model kind {recipe.model.kind!r}: its batches carry no input_ids with one label per token[/]"
+        )
         return
     legend = "⟦learned⟧" if console.color_system is None else f"[{TARGET_STYLE}]learned[/]"
     console.print(f"\n[bold]{len(views)} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n")

@@ -8,7 +8,7 @@ balanced sampling without declaring them. A data plugin must not use these names
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
@@ -41,7 +41,9 @@ class CleanOptions(Options):
         default_factory=list, description="Keep only samples whose text matches at least one of these regular expressions (Python `re.search`)."
     )
     exclude: list[Regex] = Field(default_factory=list, description="Drop samples whose text matches any of these regular expressions.")
-    min_chars: int | None = Field(None, ge=0, description="Drop samples with fewer characters (all messages' contents, or the caption).")
+    min_chars: int | None = Field(
+        None, ge=0, description="Drop samples with fewer characters (of the sample's text: all messages' contents, the text or the caption)."
+    )
     max_chars: PositiveInt | None = Field(None, description="Drop samples with more characters.")
     min_tokens: int | None = Field(
         None, ge=0, description="Drop samples with fewer tokens, counted by the model's tokenizer with its chat template (applied by the model's plugin)."
@@ -50,14 +52,23 @@ class CleanOptions(Options):
         None, description="Drop samples with more tokens, counted before truncation to model.max_length (applied by the model's plugin)."
     )
     min_resolution: PositiveInt | None = Field(None, description="Drop images whose shorter side has fewer pixels.")
-    exact_dedup: bool = Field(True, description="Drop chat samples whose normalised text (NFKC, case-folded, whitespace collapsed) was seen before.")
+    exact_dedup: bool = Field(
+        True,
+        description="Drop samples whose normalised text (NFKC, case-folded, whitespace collapsed; chat turns with their roles) was "
+        "seen before; samples with neither text nor image: all fields but `id` equal. Image samples are left to image_dedup.",
+    )
     near_dedup_threshold: float | None = Field(
-        None, gt=0, lt=1, description="Drop chat samples whose estimated Jaccard similarity to an earlier one is at least this (MinHash LSH; 0.8 is a common choice)."
+        None, gt=0, lt=1, description="Drop text samples whose estimated Jaccard similarity to an earlier one is at least this (MinHash LSH; 0.8 is a common choice)."
     )
     near_dedup_ngram: PositiveInt = Field(5, description="Character n-gram size of the near-duplicate shingles.")
     near_dedup_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower.")
     image_dedup_distance: int | None = Field(
         None, ge=0, le=64, description="Drop images whose perceptual hash (imagehash.phash, 64 bits) is within this Hamming distance of an earlier image's; 0 = identical hashes."
+    )
+    filters: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More filters, as [[data.clean.filters]] tables: each names a filter `kind` (`loraplug plugins list` "
+        "shows them) and its options. They run after the checks above and before deduplication, in the order listed.",
     )
     examples: int = Field(3, ge=0, le=50, description="Removed samples shown per filter in the report.")
 

@@ -8,21 +8,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from loraplug.bundles import DataBundle, PreparedData
 from loraplug.data.balance import record_weights
-from loraplug.data.clean import TOKEN_FILTER, clean
+from loraplug.data.clean import TOKEN_FILTER, FilterBuilder, clean, plan_filters
+from loraplug.data.filters import Filter
 from loraplug.data.report import DataReport
-from loraplug.errors import LoraplugError
+from loraplug.errors import LoraplugError, PluginError
 from loraplug.recipe.model import Recipe
 
+if TYPE_CHECKING:
+    from loraplug.context import RunContext
+    from loraplug.plugins import PluginHost
 
-def clean_and_weigh(data: DataBundle, recipe: Recipe) -> DataBundle:
-    """Apply ``[data.clean]`` and compute the sampling weights of ``data.balance_by`` / ``weight_by``."""
+
+def filter_builder(host: PluginHost, recipe: Recipe, ctx: RunContext) -> FilterBuilder:
+    """Builds each filter through ``loraplug_build_filter``, on the one plugin serving its kind."""
+
+    def build(kind: str, options: Any) -> Filter:
+        served = host.lookup("filter", kind, recipe.model.kind)
+        made = host.call_on(served, "loraplug_build_filter", kind=kind, options=options, ctx=ctx)
+        if not callable(getattr(made, "reason", None)):
+            raise PluginError(
+                f"{served.distribution} returned {type(made).__name__} from loraplug_build_filter for {kind!r}, "
+                "which has no reason(record) method",
+                fix=f"This is a bug in {served.distribution}",
+            )
+        return made
+
+    return build
+
+
+def clean_and_weigh(data: DataBundle, recipe: Recipe, build: FilterBuilder | None = None) -> DataBundle:
+    """Apply ``[data.clean]`` and compute the sampling weights of ``data.balance_by`` / ``weight_by``.
+
+    :param build: builds each filter (a run: :func:`filter_builder`; default: the core's own filters).
+    """
     core = recipe.data.core
-    cleaned = clean(data, core.clean)
+    plan = plan_filters(core.clean, [(section.kind, section.options) for section in recipe.data.filters])
+    cleaned = clean(data, core.clean, plan, build)
     report = cleaned.report
     assert report is not None  # noqa: S101 — clean() always reports
     if isinstance(cleaned.train, Sequence) and not cleaned.train:

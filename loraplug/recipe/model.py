@@ -30,12 +30,19 @@ class KindSection:
 
 @dataclass
 class DataSection(KindSection):
-    """``[data]``: the data kind's options plus the keys the core owns (``clean``, ``balance_by``…)."""
+    """``[data]``: the data kind's options plus the keys the core owns (``clean``, ``balance_by``…).
+
+    ``filters`` are the ``[[data.clean.filters]]`` tables, each checked against its filter kind.
+    """
 
     core: DataCoreOptions = field(default_factory=DataCoreOptions)
+    filters: list[KindSection] = field(default_factory=list)
 
     def resolved(self) -> dict[str, Any]:
-        return {**super().resolved(), **_plain(self.core)}
+        out = {**super().resolved(), **_plain(self.core)}
+        if self.filters:
+            out["clean"]["filters"] = [f.resolved() for f in self.filters]
+        return out
 
 
 @dataclass
@@ -61,10 +68,23 @@ class Recipe:
     model: KindSection
     adapter: KindSection
     train: TrainSection
+    #: ``train.optimizer``'s kind and the ``[optimizer]`` table, checked against it.
+    optimizer: KindSection
     eval: EvalSection
     exports: list[ExportSection] = field(default_factory=list)
     #: The plugin computing each name in ``eval.metrics``.
     metrics: dict[str, Served] = field(default_factory=dict)
+    #: Deprecations found while checking: the recipe runs, and the CLI prints each as a warning.
+    notes: list[str] = field(default_factory=list)
+
+    def monitor_lower_is_better(self) -> bool:
+        """Whether a lower ``eval.monitor`` is better: ``eval.monitor_mode``, else as the metric declares
+        (``val_loss``, the core's own, is lower-is-better)."""
+        from loraplug.runinfo import lower_is_better
+
+        served = self.metrics.get(self.eval.monitor)
+        declared = lower_is_better(self.eval.monitor, self.eval.monitor_mode, served.spec.higher_is_better if served else None)
+        return True if declared is None else declared
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default written out — what ``recipe.toml`` in a run holds."""
@@ -74,6 +94,7 @@ class Recipe:
             "model": self.model.resolved(),
             "adapter": self.adapter.resolved(),
             "train": _plain(self.train),
+            "optimizer": _plain(self.optimizer.options),
             "eval": _plain(self.eval),
             "export": [e.resolved() for e in self.exports],
         }

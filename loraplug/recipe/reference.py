@@ -122,7 +122,7 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
     yield "[eval]", "core", EvalSection
     yield "[data]", "core: keys of every data kind, beside the kind's own", DataCoreOptions
     yield "[data.clean]", "core: cleaning filters for every data kind (the report is data_report.json)", CleanOptions
-    order = {"data": 0, "model": 1, "adapter": 2, "export": 3}
+    order = {"data": 0, "filter": 1, "model": 2, "adapter": 3, "optimizer": 4, "export": 5}
     served = sorted(
         (s for s in registry.all() if s.spec.stage in order), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name)
     )
@@ -130,9 +130,13 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
         if distributions is not None and item.distribution not in distributions:
             continue
         spec = item.spec
-        table = "[[export]]" if spec.stage == "export" else f"[{spec.stage}]"
         scope = f" for {', '.join(spec.models)}" if spec.models else ""
-        yield f'{table} kind = "{spec.name}"{scope}', f"{item.distribution}: {spec.summary}{fits(spec)}", spec.options_model()
+        note = f"{item.distribution}: {spec.summary}{fits(spec)}"
+        if spec.stage == "optimizer":  # the kind is train.optimizer; [optimizer] holds its options
+            yield f'[optimizer] with train.optimizer = "{spec.name}"{scope}', note, spec.options_model()
+            continue
+        table = {"export": "[[export]]", "filter": "[[data.clean.filters]]"}.get(spec.stage, f"[{spec.stage}]")
+        yield f'{table} kind = "{spec.name}"{scope}', note, spec.options_model()
 
 
 def fits(spec: KindSpec) -> str:
@@ -145,10 +149,17 @@ def fits(spec: KindSpec) -> str:
     return f" ({'; '.join(declared)})" if declared else ""
 
 
-def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """``(name, model kinds, distribution, summary)`` of every metric ``eval.metrics`` can name."""
+def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str, str]]:
+    """``(name, model kinds, better, distribution, summary)`` of every metric ``eval.metrics`` can name;
+    ``better`` is ``higher`` or ``lower``, as the metric declares."""
     return sorted(
-        (s.spec.name, ", ".join(s.spec.models) if s.spec.models else "any", s.distribution, s.spec.summary)
+        (
+            s.spec.name,
+            ", ".join(s.spec.models) if s.spec.models else "any",
+            "higher" if s.spec.higher_is_better else "lower",
+            s.distribution,
+            s.spec.summary,
+        )
         for s in registry.all()
         if s.spec.stage == "metric" and (distributions is None or s.distribution in distributions)
     )
@@ -166,7 +177,10 @@ def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> s
         out.append("")
     rows = metrics(registry, distributions)
     if rows:
-        out.append("### Metrics for `eval.metrics`\n\n| name | model kinds | plugin | meaning |\n|---|---|---|---|")
-        out.extend(f"| `{name}` | {models} | {dist} | {summary} |" for name, models, dist, summary in rows)
+        out.append(
+            "### Metrics for `eval.metrics`\n\n`val_loss` is the core's own (lower is better); these come from plugins.\n\n"
+            "| name | model kinds | better | plugin | meaning |\n|---|---|---|---|---|"
+        )
+        out.extend(f"| `{name}` | {models} | {better} | {dist} | {summary} |" for name, models, better, dist, summary in rows)
         out.append("")
     return "\n".join(out)

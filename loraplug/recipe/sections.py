@@ -46,10 +46,19 @@ class RunSection(Options):
 class TrainSection(Options):
     """``[train]``: the optimiser, schedule, batch and precision."""
 
-    lr: LearningRate = Field(2e-4, description="Peak learning rate of AdamW (LoRA usually trains at 1e-5 to 1e-3).")
-    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas.")
-    eps: float = Field(1e-8, gt=0, le=1, description="AdamW epsilon.")
-    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay; never applied to biases and norm weights.")
+    optimizer: str = Field(
+        "adamw",
+        description="The optimizer kind (`loraplug plugins list` shows the installed ones: adamw; with loraplug-optimizers "
+        "adamw8bit, lion, prodigy, adafactor). Its own options go in the [optimizer] table.",
+    )
+    lr: LearningRate = Field(
+        2e-4, description="Peak learning rate (AdamW and Lion train LoRA at 1e-5 to 1e-3; Prodigy estimates the step size itself: lr = 1.0)."
+    )
+    betas: tuple[Beta, Beta] | None = Field(None, description="Deprecated: write `betas` in [optimizer] (AdamW's betas; still read for adamw and adamw8bit).")
+    eps: float | None = Field(None, gt=0, le=1, description="Deprecated: write `eps` in [optimizer] (AdamW's epsilon; still read for adamw and adamw8bit).")
+    weight_decay: float = Field(
+        0.0, ge=0, le=10, description="Decoupled weight decay, for every optimizer kind; never applied to biases and norm weights."
+    )
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0).")
@@ -97,6 +106,17 @@ class TrainSection(Options):
         return self.effective_batch_size or 8 * self.grad_accum_steps
 
 
+#: The deprecated ``[train]`` keys that are AdamW's options: they move into ``[optimizer]`` when read.
+DEPRECATED_TRAIN_KEYS = ("betas", "eps")
+
+
+class AdamWOptions(Options):
+    """``[optimizer]`` with ``train.optimizer = "adamw"``: torch.optim.AdamW, fused into one kernel on CUDA."""
+
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Decay rates of the moving averages of the gradient and its square.")
+    eps: float = Field(1e-8, gt=0, le=1, description="Added to the denominator for numerical stability.")
+
+
 class EvalSection(Options):
     """``[eval]``: validation loss and samples during training."""
 
@@ -107,13 +127,14 @@ class EvalSection(Options):
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts sampled before training, periodically and after.")
     sample_every_n_steps: PositiveInt | None = Field(None, description="Also sample every this many steps.")
     metrics: list[str] = Field(
-        default_factory=list, description="Metrics besides val_loss, served per model kind (`loraplug recipe keys` lists them): causal-lm has "
-        "perplexity, bleu, chrf, rougeL, distinct_1, distinct_2, exact_match, f1."
+        default_factory=list,
+        description="Metrics besides val_loss, by name; each is served by an installed plugin for the model kind and "
+        "declares whether higher or lower is better.",
     )
     generate_samples: PositiveInt = Field(32, description="Validation samples generated for generation metrics.")
     monitor: str = Field("val_loss", description="The score that picks the best checkpoint and drives early stopping.")
     monitor_mode: Literal["auto", "min", "max"] = Field(
-        "auto", description="Whether lower or higher is better; auto: lower for losses and perplexity."
+        "auto", description="Whether lower or higher is better; auto: as the metric declares (val_loss: lower)."
     )
     early_stopping_patience: PositiveInt | None = Field(
         None, description="Stop after this many evaluations without improvement of `monitor`."

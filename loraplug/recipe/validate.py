@@ -20,10 +20,10 @@ from loraplug.kinds import Served, Stage
 from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
-from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
+from loraplug.recipe.sections import DEPRECATED_TRAIN_KEYS, EvalSection, RunSection, TrainSection
 from loraplug.recipe.source import KeyPath, RecipeSource, apply_override, dotted, read_recipe
 
-SECTIONS = ("run", "data", "model", "adapter", "train", "eval", "export")
+SECTIONS = ("run", "data", "model", "adapter", "train", "optimizer", "eval", "export")
 M = TypeVar("M", bound=BaseModel)
 
 #: What ``--smoke`` does to any recipe besides swapping the model for its tiny preset.
@@ -36,6 +36,7 @@ class _Checker:
         self.source = source
         self.host = host
         self.problems: list[str] = []
+        self.notes: list[str] = []  # deprecations: the recipe works, but should be written differently
         self.context = {"base_dir": source.path.parent.absolute(), "check_files": check_files}
 
     def check(self, cls: type[M], table: Any, path: KeyPath) -> M | None:
@@ -111,7 +112,54 @@ class _Checker:
             core = self.check(DataCoreOptions, {k: v for k, v in table.items() if k in CORE_DATA_KEYS}, path)
             if checked is None or core is None:
                 return None
-            return DataSection(kind=kind, options=checked, served=served, core=core)
+            # [[data.clean.filters]]: each table names a filter kind, checked against its options.
+            filters = [self.kind_section("filter", entry, (*path, "clean", "filters", index), model_kind) for index, entry in enumerate(core.clean.filters)]
+            if any(f is None for f in filters):
+                return None
+            return DataSection(kind=kind, options=checked, served=served, core=core, filters=[f for f in filters if f is not None])
+        return None if checked is None else KindSection(kind=kind, options=checked, served=served)
+
+
+    def optimizer_section(self, raw_train: Any, table: Any, train: TrainSection | None, model_kind: str | None) -> KindSection | None:
+        """``train.optimizer``'s kind with the ``[optimizer]`` table as its options; the deprecated
+        ``train.betas`` / ``train.eps`` move into that table when the kind has them."""
+        kind = raw_train.get("optimizer", "adamw") if isinstance(raw_train, dict) else "adamw"
+        if not isinstance(kind, str):
+            return None  # reported by the [train] check
+        table = {} if table is None else table
+        if not isinstance(table, dict):
+            self.problems.append(f"`optimizer` must be a table, [optimizer] ({self.source.where(('optimizer',))})")
+            return None
+        if "kind" in table:
+            self.problems.append(
+                f"`optimizer.kind` ({self.source.where(('optimizer', 'kind'))}): the optimizer kind is train.optimizer; "
+                "[optimizer] holds only its options"
+            )
+            return None
+        try:
+            served = self.host.lookup("optimizer", kind, model_kind)
+        except LoraplugError as exc:
+            self.problems.append(f"`train.optimizer` = {kind!r} ({self.source.where(('train', 'optimizer'))}): {exc.what}")
+            return None
+        model = served.spec.options_model()
+        options = dict(table)
+        for key in DEPRECATED_TRAIN_KEYS:
+            if train is None or getattr(train, key) is None:
+                continue
+            where = self.source.where(("train", key))
+            if key in options:
+                self.problems.append(f"`train.{key}` ({where}) and `optimizer.{key}` are both set; keep `optimizer.{key}` only")
+            elif key in model.model_fields:
+                options[key] = raw_train[key]
+                self.notes.append(f"`train.{key}` ({where}) is deprecated: it is read as `optimizer.{key}`; write it in [optimizer]")
+            else:
+                known = ", ".join(model.model_fields) or "none"
+                self.problems.append(
+                    f"`train.{key}` ({where}) is AdamW's option, and the {kind} optimizer has no `{key}`; "
+                    f"its options go in [optimizer] (keys: {known})"
+                )
+            setattr(train, key, None)  # the resolved recipe has it in [optimizer] only
+        checked = self.check(model, options, ("optimizer",))
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
 
@@ -185,6 +233,7 @@ def load_recipe(
     scoped = model_kind is not None
     data = checker.kind_section("data", raw.get("data"), ("data",), model_kind)
     adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
+    optimizer = checker.optimizer_section(raw.get("train", {}), raw.get("optimizer"), train, model_kind)
     adapter_served = adapter.served if adapter else _known(raw.get("adapter"), host, "adapter", model_kind) if scoped else None
     data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
     if data_served is not None and model_served is not None:
@@ -250,11 +299,12 @@ def load_recipe(
             )
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
-    assert run and train and evaluation and model and adapter  # noqa: S101 — no problems means all parsed
+    assert run and train and evaluation and model and adapter and optimizer  # noqa: S101 — no problems means all parsed
     assert isinstance(data, DataSection)  # noqa: S101
     return Recipe(
-        path=path, run=run, data=data, model=model, adapter=adapter, train=train, eval=evaluation, exports=exports, metrics=metrics
-    )
+        path=path, run=run, data=data, model=model, adapter=adapter, train=train, optimizer=optimizer, eval=evaluation,
+        exports=exports, metrics=metrics, notes=checker.notes,
+    )  # fmt: skip
 
 
 def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:

@@ -13,7 +13,6 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.recipe.sections import EvalSection
-from loraplug.runinfo import lower_is_better
 from loraplug.training.batches import eval_batches, move_to
 from loraplug.training.checkpoint import Progress
 
@@ -104,16 +103,16 @@ def broadcast(accelerator: Any, value: dict[str, float]) -> dict[str, float]:
     return box[0]
 
 
-def monitor_mode(section: EvalSection) -> str:
-    return "min" if lower_is_better(section.monitor, section.monitor_mode) else "max"
-
-
 class BestTracker:
-    """Tracks the monitored score: is this evaluation the best so far, and is it time to stop?"""
+    """Tracks the monitored score: is this evaluation the best so far, and is it time to stop?
 
-    def __init__(self, section: EvalSection) -> None:
+    :param lower_is_better: the monitored metric's direction (:meth:`Recipe.monitor_lower_is_better`:
+        ``eval.monitor_mode``, or as the metric declared it).
+    """
+
+    def __init__(self, section: EvalSection, *, lower_is_better: bool) -> None:
         self.section = section
-        self.mode = monitor_mode(section)
+        self.mode = "min" if lower_is_better else "max"
 
     def update(self, progress: Progress, scores: dict[str, float]) -> tuple[bool, bool]:
         """Return ``(improved, stop)`` and record the outcome in ``progress``."""

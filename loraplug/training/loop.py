@@ -33,7 +33,7 @@ from loraplug.training import faults
 from loraplug.training.batches import MicroBatches, move_to
 from loraplug.training.checkpoint import BEST, Checkpoints, Progress, step_name
 from loraplug.training.evaluation import BestTracker, reduce_sum
-from loraplug.training.optim import build_optimizer, build_scheduler
+from loraplug.training.optim import OptimizerMaker, build_optimizer, build_scheduler
 from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
 from loraplug.training.weights import load_trainable, load_trainable_state, trainable_state
@@ -121,18 +121,23 @@ def train(
     display: Callable[[int, int], ProgressDisplay],
     on_step_end: Callable[[int], None] | None = None,
     resume_from: Path | None = None,
+    make_optimizer: OptimizerMaker | None = None,
 ) -> TrainResult:
-    """Train ``model.module`` on ``prepared`` as ``recipe.train`` says; return the figures."""
+    """Train ``model.module`` on ``prepared`` as ``recipe.train`` says; return the figures.
+
+    :param make_optimizer: builds the recipe's optimizer kind from the parameter groups (the pipeline
+        passes the ``loraplug_build_optimizer`` hook); default: the core's AdamW.
+    """
     cfg = recipe.train
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = MicroBatches(prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=rank, world=world, num_workers=cfg.num_workers)
     steps = total_steps(recipe, batches.per_epoch(), recipe.data.kind)
-    optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device)
+    optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer)
     scheduler = build_scheduler(optimizer, cfg, steps)
     module, optimizer = accelerator.prepare(model.module, optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last)
-    tracker = BestTracker(recipe.eval)
+    tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
 
     # Resuming restores weights, optimizer, schedule, random generators and the data position.
     progress = Progress()

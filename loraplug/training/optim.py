@@ -1,15 +1,29 @@
-"""AdamW over the trainable parameters, and the warmup-then-decay learning-rate schedule."""
+"""The optimizer's parameter groups, the core's own ``adamw``, and the warmup-then-decay schedule.
+
+The optimizer itself is a kind (``train.optimizer``, options in ``[optimizer]``) built through the hook
+``loraplug_build_optimizer``: the core decides *which* parameters train, at what lr and with what
+weight decay (:func:`param_groups`); the optimizer kind decides how they are updated. ``adamw`` is the
+core's own kind, served by its built-in plugin (loraplug/builtin.py) like any plugin's.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraplug.errors import LoraplugError
-from loraplug.recipe.sections import TrainSection
+from loraplug.errors import LoraplugError, PluginError
+from loraplug.recipe.sections import AdamWOptions, TrainSection
+
+if TYPE_CHECKING:
+    from loraplug.context import RunContext
+    from loraplug.plugins import PluginHost
+    from loraplug.recipe.model import Recipe
+
+#: Builds the optimizer from the parameter groups: the ``loraplug_build_optimizer`` hook in a run.
+OptimizerMaker = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
 
 def _decays(name: str, param: torch.nn.Parameter) -> bool:
@@ -18,15 +32,8 @@ def _decays(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim >= 2 and "norm" not in name.lower()
 
 
-def build_optimizer(
-    module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float], device: torch.device | None = None
-) -> torch.optim.AdamW:
-    """AdamW on exactly the parameters that require gradients, grouped by decay and lr scale.
-
-    :param device: where training will run. The optimizer is built before accelerate moves the model
-        there, so the parameters' own device would say CPU; fused AdamW (one kernel for all
-        parameters) is used on CUDA.
-    """
+def param_groups(module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Exactly the parameters that require gradients, grouped by weight decay and lr scale."""
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
@@ -38,13 +45,53 @@ def build_optimizer(
             "The model has no trainable parameters after the adapter was attached",
             fix="Check adapter.target_modules: none of the named modules exist in this model",
         )
-    param_groups: list[dict[str, Any]] = [
+    return [
         {"params": params, "weight_decay": train.weight_decay if decays else 0.0, "lr": train.lr * scale}
         for (decays, scale), params in groups.items()
     ]
-    on_cuda = (device.type == "cuda") if device is not None else all(p.is_cuda for g in param_groups for p in g["params"])
-    fused = on_cuda and all(p.is_floating_point() for g in param_groups for p in g["params"])
-    return torch.optim.AdamW(param_groups, lr=train.lr, betas=train.betas, eps=train.eps, fused=fused or None)
+
+
+def adamw(options: AdamWOptions, groups: list[dict[str, Any]], device: Any = None) -> torch.optim.AdamW:
+    """torch's AdamW; fused (one kernel for all parameters) when training runs on CUDA.
+
+    :param device: where training will run. The optimizer is built before accelerate moves the model
+        there, so the parameters' own device would say CPU.
+    """
+    on_cuda = (torch.device(device).type == "cuda") if device is not None else all(p.is_cuda for g in groups for p in g["params"])
+    fused = on_cuda and all(p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=options.betas, eps=options.eps, fused=fused or None)
+
+
+def build_optimizer(
+    module: torch.nn.Module,
+    train: TrainSection,
+    lr_scales: Mapping[str, float],
+    device: torch.device | None = None,
+    *,
+    make: OptimizerMaker | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer over :func:`param_groups`: ``make`` (the recipe's optimizer kind), or the core's
+    AdamW at its defaults when none is given (benchmarks, tests of the loop)."""
+    groups = param_groups(module, train, lr_scales)
+    return make(groups) if make is not None else adamw(AdamWOptions(), groups, device)
+
+
+def optimizer_maker(host: PluginHost, recipe: Recipe, ctx: RunContext) -> OptimizerMaker:
+    """Builds the recipe's optimizer kind through ``loraplug_build_optimizer``, on the plugin serving it."""
+    section = recipe.optimizer
+    call = host.bind(section.served, "loraplug_build_optimizer")
+
+    def make(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        optimizer = call(kind=section.kind, options=section.options, param_groups=groups, ctx=ctx)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise PluginError(
+                f"{section.served.distribution} returned {type(optimizer).__name__} from loraplug_build_optimizer "
+                f"for {section.kind!r}, not a torch.optim.Optimizer",
+                fix=f"This is a bug in {section.served.distribution}",
+            )
+        return optimizer
+
+    return make
 
 
 def lr_factor(step: int, total_steps: int, train: TrainSection) -> float:

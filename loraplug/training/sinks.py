@@ -1,18 +1,29 @@
-"""Where metrics go: ``metrics.jsonl`` and TensorBoard in the run directory, on the main process only."""
+"""Where metrics go: ``metrics.jsonl`` and TensorBoard in the run directory, on the main process only.
+
+Generated samples reach sinks as typed artifacts (:class:`loraplug.Artifact`: text, image, audio,
+table) through ``log_sample``, and each sink renders them by type, so a new modality's samples need
+no change here. A sink written before ``log_sample`` existed still gets text and images through
+``log_text`` / ``log_image``, and audio and tables as text.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from loraplug.bundles import Artifact
 
 
 class MetricSink(Protocol):
-    """Receives every logged metric, sample text and image; plugins add their own sinks.
+    """Receives every logged metric and generated sample; plugins add their own sinks.
 
-    ``split`` is ``"train"`` or ``"eval"``. ``close`` gets the run's final status:
-    ``"finished"``, ``"failed"`` or ``"interrupted"``.
+    ``split`` is ``"train"`` or ``"eval"``. ``log_sample`` gets each output of a sample as a typed
+    :class:`loraplug.Artifact` (``name`` is ``samples/<index>``, ``prompt`` what it was generated
+    from); a sink without it gets text through ``log_text`` and images through ``log_image``.
+    ``close`` gets the run's final status: ``"finished"``, ``"failed"`` or ``"interrupted"``.
     """
 
     def log(self, step: int, metrics: dict[str, float], *, split: str) -> None: ...
@@ -22,6 +33,41 @@ class MetricSink(Protocol):
     def log_image(self, step: int, name: str, path: Path) -> None: ...
 
     def close(self, status: str) -> None: ...
+
+
+def artifact_as_text(prompt: str, artifact: Artifact) -> str:
+    """An artifact as Markdown text, for sinks that show text only: text as it is, a table as a
+    Markdown table, a file by its path."""
+    heading = f"**{prompt}**\n\n" + (f"*{artifact.caption}*\n\n" if artifact.caption else "")
+    if artifact.type == "text":
+        return heading + str(artifact.value)
+    if artifact.type == "table":
+        return heading + markdown_table(artifact.value)
+    return heading + f"({artifact.type}: {artifact.value})"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_wav(path: Path) -> tuple[Any, int]:
+    """A WAV file as float samples in [-1, 1] (mono: channels averaged) and its sample rate."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "rb") as wav:
+        width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+        frames = wav.readframes(wav.getnframes())
+    if width == 1:
+        data = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128) / 128
+    else:
+        dtype = {2: np.int16, 4: np.int32}[width]
+        data = np.frombuffer(frames, dtype=dtype).astype(np.float32) / float(np.iinfo(dtype).max)
+    return data.reshape(-1, channels).mean(axis=1), rate
 
 
 class JsonlSink:
@@ -41,6 +87,9 @@ class JsonlSink:
 
     def log_image(self, step: int, name: str, path: Path) -> None:
         pass
+
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
+        pass  # samples/step-N.json holds them
 
     def close(self, status: str) -> None:
         self._file.close()
@@ -71,6 +120,19 @@ class TensorBoardSink:
             self._writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
         self._writer.flush()
 
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
+        """Text and tables in the Text tab, images in Images, audio in Audio."""
+        if artifact.type == "image":
+            self.log_image(step, name, artifact.value)
+        elif artifact.type == "audio":
+            import torch
+
+            samples, rate = read_wav(artifact.value)
+            self._writer.add_audio(name, torch.from_numpy(samples), step, sample_rate=rate)
+            self._writer.flush()
+        else:
+            self.log_text(step, name, artifact_as_text(prompt, artifact))
+
     def close(self, status: str) -> None:
         self._writer.close()
 
@@ -92,6 +154,18 @@ class Sinks:
     def log_image(self, step: int, name: str, path: Path) -> None:
         for sink in self.sinks:
             sink.log_image(step, name, path)
+
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
+        """One output of a generated sample, to each sink by its ``log_sample`` — or, for a sink that
+        has none, images to ``log_image`` and everything else as text to ``log_text``."""
+        for sink in self.sinks:
+            log_sample = getattr(sink, "log_sample", None)
+            if log_sample is not None:
+                log_sample(step, name, prompt, artifact)
+            elif artifact.type == "image":
+                sink.log_image(step, name, artifact.value)
+            else:
+                sink.log_text(step, name, artifact_as_text(prompt, artifact))
 
     def close(self, status: str) -> None:
         """Close every sink once; later calls do nothing."""

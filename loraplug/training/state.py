@@ -20,26 +20,47 @@ from loraplug.rundir import atomic_write_bytes
 SKELETON_KEY = "loraplug.state"
 
 
-def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        name = f"t{len(tensors)}"
-        tensors[name] = value.detach().cpu().contiguous()
-        return {"__tensor__": name}
-    if isinstance(value, np.ndarray):
-        name = f"t{len(tensors)}"
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
-        return {"__ndarray__": name}
-    if isinstance(value, dict):
-        return {"__dict__": [[_pack(k, tensors), _pack(v, tensors)] for k, v in value.items()]}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_pack(v, tensors) for v in value]}
-    if isinstance(value, list):
-        return [_pack(v, tensors) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a training state")
+class _Packer:
+    """Splits a nested value into tensors (named ``t0``, ``t1``…) and a JSON skeleton that names them."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._names: dict[int, str] = {}  # id of a tensor already stored → its name
+        self._storages: set[int] = set()
+
+    def pack(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return {"__tensor__": self._tensor(value)}
+        if isinstance(value, np.ndarray):
+            name = f"t{len(self.tensors)}"
+            self.tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
+            return {"__ndarray__": name}
+        if isinstance(value, dict):
+            return {"__dict__": [[self.pack(k), self.pack(v)] for k, v in value.items()]}
+        if isinstance(value, tuple):
+            return {"__tuple__": [self.pack(v) for v in value]}
+        if isinstance(value, list):
+            return [self.pack(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"cannot store {type(value).__name__} in a training state")
+
+    def _tensor(self, value: torch.Tensor) -> str:
+        # One tensor referenced twice (bitsandbytes' quantization maps, shared by every parameter's
+        # state) is stored once and loaded back as one object; safetensors refuses shared memory.
+        if id(value) in self._names:
+            return self._names[id(value)]
+        name = self._names[id(value)] = f"t{len(self.tensors)}"
+        stored = value.detach().cpu().contiguous()
+        storage = stored.untyped_storage().data_ptr()
+        if storage in self._storages and stored.numel():
+            stored = stored.clone()  # a view into a tensor stored already: its own copy
+            storage = stored.untyped_storage().data_ptr()
+        self._storages.add(storage)
+        self.tensors[name] = stored
+        return name
 
 
 def _unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -57,9 +78,9 @@ def _unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_state(path: Path, value: Any) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _pack(value, tensors)
-    atomic_write_bytes(path, save(tensors, metadata={SKELETON_KEY: json.dumps(skeleton)}))
+    packer = _Packer()
+    skeleton = packer.pack(value)
+    atomic_write_bytes(path, save(packer.tensors, metadata={SKELETON_KEY: json.dumps(skeleton)}))
 
 
 def load_state(path: Path) -> Any:

@@ -30,6 +30,8 @@ METRICS = {
     "f1": "macro F1 of the generated answer against each sample's `label` field",
 }
 GENERATED = set(METRICS) - {"perplexity"}
+#: The metrics where a lower score is better (declared in their KindSpec; every other one: higher).
+LOWER_IS_BETTER = frozenset({"perplexity"})
 
 
 def _normalise(text: str) -> str:

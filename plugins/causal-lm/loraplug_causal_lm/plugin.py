@@ -22,7 +22,7 @@ from loraplug import (
     StepResult,
     hookimpl,
 )
-from loraplug_causal_lm.metrics import METRICS
+from loraplug_causal_lm.metrics import LOWER_IS_BETTER, METRICS
 
 if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
     from loraplug_causal_lm.options import CausalLMOptions, JsonlOptions, LoraOptions, LycorisOptions
@@ -90,7 +90,14 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     )
     for name, summary in METRICS.items():
         register(
-            KindSpec("metric", name, "loraplug_causal_lm.options:NoOptions", summary, models=(MODEL_KIND,))
+            KindSpec(
+                "metric",
+                name,
+                "loraplug_causal_lm.options:NoOptions",
+                summary,
+                models=(MODEL_KIND,),
+                higher_is_better=name not in LOWER_IS_BETTER,
+            )
         )
 
 

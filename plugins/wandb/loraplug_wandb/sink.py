@@ -12,8 +12,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from loraplug import LoraplugError, RunContext
+from loraplug import Artifact, LoraplugError, RunContext
 from loraplug.rundir import atomic_write_text
+from loraplug.training.sinks import artifact_as_text
 
 #: The W&B run id, kept in the run directory so that a resumed loraplug run continues the same W&B run.
 RUN_ID_FILE = "wandb-run-id"
@@ -25,7 +26,8 @@ EXIT_CODES = {"finished": 0, "interrupted": 130}
 
 
 class WandbSink:
-    """Forwards scalars, sample texts (one incremental table) and images to a W&B run."""
+    """Forwards scalars and samples to a W&B run: texts as one incremental table, images, audio and
+    tables as W&B media of their type."""
 
     def __init__(self, run: Any, ctx: RunContext) -> None:
         import wandb
@@ -84,6 +86,23 @@ class WandbSink:
     def log_image(self, step: int, name: str, path: Path) -> None:
         self._flush_texts()
         self._run.log({STEP_KEY: step, name: self._wandb.Image(str(path), caption=f"{name} at step {step}")})
+
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
+        """Text into the samples table, images as wandb.Image, audio as wandb.Audio, tables as wandb.Table."""
+        caption = f"{prompt} — step {step}" + (f" — {artifact.caption}" if artifact.caption else "")
+        if artifact.type == "text":
+            self.log_text(step, name, artifact_as_text(prompt, artifact))
+            return
+        self._flush_texts()
+        if artifact.type == "image":
+            value = self._wandb.Image(str(artifact.value), caption=caption)
+        elif artifact.type == "audio":
+            value = self._wandb.Audio(str(artifact.value), caption=caption)
+        else:
+            rows = artifact.value
+            columns = list(rows[0]) if rows else []
+            value = self._wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+        self._run.log({STEP_KEY: step, name: value})
 
     def close(self, status: str) -> None:
         # Called from the run's `finally`: an error here must not hide the run's own error.

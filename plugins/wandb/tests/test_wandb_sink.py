@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from loraplug import LoraplugError
+from loraplug import Artifact, LoraplugError
 from loraplug.context import RunContext
 from loraplug.plugins import PluginHost
 from loraplug.recipe import load_recipe
@@ -108,6 +108,28 @@ def test_images_and_a_failed_status_reach_the_run(tmp_path: Path, lm_recipe, mon
     assert (run / "files" / logged["samples/0.path"]).is_file()
     assert any(row.get("train/loss") == 2.5 for row in rows)
     assert inspect(run, summary=True)["exit_code"] == 1
+
+
+def test_audio_and_table_samples_reach_the_run_as_their_own_media(tmp_path: Path, lm_recipe, monkeypatch) -> None:
+    import wave
+
+    monkeypatch.setenv("LORAPLUG_WANDB", "1")
+    ctx = run_context(tmp_path, lm_recipe())
+    sound = tmp_path / "tone.wav"
+    with wave.open(str(sound), "wb") as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(8000)
+        wav.writeframes(bytes(1600))
+    sink = plugin.loraplug_metric_sinks(ctx)
+    assert sink is not None
+    sink.log_sample(2, "samples/0", "say hi", Artifact("audio", sound))
+    sink.log_sample(2, "samples/1", "score it", Artifact("table", [{"label": "rain", "p": 0.75}, {"label": "sun", "p": 0.25}]))
+    sink.close("finished")
+
+    rows = history(inspect(offline_run(ctx.run_dir / "wandb")))
+    audio = next(row for row in rows if "samples/0._type" in row)
+    assert audio["samples/0._type"] == "audio-file" and audio["step"] == 2
+    table = next(row for row in rows if "samples/1._type" in row)
+    assert table["samples/1._type"] == "table-file" and table["samples/1.nrows"] == 2
 
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path: Path, lm_recipe, monkeypatch) -> None:
