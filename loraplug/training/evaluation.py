@@ -13,10 +13,9 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.recipe.sections import EvalSection
+from loraplug.toolkit import StepFn
 from loraplug.training.batches import eval_batches, move_to
 from loraplug.training.checkpoint import Progress
-
-StepFn = Callable[..., Any]
 
 
 def reduce_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
-from loraplug.bundles import Batch, ModelBundle, PreparedData, StepResult
+from loraplug.bundles import Batch, ModelBundle, PreparedData
 from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.rundir import ADAPTER_FILE
+from loraplug.toolkit import StepFn
 from loraplug.training import faults
 from loraplug.training.batches import MicroBatches, move_to
 from loraplug.training.checkpoint import BEST, Checkpoints, Progress, step_name
@@ -38,7 +39,6 @@ from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
 from loraplug.training.weights import load_trainable, load_trainable_state, trainable_state
 
-StepFn = Callable[..., StepResult]
 MAX_SKIPPED_IN_A_ROW = 10
 
 
