@@ -1,7 +1,7 @@
 """Keep libraries' deprecation chatter out of loraplug's own output, unless the user is debugging.
 
-Plugins call :func:`silence_warnings` from their own ``quiet_libraries()`` before importing the heavy
-libraries, then turn off those libraries' progress bars and log levels themselves.
+Plugins call :func:`loraplug.toolkit.quiet_libraries` before importing the heavy libraries: it calls
+:func:`silence_warnings` and turns off transformers' and diffusers' progress bars and log levels.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def load_causal_lm(
         from loraplug_causal_lm.quantized import bnb_config, compute_dtype
 
         kwargs["quantization_config"] = bnb_config(options)
-        kwargs["dtype"] = getattr(torch, compute_dtype(options))
+        kwargs["dtype"] = torch_dtype(compute_dtype(options))
         kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=options.revision, trust_remote_code=options.trust_remote_code)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from loraplug import LoraplugError
-from loraplug.toolkit import BITSANDBYTES_INSTALL
+from loraplug.toolkit import BITSANDBYTES_INSTALL, torch_dtype
 from loraplug_causal_lm.options import CausalLMOptions
 
 #: Why a merge never goes into the quantized weights themselves.
@@ -44,7 +44,6 @@ def compute_dtype(options: CausalLMOptions) -> str:
 
 def bnb_config(options: CausalLMOptions) -> Any:
     """The ``BitsAndBytesConfig`` for ``model.quantization``."""
-    import torch
     from transformers import BitsAndBytesConfig
 
     import_bitsandbytes()
@@ -53,7 +52,7 @@ def bnb_config(options: CausalLMOptions) -> Any:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, compute_dtype(options)),
+            bnb_4bit_compute_dtype=torch_dtype(compute_dtype(options)),
         )
     return BitsAndBytesConfig(load_in_8bit=True)
 
@@ -108,7 +107,7 @@ def dequantized_forward(model: Any, dtype: str) -> Iterator[None]:
     import torch
     from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
-    target = getattr(torch, dtype)
+    target = torch_dtype(dtype)
     layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
 
     def float32_forward(layer: Any) -> Any:
