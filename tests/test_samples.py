@@ -92,3 +92,17 @@ def test_an_artifact_of_an_unknown_type_or_value_is_refused_where_it_is_made() -
         Artifact("video", "clip.mp4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="A table artifact's value must be a list"):
         Artifact("table", {"a": 1})
+
+
+def test_the_terminal_shows_every_output_of_a_sample(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from loraplug.cli.render import samples
+
+    out = StringIO()
+    wav = tone(tmp_path / "say.wav")
+    samples(Console(file=out, width=200), [Sample(prompt="say it", artifacts=[Artifact("audio", wav), Artifact("table", [{"a": 1}, {"a": 2}])])])
+    text = out.getvalue()
+    assert "say it" in text and "say.wav" in text and "(a table of 2 rows)" in text and "None" not in text

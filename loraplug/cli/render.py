@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape as _escape
 from rich.table import Table
 
-from loraplug.bundles import Sample
+from loraplug.bundles import Artifact, Sample
 from loraplug.kinds import KindSpec
 from loraplug.plugins import PluginHost
 from loraplug.runinfo import RunInfo, human_size
@@ -90,8 +90,17 @@ def _batch(train: TrainSection) -> str:
 
 def samples(console: Console, items: list[Sample]) -> None:
     for sample in items:
-        result = sample.text if sample.text is not None else str(sample.image_path)
-        console.print(f"[bold]{escape(sample.prompt)}[/]\n{escape(result or '')}\n")
+        result = "\n".join(output_text(artifact) for artifact in sample.outputs())
+        console.print(f"[bold]{escape(sample.prompt)}[/]\n{escape(result)}\n")
+
+
+def output_text(artifact: Artifact) -> str:
+    """One output of a sample as a line of the terminal: text as it is, a file by its path, a table by its size."""
+    if artifact.type == "text":
+        return str(artifact.value)
+    if artifact.type == "table":
+        return f"(a table of {len(artifact.value)} rows)"
+    return shown(artifact.value)
 
 
 def _short(text: str | None, limit: int = 160) -> str:
@@ -128,8 +137,9 @@ def run_summary(console: Console, outcome: object) -> None:
         for note in export.notes:
             console.print(f"           [dim]{escape(note)}[/]")
     for before, after in zip(outcome.before, outcome.after, strict=False):
-        if before.text is None:
-            console.print(f"  samples  {escape(shown(before.image_path))} → {escape(shown(after.image_path))}")
+        if before.text is None:  # images, audio, tables: where they are
+            first = [output_text(s.outputs()[0]) if s.outputs() else "" for s in (before, after)]
+            console.print(f"  samples  {escape(first[0])} → {escape(first[1])}")
             continue
         console.print(f"\n  [bold]prompt[/]  {escape(_short(before.prompt))}")
         console.print(f"  [bold]before[/]  {escape(_short(before.text))}")
