@@ -26,6 +26,8 @@ from loraplug.training.sinks import MetricSink
 
 #: Names imported on first use: they need pydantic, which `loraplug --help` should not pay for.
 _LAZY = {name: "loraplug.options" for name in ("InputDir", "InputFile", "InputPath", "NoOptions", "Options", "RecipePath")}
+# The plugin host imports pluggy and every kind declaration: loaded when a caller asks for it.
+_LAZY |= {"load_plugins": "loraplug.plugins", "PluginHost": "loraplug.plugins"}
 
 
 def __getattr__(name: str) -> object:
@@ -51,6 +53,7 @@ __all__ = [
     "ModelBundle",
     "NoOptions",
     "Options",
+    "PluginHost",
     "PreparedData",
     "Record",
     "RecipePath",
@@ -60,5 +63,6 @@ __all__ = [
     "StepResult",
     "__version__",
     "hookimpl",
+    "load_plugins",
     "record_text",
 ]

@@ -235,6 +235,14 @@ class PluginHost:
     def broken(self) -> list[PluginRecord]:
         return [r for r in self.records if r.status == "error"]
 
+    def warn_broken(self, warn: Callable[[str], None]) -> None:
+        """Tell ``warn`` about each plugin that failed to load and is skipped (commands warn before they work)."""
+        for record in self.broken():
+            warn(
+                f"plugin {record.name} ({record.distribution} {record.version}) failed to load and is skipped: "
+                f"{record.error} (`loraplug plugins list` shows it)"
+            )
+
     # -- dispatch --------------------------------------------------------------------------------
 
     def lookup(self, stage: Stage, kind: str, model_kind: str | None = None) -> Served:
@@ -389,6 +397,23 @@ def _wrong_type(value: Any, expected: str, served: Served, hook: str) -> PluginE
         fix=f"This is a bug in {served.distribution}",
     )
 
+
+
+#: The process's plugins once :func:`load_plugins` has loaded them (tests may set another host here).
+_loaded: PluginHost | None = None
+
+
+def load_plugins() -> PluginHost:
+    """The installed plugins, discovered and registered once per process: ``loraplug.load_plugins()``.
+
+    The CLI and plugins' own commands use this one host; a broken plugin is recorded and skipped
+    (:meth:`PluginHost.broken`, :meth:`PluginHost.warn_broken`), unless ``LORAPLUG_STRICT_PLUGINS=1``.
+    For a host of your own (extra in-process plugins, no entry points) call :meth:`PluginHost.load`.
+    """
+    global _loaded
+    if _loaded is None:
+        _loaded = PluginHost.load()
+    return _loaded
 
 
 class PluginCrash(LoraplugError):

@@ -140,7 +140,9 @@ class RunStatus:
             if key not in hints:
                 extra[key] = value
             elif not _is_a(value, hints[key]):
-                raise ValueError(f"holds a {_json_type(value)} in {key!r}, where loraplug writes {_describe(hints[key])}")
+                raise ValueError(
+                    f"holds a {_json_type(value)} in {key!r}, where loraplug writes {_describe(hints[key])}"
+                )
             else:
                 known[key] = value
         known.setdefault("schema_version", UNVERSIONED)
@@ -178,13 +180,18 @@ class RunStatus:
     def with_export(self, name: str, kind: str, *, ok: bool, error: str | None) -> RunStatus:
         """This status with export ``name``'s outcome recorded (replacing an earlier one of that name)."""
         entries = [e for e in self.exports or [] if e.get("name") != name]
-        return dataclasses.replace(self, exports=[*entries, {"name": name, "kind": kind, "ok": ok, "error": error}])
+        return dataclasses.replace(
+            self, exports=[*entries, {"name": name, "kind": kind, "ok": ok, "error": error}]
+        )
 
     # -- questions --------------------------------------------------------------------------------
 
     def evaluation_scores(self) -> list[tuple[int, dict[str, float]]]:
         """``evaluations`` as ``(step, {metric: score})`` pairs, as the training loop produced them."""
-        return [(int(e.get("step", 0)), {k: v for k, v in e.items() if k != "step"}) for e in self.evaluations or []]
+        return [
+            (int(e.get("step", 0)), {k: v for k, v in e.items() if k != "step"})
+            for e in self.evaluations or []
+        ]
 
 
 @cache
@@ -211,7 +218,14 @@ def _is_a(value: Any, hint: Any) -> bool:
 
 def _describe(hint: Any) -> str:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "an object",
+        list: "a list",
+    }
     return " or ".join(names.get(typing.get_origin(o) or o, "null") for o in options if o is not type(None))
 
 
@@ -220,4 +234,6 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    return {int: "number", float: "number", str: "string", dict: "object", list: "list"}.get(type(value), type(value).__name__)
+    return {int: "number", float: "number", str: "string", dict: "object", list: "list"}.get(
+        type(value), type(value).__name__
+    )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from loraplug.cli import main as cli_main
 from loraplug.plugins import ExtraPlugin, PluginHost
 from loraplug.testing import run_cli
 
@@ -94,7 +93,7 @@ def test_an_export_kind_whose_plugin_is_not_installed_names_the_distribution(
     import loraplug_causal_lm.plugin
 
     only_causal_lm = PluginHost.load(entry_points=False, extra=[ExtraPlugin(loraplug_causal_lm.plugin, "loraplug-causal-lm")])
-    monkeypatch.setattr(cli_main, "_host", only_causal_lm)
+    monkeypatch.setattr("loraplug.plugins._loaded", only_causal_lm)  # the process's plugins (load_plugins)
     result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "peft"}, {"kind": kind}]))
     assert result.exit_code == 2
     assert f"The export kind {kind!r} is provided by the plugin {distribution}, which is not installed" in result.stderr

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from loraplug import KindSpec, LoraplugError, Options, hookimpl
-from loraplug.cli import main as cli_main
 from loraplug.cli import render
 from loraplug.plugins import ExtraPlugin, PluginHost
 from loraplug.recipe.validate import export_section
@@ -42,7 +41,7 @@ def with_plugin(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def install(*specs: KindSpec) -> PluginHost:
         host = PluginHost.load(extra=[ExtraPlugin(third_party(*specs), "loraplug-thirdparty")])
-        monkeypatch.setattr(cli_main, "_host", host)
+        monkeypatch.setattr("loraplug.plugins._loaded", host)  # the process's plugins (load_plugins)
         return host
 
     return install

@@ -67,7 +67,12 @@ def test_an_update_keeps_every_field_and_unknown_key_and_records_the_version(tmp
     written = json.loads((run_dir / "run.json").read_text())
     # None is "not recorded": no key is written for it (the old file's "error": null included).
     expected = {k: v for k, v in UNVERSIONED_RUN.items() if v is not None}
-    assert written == {**expected, "step": 5, "schema_version": SCHEMA_VERSION, "written_by_a_newer_loraplug": {"kept": True}}
+    assert written == {
+        **expected,
+        "step": 5,
+        "schema_version": SCHEMA_VERSION,
+        "written_by_a_newer_loraplug": {"kept": True},
+    }
     with pytest.raises(TypeError):  # only the documented fields are ever written
         RunStatus.update(run_dir, stpe=6)
 
@@ -80,7 +85,9 @@ def test_an_update_keeps_every_field_and_unknown_key_and_records_the_version(tmp
         ("data", [1], "holds a list in 'data', where loraplug writes an object"),
     ],
 )
-def test_a_value_of_the_wrong_type_is_named_by_its_key(tmp_path: Path, key: str, value: object, said: str) -> None:
+def test_a_value_of_the_wrong_type_is_named_by_its_key(
+    tmp_path: Path, key: str, value: object, said: str
+) -> None:
     run_dir = old_run(tmp_path, "odd", **{key: value})
     with pytest.raises(LoraplugError) as raised:
         RunStatus.read(run_dir)

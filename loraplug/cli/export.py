@@ -89,19 +89,19 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     loraplug export runs/quickstart --kind onnx tolerance=1e-3
     loraplug export runs/quickstart --kind bnb-4bit quant_type=fp4 --name bnb-fp4
     """
-    from loraplug.cli import main as cli_main
     from loraplug.cli.render import export_manifest_table
+    from loraplug.cli.shared import console, host, warn_broken_plugins
     from loraplug.pipeline import load_run, run_export
     from loraplug.recipe import load_recipe
     from loraplug.recipe.validate import export_section
 
-    cli_main.warn_broken_plugins()
-    host = cli_main.host()
+    warn_broken_plugins()
+    plugins = host()
     source = locate_weights(run_dir)
-    recipe = load_recipe(source.run_dir / RECIPE_FILE, host, check_files=False)
+    recipe = load_recipe(source.run_dir / RECIPE_FILE, plugins, check_files=False)
     default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
     section = export_section(
-        host, kind, settings, name=name or default_name, model_kind=recipe.model.kind, adapter_kind=recipe.adapter.kind
+        plugins, kind, settings, name=name or default_name, model_kind=recipe.model.kind, adapter_kind=recipe.adapter.kind
     )
     # Resolved inside exports/ as run_export resolves it: a symlink there cannot lead the export elsewhere.
     target = confine(source.run_dir / EXPORTS_DIR, section.name, key="--name")
@@ -118,10 +118,10 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
 
     # A checkpoint's weights load as such; the finished run's own adapter keeps its final metrics (model cards).
     recipe, ctx, model = load_run(
-        source.run_dir, host, cli_main.console, adapter_path=source.adapter if source.checkpoint else None
+        source.run_dir, plugins, console, adapter_path=source.adapter if source.checkpoint else None
     )
     # replace=True: what is there (nothing, an empty directory, or an export with --overwrite) was agreed to above.
-    outcome = run_export(host, section, model, recipe, ctx, replace=True, adapter_path=source.adapter)
+    outcome = run_export(plugins, section, model, recipe, ctx, replace=True, adapter_path=source.adapter)
     _record_in_status(source.run_dir, outcome)
     if not outcome.ok:
         raise LoraplugError(
@@ -129,4 +129,4 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
             fix="Nothing else was changed: the adapter and the run's other exports are as they were",
         )
     manifest = json.loads((outcome.path / "export.json").read_text(encoding="utf-8"))
-    export_manifest_table(cli_main.console, [{**manifest, "path": str(outcome.path)}])
+    export_manifest_table(console, [{**manifest, "path": str(outcome.path)}])

@@ -13,38 +13,17 @@ import traceback
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from loraplug import __version__
 from loraplug.cli import render
 from loraplug.cli import runs as runs_commands
 from loraplug.cli.export import export as export_command
+from loraplug.cli.shared import console, err_console, host, warn_broken_plugins
 from loraplug.errors import LoraplugError
 from loraplug.optional import decide_for_this_process, keep_out_unused
-from loraplug.plugins import FIRST_PARTY, PluginHost
+from loraplug.plugins import FIRST_PARTY
 from loraplug.quiet import debugging
-
-_host: PluginHost | None = None
-# soft_wrap: long paths stay on one line when output goes to a file or a CI log.
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def host() -> PluginHost:
-    """The process's plugins, loaded once."""
-    global _host
-    if _host is None:
-        _host = PluginHost.load()
-    return _host
-
-
-def warn_broken_plugins() -> None:
-    for record in host().broken():
-        err_console.print(
-            f"[yellow]warning:[/] plugin {record.name} ({record.distribution} {record.version}) failed to load and is "
-            f"skipped: {record.error} (`loraplug plugins list` shows it)"
-        )
 
 
 def warn_deprecations(notes: list[str]) -> None:
@@ -75,8 +54,8 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="With --resume: continue even though the recipe changed.")
 def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, resume: bool, force: bool) -> None:
     """Train as RECIPE says. OVERRIDES are dotted KEY=VALUE pairs: train.lr=1e-4 adapter.r=16."""
-    from loraplug.run import execute
     from loraplug.recipe import load_recipe
+    from loraplug.run import execute
 
     warn_broken_plugins()
     if resume and overwrite:

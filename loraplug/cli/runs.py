@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from loraplug.cli import render
+from loraplug.cli.shared import console
 from loraplug.errors import LoraplugError
 from loraplug.runinfo import RunInfo, damaged_weights_error, read_run, read_runs
 
@@ -24,8 +25,6 @@ DEFAULT_RUNS = Path("runs")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_runs(directory: Path | None, as_json: bool) -> None:
     """List the runs in DIRECTORY (default ./runs, and the smoke runs under it): status, steps, best metric."""
-    from loraplug.cli.main import console
-
     # A DIRECTORY that is not there is a mistake (a typo); a missing ./runs only means nothing ran here yet.
     if directory is not None and not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
@@ -42,7 +41,6 @@ def list_runs(directory: Path | None, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def show_run(run_dir: Path) -> None:
     """Show RUN_DIR's status, data, final metrics and exports, and (re)write its report.html."""
-    from loraplug.cli.main import console
     from loraplug.report import write_report
 
     info = read_run(run_dir.absolute())

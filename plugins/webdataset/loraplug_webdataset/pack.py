@@ -130,12 +130,12 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     import click
     from pydantic import ValidationError
 
-    from loraplug.cli.main import host, warn_broken_plugins
+    from loraplug import load_plugins
     from loraplug.context import RunContext
     from loraplug.pipeline import cache_dir
 
-    warn_broken_plugins()
-    plugins = host()
+    plugins = load_plugins()
+    plugins.warn_broken(lambda message: click.echo(f"warning: {message}", err=True))
     served = plugins.lookup("data", kind)
     model = served.spec.options_model()
     if "path" not in model.model_fields:  # SOURCE becomes the kind's `path`: a kind without one cannot read it
@@ -166,7 +166,4 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
         info=click.echo,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
-    data = plugins.call_stage("data", kind, options=options, ctx=ctx)
-    if not isinstance(data, DataBundle):
-        raise LoraplugError(f"{served.distribution} returned no records for data kind {kind!r}", fix="Report it to its authors")
-    return data
+    return plugins.call_typed(served, "loraplug_load_data", DataBundle, kind=kind, options=options, ctx=ctx)

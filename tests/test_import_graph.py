@@ -1,0 +1,162 @@
+"""The import graph of loraplug and its first-party plugins, read from the source (ast), checked by rules.
+
+Every module of ``loraplug/`` and of each first-party plugin's package is parsed, with its imports at
+any depth (a function-level import makes a cycle as surely as a top-level one, only later), and the
+rules below are checked on that graph. Each rule is a small function over :data:`GRAPH`; add one the
+same way (e.g. "no plugin imports another plugin": :func:`plugin_of` tells whose a module is).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+CORE = "loraplug"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted: loraplug.cli.main, loraplug_webdataset.pack
+    path: Path
+    #: The first-party plugin (its directory under plugins/) this module belongs to; None for the core.
+    plugin: str | None
+
+
+def _packages() -> Iterator[tuple[Path, str | None]]:
+    """(package directory, plugin name) for the core and each first-party plugin's importable package."""
+    yield ROOT / CORE, None
+    for plugin in sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file()):
+        for package in sorted(p for p in plugin.iterdir() if (p / "__init__.py").is_file()):
+            yield package, plugin.name
+
+
+@cache
+def modules() -> dict[str, Module]:
+    """Every module of the core and the first-party plugins, by dotted name (tests/ are not modules)."""
+    found: dict[str, Module] = {}
+    for package, plugin in _packages():
+        for path in sorted(package.rglob("*.py")):
+            parts = path.relative_to(package.parent).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = Module(name, path, plugin)
+    return found
+
+
+def _imported_names(module: Module) -> Iterator[str]:
+    """The dotted names ``module`` imports, at any depth (relative imports resolved)."""
+    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
+    package = module.name if module.path.name == "__init__.py" else module.name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield base
+            # `from loraplug.cli import main` imports the module loraplug.cli.main.
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+@cache
+def graph() -> dict[str, frozenset[str]]:
+    """Module → the modules of the core and first-party plugins it imports (itself excluded)."""
+    known = modules()
+    return {
+        name: frozenset(
+            imported for imported in _imported_names(module) if imported in known and imported != name
+        )
+        for name, module in known.items()
+    }
+
+
+def plugin_of(name: str) -> str | None:
+    """The first-party plugin whose module ``name`` is; None for the core."""
+    return modules()[name].plugin
+
+
+def cycles(imports: Mapping[str, Iterable[str]], within: set[str]) -> list[list[str]]:
+    """The import cycles among the modules ``within`` (each as a path that returns to its start)."""
+    edges = {name: [t for t in sorted(imports[name]) if t in within] for name in sorted(within)}
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for target in edges[name]:
+            if state.get(target) == 1:
+                found.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[name] = 2
+
+    for name in edges:
+        if name not in state:
+            visit(name)
+    return found
+
+
+# -- rules ----------------------------------------------------------------------------------------
+
+
+def test_every_module_is_found_and_parsed() -> None:
+    names = modules()
+    assert {"loraplug.cli.main", "loraplug.cli.export", "loraplug.cli.runs", "loraplug.run"} <= names.keys()
+    assert {plugin_of(n) for n in names} >= {
+        None,
+        "causal-lm",
+        "diffusion",
+        "webdataset",
+        "onnx",
+        "quant",
+        "wandb",
+    }
+    assert graph()["loraplug.cli.main"] >= {"loraplug.cli.export", "loraplug.cli.runs"}
+
+
+def test_the_cli_has_no_import_cycle() -> None:
+    cli = {name for name in modules() if name == "loraplug.cli" or name.startswith("loraplug.cli.")}
+    assert cycles(graph(), cli) == [], (
+        "loraplug.cli imports in a circle; move what both sides need into loraplug.cli.shared"
+    )
+
+
+def test_no_first_party_plugin_imports_the_cli() -> None:
+    """A plugin uses the public API (loraplug.load_plugins(), PluginHost.warn_broken), never the CLI's internals."""
+    offenders = sorted(
+        f"{name} imports {imported}"
+        for name, imports in graph().items()
+        if plugin_of(name) is not None
+        for imported in imports
+        if imported == "loraplug.cli" or imported.startswith("loraplug.cli.")
+    )
+    assert offenders == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    """The rules above can fail: a graph with a circle is reported as one."""
+    circle = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(circle, {"a", "b", "c", "d"}) == [["a", "b", "c", "a"]]
+    assert cycles(circle, {"a", "b", "d"}) == []
+
+
+def test_every_module_imports() -> None:
+    """Each module of the core and the installed first-party plugins imports (one fresh interpreter)."""
+    names = sorted(n for n in modules() if not n.endswith("__main__"))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *names], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
