@@ -43,14 +43,21 @@ BUILTIN_FILTERS: tuple[tuple[str, str, str], ...] = (
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     register(
-        KindSpec("optimizer", "adamw", "loraplug.recipe.sections:AdamWOptions", "torch.optim.AdamW, fused on CUDA (the default)")
+        KindSpec(
+            "optimizer",
+            "adamw",
+            "loraplug.recipe.sections:AdamWOptions",
+            "torch.optim.AdamW, fused on CUDA (the default)",
+        )
     )
     for kind, options, summary in BUILTIN_FILTERS:
         register(KindSpec("filter", kind, f"loraplug.data.filters:{options}", summary))
 
 
 @hookimpl
-def loraplug_build_optimizer(kind: str, options: AdamWOptions, param_groups: list[dict[str, Any]], ctx: RunContext) -> Any:
+def loraplug_build_optimizer(
+    kind: str, options: AdamWOptions, param_groups: list[dict[str, Any]], ctx: RunContext
+) -> Any:
     from loraplug.training.optim import adamw
 
     return adamw(options, param_groups, ctx.device)

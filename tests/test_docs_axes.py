@@ -19,7 +19,9 @@ DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
 
 
 def example(name: str) -> str:
-    match = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    match = re.search(
+        rf"<!-- example: {name} -->\n```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S
+    )
     assert match, f"docs/plugins.md lost its {name} example"
     return match.group(1)
 
@@ -28,9 +30,26 @@ def example(name: str) -> str:
 def run_with(tmp_path: Path):
     def run(name: str, recipe: Path) -> subprocess.CompletedProcess[str]:
         module = "loraplug_" + name.replace(" ", "_")
-        site = plugin_dist(tmp_path / "site", distribution=f"loraplug-{name.replace(' ', '-')}", module=module, source=example(name))
-        env = {**os.environ, "PYTHONPATH": str(site), "LORAPLUG_TRACE_HOOKS": "1", "LORAPLUG_STRICT_PLUGINS": "1"}
-        proc = subprocess.run([sys.executable, "-m", "loraplug", "run", str(recipe)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        site = plugin_dist(
+            tmp_path / "site",
+            distribution=f"loraplug-{name.replace(' ', '-')}",
+            module=module,
+            source=example(name),
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "LORAPLUG_TRACE_HOOKS": "1",
+            "LORAPLUG_STRICT_PLUGINS": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "loraplug", "run", str(recipe)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
@@ -41,13 +60,20 @@ def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, 
     recipe = lm_recipe(train={"optimizer": "sgd", "lr": 0.05, "max_steps": 2, "save_every_n_steps": 2}, optimizer={"momentum": 0.8},
                        eval={"sample_prompts": []}, export=[])  # fmt: skip
     proc = run_with("optimizer plugin", recipe)
-    assert "[loraplug hook] loraplug_build_optimizer -> loraplug-optimizer-plugin:loraplug_optimizer_plugin" in proc.stderr
-    saved = load_state(tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000002" / "optimizer.safetensors")["optimizer"]
+    assert (
+        "[loraplug hook] loraplug_build_optimizer -> loraplug-optimizer-plugin:loraplug_optimizer_plugin"
+        in proc.stderr
+    )
+    saved = load_state(
+        tmp_path / "runs" / "tiny" / "checkpoints" / "step-00000002" / "optimizer.safetensors"
+    )["optimizer"]
     assert saved["param_groups"][0]["momentum"] == 0.8 and "momentum_buffer" in saved["state"][0]
 
 
 def test_the_filter_example_removes_what_it_says(tmp_path: Path, lm_recipe, jsonl_file, run_with) -> None:
-    rows = [{"prompt": f"question {i}", "response": "an answer"} for i in range(8)] + [{"prompt": "call 555 1234", "response": "no"}]
+    rows = [{"prompt": f"question {i}", "response": "an answer"} for i in range(8)] + [
+        {"prompt": "call 555 1234", "response": "no"}
+    ]
     recipe = lm_recipe(data={"path": str(jsonl_file("d.jsonl", rows)), "val_fraction": 0.0,
                              "clean": {"filters": [{"kind": "max_digits", "at_most": 2}]}},
                        train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])  # fmt: skip
@@ -68,6 +94,9 @@ def test_the_metric_example_is_monitored_higher_is_better(tmp_path: Path, lm_rec
 
 
 def test_the_sample_sink_example_renders_samples_by_type(tmp_path: Path, lm_recipe, run_with) -> None:
-    run_with("sample sink plugin", lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": ["q: rain"]}, export=[]))
+    run_with(
+        "sample sink plugin",
+        lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": ["q: rain"]}, export=[]),
+    )
     written = (tmp_path / "runs" / "tiny" / "samples.md").read_text()
     assert written.startswith("## step 0, samples/0: q: rain") and "## step 1, samples/0: q: rain" in written

@@ -54,7 +54,10 @@ def test_audio_and_table_samples_reach_tensorboard_the_report_and_older_sinks(tm
     rows = [{"label": "rain", "p": 0.75}, {"label": "sun", "p": 0.25}]
     samples = [
         Sample(prompt="draw it", image_path=image),  # the shorthand existing plugins use
-        Sample(prompt="say it", artifacts=[Artifact("audio", tone(run_dir / "samples" / "say.wav"), caption="8 kHz")]),
+        Sample(
+            prompt="say it",
+            artifacts=[Artifact("audio", tone(run_dir / "samples" / "say.wav"), caption="8 kHz")],
+        ),
         Sample(prompt="score it", text="rain", artifacts=[Artifact("table", rows)]),
     ]
     board, older = TensorBoardSink(run_dir / "tb"), TextOnlySink()
@@ -103,6 +106,13 @@ def test_the_terminal_shows_every_output_of_a_sample(tmp_path: Path) -> None:
 
     out = StringIO()
     wav = tone(tmp_path / "say.wav")
-    samples(Console(file=out, width=200), [Sample(prompt="say it", artifacts=[Artifact("audio", wav), Artifact("table", [{"a": 1}, {"a": 2}])])])
+    samples(
+        Console(file=out, width=200),
+        [
+            Sample(
+                prompt="say it", artifacts=[Artifact("audio", wav), Artifact("table", [{"a": 1}, {"a": 2}])]
+            )
+        ],
+    )
     text = out.getvalue()
     assert "say it" in text and "say.wav" in text and "(a table of 2 rows)" in text and "None" not in text

@@ -34,6 +34,7 @@ from loraplug.data.options import Regex
 from loraplug.errors import LoraplugError
 from loraplug.options import Options
 
+
 def require_text(record: Record, filter_name: str) -> str:
     """The record's text (:func:`loraplug.record_text`), or the error every filter raises for a record
     without one — for plugin filters too."""

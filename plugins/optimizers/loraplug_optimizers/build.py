@@ -31,7 +31,12 @@ def _require(module: str, kind: str, extra: str) -> Any:
 def adamw8bit(options: AdamW8bitOptions, groups: list[dict[str, Any]], ctx: RunContext) -> Any:
     bnb = _require("bitsandbytes", "adamw8bit", "8bit")
     return bnb.optim.AdamW8bit(
-        groups, lr=groups[0]["lr"], betas=options.betas, eps=options.eps, weight_decay=0.0, min_8bit_size=options.min_8bit_size
+        groups,
+        lr=groups[0]["lr"],
+        betas=options.betas,
+        eps=options.eps,
+        weight_decay=0.0,
+        min_8bit_size=options.min_8bit_size,
     )
 
 

@@ -15,10 +15,13 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 class AdamW8bitOptions(Options):
     """``train.optimizer = "adamw8bit"``: AdamW with 8-bit moments (bitsandbytes)."""
 
-    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Decay rates of the moving averages of the gradient and its square.")
+    betas: tuple[Beta, Beta] = Field(
+        (0.9, 0.999), description="Decay rates of the moving averages of the gradient and its square."
+    )
     eps: float = Field(1e-8, gt=0, le=1, description="Added to the denominator for numerical stability.")
     min_8bit_size: PositiveInt = Field(
-        4096, description="Parameters with fewer elements keep 32-bit moments (bitsandbytes' default; small tensors gain nothing)."
+        4096,
+        description="Parameters with fewer elements keep 32-bit moments (bitsandbytes' default; small tensors gain nothing).",
     )
 
     def optional_libraries(self) -> tuple[str, ...]:
@@ -31,7 +34,8 @@ class LionOptions(Options):
     train.weight_decay 3–10× above it: Lion's sign updates are larger."""
 
     betas: tuple[Beta, Beta] = Field(
-        (0.9, 0.99), description="beta1 mixes the gradient into the update's sign; beta2 is the decay of the momentum it keeps."
+        (0.9, 0.99),
+        description="beta1 mixes the gradient into the update's sign; beta2 is the decay of the momentum it keeps.",
     )
 
 
@@ -43,14 +47,26 @@ class ProdigyOptions(Options):
     """
 
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam's moving-average decays.")
-    beta3: Beta | None = Field(None, description="Decay of the step-size estimate's running sums (default: the square root of beta2).")
+    beta3: Beta | None = Field(
+        None,
+        description="Decay of the step-size estimate's running sums (default: the square root of beta2).",
+    )
     eps: float = Field(1e-8, gt=0, le=1, description="Added to the denominator for numerical stability.")
-    decouple: bool = Field(True, description="Decoupled (AdamW-style) weight decay rather than L2 regularisation.")
+    decouple: bool = Field(
+        True, description="Decoupled (AdamW-style) weight decay rather than L2 regularisation."
+    )
     use_bias_correction: bool = Field(False, description="Adam's bias correction of the moments.")
-    safeguard_warmup: bool = Field(False, description="Leave the lr out of the estimate's denominator: recommended with warmup (train.warmup_steps).")
+    safeguard_warmup: bool = Field(
+        False,
+        description="Leave the lr out of the estimate's denominator: recommended with warmup (train.warmup_steps).",
+    )
     d0: PositiveFloat = Field(1e-6, le=1, description="The initial step-size estimate.")
-    d_coef: PositiveFloat = Field(1.0, le=100, description="Multiplies the estimate (below 1: more careful, above: bolder).")
-    growth_rate: PositiveFloat | None = Field(None, description="Cap on the estimate's growth per step, as a factor (default: no cap).")
+    d_coef: PositiveFloat = Field(
+        1.0, le=100, description="Multiplies the estimate (below 1: more careful, above: bolder)."
+    )
+    growth_rate: PositiveFloat | None = Field(
+        None, description="Cap on the estimate's growth per step, as a factor (default: no cap)."
+    )
 
 
 class AdafactorOptions(Options):
@@ -60,7 +76,15 @@ class AdafactorOptions(Options):
     eps: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = Field(
         (1e-30, 1e-3), description="Regularisers of the squared gradient and of the parameter scale."
     )
-    clip_threshold: PositiveFloat = Field(1.0, description="Threshold of the root-mean-square of the final update.")
-    decay_rate: float = Field(-0.8, ge=-1, lt=0, description="Exponent of the running average of the squared gradient's decay.")
-    beta1: Beta | None = Field(None, description="First-moment decay; None keeps no first moment (the smallest state).")
-    scale_parameter: bool = Field(False, description="Scale the lr by the root-mean-square of each parameter.")
+    clip_threshold: PositiveFloat = Field(
+        1.0, description="Threshold of the root-mean-square of the final update."
+    )
+    decay_rate: float = Field(
+        -0.8, ge=-1, lt=0, description="Exponent of the running average of the squared gradient's decay."
+    )
+    beta1: Beta | None = Field(
+        None, description="First-moment decay; None keeps no first moment (the smallest state)."
+    )
+    scale_parameter: bool = Field(
+        False, description="Scale the lr by the root-mean-square of each parameter."
+    )
