@@ -1,7 +1,7 @@
 """Which transformers causal-LM families the `onnx` export handles: export a tiny, randomly initialised
 model of each through loraplug-onnx's own code path and check it against onnxruntime on a shape the
-export never saw (with a padded row). The families that pass are loraplug_onnx.causal_lm.VERIFIED_FAMILIES;
-the table this prints is in docs/formats.md.
+export never saw (with a padded row). The families that pass are loraplug_causal_lm.deploy.VERIFIED_FAMILIES
+(the causal-LM plugin vouches for them in its deployable view); the table this prints is in docs/formats.md.
 
     python bench/onnx_families.py [family ...]
 """
@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from loraplug import Deployable
+from loraplug_causal_lm.deploy import VERIFIED_FAMILIES, graph_inputs, probe
 from loraplug_onnx import convert
-from loraplug_onnx.causal_lm import VERIFIED_FAMILIES, logits_graph, parity_inputs
+from loraplug_onnx.export import graph
 from loraplug_onnx.options import DEFAULT_OPSET
 
 VOCAB = 256
@@ -38,12 +40,18 @@ def check(family: str) -> tuple[float, float]:
     config = AutoConfig.for_model(family, vocab_size=VOCAB, pad_token_id=0, max_position_embeddings=256, **settings)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    graph = logits_graph(AutoModelForCausalLM.from_config(config), VOCAB, generator, f"a tiny {family} model")
+    inputs, check_inputs, dynamic_shapes = graph_inputs(VOCAB, generator)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    deployable = Deployable(
+        module=model, inputs=inputs, check_inputs=check_inputs, probe=probe, output="logits",
+        what=f"a tiny {family} model", dynamic_shapes=dynamic_shapes,
+    )  # fmt: skip
+    traced = graph(deployable)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        path = convert.export(graph, Path(tmp), DEFAULT_OPSET)
+        path = convert.export(traced, Path(tmp), DEFAULT_OPSET)
         seconds = time.perf_counter() - start
-        return seconds, convert.max_abs_diff(path, graph.module, parity_inputs(VOCAB, generator))
+        return seconds, convert.max_abs_diff(path, traced.module, check_inputs)
 
 
 def main(families: list[str]) -> None:

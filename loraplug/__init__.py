@@ -18,6 +18,7 @@ from loraplug.bundles import (
     record_text,
 )
 from loraplug.context import RunContext
+from loraplug.deploy import Deployable, MergeCheck
 from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl
 from loraplug.kinds import KindSpec
@@ -43,12 +44,14 @@ __all__ = [
     "Artifact",
     "Batch",
     "DataBundle",
+    "Deployable",
     "ExportResult",
     "InputDir",
     "InputFile",
     "InputPath",
     "KindSpec",
     "LoraplugError",
+    "MergeCheck",
     "MetricSink",
     "ModelBundle",
     "NoOptions",

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loraplug.bundles import PreparedData
+    from loraplug.bundles import ModelBundle, PreparedData
+    from loraplug.deploy import Deployable
     from loraplug.recipe.model import Recipe
 
 
@@ -35,6 +36,8 @@ class RunContext:
     :param load_prepared_data: how :meth:`prepared_data` gets the run's data; set by the core.
     :param final_metrics: the finished run's last training loss and last evaluation's scores
         (``{"train_loss": 0.24, "val_loss": 0.25, ...}``), for model cards; empty until training ends.
+    :param load_deployable: how :meth:`deployable` builds a model's deployable view (the model's plugin's
+        ``loraplug_deployable``); set by the core for exports.
     """
 
     recipe: Recipe
@@ -51,6 +54,10 @@ class RunContext:
     extras: dict[str, Any] = field(default_factory=dict)
     load_prepared_data: Callable[[], PreparedData] | None = field(default=None, repr=False)
     final_metrics: dict[str, float] = field(default_factory=dict)
+    load_deployable: Callable[[ModelBundle], Deployable] | None = field(default=None, repr=False)
+    # Built deployables by id(model), with the model kept so the id cannot be reused. Contexts copied
+    # with dataclasses.replace share this dict: one merge per run, whichever copy asks.
+    _deployables: dict[int, tuple[ModelBundle, Deployable]] = field(default_factory=dict, repr=False, compare=False)
 
     def prepared_data(self) -> PreparedData:
         """The run's prepared data (training and validation samples, ``collate``), for an export that
@@ -62,3 +69,24 @@ class RunContext:
         if self.load_prepared_data is None:
             raise LoraplugError("This context has no run data", fix="Call prepared_data() from an export of a run")
         return self.load_prepared_data()
+
+    def deployable(self, model: ModelBundle) -> Deployable:
+        """The trained ``model`` as one deployable module (:class:`loraplug.Deployable`), for exporters.
+
+        Built by the plugin serving ``model.kind`` on the first call — the adapter merged, the merge
+        checked against the trained model — and the same object is returned for every later export of
+        the run: exporters must not modify it. Raises ``LoraplugError`` when the model's plugin offers
+        no deployable view.
+        """
+        from loraplug.errors import LoraplugError
+
+        built = self._deployables.get(id(model))
+        if built is not None and built[0] is model:
+            return built[1]
+        if self.load_deployable is None:
+            raise LoraplugError(
+                "This context cannot build a deployable model", fix="Call deployable() from an export of a run"
+            )
+        deployable = self.load_deployable(model)
+        self._deployables[id(model)] = (model, deployable)
+        return deployable

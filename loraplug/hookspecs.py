@@ -5,7 +5,8 @@ specs below; it reaches loraplug through an entry point in the group ``loraplug`
 documents each hook with an example; a test keeps that page and this module in step.
 
 Dispatch: the stage hooks (``load_data``, ``build_filter``, ``build_model``, ``wrap_adapter``,
-``build_optimizer``, ``export``) and the model hooks (``prepare_data``, ``train_step``, ``generate``)
+``build_optimizer``, ``export``) and the model hooks (``prepare_data``, ``train_step``, ``generate``,
+``deployable``)
 are called on *one* plugin only — the one that declared the recipe's kind in
 :func:`loraplug_register_kinds` — so an implementation never has to check whether a call is meant for
 it, and two plugins can never both answer. The remaining hooks are broadcast to every plugin.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     )
     from loraplug.context import RunContext
     from loraplug.data.filters import Filter
+    from loraplug.deploy import Deployable
     from loraplug.kinds import KindSpec
     from loraplug.training.sinks import MetricSink
 
@@ -237,6 +239,27 @@ def loraplug_evaluate(
     :param scores: what the evaluation has computed so far (``val_loss``).
     :param ctx: the run context.
     :returns: ``{name: value}`` for each requested metric.
+    """
+
+
+@hookspec
+def loraplug_deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
+    """Hand exporters the trained model as one deployable module, with what they need to drive it.
+
+    Dispatched to the plugin serving ``model.kind`` when an export first asks for it
+    (``ctx.deployable(model)``); the answer is kept for the rest of the run, so the adapter is merged
+    once however many exports use it (``onnx``, ``int8``, the model kind's own ``merged``…).
+    Exporters use only this, never the model's plugin: implement it and every such export works for
+    your model kind.
+
+    Merge the adapter into a float32 copy on the CPU (leave ``model`` as it is: later exports use it),
+    compare the copy with the trained model once on the probe (``Deployable.merge_check``, its default
+    tolerance by the dtype the trained model computes in: :func:`loraplug.toolkit.parity_tolerance`),
+    and raise :class:`loraplug.LoraplugError` for a model you cannot hand over as one module.
+
+    :param model: the trained model bundle.
+    :param ctx: the run context (``ctx.seed`` for example inputs; ``ctx.recipe`` may be read).
+    :returns: a :class:`loraplug.Deployable`.
     """
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
     from loraplug.context import RunContext
+    from loraplug.deploy import Deployable
     from loraplug.recipe.model import Recipe
     from loraplug.recipe.sections import ExportSection
     from loraplug.training.sinks import MetricSink
@@ -371,14 +372,36 @@ class PluginHost:
     def export(
         self, section: ExportSection, recipe: Recipe, model: ModelBundle, out_dir: Path, ctx: RunContext
     ) -> ExportResult:
-        """One ``[[export]]`` written into ``out_dir`` (``loraplug_export``)."""
+        """One ``[[export]]`` written into ``out_dir`` (``loraplug_export``); ``ctx.deployable(model)``
+        answers from the model's plugin (:meth:`deployable`), once per run."""
+        from dataclasses import replace
+
         from loraplug.bundles import ExportResult
 
         served = self.lookup("export", section.kind, recipe.model.kind)
+        if ctx.load_deployable is None:
+            ctx = replace(ctx, load_deployable=lambda bundle: self.deployable(bundle, ctx))
         return self.call_typed(
             served, STAGE_HOOKS["export"], ExportResult, kind=section.kind, options=section.options, model=model,
             out_dir=out_dir, ctx=ctx,
         )  # fmt: skip
+
+    def deployable(self, model: ModelBundle, ctx: RunContext) -> Deployable:
+        """``model`` as one deployable module, from the plugin serving ``model.kind`` (``loraplug_deployable``).
+
+        Exporters reach it through ``ctx.deployable(model)``, which keeps the answer for the run.
+        """
+        from loraplug.deploy import Deployable
+
+        served = self.lookup("model", model.kind)
+        hook = "loraplug_deployable"
+        if not any(impl.plugin is served.plugin for impl in getattr(self.pm.hook, hook).get_hookimpls()):
+            raise LoraplugError(
+                f"The model kind {model.kind!r} ({served.distribution}) hands exporters no deployable model "
+                f"(its plugin does not implement {hook}), so this export cannot write it",
+                fix=f"Remove this export, or ask the authors of {served.distribution} to implement {hook}",
+            )
+        return self.call_typed(served, hook, Deployable, model=model, ctx=ctx)
 
     def metric_sinks(self, ctx: RunContext) -> list[MetricSink]:
         """The sinks plugins add to a run (``loraplug_metric_sinks``, broadcast); plugins that stay out answer ``None``."""

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
-from loraplug_causal_lm.merge import check_parity, merged_model
-from loraplug_causal_lm.options import MergedExportOptions, PeftExportOptions
+from loraplug_causal_lm.merge import quantized_merge_refused
+from loraplug_causal_lm.options import CausalLMOptions, MergedExportOptions, PeftExportOptions
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
 #: What names a LoRA matrix in a PEFT adapter file (as llama.cpp's converter tells them apart).
@@ -139,17 +139,23 @@ def _probe_logits(module: Any, tokenizer: Any) -> Any:
 
 
 def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
-    """Merge into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
-    import torch
+    """The run's deployable model (merged once into a freshly loaded float32 base, so the trained model is
+    untouched and no precision is lost), saved in the trained dtype or the one asked for."""
+    import copy
 
-    result = merged_model(model, ctx, dequantize=options.dequantize)
-    merged, tokenizer = result.module, result.tokenizer
-    figures: dict[str, Any] = {}
-    if options.check_parity:
-        figures |= check_parity(result, model.module, lambda m: _probe_logits(m, tokenizer), tolerance=options.tolerance)
-    save_dtype = result.trained_dtype if options.dtype == "auto" else options.dtype
-    merged = merged.to(getattr(torch, save_dtype))
+    from loraplug.toolkit import torch_dtype
+    from loraplug_causal_lm.quantized import is_quantized
+
+    if not options.dequantize and is_quantized(model.module):
+        model_options = ctx.recipe.model.options
+        assert isinstance(model_options, CausalLMOptions)  # noqa: S101
+        raise quantized_merge_refused(model_options)
+    deployable = ctx.deployable(model)
+    figures: dict[str, Any] = deployable.verify_merge(options.tolerance) if options.check_parity else {}
+    save_dtype = deployable.dtype if options.dtype == "auto" else options.dtype
+    # The deployable is shared with the run's other exports: cast a copy, never it.
+    merged = deployable.module if save_dtype == "float32" else copy.deepcopy(deployable.module).to(torch_dtype(save_dtype))
+    deployable.save_files_beside(out_dir)  # the tokenizer (and a config.json that save_pretrained rewrites)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
     figures["dtype"] = save_dtype
-    return ExportResult(figures=figures, notes=result.notes, loads_with="AutoModelForCausalLM.from_pretrained(path)")
+    return ExportResult(figures=figures, notes=list(deployable.notes), loads_with="AutoModelForCausalLM.from_pretrained(path)")

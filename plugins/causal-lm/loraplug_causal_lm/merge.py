@@ -1,7 +1,8 @@
 """The trained model with its adapter folded in, built beside it: the trained model is never modified.
 
-Exports that deploy a single model (``merged`` here; ``onnx`` and the quantized kinds of other
-plugins) all start from :func:`merged_model`, so a LoRA update is folded in one way everywhere.
+Exports that deploy a single model start from :func:`merged_model` — ``merged`` here, and every
+exporter of other plugins (``onnx``, ``int8``…) through the deployable view (deploy.py) — so a LoRA
+update is folded in one way everywhere, once per run, and checked once (:func:`measure_merge`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplug import LoraplugError, ModelBundle, RunContext
+from loraplug import LoraplugError, MergeCheck, ModelBundle, RunContext
+from loraplug.toolkit import DTYPE_NAMES, parity_tolerance
 from loraplug_causal_lm.model import load_causal_lm
 from loraplug_causal_lm.options import CausalLMOptions
-
-#: Largest logit difference accepted between the merged model and the trained model computed in float32
-#: (a quantized one on its dequantized weights): a correct merge agrees to ~1e-6, a lost or doubled
-#: LoRA update differs by far more.
-DEFAULT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -52,6 +49,17 @@ def _dequantized_base(options: CausalLMOptions, ctx: RunContext) -> tuple[Any, A
     return base.to("cpu", torch.float32), tokenizer, dtype
 
 
+def quantized_merge_refused(options: CausalLMOptions) -> LoraplugError:
+    """Why ``dequantize = false`` is refused: a merge into the 4/8-bit weights loses the update."""
+    from loraplug_causal_lm.quantized import PEFT_2321
+
+    return LoraplugError(
+        f"Refusing to merge the adapter into the {options.quantization} base: {PEFT_2321}",
+        fix='Leave `dequantize = true` (merge into the base dequantized to its compute dtype), or export the adapter '
+        'alone (kind = "peft") and load it on the quantized base',
+    )
+
+
 def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True) -> MergedModel:
     """Fold the trained adapter into a freshly loaded float32 base.
 
@@ -60,18 +68,14 @@ def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True
     """
     from peft import PeftModel
 
-    from loraplug_causal_lm.quantized import PEFT_2321, is_quantized
+    from loraplug_causal_lm.quantized import is_quantized
 
     options = ctx.recipe.model.options
     assert isinstance(options, CausalLMOptions)  # noqa: S101
     notes: list[str] = []
     if is_quantized(model.module):
         if not dequantize:
-            raise LoraplugError(
-                f"Refusing to merge the adapter into the {options.quantization} base: {PEFT_2321}",
-                fix='Leave `dequantize = true` (merge into the base dequantized to its compute dtype), or export the adapter '
-                'alone (kind = "peft") and load it on the quantized base',
-            )
+            raise quantized_merge_refused(options)
         base, tokenizer, trained_dtype = _dequantized_base(options, ctx)
         notes.append(
             f"The base was trained quantized ({options.quantization}): it was dequantized to {trained_dtype} before "
@@ -87,10 +91,14 @@ def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True
     return MergedModel(merged.eval(), tokenizer, trained_dtype, notes)
 
 
-def check_parity(
-    merged: MergedModel, trained: Any, logits: Callable[[Any], Any], *, tolerance: float | None = None
-) -> dict[str, float]:
-    """Compare the merged model's logits with the trained model's, like with like; raise when they differ.
+def computes_in(trained: Any) -> tuple[str, ...]:
+    """The floating dtypes of ``trained``'s parameters: a bfloat16 base with float32 LoRA computes in bfloat16."""
+    found = {str(p.dtype).removeprefix("torch.") for p in trained.parameters() if p.is_floating_point()}
+    return tuple(sorted(found & set(DTYPE_NAMES)))
+
+
+def measure_merge(merged: MergedModel, trained: Any, logits: Callable[[Any], Any]) -> MergeCheck:
+    """The merged model's logits against the trained model's, like with like, measured once.
 
     ``logits`` computes a model's logits on the probe (float32, on the CPU). A quantized trained model
     computes through bitsandbytes' kernels in whatever precision they pick (``bnb_4bit_compute_dtype``,
@@ -98,6 +106,10 @@ def check_parity(
     depends on the kernel and the host. So the merge is held to the trained model with each quantized
     layer computing in float32 on its weights dequantized as the merge dequantized them; the kernels'
     own share is reported beside it (``quantized_kernel_drift``) and not held against the merge.
+
+    The default tolerance is the toolkit's for the dtype the reference computes in: float32 for a
+    quantized base (dequantized, computed in float32), else the trained model's own parameters' — a
+    bfloat16 base differs from its float32 merge by bfloat16 rounding alone.
     """
     from loraplug_causal_lm.quantized import dequantized_forward, is_quantized
 
@@ -108,29 +120,41 @@ def check_parity(
         as_trained = logits(trained)
         reference = as_trained
         figures = {"max_abs_logit_diff_vs_trained": _max_abs_diff(merged_logits, as_trained)}
-        if is_quantized(trained):
+        quantized = is_quantized(trained)
+        if quantized:
             with dequantized_forward(trained, merged.trained_dtype):
                 reference = logits(trained)
             figures["max_abs_logit_diff_vs_dequantized"] = _max_abs_diff(merged_logits, reference)
             figures["quantized_kernel_drift"] = _max_abs_diff(as_trained, reference)
     finally:
         trained.train(was_training)
-    limit = tolerance or DEFAULT_TOLERANCE
-    figures["tolerance"] = limit
     difference = _max_abs_diff(merged_logits, reference)
-    if difference > limit:
-        if reference is as_trained:
-            raise LoraplugError(
-                f"The merged model's logits differ from the trained model's by {difference:.2e} (tolerance {limit:g})",
-                fix="Raise the export's `tolerance` if the trained model ran in reduced precision, or report it",
-            )
-        raise LoraplugError(
-            f"The merged model's logits differ by {difference:.2e} (tolerance {limit:g}) from the trained model's "
-            "computed on the same dequantized weights in float32: the merge does not reproduce the trained model",
+    if quantized:
+        return MergeCheck(
+            difference,
+            parity_tolerance("float32"),
+            figures,
+            subject="The merged model's logits",
+            against="the trained model's computed on the same dequantized weights in float32: the merge does not "
+            "reproduce the trained model",
             fix="Report it to the authors of loraplug-causal-lm with the run's recipe.toml, or raise the export's "
             "`tolerance` to keep the export anyway",
         )
-    return figures
+    return MergeCheck(
+        difference,
+        parity_tolerance(*computes_in(trained)),
+        figures,
+        subject="The merged model's logits",
+        against="the trained model's",
+        fix="Raise the export's `tolerance` if the trained model ran in reduced precision, or report it",
+    )
+
+
+def check_parity(
+    merged: MergedModel, trained: Any, logits: Callable[[Any], Any], *, tolerance: float | None = None
+) -> dict[str, float]:
+    """:func:`measure_merge`, held to ``tolerance`` (default: by the dtype computed in); raise when they differ."""
+    return measure_merge(merged, trained, logits).verify(tolerance)
 
 
 def _max_abs_diff(a: Any, b: Any) -> float:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from loraplug import (
     Batch,
     DataBundle,
+    Deployable,
     ExportResult,
     KindSpec,
     ModelBundle,
@@ -161,6 +162,13 @@ def loraplug_evaluate(
     from loraplug_causal_lm.metrics import evaluate
 
     return evaluate(metrics, model, options, data, scores, ctx)
+
+
+@hookimpl
+def loraplug_deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
+    from loraplug_causal_lm.deploy import deployable
+
+    return deployable(model, ctx)
 
 
 @hookimpl

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from loraplug import (
     Batch,
     DataBundle,
+    Deployable,
     ExportResult,
     KindSpec,
     ModelBundle,
@@ -116,6 +117,13 @@ def loraplug_generate(
     from loraplug_diffusion.sample import generate
 
     return generate(model, options, prompts, out_dir, ctx)
+
+
+@hookimpl
+def loraplug_deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
+    from loraplug_diffusion.deploy import deployable
+
+    return deployable(model, ctx)
 
 
 @hookimpl

@@ -28,7 +28,8 @@ class Graph:
 
     :param module: the float32 module, in eval mode; its ``forward`` takes ``inputs`` in order.
     :param inputs: example inputs by ``forward`` argument name — the shapes the export traces with.
-    :param dynamic_shapes: ``torch.export`` dims per input (``{"input_ids": {0: batch, 1: sequence}}``).
+    :param dynamic_shapes: ``torch.export`` dims as ``torch.export`` takes them for ``module``'s forward
+        (``{"input_ids": {0: batch, 1: sequence}}``, or ``{"tensors": (...)}`` for ``forward(*tensors)``).
     :param output: the name of the one output.
     :param what: the model, for messages ("the merged llama model").
     """

@@ -18,11 +18,11 @@ class OnnxExportOptions(Options):
     tolerance: float = Field(
         1e-4,
         gt=0,
-        description="Largest absolute difference between onnxruntime's and PyTorch's outputs (float32 logits, or "
-        "the UNet's noise prediction) on inputs of a shape not used for the export; above it the export fails.",
+        description="Largest absolute difference between onnxruntime's and PyTorch's float32 outputs (a causal LM's "
+        "logits, a UNet's noise prediction) on inputs of a shape not used for the export; above it the export fails.",
     )
     any_family: bool = Field(
         False,
-        description="Also try model families that loraplug has not verified (docs/formats.md lists those it has); "
-        "the parity check still guards the result.",
+        description="Also try models whose plugin has not verified their export as a traced graph (for causal-lm: "
+        "the families docs/formats.md lists); the parity check still guards the result.",
     )

@@ -1,8 +1,9 @@
 """The onnx export of a Stable Diffusion UNet, against the diffusion plugin's ModelBundle contract:
 kind "stable-diffusion", ``components["unet"]`` a UNet2DConditionModel with LoRA injected through peft.
 
-The UNet here is a tiny one built from a config, so the test needs no diffusion plugin; the export is
-dispatched through the plugin host exactly as a run would."""
+The UNet here is a tiny one built from a config, so no preset is trained; the export is dispatched
+through the plugin host, and the merged UNet comes from the diffusion plugin's deployable view, as in
+a run (loraplug-onnx itself knows nothing of UNets)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def tiny_unet(**config: Any) -> Any:
 def export(unet: Any, out_dir: Path, **options: Any) -> Any:
     host = PluginHost.load()
     ctx = RunContext(recipe=None, run_dir=out_dir.parent, cache_dir=out_dir.parent, seed=0)  # type: ignore[arg-type]
+    ctx.load_deployable = lambda model: host.deployable(model, ctx)  # what host.export sets up in a run
     bundle = ModelBundle(kind="stable-diffusion", module=unet, components={"unet": unet}, base="tiny-unet")
     out_dir.mkdir()
     return host.call_stage(

@@ -7,14 +7,16 @@ from typing import Literal, Self
 from pydantic import Field, PositiveInt, model_validator
 
 from loraplug import Options
-from loraplug_causal_lm.options import BITSANDBYTES_INSTALL, require_package
+from loraplug.toolkit import BITSANDBYTES_INSTALL, TORCHAO_INSTALL, require_package
 
 
 class QuantExportOptions(Options):
     """What every quantized export shares: how many validation samples its figures are measured on."""
 
     max_samples: PositiveInt = Field(
-        32, description="Validation samples the logit drift and perplexity are measured on (the first N)."
+        32,
+        description="Validation samples the output drift and the model's scores (a causal LM's perplexity) are "
+        "measured on (the first N).",
     )
 
 
@@ -48,11 +50,12 @@ class Bnb4bitExportOptions(BnbExportOptions):
 
 
 class Int8ExportOptions(QuantExportOptions):
-    """``[[export]] kind = "int8"``: int8 weight-only through torchao (activations stay in float)."""
+    """``[[export]] kind = "int8"``: int8 weight-only through torchao (activations stay in float), for any model
+    kind: through ``from_pretrained`` for models saved that way, else on the merged module's linear layers."""
 
     @model_validator(mode="after")
     def _needs_torchao(self) -> Self:
-        require_package("torchao", "this export", "pip install 'torchao>=0.12'")
+        require_package("torchao", "this export", TORCHAO_INSTALL)
         return self
 
     def optional_libraries(self) -> tuple[str, ...]:

@@ -11,18 +11,18 @@ from loraplug import ExportResult, KindSpec, ModelBundle, RunContext, hookimpl
 if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
     from loraplug_quant.options import QuantExportOptions
 
-MODELS = ("causal-lm",)
-
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
+    # Any model kind and adapter kind: the model's plugin merges the adapter and hands over the module
+    # (loraplug_deployable). bitsandbytes' kinds quantize through transformers' from_pretrained, so they
+    # refuse, when the export runs, a model that is not saved that way.
     register(
         KindSpec(
             "export",
             "bnb-8bit",
             "loraplug_quant.options:Bnb8bitExportOptions",
-            "merged model, bitsandbytes LLM.int8, from_pretrained",
-            models=MODELS,
+            "merged model, bitsandbytes LLM.int8, from_pretrained (transformers models)",
         )
     )
     register(
@@ -30,8 +30,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "export",
             "bnb-4bit",
             "loraplug_quant.options:Bnb4bitExportOptions",
-            "merged model, bitsandbytes nf4/fp4, from_pretrained",
-            models=MODELS,
+            "merged model, bitsandbytes nf4/fp4, from_pretrained (transformers models)",
         )
     )
     register(
@@ -39,8 +38,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "export",
             "int8",
             "loraplug_quant.options:Int8ExportOptions",
-            "merged model, torchao int8 weight-only, from_pretrained",
-            models=MODELS,
+            "merged model, torchao int8 weight-only (from_pretrained, or safetensors for any module)",
         )
     )
 

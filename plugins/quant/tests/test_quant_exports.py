@@ -31,36 +31,39 @@ def _manifest(export: Path) -> dict[str, Any]:
 
 
 def _validation_batches(run_dir: Path) -> Any:
-    """The run's validation split, loaded and encoded again by the run's own plugins."""
+    """The run's validation split, loaded and encoded again by the run's own plugins, and the model's
+    deployable view (how its outputs and perplexity are measured)."""
     from rich.console import Console
 
     from loraplug.pipeline import load_run
     from loraplug.plugins import PluginHost
     from loraplug_quant.measure import evaluation_set
 
-    _, ctx, model = load_run(run_dir, PluginHost.load(), Console(quiet=True))
-    evalset, _ = evaluation_set(ctx, model.components["tokenizer"], 32)
-    return evalset
+    host = PluginHost.load()
+    _, ctx, model = load_run(run_dir, host, Console(quiet=True))
+    ctx.load_deployable = lambda bundle: host.deployable(bundle, ctx)  # what host.export sets up in a run
+    evalset, _ = evaluation_set(ctx, 32)
+    return evalset, ctx.deployable(model)
 
 
 def _check_figures(export: Path, run_dir: Path, reloaded: torch.nn.Module) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
-    from loraplug_quant.measure import logit_drift, perplexity
+    from loraplug_quant.measure import drift
 
     figures = _manifest(export)["figures"]
     weights = sum(p.stat().st_size for p in export.glob("*.safetensors"))
     unquantized = (run_dir / "exports" / "merged" / "model.safetensors").stat().st_size  # same float32 merge
     assert figures["size_bytes"] == weights and figures["unquantized_size_bytes"] == unquantized
     assert figures["size_ratio"] == pytest.approx(weights / unquantized)
-    evalset = _validation_batches(run_dir)
+    evalset, deployable = _validation_batches(run_dir)
     assert figures["measured_on"].startswith("validation split")
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "exports" / "merged").eval()
-    drift = logit_drift(merged, reloaded, evalset)
-    assert figures["max_abs_logit_drift"] == pytest.approx(drift["max_abs_logit_drift"], rel=1e-4)
+    measured = drift(deployable, merged, reloaded, evalset)
+    assert figures["max_abs_logit_drift"] == pytest.approx(measured["max_abs_logit_drift"], rel=1e-4)
     assert 0 < figures["mean_abs_logit_drift"] <= figures["max_abs_logit_drift"]
-    assert figures["perplexity_quantized"] == pytest.approx(perplexity(reloaded, evalset), rel=1e-4)
-    assert figures["perplexity_unquantized"] == pytest.approx(perplexity(merged, evalset), rel=1e-4)
+    assert figures["perplexity_quantized"] == pytest.approx(deployable.score(reloaded, evalset.batches)["perplexity"], rel=1e-4)
+    assert figures["perplexity_unquantized"] == pytest.approx(deployable.score(merged, evalset.batches)["perplexity"], rel=1e-4)
     change = 100 * (figures["perplexity_quantized"] / figures["perplexity_unquantized"] - 1)
     assert figures["perplexity_change_pct"] == pytest.approx(change)
     return figures
