@@ -160,3 +160,64 @@ def test_every_module_imports() -> None:
         [sys.executable, "-c", code, *names], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# -- no first-party plugin imports another's modules ----------------------------------------------
+
+
+def plugin_packages(roots: Iterable[Path]) -> dict[str, Path]:
+    """Each shipped package (a directory with ``__init__.py``, tests excluded) of the plugins under ``roots``
+    (each a directory of plugin projects, one per subdirectory), by its import name → its plugin project."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        for project in sorted(p for p in root.iterdir() if (p / "pyproject.toml").is_file()):
+            for package in sorted(p for p in project.iterdir() if (p / "__init__.py").is_file()):
+                if package.name not in ("tests", "build"):
+                    found[package.name] = project
+    return found
+
+
+def cross_plugin_imports(roots: Iterable[Path]) -> list[str]:
+    """``file imports module`` for every import, at any depth, of one plugin's module by another plugin's
+    shipped code (each .py of its packages, parsed with ast). A plugin's tests are not scanned: they may
+    train a run through another plugin's test helpers (the onnx tests export a tiny causal LM)."""
+    packages = plugin_packages(roots)
+    offenders = []
+    for name, project in packages.items():
+        for path in sorted((project / name).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported = [node.module]
+                else:
+                    continue
+                for module in imported:
+                    owner = packages.get(module.split(".")[0])
+                    if owner is not None and owner != project:
+                        offenders.append(f"{path.relative_to(project.parent.parent)} imports {module}")
+    return offenders
+
+
+def test_no_first_party_plugin_imports_another_plugins_modules() -> None:
+    """Plugins meet only through loraplug's public API: an exporter gets a model kind's merged module from
+    ctx.deployable(model), never from the model's plugin, so it serves every model kind installed."""
+    shipped = plugin_packages([ROOT / "plugins"])
+    assert shipped.keys() >= {"loraplug_causal_lm", "loraplug_onnx", "loraplug_quant"}
+    assert cross_plugin_imports([ROOT / "plugins", ROOT / "examples"]) == []
+
+
+def test_the_cross_plugin_scan_finds_an_import_at_any_depth(tmp_path: Path) -> None:
+    """The rule above can fail: an import of another plugin's module inside a function is found."""
+    for project, package, source in [
+        ("exporter", "plugin_exporter", "def export():\n    from plugin_model.merge import merged\n"),
+        ("model", "plugin_model", "import os\nfrom plugin_model import merge\n"),
+    ]:
+        (tmp_path / project / package).mkdir(parents=True)
+        (tmp_path / project / "pyproject.toml").write_text("")
+        (tmp_path / project / package / "__init__.py").write_text(source)
+        (tmp_path / project / "tests").mkdir()
+        (tmp_path / project / "tests" / "__init__.py").write_text("import plugin_exporter, plugin_model\n")
+    offenders = cross_plugin_imports([tmp_path])
+    assert offenders == [f"{tmp_path.name}/exporter/plugin_exporter/__init__.py imports plugin_model.merge"]
