@@ -140,7 +140,8 @@ class MergedExportOptions(Options):
     tolerance: float | None = Field(
         None,
         gt=0,
-        description="Largest logit difference accepted by the parity check; default 1e-3. With a quantized base the "
+        description="Largest logit difference accepted by the parity check; default by the dtype the trained model "
+        "computes in: 1e-3 for float32, 2e-2 for float16, 6e-2 for bfloat16. With a quantized base the "
         "merged model is compared with the trained model computing in float32 on its dequantized weights, so the "
         "rounding of bitsandbytes' kernels (compute dtype, LLM.int8's 8-bit activations) is reported apart "
         "(`quantized_kernel_drift`), not counted.",
