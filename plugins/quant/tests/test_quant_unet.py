@@ -42,7 +42,9 @@ def export(kind: str, unet: Any, out_dir: Path) -> Any:
     bundle = ModelBundle(kind="stable-diffusion", module=unet, components={"unet": unet}, base="tiny-unet")
     options = Int8ExportOptions() if kind == "int8" else Bnb8bitExportOptions()
     out_dir.mkdir()
-    return host.call_stage("export", kind, "stable-diffusion", options=options, model=bundle, out_dir=out_dir, ctx=ctx)
+    return host.call_stage(
+        "export", kind, "stable-diffusion", options=options, model=bundle, out_dir=out_dir, ctx=ctx
+    )
 
 
 def test_int8_of_a_unet_loads_back_into_the_unet_with_int8_weights(tmp_path: Path) -> None:
