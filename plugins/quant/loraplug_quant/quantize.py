@@ -89,18 +89,14 @@ def export(
             "is not saved that way",
             fix="Use the `int8` export (torchao, any PyTorch model) instead, or remove this export",
         )
-    figures: dict[str, Any] = {}
     merge_check = deployable.verify_merge()
+    if deployable.from_pretrained is None:
+        figures, notes, loads_with = _export_module(options, deployable, out_dir, ctx)
+    else:
+        figures, notes, loads_with = _export_pretrained(kind, options, deployable, out_dir, ctx)
     if merge_check:
         figures["merge_check"] = merge_check
-    if deployable.from_pretrained is None:
-        measured, notes, loads_with = _export_module(options, deployable, out_dir, ctx)
-    else:
-        measured, notes, loads_with = _export_pretrained(kind, options, deployable, out_dir, ctx)
-        loads_with = f"{deployable.loads_with or 'from_pretrained(path)'}  (needs {LIBRARY[kind]})"
-    return ExportResult(
-        figures={**measured, **figures}, notes=list(deployable.notes) + notes, loads_with=loads_with
-    )
+    return ExportResult(figures=figures, notes=list(deployable.notes) + notes, loads_with=loads_with)
 
 
 def _export_pretrained(
@@ -134,7 +130,8 @@ def _export_pretrained(
                 str(plain), safe_serialization=True
             )
             unquantized_size = weights_size(plain)
-    return figures | _sizes(out_dir, unquantized_size, deployable.dtype), notes, ""
+    loads_with = f"{deployable.loads_with or 'from_pretrained(path)'}  (needs {LIBRARY[kind]})"
+    return figures | _sizes(out_dir, unquantized_size, deployable.dtype), notes, loads_with
 
 
 def _export_module(
