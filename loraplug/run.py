@@ -325,6 +325,7 @@ class Run:
     def train(self, setup: Setup, claim: Claim) -> Trained:
         """The training loop (loraplug.training.loop), then the adapter saved."""
         from loraplug.resume import logged_evaluations
+        from loraplug.training import faults
         from loraplug.training.loop import train
         from loraplug.training.optim import optimizer_maker
         from loraplug.training.progress import ProgressDisplay
@@ -346,6 +347,8 @@ class Run:
             on_step_end=lambda step: self.after_step(setup, step),
             resume_from=claim.checkpoint,
             make_optimizer=optimizer_maker(self.host, ctx.recipe, ctx),
+            # LORAPLUG_FAULT: the failure tests' faults, told at the loop's points (nothing when unset).
+            events=faults.from_env(),
         )
         if (
             claim.checkpoint is not None and main

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from loraplug.testing import run_cli
-from loraplug.training import faults
 
 
 def status(tmp_path: Path, name: str = "tiny") -> dict:
@@ -83,22 +82,17 @@ def test_early_stopping_and_best_weights(tmp_path: Path, lm_recipe) -> None:
 
 
 def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, monkeypatch) -> None:
-    monkeypatch.setenv("LORAPLUG_FAULT", "nan:micro=3")
-    faults.reset()
-    try:
-        stopped = run_cli("run", lm_recipe(export=[]))
-        assert stopped.exit_code == 2
-        assert "The loss became nan at step 3" in stopped.stderr and "train.jsonl:" in stopped.stderr
-        assert status(tmp_path)["status"] == "failed"
+    monkeypatch.setenv("LORAPLUG_FAULT", "nan:micro=3")  # read by each run (loraplug.training.faults.from_env)
+    stopped = run_cli("run", lm_recipe(export=[]))
+    assert stopped.exit_code == 2
+    assert "The loss became nan at step 3" in stopped.stderr and "train.jsonl:" in stopped.stderr
+    assert status(tmp_path)["status"] == "failed"
 
-        skipped = run_cli("run", lm_recipe(export=[]), "train.on_nan=skip", "--overwrite")
-        assert skipped.exit_code == 0, skipped.output
-        assert "skipped the update" in skipped.stdout
-        lines = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
-        assert any(row.get("skipped_nan_steps") == 1 for row in lines)
-    finally:
-        os.environ.pop("LORAPLUG_FAULT", None)
-        faults.reset()
+    skipped = run_cli("run", lm_recipe(export=[]), "train.on_nan=skip", "--overwrite")
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped the update" in skipped.stdout
+    lines = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("skipped_nan_steps") == 1 for row in lines)
 
 
 # --- metrics declare their direction -------------------------------------------------------------

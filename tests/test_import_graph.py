@@ -12,6 +12,7 @@ import ast
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -162,6 +163,12 @@ def test_every_module_imports() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_test_only_fault_injection_stays_out_of_the_training_loop() -> None:
+    """LORAPLUG_FAULT's faults reach the loop as events a run installs, never as branches in it."""
+    importers = sorted(name for name, imports in graph().items() if "loraplug.training.faults" in imports)
+    assert importers == ["loraplug.run"]
+
+
 # -- no first-party plugin imports another's modules ----------------------------------------------
 
 
@@ -170,11 +177,21 @@ def plugin_packages(roots: Iterable[Path]) -> dict[str, Path]:
     (each a directory of plugin projects, one per subdirectory), by its import name → its plugin project."""
     found: dict[str, Path] = {}
     for root in roots:
-        for project in sorted(p for p in root.iterdir() if (p / "pyproject.toml").is_file()):
+        for project in sorted(p for p in root.iterdir() if _is_plugin(p)):
             for package in sorted(p for p in project.iterdir() if (p / "__init__.py").is_file()):
                 if package.name not in ("tests", "build"):
                     found[package.name] = project
     return found
+
+
+def _is_plugin(project: Path) -> bool:
+    """A project with a ``loraplug`` entry point. A library beside the plugins (``loraplug-hf``: the
+    Hugging Face half of the toolkit, no kinds) is no plugin: plugins may depend on it."""
+    pyproject = project / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    entry_points = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("entry-points", {})
+    return "loraplug" in entry_points
 
 
 def cross_plugin_imports(roots: Iterable[Path]) -> list[str]:
@@ -215,9 +232,22 @@ def test_the_cross_plugin_scan_finds_an_import_at_any_depth(tmp_path: Path) -> N
         ("model", "plugin_model", "import os\nfrom plugin_model import merge\n"),
     ]:
         (tmp_path / project / package).mkdir(parents=True)
-        (tmp_path / project / "pyproject.toml").write_text("")
+        (tmp_path / project / "pyproject.toml").write_text(f"[project.entry-points.loraplug]\n{package} = \"{package}\"\n")
         (tmp_path / project / package / "__init__.py").write_text(source)
         (tmp_path / project / "tests").mkdir()
         (tmp_path / project / "tests" / "__init__.py").write_text("import plugin_exporter, plugin_model\n")
     offenders = cross_plugin_imports([tmp_path])
     assert offenders == [f"{tmp_path.name}/exporter/plugin_exporter/__init__.py imports plugin_model.merge"]
+
+
+#: Libraries of a modality (or its exports) that only plugins may import.
+MODALITY_LIBRARIES = ("transformers", "diffusers", "tokenizers", "webdataset", "onnx", "onnxruntime", "bitsandbytes", "torchao")
+
+
+def test_the_core_imports_no_modality_library_not_even_inside_a_function() -> None:
+    offenders = []
+    for path in sorted((ROOT / "loraplug").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in MODALITY_LIBRARIES]
+    assert offenders == []

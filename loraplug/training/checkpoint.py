@@ -19,8 +19,8 @@ from typing import Any
 
 from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json, sha256_file
-from loraplug.training import faults
 from loraplug.training.batches import Position
+from loraplug.training.events import LoopEvents
 from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
 from loraplug.training.weights import load_trainable, save_trainable
 
@@ -61,11 +61,13 @@ def step_name(step: int) -> str:
 class Checkpoints:
     """Saving, finding, verifying and restoring the checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, accelerator: Any, *, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, accelerator: Any, *, keep_last: int, events: LoopEvents | None = None) -> None:
         self.root = run_dir / CHECKPOINTS_DIR
         self.accelerator = accelerator
         self.keep_last = keep_last
         self.saves = 0
+        # Told when a checkpoint is half written (the full-disk test's fault).
+        self.events = events or LoopEvents()
 
     # -- saving ------------------------------------------------------------------------------------
 
@@ -83,7 +85,7 @@ class Checkpoints:
         accelerator.wait_for_everyone()
         try:
             save_state(tmp / f"rng-{rank}.safetensors", rng_state())
-            faults.inject("checkpoint", self.saves, rank)
+            self.events.checkpoint_writing(self.saves, rank)
             accelerator.wait_for_everyone()
             if main:
                 save_trainable(module, tmp / ADAPTER_FILE)

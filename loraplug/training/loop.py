@@ -1,11 +1,15 @@
 """The training loop.
 
-Read it top to bottom: build the optimiser and schedule (restoring them from a checkpoint when
-resuming), then for each optimizer step take ``grad_accum_steps`` micro-batches, count their targets
-across all processes, and back-propagate each micro-batch's *summed* loss divided by that total. The
-gradient is then exactly that of one large batch — however the samples are split into micro-batches
-and processes, and whatever their lengths. (Averaging per micro-batch instead is the accumulation bug
-that hit HF Trainer.) After the step: log, evaluate, checkpoint, and stop early or on a signal.
+Read :meth:`TrainingLoop.run` top to bottom: the optimizer and schedule are built (restored from a
+checkpoint when resuming), then each optimizer step is a few named steps —
+:meth:`~TrainingLoop.take_micro_batches` (``grad_accum_steps`` of them, their targets counted across
+all processes), :meth:`~TrainingLoop.forward_backward` (each micro-batch's *summed* loss divided by that
+total, so the gradient is exactly that of one large batch however the samples are split into
+micro-batches and processes, and whatever their lengths — averaging per micro-batch instead is the
+accumulation bug that hit HF Trainer), :meth:`~TrainingLoop.optimizer_step`, :meth:`~TrainingLoop.report`,
+:meth:`~TrainingLoop.maybe_evaluate`, :meth:`~TrainingLoop.maybe_checkpoint` — and it stops early or on
+a signal. What changes from step to step is one :class:`TrainState`; everything else is fixed when the
+loop is built. Test-only fault injection is not in here: it is a :class:`LoopEvents` the tests install.
 
 accelerate owns devices, mixed precision and processes, so the same code runs under
 ``accelerate launch`` and ``torchrun``.
@@ -30,10 +34,10 @@ from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.rundir import ADAPTER_FILE
 from loraplug.toolkit import StepFn
-from loraplug.training import faults
-from loraplug.training.batches import MicroBatches, move_to
+from loraplug.training.batches import MicroBatches, Position, move_to
 from loraplug.training.checkpoint import BEST, Checkpoints, Progress, step_name
 from loraplug.training.evaluation import BestTracker, reduce_sum
+from loraplug.training.events import LoopEvents
 from loraplug.training.optim import OptimizerMaker, build_optimizer, build_scheduler
 from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
@@ -108,6 +112,47 @@ def stop_signals() -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
+@dataclass
+class Window:
+    """What the loop has trained since its last log line: the loss over the targets, and the tokens."""
+
+    loss: torch.Tensor
+    targets: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.targets = self.tokens = 0
+        self.start = time.monotonic()
+
+
+@dataclass
+class TrainState:
+    """Everything that changes from one optimizer step to the next (a checkpoint saves ``progress``)."""
+
+    progress: Progress
+    result: TrainResult
+    stream: Iterator[tuple[Position, Batch]]
+    window: Window
+    #: Micro-batches trained in this process's run so far (fault points count them from 1).
+    micro_count: int = 0
+    #: The best evaluation's trained weights, kept in memory for ``eval.use_best`` (a LoRA is small).
+    best_weights: dict[str, torch.Tensor] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class StepBatches:
+    """One optimizer step's micro-batches, their targets and tokens counted over every process."""
+
+    group: list[Batch]
+    #: Where the data stands after them (saved in a checkpoint).
+    position: Position
+    targets: int
+    tokens: int
+
+
 def train(
     *,
     accelerator: Any,
@@ -122,182 +167,264 @@ def train(
     on_step_end: Callable[[int], None] | None = None,
     resume_from: Path | None = None,
     make_optimizer: OptimizerMaker | None = None,
+    events: LoopEvents | None = None,
 ) -> TrainResult:
     """Train ``model.module`` on ``prepared`` as ``recipe.train`` says; return the figures.
 
+    :param on_step_end: called after each optimizer step that updated the weights, once it is logged
+        and evaluated (the run writes periodic samples and its step to run.json there).
     :param make_optimizer: builds the recipe's optimizer kind from the parameter groups (the pipeline
         passes the ``loraplug_build_optimizer`` hook); default: the core's AdamW.
+    :param events: told at each point of the loop (:class:`LoopEvents`); the failure tests' faults.
     """
-    cfg = recipe.train
-    world, rank = accelerator.num_processes, accelerator.process_index
-    batches = MicroBatches(prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=rank, world=world, num_workers=cfg.num_workers)
-    steps = total_steps(recipe, batches.per_epoch(), recipe.data.kind)
-    optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer)
-    scheduler = build_scheduler(optimizer, cfg, steps)
-    module, optimizer = accelerator.prepare(model.module, optimizer)
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last)
-    tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
+    loop = TrainingLoop(
+        accelerator=accelerator, step_fn=step_fn, model=model, prepared=prepared, recipe=recipe, ctx=ctx,
+        sinks=sinks, evaluate=evaluate, make_optimizer=make_optimizer, events=events or LoopEvents(),
+    )  # fmt: skip
+    return loop.run(display=display, on_step_end=on_step_end, resume_from=resume_from)
 
-    # Resuming restores weights, optimizer, schedule, random generators and the data position.
-    progress = Progress()
-    if resume_from is not None:
-        progress = checkpoints.restore(resume_from, module=model.module, optimizer=optimizer, scheduler=scheduler)
-    result = TrainResult(steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None)
 
-    def save(name: str) -> None:
-        checkpoints.save(name, module=model.module, optimizer=optimizer, scheduler=scheduler, progress=progress, recipe_hash=recipe.hash())
+class TrainingLoop:
+    """One training run's fixed parts (the prepared module, optimizer, schedule, checkpoints…), and the
+    named steps of the loop over them. The state that changes is :attr:`state`."""
 
-    best_weights: dict[str, torch.Tensor] | None = None
+    #: What changes from step to step; made by :meth:`start` when the loop runs.
+    state: TrainState
 
-    def evaluation(step: int) -> bool:
+    def __init__(
+        self,
+        *,
+        accelerator: Any,
+        step_fn: StepFn,
+        model: ModelBundle,
+        prepared: PreparedData,
+        recipe: Recipe,
+        ctx: RunContext,
+        sinks: Sinks,
+        evaluate: Callable[[Any], dict[str, float]],
+        make_optimizer: OptimizerMaker | None,
+        events: LoopEvents,
+    ) -> None:
+        cfg = self.cfg = recipe.train
+        self.accelerator, self.step_fn, self.model, self.recipe, self.ctx = accelerator, step_fn, model, recipe, ctx
+        self.sinks, self.evaluate, self.events = sinks, evaluate, events
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.batches = MicroBatches(
+            prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=self.rank, world=self.world, num_workers=cfg.num_workers
+        )
+        self.steps = total_steps(recipe, self.batches.per_epoch(), recipe.data.kind)
+        optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer)
+        self.scheduler = build_scheduler(optimizer, cfg, self.steps)
+        self.module, self.optimizer = accelerator.prepare(model.module, optimizer)
+        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+        self.checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events)
+        self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
+        self.live: ProgressDisplay | None = None  # the progress display, while the loop runs
+
+    # -- the loop, top to bottom -------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        display: Callable[[int, int], ProgressDisplay],
+        on_step_end: Callable[[int], None] | None,
+        resume_from: Path | None,
+    ) -> TrainResult:
+        self.state = state = self.start(resume_from)
+        self.module.train()
+        with stop_signals() as signals, display(self.steps, state.progress.step) as self.live:
+            if resume_from is None:
+                self.evaluate_now(0)  # the baseline every later evaluation is compared with
+            while state.progress.step < self.steps:
+                step = state.progress.step + 1
+                batches = self.take_micro_batches(step)
+                step_loss = self.forward_backward(batches)
+                state.progress.position, state.progress.step = batches.position, step
+                loss = float(step_loss) / batches.targets
+                if not math.isfinite(loss):
+                    self.skip_update(step, batches, loss)
+                    continue
+                self.optimizer_step(step)
+                self.report(step, batches, step_loss)
+                stop = self.maybe_evaluate(step)
+                if on_step_end is not None:
+                    on_step_end(step)
+                interrupted = _agreed(self.accelerator, bool(signals))
+                self.maybe_checkpoint(step, interrupted=interrupted)
+                if interrupted:
+                    raise Interrupted(
+                        f"Stopped by {signals[0] if signals else 'a signal'} at step {step}; a checkpoint was saved",
+                        fix="Continue with `loraplug run RECIPE --resume`",
+                    )
+                if stop:
+                    self.stop_early(step)
+                    break
+        return self.finish()
+
+    def start(self, resume_from: Path | None) -> TrainState:
+        """A fresh state, or the checkpoint's: weights, optimizer, schedule, random generators, data position."""
+        progress = Progress()
+        if resume_from is not None:
+            progress = self.checkpoints.restore(resume_from, module=self.model.module, optimizer=self.optimizer, scheduler=self.scheduler)
+        result = TrainResult(steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None)
+        window = Window(loss=torch.zeros((), dtype=torch.float64, device=self.accelerator.device))
+        return TrainState(progress=progress, result=result, stream=self.batches.iterate(progress.position), window=window)
+
+    def take_micro_batches(self, step: int) -> StepBatches:
+        """``grad_accum_steps`` micro-batches, with their targets and tokens counted on every process."""
+        group: list[Batch] = []
+        for _ in range(self.cfg.grad_accum_steps):
+            try:
+                position, batch = next(self.state.stream)
+            except StopIteration:
+                raise LoraplugError("The training data yielded no batches", fix="Check the data source") from None
+            group.append(batch)
+        device = self.accelerator.device
+        counts = torch.tensor([sum(b.num_targets for b in group), sum(b.num_tokens for b in group)], dtype=torch.float64, device=device)
+        targets, tokens = (int(x) for x in reduce_sum(self.accelerator, counts).tolist())
+        if targets == 0:
+            raise LoraplugError(
+                f"Step {step} has no targets to learn from (samples {', '.join(_ids(group, 5))})",
+                fix="Every sample's target was masked or truncated; raise max_length or check the data",
+            )
+        return StepBatches(group=group, position=position, targets=targets, tokens=tokens)
+
+    def forward_backward(self, batches: StepBatches) -> torch.Tensor:
+        """Forward and backward each micro-batch, scaled by the whole step's target count; the step's
+        summed loss over every process. DDP averages gradients over processes, hence the factor ``world``."""
+        accelerator, device = self.accelerator, self.accelerator.device
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for index, batch in enumerate(batches.group):
+            micro = self.state.micro_count + 1
+            last = index == len(batches.group) - 1
+            # Gradients are synchronised once per step, on its last micro-batch.
+            with nullcontext() if last else accelerator.no_sync(self.module):
+                out = self.step_fn(model=self.model, module=self.module, batch=move_to(batch, device), ctx=self.ctx)
+                self.events.after_forward(micro, self.rank, out)
+                accelerator.backward(out.loss_sum * (self.world / batches.targets))
+            step_loss += out.loss_sum.detach().double()
+            self.state.micro_count = micro
+            self.events.after_backward(micro, self.rank)
+        return reduce_sum(accelerator, step_loss)
+
+    def skip_update(self, step: int, batches: StepBatches, loss: float) -> None:
+        """A NaN or infinite loss never reaches the weights: stop (``train.on_nan = "stop"``, or too many
+        in a row), or drop this step's gradients and go on."""
+        progress = self.state.progress
+        message = f"The loss became {loss} at step {step}"
+        if self.cfg.on_nan == "stop" or progress.skipped_steps >= MAX_SKIPPED_IN_A_ROW:
+            kept = self.checkpoints.newest()
+            raise LoraplugError(
+                message + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
+                where=f"samples {', '.join(_ids(batches.group, 8))}",
+                fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples"
+                + (f"; the last good checkpoint is {kept}" if kept else ""),
+            )
+        progress.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.note(f"warning: {message}; skipped the update (samples {', '.join(_ids(batches.group, 4))})")
+        self.sinks.log(step, {"skipped_nan_steps": progress.skipped_steps}, split="train")
+
+    def optimizer_step(self, step: int) -> None:
+        """Clip, step, schedule."""
+        if self.cfg.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.events.after_step(step, self.rank)
+
+    def report(self, step: int, batches: StepBatches, step_loss: torch.Tensor) -> None:
+        """The progress line every step; the loss, lr and throughput to the sinks every ``log_every_n_steps``."""
+        state, window = self.state, self.state.window
+        window.loss += step_loss
+        window.targets += batches.targets
+        window.tokens += batches.tokens
+        state.result.tokens += batches.tokens
+        state.result.steps = step
+        log_now = step % self.cfg.log_every_n_steps == 0 or step == self.steps
+        elapsed = time.monotonic() - window.start
+        rate = window.tokens / elapsed if elapsed > 0 else 0.0
+        lr = self.scheduler.get_last_lr()[0]
+        loss = float(window.loss) / max(1, window.targets)
+        if self.live is not None:
+            self.live.update(step, loss=loss, lr=lr, tokens_per_s=rate, log=log_now)
+        if log_now:
+            state.result.train_loss = loss
+            self.sinks.log(step, {"loss": loss, "lr": lr, "tokens_per_s": rate}, split="train")
+            window.reset()
+
+    def maybe_evaluate(self, step: int) -> bool:
+        """Evaluate every ``eval.every_n_steps`` (the last step is evaluated by :meth:`finish`); whether to stop early."""
+        every = self.recipe.eval.every_n_steps
+        return bool(every and step % every == 0 and step != self.steps) and self.evaluate_now(step)
+
+    def evaluate_now(self, step: int) -> bool:
         """Evaluate, keep the best weights, and say whether to stop early."""
-        nonlocal best_weights
-        scores = evaluate(module)
+        state, evaluation = self.state, self.recipe.eval
+        scores = self.evaluate(self.module)
         if not scores:
             return False
-        result.evaluations.append((step, scores))
-        sinks.log(step, scores, split="eval")
+        state.result.evaluations.append((step, scores))
+        self.sinks.log(step, scores, split="eval")
         improved = stop = False
         # The baseline is logged but never "best": an untrained adapter is not what anyone exports.
-        if step > 0 and (recipe.eval.monitor in scores or recipe.eval.early_stopping_patience):
-            improved, stop = tracker.update(progress, scores)
-        if improved and recipe.eval.use_best:
-            best_weights = trainable_state(model.module)  # a LoRA is small: keep the best in memory
-            if cfg.save_every_n_steps:
-                save(BEST)
+        if step > 0 and (evaluation.monitor in scores or evaluation.early_stopping_patience):
+            improved, stop = self.tracker.update(state.progress, scores)
+        if improved and evaluation.use_best:
+            state.best_weights = trainable_state(self.model.module)  # a LoRA is small: keep the best in memory
+            if self.cfg.save_every_n_steps:
+                self.save(BEST)
         line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        live.note(f"step {step}: {line}{'  (best so far)' if improved else ''}")
+        self.note(f"step {step}: {line}{'  (best so far)' if improved else ''}")
         return stop
 
-    micro_count = 0
-    stream = batches.iterate(progress.position)
-    window_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    window_targets = window_tokens = 0
-    window_start = started = time.monotonic()
-    module.train()
+    def maybe_checkpoint(self, step: int, *, interrupted: bool) -> None:
+        """A checkpoint every ``save_every_n_steps`` — and on a signal always, checkpointing on or off:
+        Ctrl-C must never cost the steps done."""
+        every = self.cfg.save_every_n_steps
+        if interrupted or (every and step % every == 0):
+            self.save(step_name(step))
 
-    with stop_signals() as signals, display(steps, progress.step) as live:
-        if resume_from is None:
-            evaluation(0)  # the baseline every later evaluation is compared with
-        while progress.step < steps:
-            step = progress.step + 1
+    def stop_early(self, step: int) -> None:
+        self.state.result.stopped_early = True
+        evaluation = self.recipe.eval
+        self.note(f"early stopping at step {step}: no improvement of {evaluation.monitor} in "
+                  f"{evaluation.early_stopping_patience} evaluations")  # fmt: skip
 
-            # 1. Take one optimizer step's micro-batches and count their targets on every process.
-            group: list[Batch] = []
-            for _ in range(cfg.grad_accum_steps):
-                try:
-                    position, batch = next(stream)
-                except StopIteration:
-                    raise LoraplugError("The training data yielded no batches", fix="Check the data source") from None
-                group.append(batch)
-            counts = torch.tensor([sum(b.num_targets for b in group), sum(b.num_tokens for b in group)], dtype=torch.float64, device=accelerator.device)
-            targets, tokens = (int(x) for x in reduce_sum(accelerator, counts).tolist())
-            if targets == 0:
-                raise LoraplugError(
-                    f"Step {step} has no targets to learn from (samples {', '.join(_ids(group, 5))})",
-                    fix="Every sample's target was masked or truncated; raise max_length or check the data",
-                )
+    def finish(self) -> TrainResult:
+        """The last evaluation and checkpoint, the best weights restored (``eval.use_best``), the figures."""
+        state, result, progress = self.state, self.state.result, self.state.progress
+        if not result.stopped_early or not result.evaluations or result.evaluations[-1][0] != result.steps:
+            self.evaluate_now(result.steps)
+        if self.cfg.save_every_n_steps and not (self.checkpoints.root / step_name(result.steps)).exists():
+            self.save(step_name(result.steps))
+        result.best = progress.best
+        if self.recipe.eval.use_best and progress.best and progress.best["step"] != result.steps:
+            if state.best_weights is None:  # resumed after the best evaluation: it is on disk
+                load_trainable(self.model.module, self.checkpoints.root / BEST / ADAPTER_FILE)
+            else:
+                load_trainable_state(self.model.module, state.best_weights)
+            result.restored_best = True
+            self.note(f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})")
+        result.seconds = time.monotonic() - state.started
+        # accelerate wrapped the module's forward in autocast; exports and samples after training must see
+        # the model as it is, in its own precision.
+        self.accelerator.unwrap_model(self.module, keep_fp32_wrapper=False)
+        return result
 
-            # 2. Forward and backward each micro-batch, scaled by the whole step's target count.
-            #    DDP averages gradients over processes, hence the factor `world`.
-            step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-            for index, batch in enumerate(group):
-                last = index == len(group) - 1
-                with nullcontext() if last else accelerator.no_sync(module):
-                    out = step_fn(model=model, module=module, batch=move_to(batch, accelerator.device), ctx=ctx)
-                    if faults.poisoned("micro", micro_count + 1, rank):
-                        out.loss_sum = out.loss_sum * float("nan")
-                    accelerator.backward(out.loss_sum * (world / targets))
-                step_loss += out.loss_sum.detach().double()
-                micro_count += 1
-                faults.inject("micro", micro_count, rank)
+    # -- helpers -----------------------------------------------------------------------------------
 
-            # 3. A NaN or infinite loss never reaches the weights.
-            step_loss = reduce_sum(accelerator, step_loss)
-            loss = float(step_loss) / targets
-            progress.position = position
-            progress.step = step
-            if not math.isfinite(loss):
-                message = f"The loss became {loss} at step {step}"
-                if cfg.on_nan == "stop" or progress.skipped_steps >= MAX_SKIPPED_IN_A_ROW:
-                    kept = checkpoints.newest()
-                    raise LoraplugError(
-                        message + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
-                        where=f"samples {', '.join(_ids(group, 8))}",
-                        fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples"
-                        + (f"; the last good checkpoint is {kept}" if kept else ""),
-                    )
-                progress.skipped_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                live.note(f"warning: {message}; skipped the update (samples {', '.join(_ids(group, 4))})")
-                sinks.log(step, {"skipped_nan_steps": progress.skipped_steps}, split="train")
-                continue
+    def save(self, name: str) -> None:
+        self.checkpoints.save(
+            name, module=self.model.module, optimizer=self.optimizer, scheduler=self.scheduler,
+            progress=self.state.progress, recipe_hash=self.recipe.hash(),
+        )  # fmt: skip
 
-            # 4. Clip, step, schedule.
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            faults.inject("step", step, rank)
-
-            # 5. Report.
-            window_loss += step_loss
-            window_targets += targets
-            window_tokens += tokens
-            result.tokens += tokens
-            result.steps = step
-            log_now = step % cfg.log_every_n_steps == 0 or step == steps
-            elapsed = time.monotonic() - window_start
-            rate = window_tokens / elapsed if elapsed > 0 else 0.0
-            lr = scheduler.get_last_lr()[0]
-            live.update(step, loss=float(window_loss) / max(1, window_targets), lr=lr, tokens_per_s=rate, log=log_now)
-            if log_now:
-                result.train_loss = float(window_loss) / max(1, window_targets)
-                sinks.log(step, {"loss": result.train_loss, "lr": lr, "tokens_per_s": rate}, split="train")
-                window_loss.zero_()
-                window_targets = window_tokens = 0
-                window_start = time.monotonic()
-
-            # 6. Evaluate, checkpoint, stop early or on a signal.
-            stop = False
-            if recipe.eval.every_n_steps and step % recipe.eval.every_n_steps == 0 and step != steps:
-                stop = evaluation(step)
-            if on_step_end is not None:
-                on_step_end(step)
-            interrupted = _agreed(accelerator, bool(signals))
-            # A signal always saves, checkpointing on or off: Ctrl-C must never cost the steps done.
-            if interrupted or (cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0):
-                save(step_name(step))
-            if interrupted:
-                raise Interrupted(
-                    f"Stopped by {signals[0] if signals else 'a signal'} at step {step}; a checkpoint was saved",
-                    fix="Continue with `loraplug run RECIPE --resume`",
-                )
-            if stop:
-                result.stopped_early = True
-                live.note(f"early stopping at step {step}: no improvement of {recipe.eval.monitor} in "
-                          f"{recipe.eval.early_stopping_patience} evaluations")  # fmt: skip
-                break
-
-    if not result.stopped_early or not result.evaluations or result.evaluations[-1][0] != result.steps:
-        evaluation(result.steps)
-    if cfg.save_every_n_steps and not (checkpoints.root / step_name(result.steps)).exists():
-        save(step_name(result.steps))
-    result.best = progress.best
-    if recipe.eval.use_best and progress.best and progress.best["step"] != result.steps:
-        if best_weights is None:  # resumed after the best evaluation: it is on disk
-            load_trainable(model.module, checkpoints.root / BEST / ADAPTER_FILE)
-        else:
-            load_trainable_state(model.module, best_weights)
-        result.restored_best = True
-        live.note(f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})")
-    result.seconds = time.monotonic() - started
-    # accelerate wrapped the module's forward in autocast; exports and samples after training must see
-    # the model as it is, in its own precision.
-    accelerator.unwrap_model(module, keep_fp32_wrapper=False)
-    return result
+    def note(self, message: str) -> None:
+        """A line above the progress bar (the display prints it once the bar is gone, too)."""
+        if self.live is not None:
+            self.live.note(message)
 
 
 def _ids(group: list[Batch], limit: int) -> list[str]:
