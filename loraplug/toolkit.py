@@ -1,9 +1,10 @@
 """What a model plugin needs besides the hooks: presets, loading, dtypes, parity, optional packages, quiet libraries.
 
 loraplug's own plugins use these and nothing else of the kind, so a third-party plugin written from
-docs/plugins.md ("Toolkit") needs no helper copied out of them. Importing this module imports no torch,
-transformers or diffusers: every function that needs one imports it in its body, so a plugin may import
-the toolkit from the modules loraplug loads for ``loraplug --help``.
+docs/plugins.md ("Toolkit") needs no helper copied out of them. Importing this module imports no torch
+(the functions that need it import it in their body), so a plugin may import the toolkit from the modules
+loraplug loads for ``loraplug --help``; it never imports transformers or diffusers at all: their half of
+the toolkit is the ``loraplug-hf`` library (``loraplug_hf``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ __all__ = [
     "Preset",
     "StepFn",
     "build_once",
-    "byte_level_tokenizer",
     "debugging",
     "dtype_name",
     "hold_out",
@@ -85,35 +85,6 @@ def locate(pretrained: str, cache_dir: Path, presets: Iterable[Preset] = ()) -> 
         if preset.name == pretrained:
             return str(preset.directory(cache_dir))
     return pretrained
-
-
-def byte_level_tokenizer(
-    specials: Sequence[str] = ("<pad>", "<s>", "</s>"),
-    *,
-    bos: str | None = "<s>",
-    eos: str | None = "</s>",
-    pad: str | None = "<pad>",
-    chat_template: str | None = None,
-) -> Any:
-    """A tokenizer for a tiny preset: one token per byte, plus ``specials`` (ids 0, 1, … in order), no merges.
-
-    It needs no training data or download and encodes any text, so a preset built with it loads with
-    ``AutoTokenizer`` like a real checkpoint's. Returns a transformers ``PreTrainedTokenizerFast``; save
-    it beside the model with ``save_pretrained``. Imports tokenizers and transformers on call.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(specials)}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab.setdefault(char, len(vocab))
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(list(specials))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template
-    )
 
 
 def local_dir(source: str) -> Path | None:
@@ -229,24 +200,14 @@ def require_installed(package: str, needed_for: str, install: str, *, where: str
 
 @cache
 def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
-    """Keep ``libraries``' deprecation warnings and progress bars out of loraplug's output (once per process).
+    """Keep ``libraries``' deprecation warnings out of loraplug's output (once per process).
 
-    Call it before importing them, in every function that does. ``transformers`` and ``diffusers`` also
-    get their progress bars off and their log level set to errors; ``loggers`` are further loggers to
-    set to errors. Nothing is silenced while debugging (``LORAPLUG_DEBUG=1``).
+    Call it before importing them, in every function that does; ``loggers`` are further loggers to set
+    to errors. Nothing is silenced while debugging (``LORAPLUG_DEBUG=1``). transformers and diffusers
+    also keep progress bars and a log level of their own: plugins built on them call
+    ``loraplug_hf.quiet_libraries``, which adds those switches (the core never imports either library).
     """
-    if not silence_warnings([rf"{library}\..*" for library in libraries], loggers=loggers):
-        return
-    if "transformers" in libraries:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    if "diffusers" in libraries:
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.disable_progress_bar()
-        diffusers_logging.set_verbosity_error()
+    silence_warnings([rf"{library}\..*" for library in libraries], loggers=loggers)
 
 
 # ------------------------------------------------------------------------------------------------ steps

@@ -147,13 +147,6 @@ def test_quiet_libraries_silences_their_warnings_unless_debugging(monkeypatch: p
     assert len(warn_from("loraplug_fake_lib.sub")) == 1
 
 
-def test_byte_level_tokenizer_encodes_any_text_and_its_specials() -> None:
-    tokenizer = toolkit.byte_level_tokenizer(("<pad>", "<s>", "</s>", "<|user|>"), chat_template=None)
-    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
-    ids = tokenizer("héllo ✓<|user|>")["input_ids"]
-    assert ids[-1] == 3 and tokenizer.decode(ids) == "héllo ✓<|user|>"
-
-
 def test_no_options_accepts_no_key() -> None:
     assert NoOptions().model_dump() == {}
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):

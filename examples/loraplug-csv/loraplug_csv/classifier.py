@@ -13,10 +13,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from loraplug import Batch, DataBundle, LoraplugError, ModelBundle, PreparedData, Record, RunContext, Sample, StepResult
+from loraplug import (
+    Batch,
+    DataBundle,
+    LoraplugError,
+    ModelBundle,
+    PreparedData,
+    Record,
+    RunContext,
+    Sample,
+    StepResult,
+)
 from loraplug.data import token_limit
-from loraplug.toolkit import Preset, byte_level_tokenizer, local_dir, locate, model_load_error, quiet_libraries, torch_dtype
+from loraplug.toolkit import Preset, local_dir, locate, model_load_error, torch_dtype
 from loraplug_csv.options import ClassifierOptions, LoraOptions
+from loraplug_hf import byte_level_tokenizer, quiet_libraries
 
 MODEL_KIND = "text-classifier"
 #: The libraries whose warnings and progress bars stay out of loraplug's output.

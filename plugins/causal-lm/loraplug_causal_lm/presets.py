@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loraplug.toolkit import Preset, byte_level_tokenizer
+from loraplug.toolkit import Preset
+from loraplug_hf import byte_level_tokenizer
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 

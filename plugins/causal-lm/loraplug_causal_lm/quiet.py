@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from loraplug import toolkit
+import loraplug_hf
 
 
 def quiet_libraries() -> None:
     # bitsandbytes' LLM.int8 logs "inputs will be cast to float16" on every forward pass of a float32 model.
-    toolkit.quiet_libraries("transformers", "peft", loggers=("bitsandbytes.autograd._functions",))
+    loraplug_hf.quiet_libraries("transformers", "peft", loggers=("bitsandbytes.autograd._functions",))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loraplug import toolkit
+import loraplug_hf
 
 
 def quiet_libraries() -> None:
-    toolkit.quiet_libraries("diffusers", "transformers", "peft")
+    loraplug_hf.quiet_libraries("diffusers", "transformers", "peft")

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from loraplug import Deployable, ExportResult, LoraplugError, ModelBundle, RunContext
-from loraplug.toolkit import BITSANDBYTES_INSTALL, TORCHAO_INSTALL, quiet_libraries, torch_dtype
+from loraplug.toolkit import BITSANDBYTES_INSTALL, TORCHAO_INSTALL, torch_dtype
+from loraplug_hf import quiet_libraries
 from loraplug_quant import measure
 from loraplug_quant.options import Bnb4bitExportOptions, Bnb8bitExportOptions, QuantExportOptions
 

@@ -1,0 +1,70 @@
+"""The Hugging Face half of loraplug's plugin toolkit: what plugins built on transformers/diffusers share.
+
+The core (``loraplug``, ``loraplug.toolkit``) never imports a modality library, not even inside a
+function; the two helpers that must are here, in a library that plugins depend on. It is not a plugin:
+it has no entry point and serves no kinds, so "no plugin imports another plugin" still holds for the
+plugins that import it. Importing this module imports neither transformers nor diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from loraplug import toolkit
+
+__all__ = ["byte_level_tokenizer", "quiet_libraries"]
+
+
+def byte_level_tokenizer(
+    specials: Sequence[str] = ("<pad>", "<s>", "</s>"),
+    *,
+    bos: str | None = "<s>",
+    eos: str | None = "</s>",
+    pad: str | None = "<pad>",
+    chat_template: str | None = None,
+) -> Any:
+    """A tokenizer for a tiny preset: one token per byte, plus ``specials`` (ids 0, 1, … in order), no merges.
+
+    It needs no training data or download and encodes any text, so a preset built with it loads with
+    ``AutoTokenizer`` like a real checkpoint's. Returns a transformers ``PreTrainedTokenizerFast``; save
+    it beside the model with ``save_pretrained``. Imports tokenizers and transformers on call.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(specials)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(char, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(specials))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template
+    )
+
+
+@cache
+def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
+    """:func:`loraplug.toolkit.quiet_libraries`, plus transformers' and diffusers' own switches.
+
+    Those two keep their progress bars and log level in their own state, not in Python's warnings and
+    logging configuration, so for each of them named in ``libraries`` their progress bars go off and
+    their verbosity goes to errors. Call it before importing them, in every function that does; nothing
+    is silenced while debugging (``LORAPLUG_DEBUG=1``). Imports transformers/diffusers only when named.
+    """
+    toolkit.quiet_libraries(*libraries, loggers=loggers)
+    if toolkit.debugging():
+        return
+    if "transformers" in libraries:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    if "diffusers" in libraries:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()

@@ -1,0 +1,36 @@
+"""loraplug-hf: the Hugging Face half of the plugin toolkit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import loraplug_hf
+
+
+def test_byte_level_tokenizer_encodes_any_text_and_its_specials() -> None:
+    tokenizer = loraplug_hf.byte_level_tokenizer(("<pad>", "<s>", "</s>", "<|user|>"), chat_template=None)
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    ids = tokenizer("héllo ✓<|user|>")["input_ids"]
+    assert ids[-1] == 3 and tokenizer.decode(ids) == "héllo ✓<|user|>"
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_quiet_libraries_turns_transformers_logging_to_errors_unless_debugging(debug: str) -> None:
+    # A fresh process: transformers' verbosity is process-wide state, and the call is cached.
+    code = (
+        "import loraplug_hf; loraplug_hf.quiet_libraries('transformers');"
+        "from transformers.utils import logging; import logging as std;"
+        "print(logging.get_verbosity() == std.ERROR, logging.is_progress_bar_enabled())"
+    )
+    env = {"LORAPLUG_DEBUG": debug, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == (["True", "False"] if not debug else ["False", "True"])
+
+
+def test_importing_it_imports_no_modality_library() -> None:
+    code = "import sys, loraplug_hf; print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'tokenizers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
