@@ -1,7 +1,7 @@
 # make demo   create .venv (first time), install loraplug and its plugins, train the quickstart recipe
 # make test   the whole test suite (what .ci/run calls)
 # make bench  the benchmarks behind docs/performance.md
-# make docs   regenerate the generated tables in docs/recipes.md
+# make docs   regenerate the generated tables in docs/recipes.md and the hook reference in docs/hooks.md
 # Each target is idempotent: the install step reruns only when a pyproject.toml changed.
 
 PYTHON ?= python3
@@ -37,6 +37,7 @@ bench: install
 
 docs: install
 	$(PY) tools/update_recipes_doc.py
+	$(PY) tools/update_hooks_doc.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,6 +37,48 @@ def test_the_plugin_host_example_in_docs_plugins_md_runs() -> None:
     match = re.search(r"<!-- example: the plugin host -->\n```python\n(.*?)```", text, re.S)
     assert match, "docs/plugins.md lost its plugin host example"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", match.group(1)], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "jsonl  (loraplug-causal-lm)" in done.stdout and "imagefolder  (loraplug-diffusion)" in done.stdout
+
+
+def _examples(doc: Path) -> list[str]:
+    """The Python examples of a page, without the blocks generated from docstrings (hook signatures)."""
+    text = re.sub(
+        r"<!-- BEGIN (.*?) -->\n.*?<!-- END \1 -->\n", "", doc.read_text(encoding="utf-8"), flags=re.S
+    )
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_docs_examples_import_only_from_loraplug() -> None:
+    """A plugin author copies the examples: they take loraplug's names from `loraplug` (`NoOptions`
+    included), never from a first-party plugin (`loraplug_causal_lm`…), and import every one they use."""
+    import ast
+
+    import loraplug
+
+    public = set(loraplug.__all__) - {"__version__"}
+    problems = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for number, example in enumerate(_examples(doc), start=1):
+            tree = ast.parse(example)
+            imported, used = set(), set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    module = node.module if isinstance(node, ast.ImportFrom) else None
+                    for alias in node.names:
+                        source = module or alias.name
+                        if source.split(".")[0].startswith("loraplug_"):
+                            problems.append(f"{doc.name} example {number} imports {source}")
+                        imported.add((alias.asname or alias.name).split(".")[0])
+                elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store):
+                    used.add(node.id)
+                elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+                    imported.add(node.name)
+            if missing := sorted((used & public) - imported):
+                problems.append(
+                    f"{doc.name} example {number} uses {', '.join(missing)} without importing it from loraplug"
+                )
+    assert not problems, "\n".join(problems)

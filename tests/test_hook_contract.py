@@ -1,18 +1,22 @@
-"""Every hookspec is documented in docs/hooks.md and actually called when a recipe runs.
+"""Every hookspec is documented in docs/hooks.md — generated from its docstring, with an example — says
+how it is dispatched, and is actually called, as it says, when a recipe runs.
 
 A hook nobody calls is a promise silently broken (axolotl's `create_optimizer` had no call site);
-a hook nobody documented is one no plugin author can use.
+a hook nobody documented is one no plugin author can use; a reference written twice drifts (the page
+and the module docstring once disagreed on how `evaluate` is dispatched).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,20 +25,117 @@ from loraplug import hookspecs
 
 ROOT = Path(__file__).parents[1]
 HOOKS = sorted(name for name, fn in vars(hookspecs).items() if name.startswith("loraplug_") and callable(fn))
+DISPATCH = re.compile(r"^Dispatch: (by kind|by model kind|broadcast|each plugin) — \S", re.M)
+#: Dispatch ways whose every call reaches one plugin only.
+ONE_PLUGIN = ("by kind", "by model kind", "each plugin")
 
 
-def test_hookspecs_have_docstrings() -> None:
+def _tool() -> ModuleType:
+    """tools/update_hooks_doc.py, imported from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("update_hooks_doc", ROOT / "tools" / "update_hooks_doc.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dispatch(name: str) -> str:
+    """How a hook is dispatched, as its docstring's one ``Dispatch:`` line says."""
+    found = DISPATCH.findall(inspect.getdoc(getattr(hookspecs, name)) or "")
+    assert len(found) == 1, (
+        f"{name}'s docstring needs one 'Dispatch: <by kind|by model kind|broadcast|each plugin> — …' line"
+    )
+    return str(found[0])
+
+
+def test_every_hookspec_says_how_it_is_dispatched_and_stage_hooks_are_dispatched_by_kind() -> None:
+    from loraplug.kinds import STAGE_HOOKS
+
+    dispatch = {name: _dispatch(name) for name in HOOKS}
+    # The hooks the registry dispatches by a kind's stage (evaluate: the metric stage) are exactly those
+    # whose docstring says "by kind".
+    assert {name for name, way in dispatch.items() if way == "by kind"} == set(STAGE_HOOKS.values())
+    # The module docstring explains the ways, and lists no hooks: a list there drifts from the Dispatch lines.
+    short_names = {name.removeprefix("loraplug_") for name in HOOKS} - {"register_kinds"}
+    named = set(re.findall(r"``(\w+)``", hookspecs.__doc__ or "")) & (short_names | set(HOOKS))
+    assert not named, f"the module docstring of loraplug/hookspecs.py names hooks: {named}"
+
+
+def test_docs_hooks_md_is_generated_from_the_hookspec_docstrings() -> None:
+    """The reference part of docs/hooks.md is what tools/update_hooks_doc.py renders from the docstrings."""
+    tool = _tool()
+    text = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    assert tool.render(text, hookspecs) == text, (
+        "docs/hooks.md is out of step with loraplug/hookspecs.py: run `make docs`"
+    )
     for name in HOOKS:
-        assert inspect.getdoc(getattr(hookspecs, name)), name
-
-
-def test_every_hookspec_has_a_section_in_docs_hooks_md() -> None:
-    text = (ROOT / "docs" / "hooks.md").read_text()
-    for name in HOOKS:
+        assert f"<!-- BEGIN hook: {name} -->" in text
         params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
-        assert re.search(rf"^## `{name}\({re.escape(params)}\)`", text, re.M), f"docs/hooks.md lacks a '## `{name}({params})`' heading"
-    documented = set(re.findall(r"^## `(loraplug_\w+)\(", text, re.M))
-    assert documented == set(HOOKS), f"documented but not in hookspecs: {documented - set(HOOKS)}"
+        assert f"## `{name}({params})`" in text
+        assert f"**Dispatch:** {_dispatch(name)} — " in text
+
+
+def test_every_hook_in_docs_hooks_md_has_an_example_that_implements_it() -> None:
+    text = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    sections = re.split(r"^<!-- BEGIN hook: ", text, flags=re.M)[1:]
+    assert len(sections) == len(HOOKS)
+    for section in sections:
+        name = section.split(" ", 1)[0]
+        example = section.split(f"<!-- END hook: {name} -->", 1)[1]
+        assert re.search(rf"```python\n(?:.*\n)*?def {name}\(", example), (
+            f"docs/hooks.md: {name} has no example implementing it"
+        )
+
+
+def test_the_generator_picks_up_a_new_hookspec_and_a_changed_docstring() -> None:
+    """A hookspec added (as other engineers add them) gets its section; an edited docstring shows."""
+    tool = _tool()
+    text = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    changed = ModuleType("changed_hookspecs")
+    specs = {name: getattr(hookspecs, name) for name in tool.hookspecs_of(hookspecs)}
+    exporting = list(specs).index("loraplug_export")
+
+    def loraplug_build_scheduler(kind: str, options: Any, optimizer: Any, ctx: Any) -> Any:
+        """Build the learning-rate schedule: ``train.schedule`` names the kind.
+
+        Dispatch: by kind — the one plugin that declared the recipe's ``train.schedule``.
+
+        :param optimizer: the optimizer from :func:`loraplug_build_optimizer`.
+        :returns: a ``torch.optim.lr_scheduler.LRScheduler``.
+        """
+
+    def loraplug_load_data(kind: str, options: Any, ctx: Any) -> Any:
+        """Read the data, differently now.
+
+        Dispatch: by kind — the one plugin that declared the recipe's ``data.kind``.
+        """
+
+    ordered = list(specs.items())
+    ordered.insert(exporting, ("loraplug_build_scheduler", hookspecs.hookspec(loraplug_build_scheduler)))
+    for name, fn in ordered:
+        setattr(changed, name, hookspecs.hookspec(loraplug_load_data) if name == "loraplug_load_data" else fn)
+    changed.PROJECT = hookspecs.PROJECT
+
+    rendered = tool.render(text, changed)
+    flat = " ".join(rendered.split())  # as Markdown reads it: the generator wraps long lines
+    new = rendered.index("<!-- BEGIN hook: loraplug_build_scheduler -->")
+    assert (
+        rendered.index("<!-- END hook: loraplug_deployable -->")
+        < new
+        < rendered.index("<!-- BEGIN hook: loraplug_export -->")
+    )
+    assert "## `loraplug_build_scheduler(kind, options, optimizer, ctx)`" in rendered
+    assert (
+        "* `optimizer` — the optimizer from [`loraplug_build_optimizer`](#loraplug_build_optimizerkind-options-param_groups-ctx)."
+        in flat
+    )
+    assert (
+        "| [`loraplug_build_scheduler`](#loraplug_build_schedulerkind-options-optimizer-ctx) | by kind |"
+        in flat
+    )
+    assert tool.NO_EXAMPLE in rendered
+    assert "Read the data, differently now." in flat and "Called first in a run" not in flat
+    assert tool.render(rendered, changed) == rendered  # regenerating changes nothing more
 
 
 def test_every_hookspec_is_called_by_a_run(tmp_path: Path) -> None:
@@ -45,8 +146,20 @@ def test_every_hookspec_is_called_by_a_run(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    called = set(re.findall(r"^\[loraplug hook\] (loraplug_\w+) -> ", proc.stderr, re.M))
+    calls = re.findall(r"^\[loraplug hook\] (loraplug_\w+) -> (.*)$", proc.stderr, re.M)
+    called = {name for name, _ in calls}
     assert called == set(HOOKS), f"never called: {set(HOOKS) - called}"
+    # Each call reaches the plugins its docstring's Dispatch line says.
+    from loraplug.plugins import PluginHost
+
+    pm = PluginHost.load().pm
+    for name, reached in calls:
+        plugins = set() if reached == "no plugin" else set(reached.split(", "))
+        if _dispatch(name) in ONE_PLUGIN:
+            assert len(plugins) <= 1 and (plugins or name == "loraplug_register_kinds"), (name, reached)
+        else:
+            implementers = {pm.get_name(impl.plugin) for impl in getattr(pm.hook, name).get_hookimpls()}
+            assert plugins == implementers, (name, reached)
 
 
 class OddModelPlugin:
@@ -79,11 +192,75 @@ def test_the_typed_facade_checks_each_hooks_answer_and_names_the_plugin(tmp_path
 
     host = PluginHost.load(entry_points=False, extra=[ExtraPlugin(OddModelPlugin(), "loraplug-odd")])
     recipe: Any = SimpleNamespace(model=SimpleNamespace(kind="odd", options=None))
-    with pytest.raises(PluginError, match="loraplug-odd returned dict from loraplug_build_model, expected ModelBundle"):
+    with pytest.raises(
+        PluginError, match="loraplug-odd returned dict from loraplug_build_model, expected ModelBundle"
+    ):
         host.build_model(recipe, ctx=None)  # type: ignore[arg-type]
     step = host.train_step("odd")
-    with pytest.raises(PluginError, match="loraplug-odd returned tuple from loraplug_train_step, expected StepResult") as raised:
+    with pytest.raises(
+        PluginError, match="loraplug-odd returned tuple from loraplug_train_step, expected StepResult"
+    ) as raised:
         step(model=None, module=None, batch=None, ctx=None)
     assert raised.value.fix == "This is a bug in loraplug-odd"
     with pytest.raises(PluginError, match="returned list from loraplug_generate, expected a list of Sample"):
         host.generate(recipe, SimpleNamespace(kind="odd"), ["q: rain"], tmp_path, ctx=None)  # type: ignore[arg-type]
+
+
+METRIC_PLUGIN = """
+import json, os
+from loraplug import KindSpec, hookimpl
+
+@hookimpl
+def loraplug_register_kinds(register):
+    for name in {names!r}:
+        register(KindSpec("metric", name, "loraplug.options:NoOptions", "a test metric", higher_is_better=True))
+
+@hookimpl
+def loraplug_evaluate(metrics, model, options, data, scores, ctx):
+    with open(os.environ["METRIC_CALLS"], "a", encoding="utf-8") as calls:
+        calls.write(json.dumps({{"plugin": {plugin!r}, "metrics": list(metrics)}}) + "\\n")
+    return {{name: 1.0 for name in metrics}}
+"""
+
+
+def test_evaluate_is_called_once_per_plugin_with_the_metrics_it_declared(tmp_path: Path) -> None:
+    """What loraplug_evaluate's Dispatch line says: eval.metrics grouped by the plugin that declared each,
+    one call per plugin and evaluation with its own names; a plugin whose metrics are not asked for is not
+    called (a broadcast would call all three with every name)."""
+    from loraplug.testing import plugin_dist, toy_plugin_dist, write_recipe
+
+    site = toy_plugin_dist(tmp_path / "site")
+    for plugin, names in {"a": ["a_one", "a_two"], "b": ["b_one"], "c": ["c_one"]}.items():
+        source = METRIC_PLUGIN.format(plugin=plugin, names=names)
+        plugin_dist(site, distribution=f"loraplug-metric-{plugin}", module=f"metric_{plugin}", source=source)
+    for name, numbers in {"train": range(12), "val": range(12, 16)}.items():
+        rows = "".join(json.dumps({"x": [i / 10, 1 - i / 10], "y": i / 5}) + "\n" for i in numbers)
+        (tmp_path / f"{name}.jsonl").write_text(rows, encoding="utf-8")
+    recipe = write_recipe(
+        tmp_path / "toy.toml",
+        {
+            "run": {"name": "toy", "output_dir": "runs"},
+            "data": {"kind": "toy-rows", "path": "train.jsonl", "val_path": "val.jsonl"},
+            "model": {"kind": "toy-regressor", "features": 2, "hidden": 4},
+            "adapter": {"kind": "lora", "r": 2},
+            "train": {"max_steps": 2, "batch_size": 4},
+            "eval": {"every_n_steps": 2, "metrics": ["a_two", "b_one", "a_one"]},
+            "export": [],
+        },
+    )
+    calls_file = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "METRIC_CALLS": str(calls_file)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "loraplug", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    calls = [json.loads(line) for line in calls_file.read_text(encoding="utf-8").splitlines()]
+    evaluations = 2  # the baseline at step 0 and step 2
+    assert sorted((c["plugin"], tuple(c["metrics"])) for c in calls) == sorted(
+        [("a", ("a_two", "a_one")), ("b", ("b_one",))] * evaluations
+    )
