@@ -3,23 +3,25 @@
 ``run_cli`` runs the real CLI in-process and captures what a user would see; ``write_recipe`` writes a
 recipe file from Python dicts; ``plugin_dist`` installs a plugin module as a real distribution with an
 entry point (a ``.dist-info`` directory on ``sys.path``), so discovery is tested exactly as it happens
-after ``pip install``. ``ToyRegressor`` is a whole modality to test against — rows of numbers, a small
-MLP, its LoRA and its deployable view — in pure torch and peft (``toy_plugin_dist`` installs it).
+after ``pip install`` (``plugins_installed`` installs one for a block). ``ToyRegressor`` is a whole modality to test against — rows of numbers, a small
+MLP, its LoRA, samples, an export and its deployable view — in pure torch (``toy_plugin_dist`` installs
+it; ``toy_recipe`` writes a recipe for it). loraplug's own tests run on it.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Callable
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import Field
 
-from loraplug.bundles import Batch, DataBundle, ModelBundle, PreparedData, StepResult
+from loraplug.bundles import Batch, DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
 from loraplug.context import RunContext
 from loraplug.deploy import Deployable, MergeCheck
 from loraplug.hookspecs import hookimpl
@@ -93,14 +95,41 @@ def plugin_dist(
     return site
 
 
+@contextmanager
+def plugins_installed(site: Path) -> Iterator[Path]:
+    """While in the block, the distributions in ``site`` (:func:`plugin_dist`) are installed: for the CLI in
+    this process (:func:`run_cli`, discovering them by entry point as after ``pip install``) and for
+    subprocesses (``PYTHONPATH``). Everything is put back afterwards."""
+    import importlib
+    import os
+    import sys
+
+    from loraplug import plugins
+
+    path, pythonpath, loaded = list(sys.path), os.environ.get("PYTHONPATH"), plugins._loaded
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), pythonpath]))
+    importlib.invalidate_caches()
+    plugins._loaded = None  # load_plugins() discovers them afresh
+    try:
+        yield site
+    finally:
+        sys.path[:] = path
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
+        importlib.invalidate_caches()
+        plugins._loaded = loaded
 
 
-# -- a toy modality: the plugin contract with nothing but torch and peft ------------------------------
+# -- a toy modality: the plugin contract with nothing but torch ---------------------------------------
 # Neither text nor image: rows of numbers regressed by a small MLP. It serves a data kind, a model kind
-# (with its deployable view, so exporters of any modality export it) and a `lora` adapter, in about a
-# hundred lines, and trains in a second. Register it in-process with
-# `PluginHost.load(extra=[ExtraPlugin(ToyRegressor(), TOY_DISTRIBUTION)])`, or installed, for the CLI,
-# with `toy_plugin_dist(site)`.
+# (with its deployable view, so exporters of any modality export it, and samples), a `lora` adapter and a
+# `toy-weights` export, and trains in a second. Its LoRA is a few lines of plain torch, not peft (which
+# imports transformers): the core's own tests run on it, proving the core needs no modality library.
+# Register it in-process with `PluginHost.load(extra=[ExtraPlugin(ToyRegressor(), TOY_DISTRIBUTION)])`,
+# or installed, for the CLI, with `toy_plugin_dist(site)`.
 
 TOY_DISTRIBUTION = "loraplug-toy"
 TOY_MODEL = "toy-regressor"
@@ -108,27 +137,85 @@ TOY_MODEL = "toy-regressor"
 TOY_ROWS = "number-rows"
 #: The MLP's linear layers, by name: what the `lora` adapter adapts.
 TOY_LAYERS = ("hidden", "out")
+#: How many numbers a row of :func:`toy_rows` holds (``model.features`` of :func:`toy_recipe`).
+TOY_FEATURES = 3
 
 
 class ToyRowsOptions(Options):
-    """``[data] kind = "toy-rows"``: JSONL of ``{"x": [numbers], "y": number}``."""
+    """``[data] kind = "toy-rows"``: JSONL of ``{"x": [numbers], "y": number}``.
+
+    ``"y": null`` is a row without a target: it is computed but counts for no loss term (as a prompt's
+    tokens in a causal LM), so micro-batches hold different numbers of targets. Other fields are kept
+    (``data.balance_by`` may name one).
+    """
 
     path: InputFile
     val_path: InputFile | None = None
 
 
 class ToyRegressorOptions(Options):
-    """``[model] kind = "toy-regressor"``: an MLP ``features → hidden → 1``, initialised from ``run.seed``."""
+    """``[model] kind = "toy-regressor"``: an MLP ``features → hidden → 1``, initialised from ``run.seed``.
+
+    A sample prompt is a row: the numbers written in it (``"0.5, -1, 2"``); its sample is the prediction.
+    """
 
     features: int = Field(ge=1, le=1024)
     hidden: int = Field(16, ge=1, le=1024)
 
 
 class ToyLoraOptions(Options):
-    """``[adapter] kind = "lora"`` for the toy regressor: peft LoRA on its linear layers."""
+    """``[adapter] kind = "lora"`` for the toy regressor: LoRA on its linear layers, in plain torch."""
 
     r: int = Field(4, ge=1, le=256)
     alpha: float = Field(8.0, gt=0, le=1024)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ToyWeightsOptions(Options):
+    """``[[export]] kind = "toy-weights"``: the merged MLP as safetensors, its config and a model card."""
+
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    model_card: bool = True
+
+
+def toy_rows(count: int, *, seed: int = 0, features: int = TOY_FEATURES) -> list[dict[str, Any]]:
+    """``count`` rows ``{"x": [...], "y": ...}`` of a fixed linear function, drawn from ``seed``."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        x = [round(rng.uniform(-1, 1), 4) for _ in range(features)]
+        rows.append({"x": x, "y": round(sum((-1) ** i * (i + 1) * v for i, v in enumerate(x)), 4)})
+    return rows
+
+
+def toy_recipe(directory: Path, **changes: Any) -> Path:
+    """A recipe for the toy regressor that trains in a second: ``toy_recipe(tmp_path, train={"max_steps": 2})``.
+
+    Each keyword updates one section's table (a list replaces ``export``). Writes ``train.jsonl`` and
+    ``val.jsonl`` (24 and 8 rows) and ``recipe.toml`` into ``directory``; the run is ``runs/tiny``.
+    """
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in {"train.jsonl": toy_rows(24), "val.jsonl": toy_rows(8, seed=1)}.items():
+        (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    recipe: dict[str, Any] = {
+        "run": {"name": "tiny", "output_dir": str(directory / "runs"), "seed": 7},
+        "data": {"kind": "toy-rows", "path": str(directory / "train.jsonl"), "val_path": str(directory / "val.jsonl")},
+        "model": {"kind": TOY_MODEL, "features": TOY_FEATURES, "hidden": 8},
+        "adapter": {"kind": "lora", "r": 4, "alpha": 8},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "log_every_n_steps": 2},
+        "eval": {"sample_prompts": ["0.5, -1, 2"]},
+        "export": [{"kind": "toy-weights"}],
+    }
+    for section, values in changes.items():
+        if isinstance(values, list):
+            recipe[section] = values
+        else:
+            recipe.setdefault(section, {}).update(values)
+    return write_recipe(directory / "recipe.toml", recipe)
 
 
 def _toy_rows(path: Path) -> list[dict[str, Any]]:
@@ -143,7 +230,8 @@ def _toy_rows(path: Path) -> list[dict[str, Any]]:
         where = f"{path.name}:{number}"
         try:
             row = json.loads(line)
-            rows.append({"id": where, "x": [float(v) for v in row["x"]], "y": float(row["y"])})
+            target = None if row["y"] is None else float(row["y"])
+            rows.append({**row, "id": where, "x": [float(v) for v in row["x"]], "y": target})
         except (ValueError, KeyError, TypeError) as exc:
             raise LoraplugError(f"{where} is not a row of numbers ({exc})", where=where, fix='Write {"x": [1.0, 2.0], "y": 3.0}') from exc
     return rows
@@ -153,8 +241,10 @@ def _toy_collate(rows: list[dict[str, Any]]) -> Batch:
     import torch
 
     x = torch.tensor([row["x"] for row in rows], dtype=torch.float32)
-    y = torch.tensor([row["y"] for row in rows], dtype=torch.float32)
-    return Batch(inputs={"x": x, "y": y}, num_targets=len(rows), num_tokens=len(rows), sample_ids=[r["id"] for r in rows])
+    y = torch.tensor([0.0 if row["y"] is None else row["y"] for row in rows], dtype=torch.float32)
+    mask = torch.tensor([row["y"] is not None for row in rows], dtype=torch.float32)
+    targets = sum(row["y"] is not None for row in rows)
+    return Batch(inputs={"x": x, "y": y, "mask": mask}, num_targets=targets, num_tokens=len(rows), sample_ids=[r["id"] for r in rows])
 
 
 def _toy_probe(module: Any, inputs: dict[str, Any]) -> Any:
@@ -171,20 +261,109 @@ def _toy_batch_outputs(module: Any, batch: Batch) -> Any:
 def _toy_mse(module: Any, batches: Any) -> dict[str, float]:
     total, count = 0.0, 0
     for batch in batches:
-        total += float(((_toy_batch_outputs(module, batch) - batch.inputs["y"]) ** 2).sum())
+        errors = (_toy_batch_outputs(module, batch) - batch.inputs["y"]) ** 2
+        total += float((errors * batch.inputs["mask"]).sum())
         count += batch.num_targets
     return {"mse": total / max(count, 1)}
 
 
+def _prompt_row(prompt: str, features: int) -> list[float]:
+    """The numbers written in a sample prompt: the row to predict."""
+    import re
+
+    from loraplug.errors import LoraplugError
+
+    numbers = [float(n) for n in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", prompt)]
+    if len(numbers) != features:
+        raise LoraplugError(
+            f"The sample prompt {prompt!r} holds {len(numbers)} numbers; the toy regressor predicts rows of {features}",
+            where="eval.sample_prompts",
+            fix=f"Write {features} numbers in each prompt, e.g. {', '.join(['0.5'] * features)!r}",
+        )
+    return numbers
+
+
+@functools.cache
+def _lora_mlp() -> type:
+    """The toy's LoRA module class (made on first use: loraplug.testing imports no torch)."""
+    import copy
+    import math
+
+    import torch
+
+    class LoraLinear(torch.nn.Module):
+        """``base(x) + dropout(x)·Aᵀ·Bᵀ·alpha/r``; B starts at zero, so training starts from the base model."""
+
+        def __init__(self, base: torch.nn.Linear, options: ToyLoraOptions) -> None:
+            super().__init__()
+            self.base = base
+            self.lora_A = torch.nn.Parameter(torch.empty(options.r, base.in_features))
+            self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, options.r))
+            torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft starts A
+            self.dropout = torch.nn.Dropout(options.dropout)
+            self.scale = options.alpha / options.r
+            self.enabled = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.base(x)
+            if not self.enabled:
+                return out
+            return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scale
+
+        def merged(self) -> torch.nn.Linear:
+            linear = copy.deepcopy(self.base)
+            with torch.no_grad():
+                linear.weight += (self.lora_B @ self.lora_A) * self.scale
+            return linear
+
+    class LoraMLP(torch.nn.Module):
+        """The MLP with LoRA on :data:`TOY_LAYERS`; ``merge_and_unload`` and ``disable_adapter`` as peft names them."""
+
+        def __init__(self, mlp: torch.nn.Sequential, options: ToyLoraOptions) -> None:
+            super().__init__()
+            for name in TOY_LAYERS:
+                setattr(mlp, name, LoraLinear(getattr(mlp, name), options))
+            self.model = mlp
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def merge_and_unload(self) -> torch.nn.Sequential:
+            merged = copy.deepcopy(self.model)
+            for name in TOY_LAYERS:
+                setattr(merged, name, getattr(self.model, name).merged())
+            return merged
+
+        @contextmanager
+        def disable_adapter(self) -> Iterator[None]:
+            layers = [getattr(self.model, name) for name in TOY_LAYERS]
+            for layer in layers:
+                layer.enabled = False
+            try:
+                yield
+            finally:
+                for layer in layers:
+                    layer.enabled = True
+
+    return LoraMLP
+
+
 class ToyRegressor:
-    """The toy modality's plugin: ``toy-rows`` data, the ``toy-regressor`` model, its ``lora`` adapter."""
+    """The toy modality's plugin: ``toy-rows`` data, the ``toy-regressor`` model, its ``lora`` adapter and
+    ``toy-weights`` export."""
 
     @hookimpl
     def loraplug_register_kinds(self, register: Callable[[KindSpec], None]) -> None:
         options = f"{__name__}:"
         register(KindSpec("data", "toy-rows", options + "ToyRowsOptions", "JSONL rows of numbers", produces=TOY_ROWS))
         register(KindSpec("model", TOY_MODEL, options + "ToyRegressorOptions", "a small MLP (pure torch)", accepts=TOY_ROWS))
-        register(KindSpec("adapter", "lora", options + "ToyLoraOptions", "peft LoRA on the MLP", models=(TOY_MODEL,)))
+        register(KindSpec("adapter", "lora", options + "ToyLoraOptions", "LoRA on the MLP (pure torch)", models=(TOY_MODEL,)))
+        register(
+            KindSpec(
+                "export", "toy-weights", options + "ToyWeightsOptions", "the merged MLP as safetensors",
+                models=(TOY_MODEL,), adapters=("lora",),
+            )
+        )  # fmt: skip
 
     @hookimpl
     def loraplug_load_data(self, kind: str, options: ToyRowsOptions, ctx: RunContext) -> DataBundle:
@@ -208,10 +387,7 @@ class ToyRegressor:
     def loraplug_wrap_adapter(self, kind: str, options: ToyLoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
         from dataclasses import replace
 
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(r=options.r, lora_alpha=options.alpha, target_modules=list(TOY_LAYERS))
-        return replace(model, module=get_peft_model(model.module, config))
+        return replace(model, module=_lora_mlp()(model.module, options))
 
     @hookimpl
     def loraplug_prepare_data(self, model: ModelBundle, options: ToyRegressorOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
@@ -224,12 +400,31 @@ class ToyRegressor:
                     where=row["id"],
                     fix="Make every row as long as model.features",
                 )
-        return PreparedData(train=list(data.train), collate=_toy_collate, val=list(data.val) if data.val else None, unit="rows")
+        val = list(data.val) if data.val else None
+        return PreparedData(train=list(data.train), collate=_toy_collate, val=val, sample_weights=data.weights, unit="rows")
 
     @hookimpl
     def loraplug_train_step(self, model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
         prediction = module(batch.inputs["x"]).squeeze(-1)
-        return StepResult(loss_sum=((prediction - batch.inputs["y"]) ** 2).sum(), num_targets=batch.num_targets)
+        errors = (prediction - batch.inputs["y"]) ** 2
+        return StepResult(loss_sum=(errors * batch.inputs["mask"]).sum(), num_targets=batch.num_targets)
+
+    @hookimpl
+    def loraplug_generate(
+        self, model: ModelBundle, options: ToyRegressorOptions, prompts: list[str], out_dir: Path, ctx: RunContext
+    ) -> list[Sample]:
+        import torch
+
+        module = model.module
+        rows = torch.tensor([_prompt_row(prompt, options.features) for prompt in prompts], dtype=torch.float32)
+        was_training = module.training
+        module.eval()  # deterministic: no dropout
+        try:
+            with torch.no_grad():
+                predictions = _toy_probe(module, {"rows": rows.to(next(module.parameters()).device)}).cpu().tolist()
+        finally:
+            module.train(was_training)
+        return [Sample(prompt, text=f"{value:.4f}") for prompt, value in zip(prompts, predictions, strict=True)]
 
     @hookimpl
     def loraplug_deployable(self, model: ModelBundle, ctx: RunContext) -> Deployable:
@@ -274,6 +469,26 @@ class ToyRegressor:
             score=_toy_mse,
             merge_check=MergeCheck(difference, parity_tolerance("float32"), {"max_abs_diff_vs_trained": difference}),
             notes=[f"merged LoRA into the {', '.join(TOY_LAYERS)} layers"],
+        )
+
+    @hookimpl
+    def loraplug_export(self, kind: str, options: ToyWeightsOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+        import torch
+        from safetensors.torch import save_file
+
+        deployable = ctx.deployable(model)
+        figures = deployable.verify_merge()
+        dtype = getattr(torch, options.dtype)
+        state = {name: tensor.to(dtype).contiguous() for name, tensor in deployable.module.state_dict().items()}
+        save_file(state, str(out_dir / "model.safetensors"))
+        deployable.save_files_beside(out_dir)
+        if options.model_card:
+            metrics = "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
+            card = f"# LoRA merged into {model.base}\n\n## Final metrics\n\n{metrics}\n"
+            (out_dir / "README.md").write_text(card, encoding="utf-8")
+        return ExportResult(
+            figures=figures,
+            loads_with="safetensors.torch.load_file('model.safetensors') into the MLP config.json describes",
         )
 
 

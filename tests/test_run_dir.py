@@ -1,4 +1,4 @@
-"""A run never destroys what is already there without an explicit flag."""
+"""A run never destroys what is already there without an explicit flag (on the toy regressor: the core alone)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from loraplug.status import SCHEMA_VERSION
 from loraplug.testing import run_cli
 
 
-def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Path, lm_recipe) -> None:
-    result = run_cli("run", lm_recipe(export=[]))
+def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Path, toy_recipe_file) -> None:
+    result = run_cli("run", toy_recipe_file(export=[]))
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
     resolved = tomllib.loads((run_dir / "recipe.toml").read_text())
@@ -27,11 +27,11 @@ def test_run_writes_resolved_recipe_status_metrics_and_tensorboard(tmp_path: Pat
     assert any(row["split"] == "eval" and "val_loss" in row for row in lines)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "adapter" / "adapter.safetensors").exists()
-    assert json.loads((run_dir / "samples" / "step-000004.json").read_text())[0]["prompt"] == "q: rain"
+    assert json.loads((run_dir / "samples" / "step-000004.json").read_text())[0]["prompt"] == "0.5, -1, 2"
 
 
-def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(export=[])
+def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe).exit_code == 0
     adapter = tmp_path / "runs" / "tiny" / "adapter" / "adapter.safetensors"
     before = adapter.read_bytes()
@@ -47,8 +47,8 @@ def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, lm_rec
     assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
 
 
-def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    recipe = lm_recipe(export=[])
+def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_path: Path, toy_recipe_file, jsonl_file) -> None:
+    recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe).exit_code == 0
     run_dir = tmp_path / "runs" / "tiny"
     adapter = (run_dir / "adapter" / "adapter.safetensors").read_bytes()
@@ -62,8 +62,8 @@ def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_
     assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
 
 
-def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_aside(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(export=[])
+def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_aside(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe).exit_code == 0
     # The new run trains step 1, then fails in step 2.
     env = {**os.environ, "LORAPLUG_FAULT": "raise:step=2"}
@@ -77,9 +77,9 @@ def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_a
     assert status["status"] == "failed" and status["step"] == 1
 
 
-def test_a_run_that_failed_before_training_is_replaced_without_the_flag(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+def test_a_run_that_failed_before_training_is_replaced_without_the_flag(tmp_path: Path, toy_recipe_file, jsonl_file) -> None:
     empty = jsonl_file("empty.jsonl", [])
-    recipe = lm_recipe(export=[])
+    recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe, f"data.path={json_str(empty)}").exit_code == 2
     assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["status"] == "failed"
     fixed = run_cli("run", recipe)  # the data fixed: no --overwrite needed, nothing was trained

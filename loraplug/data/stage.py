@@ -48,6 +48,13 @@ def clean_and_weigh(data: DataBundle, recipe: Recipe, build: FilterBuilder | Non
     :param build: builds each filter (a run: :func:`filter_builder`; default: the core's own filters).
     """
     core = recipe.data.core
+    if isinstance(data.train, Sequence) and not data.train:
+        # Said here, not as "cleaning removed all 0": a data kind need not check this itself.
+        raise LoraplugError(
+            f"No training samples: the data kind {recipe.data.kind!r} loaded none",
+            where="[data]",
+            fix="Point the [data] table at a file or directory that holds training samples",
+        )
     plan = plan_filters(core.clean, [(section.kind, section.options) for section in recipe.data.filters])
     cleaned = clean(data, core.clean, plan, build)
     report = cleaned.report
