@@ -193,7 +193,8 @@ def toy_rows(count: int, *, seed: int = 0, features: int = TOY_FEATURES) -> list
 def toy_recipe(directory: Path, **changes: Any) -> Path:
     """A recipe for the toy regressor that trains in a second: ``toy_recipe(tmp_path, train={"max_steps": 2})``.
 
-    Each keyword updates one section's table (a list replaces ``export``). Writes ``train.jsonl`` and
+    Each keyword updates one section's table (a list replaces ``export``; ``None`` removes a key:
+    ``data={"val_path": None}`` trains without validation). Writes ``train.jsonl`` and
     ``val.jsonl`` (24 and 8 rows) and ``recipe.toml`` into ``directory``; the run is ``runs/tiny``.
     """
     import json
@@ -214,7 +215,9 @@ def toy_recipe(directory: Path, **changes: Any) -> Path:
         if isinstance(values, list):
             recipe[section] = values
         else:
-            recipe.setdefault(section, {}).update(values)
+            table = recipe.setdefault(section, {})
+            table.update(values)
+            recipe[section] = {key: value for key, value in table.items() if value is not None}
     return write_recipe(directory / "recipe.toml", recipe)
 
 

@@ -25,13 +25,13 @@ STEPS, SAVE_EVERY, ACCUMULATION = 8, 2, 2
 
 
 @pytest.fixture
-def resumable(lm_recipe):
+def resumable(toy_recipe_file):
     def make(name: str, **train):
         settings = {"max_steps": STEPS, "batch_size": 3, "grad_accum_steps": ACCUMULATION,
                     "save_every_n_steps": SAVE_EVERY, "lr": 5e-3, **train}  # fmt: skip
-        return lm_recipe(
+        return toy_recipe_file(
             run={"name": name},
-            data={"val_fraction": 0.0},
+            data={"val_path": None},
             adapter={"dropout": 0.1},
             train={k: v for k, v in settings.items() if v is not None},  # None: leave the key out
             eval={"sample_prompts": []},
@@ -113,8 +113,8 @@ def test_resume_with_every_checkpoint_damaged_names_them_and_suggests_no_setting
     assert "Traceback" not in result.output
 
 
-def test_a_resumed_runs_summary_and_run_json_start_at_the_step_0_baseline(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(
+def test_a_resumed_runs_summary_and_run_json_start_at_the_step_0_baseline(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(
         run={"name": "evaluated"},
         train={"max_steps": 6, "save_every_n_steps": 2},
         eval={"every_n_steps": 2, "sample_prompts": []},
