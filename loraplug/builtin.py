@@ -39,6 +39,9 @@ BUILTIN_FILTERS: tuple[tuple[str, str, str], ...] = (
     ("image_dedup", "ImageDedupOptions", "perceptually identical images ([data.clean] image_dedup_distance)"),
 )  # fmt: skip
 
+#: The core's filters that read a record's image, not its text.
+IMAGE_FILTERS = ("min_resolution", "image_dedup")
+
 
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
@@ -51,7 +54,9 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
         )
     )
     for kind, options, summary in BUILTIN_FILTERS:
-        register(KindSpec("filter", kind, f"loraplug.data.filters:{options}", summary))
+        # The image filters read images: recipe check refuses them on data that has none.
+        reads = ("caption-image",) if kind in IMAGE_FILTERS else None
+        register(KindSpec("filter", kind, f"loraplug.data.filters:{options}", summary, accepts=reads))
 
 
 @hookimpl

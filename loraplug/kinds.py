@@ -10,8 +10,11 @@ Two plugins serving the same kind for the same model kind is an error naming bot
 chosen silently.
 
 Kinds also declare what they fit, so ``recipe check`` refuses a mismatch before anything loads: an
-export the adapter kinds it handles (``adapters``), a data kind the record shapes it produces
-(``produces``), a model kind the shapes it trains on (``accepts``). Undeclared (``None``) is never checked.
+export the adapter kinds it handles (``adapters``) and what it needs of the model (``needs``), a data
+kind the record shapes it produces (``produces``), a model kind the shapes it trains on (``accepts``) and
+what its deployable view offers (``provides``), a filter kind the shapes it can read (``accepts``).
+Undeclared (``None``) is never checked — except an export's need of a ``deployable`` view, which is
+found from the model's plugin itself (whether it implements ``loraplug_deployable``).
 """
 
 from __future__ import annotations
@@ -49,8 +52,26 @@ RECORD_SHAPES: dict[str, str] = {
     "labelled-text": '{"id", "text": str, "label": str or int}: one label per text, for classifiers',
 }
 
-#: What each stage may declare besides ``models``: the field, and the stage it belongs to.
-_DECLARED_AT = {"adapters": "export", "produces": "data", "accepts": "model"}
+#: What an export kind may need of the model kind it exports (``KindSpec.needs``), as a user reads it.
+#: ``deployable`` is found from the model's plugin (it implements ``loraplug_deployable``); any other
+#: need is met when the model kind names it in ``KindSpec.provides``.
+DEPLOYABLE = "deployable"
+EXPORT_NEEDS: dict[str, str] = {
+    DEPLOYABLE: "the model as one deployable module",
+    "from_pretrained": "a model saved with save_pretrained and loaded back with from_pretrained (a transformers model)",
+}
+
+#: What each stage may declare besides ``models``: the field, and the stages that declare it.
+_DECLARED_AT: dict[str, tuple[Stage, ...]] = {
+    "adapters": ("export",),
+    "produces": ("data",),
+    "accepts": ("model", "filter"),
+    "needs": ("export",),
+    "provides": ("model",),
+}
+#: The fields an empty tuple is a declaration for ("nothing"), not a mistake.
+_MAY_BE_EMPTY = ("provides",)
+_EXAMPLE_NAME = {"adapters": "lora", "needs": DEPLOYABLE, "provides": "from_pretrained"}
 
 
 @dataclass(frozen=True)
@@ -75,12 +96,21 @@ class KindSpec:
     :param produces: for data kinds, the record shapes it produces (:data:`RECORD_SHAPES` names the
         well-known ones; more than one when an option picks). ``None``: undeclared, never checked.
     :param accepts: for model kinds, the record shapes it trains on (``None``: undeclared, never
-        checked). ``recipe check`` refuses a data kind that produces none of them.
+        checked). ``recipe check`` refuses a data kind that produces none of them. For filter kinds, the
+        record shapes it can read (an image filter: ``caption-image``); ``recipe check`` refuses it on a
+        data kind that produces none of them.
+    :param needs: for export kinds, what it needs of the model kind (:data:`EXPORT_NEEDS`):
+        ``"deployable"`` — the model's plugin implements ``loraplug_deployable`` (found from the plugin,
+        never declared by it); ``"from_pretrained"`` (or a name of your own) — the model kind names it
+        in ``provides``. ``recipe check`` and ``loraplug export --kind`` refuse a model kind that lacks one.
+    :param provides: for model kinds, what its deployable view offers besides the module:
+        ``"from_pretrained"`` when ``Deployable.from_pretrained`` is set (the module is saved with
+        ``save_pretrained``). ``()`` declares "nothing more"; ``None`` is undeclared, never checked.
     :param higher_is_better: for metric kinds, required: whether a higher score is better (``bleu``) or a
         lower one (``perplexity``). It picks the best checkpoint and drives early stopping when the
         metric is ``eval.monitor``; nothing is guessed from the name.
 
-    ``adapters``, ``produces`` and ``accepts`` take a tuple of names, or one name as a string.
+    ``adapters``, ``produces``, ``accepts``, ``needs`` and ``provides`` take a tuple of names, or one name as a string.
     """
 
     stage: Stage
@@ -94,10 +124,12 @@ class KindSpec:
     produces: tuple[str, ...] | None = None
     accepts: tuple[str, ...] | None = None
     higher_is_better: bool | None = None
+    needs: tuple[str, ...] | None = None
+    provides: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # One name as a plain string is a tuple of one, not of its characters.
-        for name in ("models", "adapters", "produces", "accepts"):
+        for name in ("models", "adapters", "produces", "accepts", "needs", "provides"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, (value,))
@@ -127,6 +159,20 @@ class KindSpec:
     def fits_shapes(self, accepted: tuple[str, ...] | None) -> bool:
         """Whether this data kind produces a record shape a model accepting ``accepted`` trains on."""
         return self.produces is None or accepted is None or bool(set(self.produces) & set(accepted))
+
+    def unmet_needs(self, model: KindSpec, *, deployable: bool) -> tuple[str, ...]:
+        """What this export kind needs that the model kind ``model`` lacks.
+
+        :param deployable: whether the plugin serving ``model`` implements ``loraplug_deployable``.
+        """
+        unmet = []
+        for need in self.needs or ():
+            if need == DEPLOYABLE:
+                if not deployable:
+                    unmet.append(need)
+            elif model.provides is not None and need not in model.provides:
+                unmet.append(need)  # an undeclared model kind is never refused
+        return tuple(unmet)
 
     def label(self) -> str:
         scope = "" if self.models is None else f" (for {', '.join(self.models)})"
@@ -160,20 +206,21 @@ class KindRegistry:
                 f"Plugin {distribution} declared kind {spec.name!r} for an unknown stage {spec.stage!r}",
                 fix=f"Use one of {', '.join(STAGES)}",
             )
-        for name, stage in _DECLARED_AT.items():
+        for name, stages in _DECLARED_AT.items():
             value = getattr(spec, name)
             if value is None:
                 continue
-            if spec.stage != stage:
+            if spec.stage not in stages:
                 raise PluginError(
-                    f"Plugin {distribution} declared `{name}` on {spec.label()}: only {stage} kinds declare it",
+                    f"Plugin {distribution} declared `{name}` on {spec.label()}: only {' and '.join(stages)} kinds declare it",
                     fix=f"Remove `{name}=` from that KindSpec (see docs/plugins.md)",
                 )
-            if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
+            empty_ok = name in _MAY_BE_EMPTY
+            if not isinstance(value, tuple) or not (value or empty_ok) or not all(isinstance(v, str) and v for v in value):
                 raise PluginError(
-                    f"Plugin {distribution} declared `{name}` = {value!r} on {spec.label()}: it must be a non-empty "
-                    "tuple of names (or None: undeclared)",
-                    fix=f"Write e.g. {name}=(\"{'lora' if name == 'adapters' else 'chat'}\",)",
+                    f"Plugin {distribution} declared `{name}` = {value!r} on {spec.label()}: it must be a "
+                    f"{'' if empty_ok else 'non-empty '}tuple of names (or None: undeclared)",
+                    fix=f"Write e.g. {name}=(\"{_EXAMPLE_NAME.get(name, 'chat')}\",)",
                 )
         if spec.stage == "metric" and not isinstance(spec.higher_is_better, bool):
             raise PluginError(

@@ -124,7 +124,7 @@ def test_exporting_a_finished_run_checks_its_adapter_kind() -> None:
     [
         (KindSpec("adapter", "x", NoOptions, produces="chat"), "declared `produces` on adapter:x: only data kinds declare it"),
         (KindSpec("data", "x", NoOptions, adapters=("lora",)), "declared `adapters` on data:x: only export kinds declare it"),
-        (KindSpec("export", "x", NoOptions, accepts=("chat",)), "declared `accepts` on export:x: only model kinds declare it"),
+        (KindSpec("export", "x", NoOptions, accepts=("chat",)), "declared `accepts` on export:x: only model and filter kinds declare it"),
         (KindSpec("model", "x", NoOptions, accepts=()), "must be a non-empty tuple of names"),
     ],
 )
@@ -175,3 +175,210 @@ def test_the_declaring_fit_example_in_docs_plugins_md_runs(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:3] == ["['jsonl', 'webdataset']", "True", "False"]
+
+
+# --- Every combination the kinds can express, refused by recipe check when it cannot work ---------------
+
+#: A third party's model kind with an adapter and an export of its own, and no deployable view.
+MUTE = (
+    KindSpec("model", "mute", NoOptions, "a model kind whose plugin has no loraplug_deployable"),
+    KindSpec("adapter", "plain", NoOptions, "its adapter", models=("mute",)),
+    KindSpec("export", "mute-weights", NoOptions, "its own export", models=("mute",)),
+)
+
+
+def mute_recipe(tmp_path: Path, exports: list[Any]) -> Path:
+    """A recipe for the ``mute`` model kind (on chat data: it declares no record shape) with ``exports``
+    (kinds, or whole [[export]] tables)."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"prompt": "q", "response": "a"}\n', encoding="utf-8")
+    return write_recipe(
+        tmp_path / "mute.toml",
+        {
+            "run": {"name": "mute", "output_dir": str(tmp_path / "runs")},
+            "data": {"kind": "jsonl", "path": str(data)},
+            "model": {"kind": "mute"},
+            "adapter": {"kind": "plain"},
+            "export": [{"kind": e} if isinstance(e, str) else e for e in exports],
+        },
+    )
+
+
+def with_deployable(plugin: ModuleType) -> ModuleType:
+    """``plugin`` implementing ``loraplug_deployable`` too (recipe check never calls it)."""
+
+    @hookimpl
+    def loraplug_deployable(model: Any, ctx: Any) -> Any:
+        raise AssertionError("recipe check must not build a deployable model")
+
+    plugin.loraplug_deployable = loraplug_deployable  # type: ignore[attr-defined]
+    return plugin
+
+
+def test_an_export_that_needs_a_deployable_view_refuses_a_model_kind_whose_plugin_has_none(tmp_path: Path, with_plugin: Any) -> None:
+    with_plugin(*MUTE)
+    recipe = mute_recipe(tmp_path, ["mute-weights", "onnx", "int8", "bnb-8bit"])
+    result = run_cli("recipe", "check", recipe)
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "3 problems" in message and "export[0]" not in message  # its own export fits
+    for index, kind, distribution in ((1, "onnx", "loraplug-onnx"), (2, "int8", "loraplug-quant"), (3, "bnb-8bit", "loraplug-quant")):
+        assert (
+            f"`export[{index}].kind` = '{kind}' (" in message
+            and f"the {kind} export ({distribution}) cannot export the model kind 'mute' (loraplug-thirdparty): it needs the "
+            "model as one deployable module, which loraplug-thirdparty does not hand exporters (it does not implement "
+            "loraplug_deployable); export kinds that fit mute: mute-weights" in message
+        )
+    run = run_cli("run", recipe)  # the same refusal, before the model (which this plugin cannot even build) loads
+    assert run.exit_code == 2 and "does not implement loraplug_deployable" in " ".join(run.stderr.split())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_plugin_that_implements_loraplug_deployable_is_exported_by_onnx_and_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = PluginHost.load(extra=[ExtraPlugin(with_deployable(third_party(*MUTE)), "loraplug-thirdparty")])
+    monkeypatch.setattr("loraplug.plugins._loaded", host)
+    # bnb-8bit too: the model kind does not declare what its deployable view provides, so that is never checked.
+    result = run_cli("recipe", "check", mute_recipe(tmp_path, ["mute-weights", "onnx", "int8", "bnb-8bit"]))
+    assert result.exit_code == 0, result.output
+
+
+def test_an_export_whose_options_fail_still_has_its_needs_checked(tmp_path: Path, with_plugin: Any) -> None:
+    with_plugin(*MUTE)
+    result = run_cli("recipe", "check", mute_recipe(tmp_path, [{"kind": "onnx", "opset": 1}]))
+    assert result.exit_code == 2
+    assert "2 problems" in result.stderr and "export[0].opset" in result.stderr
+    assert "does not implement loraplug_deployable" in " ".join(result.stderr.split())
+
+
+def test_loraplug_export_refuses_an_export_the_runs_model_kind_cannot_feed_before_it_loads(tmp_path: Path, with_plugin: Any) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    with_plugin(*MUTE)
+    # A finished run of the mute model kind: its resolved recipe and its adapter's weights.
+    run_dir = tmp_path / "runs" / "mute"
+    (run_dir / "adapter").mkdir(parents=True)
+    mute_recipe(tmp_path, []).rename(run_dir / "recipe.toml")
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(run_dir / "adapter" / "adapter.safetensors"))
+    result = run_cli("export", run_dir, "--kind", "onnx")
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert "The run's model cannot be exported as onnx: the onnx export (loraplug-onnx) cannot export the model kind 'mute'" in message
+    assert "does not implement loraplug_deployable" in message and "export kinds that fit mute: mute-weights" in message
+    assert "Traceback" not in result.stderr and not (run_dir / "exports").exists()
+
+
+def test_bitsandbytes_exports_refuse_a_model_kind_that_provides_no_from_pretrained(tmp_path: Path) -> None:
+    exports = [{"kind": "onnx"}, {"kind": "int8"}, {"kind": "bnb-8bit"}, {"kind": "bnb-4bit"}]
+    result = run_cli("recipe", "check", tiny_sd_recipe(tmp_path, export=exports))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "2 problems" in message and "export[0]" not in message and "export[1]" not in message
+    assert (
+        "`export[2].kind` = 'bnb-8bit' (" in message
+        and "the bnb-8bit export (loraplug-quant) cannot export the model kind 'stable-diffusion' (loraplug-diffusion): it "
+        "needs a model saved with save_pretrained and loaded back with from_pretrained (a transformers model), which the "
+        "model kind does not provide (it declares provides: nothing); export kinds that fit stable-diffusion: diffusers, "
+        "int8, kohya, merged, onnx" in message
+    )
+    assert "`export[3].kind` = 'bnb-4bit' (" in message
+    host = PluginHost.load()
+    with pytest.raises(LoraplugError, match="cannot export the model kind 'stable-diffusion'"):
+        export_section(host, "bnb-4bit", [], name="bnb-4bit", model_kind="stable-diffusion", adapter_kind="lora")
+    export_section(host, "int8", [], name="int8", model_kind="stable-diffusion", adapter_kind="lora")  # accepted
+    export_section(host, "bnb-4bit", [], name="bnb-4bit", model_kind="causal-lm", adapter_kind="lora")  # provides from_pretrained
+
+
+def test_an_export_need_of_its_own_is_met_only_by_a_model_kind_that_provides_it(lm_recipe: Any, with_plugin: Any) -> None:
+    gguf = KindSpec("export", "gguf", NoOptions, "llama.cpp's format", needs=("deployable", "gguf-architecture"))
+    with_plugin(gguf)
+    result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "gguf"}]))
+    assert result.exit_code == 2  # causal-lm declares what it provides, and that is not among it
+    assert "it needs 'gguf-architecture', which the model kind does not provide (it declares provides: from_pretrained)" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (KindSpec("model", "x", NoOptions, needs="deployable"), "declared `needs` on model:x: only export kinds declare it"),
+        (KindSpec("export", "x", NoOptions, provides="from_pretrained"), "declared `provides` on export:x: only model kinds declare it"),
+        (KindSpec("data", "x", NoOptions, accepts="chat"), "declared `accepts` on data:x: only model and filter kinds declare it"),
+        (KindSpec("export", "x", NoOptions, needs=()), "`needs` = () on export:x: it must be a non-empty tuple of names"),
+        (KindSpec("model", "x", NoOptions, provides=("",)), "`provides` = ('',) on model:x: it must be a tuple of names"),
+    ],
+)
+def test_a_misplaced_or_empty_need_or_provision_is_a_broken_plugin(spec: KindSpec, message: str) -> None:
+    host = PluginHost.load(entry_points=False, extra=[ExtraPlugin(third_party(spec), "loraplug-thirdparty")])
+    record = next(r for r in host.records if r.distribution == "loraplug-thirdparty")
+    assert record.status == "error" and message in (record.error or "")
+
+
+def test_a_model_kind_may_declare_it_provides_nothing() -> None:
+    spec = KindSpec("model", "x", NoOptions, provides=())
+    host = PluginHost.load(entry_points=False, extra=[ExtraPlugin(third_party(spec), "loraplug-thirdparty")])
+    assert next(r for r in host.records if r.distribution == "loraplug-thirdparty").status != "error"
+    assert KindSpec("export", "y", NoOptions, needs="deployable").needs == ("deployable",)
+
+
+def test_an_image_filter_on_data_without_images_is_refused(lm_recipe: Any, with_plugin: Any) -> None:
+    with_plugin(KindSpec("filter", "aspect", NoOptions, "images of an odd aspect ratio", accepts="caption-image"))
+    clean = {"min_resolution": 64, "image_dedup_distance": 2, "filters": [{"kind": "aspect"}]}
+    result = run_cli("recipe", "check", lm_recipe(data={"clean": clean}))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "3 problems" in message
+    for key, kind, distribution in (
+        ("data.clean.min_resolution", "min_resolution", "loraplug"),
+        ("data.clean.filters[0]", "aspect", "loraplug-thirdparty"),
+        ("data.clean.image_dedup_distance", "image_dedup", "loraplug"),
+    ):
+        assert (
+            f"`{key}` (" in message
+            and f"the {kind} filter ({distribution}) reads caption-image records, and the data kind 'jsonl' "
+            "(loraplug-causal-lm) produces chat records; remove the filter for this data" in message
+        )
+
+
+def test_an_image_filter_on_image_data_is_accepted(tmp_path: Path) -> None:
+    recipe = tiny_sd_recipe(tmp_path, data={"clean": {"min_resolution": 16, "image_dedup_distance": 0}})
+    result = run_cli("recipe", "check", recipe)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("stage", "spec", "change", "key"),
+    [
+        ("data", KindSpec("data", "sd-captions", NoOptions, models=("stable-diffusion",)), {"data": {"kind": "sd-captions"}}, "data.kind"),
+        ("filter", KindSpec("filter", "nsfw", NoOptions, models=("stable-diffusion",)), {"data": {"clean": {"filters": [{"kind": "nsfw"}]}}}, "data.clean.filters[0].kind"),
+        ("adapter", KindSpec("adapter", "ia3", NoOptions, models=("stable-diffusion",)), {"adapter": {"kind": "ia3"}}, "adapter.kind"),
+        ("optimizer", KindSpec("optimizer", "sd-adam", NoOptions, models=("stable-diffusion",)), {"train": {"optimizer": "sd-adam"}}, "train.optimizer"),
+        ("metric", KindSpec("metric", "clip_score", NoOptions, models=("stable-diffusion",), higher_is_better=True), {"eval": {"metrics": ["clip_score"]}}, "eval.metrics[0]"),
+        ("export", KindSpec("export", "safetensors-unet", NoOptions, models=("stable-diffusion",)), {"export": [{"kind": "safetensors-unet"}]}, "export[0].kind"),
+    ],
+)
+def test_a_kind_declared_for_another_model_kind_is_refused(
+    stage: str, spec: KindSpec, change: dict[str, Any], key: str, lm_recipe: Any, with_plugin: Any
+) -> None:
+    with_plugin(spec)
+    result = run_cli("recipe", "check", lm_recipe(**change))
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert f"`{key}` = '{spec.name}' (" in message
+    assert (
+        f"The {stage} kind '{spec.name}' does not work with model kind 'causal-lm'; installed: {stage}:{spec.name} "
+        "(for stable-diffusion) from loraplug-thirdparty" in message
+    )
+
+
+def test_a_first_party_export_for_another_model_kind_is_refused(lm_recipe: Any) -> None:
+    result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "kohya"}, {"kind": "diffusers"}]))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "`export[0].kind` = 'kohya' (" in message and "The export kind 'kohya' does not work with model kind 'causal-lm'" in message
+    assert "`export[1].kind` = 'diffusers' (" in message
+
+
+def test_a_first_party_metric_for_another_model_kind_is_refused(tmp_path: Path) -> None:
+    result = run_cli("recipe", "check", tiny_sd_recipe(tmp_path, eval={"metrics": ["perplexity"]}))
+    assert result.exit_code == 2
+    assert "The metric kind 'perplexity' does not work with model kind 'stable-diffusion'" in " ".join(result.stderr.split())

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from loraplug.data.clean import plan_filters
 from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
 from loraplug.errors import LoraplugError, RecipeError
-from loraplug.kinds import Served, Stage
+from loraplug.kinds import DEPLOYABLE, EXPORT_NEEDS, Served, Stage
 from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
@@ -186,6 +187,70 @@ def adapter_misfit(host: PluginHost, export: Served, model_kind: str, adapter_ki
     )
 
 
+def _offers_deployable(host: PluginHost, model: Served) -> bool:
+    """Whether the plugin serving the model kind implements ``loraplug_deployable`` (nothing is called)."""
+    return any(impl.plugin is model.plugin for impl in host.pm.hook.loraplug_deployable.get_hookimpls())
+
+
+def needs_misfit(host: PluginHost, export: Served, model: Served, adapter_kind: str | None = None) -> str | None:
+    """Why ``export`` cannot export the model kind ``model`` (None when it can): what it needs of the model
+    (``KindSpec.needs``) that the model's plugin lacks, naming the exports that fit."""
+    deployable = _offers_deployable(host, model)
+    unmet = export.spec.unmet_needs(model.spec, deployable=deployable)
+    if not unmet:
+        return None
+    lacks = []
+    for need in unmet:
+        wanted = EXPORT_NEEDS.get(need, repr(need))
+        if need == DEPLOYABLE:
+            lacks.append(f"it needs {wanted}, which {model.distribution} does not hand exporters (it does not implement loraplug_deployable)")
+        else:
+            offered = ", ".join(model.spec.provides or ()) or "nothing"
+            lacks.append(f"it needs {wanted}, which the model kind does not provide (it declares provides: {offered})")
+    fitting = sorted(
+        {
+            s.spec.name
+            for s in host.registry.all()
+            if s.spec.stage == "export"
+            and s.spec.serves_model(model.spec.name)
+            and s.spec.handles_adapter(adapter_kind)
+            and not s.spec.unmet_needs(model.spec, deployable=deployable)
+        }
+    )
+    return (
+        f"the {export.spec.name} export ({export.distribution}) cannot export the model kind {model.spec.name!r} "
+        f"({model.distribution}): {'; '.join(lacks)}; export kinds that fit {model.spec.name}: {', '.join(fitting) or 'none installed'}"
+    )
+
+
+def _filter_misfits(host: PluginHost, data: DataSection, model_kind: str | None) -> list[tuple[KeyPath, str]]:
+    """The ``[data.clean]`` filters that cannot read the records the data kind produces: where each was
+    asked for, and why (a filter kind's ``accepts`` against the data kind's ``produces``)."""
+    produces = data.served.spec.produces
+    if produces is None:
+        return []
+    misfits = []
+    for planned in plan_filters(data.core.clean, [(f.kind, f.options) for f in data.filters]):
+        try:
+            served = host.lookup("filter", planned.kind, model_kind)
+        except LoraplugError:
+            continue  # reported with the filter's own table
+        if served.spec.accepts is None or data.served.spec.fits_shapes(served.spec.accepts):
+            continue
+        # The plan's key: "data.clean.min_resolution", "data.clean.filters[2]", "data.clean.min_chars / max_chars".
+        first = planned.key.split(" ")[0].replace("]", "").replace("[", ".")
+        path: KeyPath = tuple(int(part) if part.isdigit() else part for part in first.split("."))
+        misfits.append(
+            (
+                path,
+                f"the {planned.kind} filter ({served.distribution}) reads {' or '.join(served.spec.accepts)} records, and "
+                f"the data kind {data.kind!r} ({data.served.distribution}) produces {' or '.join(produces)} records; "
+                "remove the filter for this data",
+            )
+        )
+    return misfits
+
+
 def _shape_misfit(host: PluginHost, data: Served, model: Served) -> str | None:
     """Why ``model`` cannot train on the records ``data`` produces (None when it can, or either is undeclared)."""
     produces, accepts = data.spec.produces, model.spec.accepts
@@ -240,6 +305,9 @@ def load_recipe(
         # Checked here, not when the model meets its first batch after minutes of loading.
         if (misfit := _shape_misfit(host, data_served, model_served)) is not None:
             checker.problems.append(f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}")
+    if isinstance(data, DataSection):
+        for key, misfit in _filter_misfits(host, data, model_kind):
+            checker.problems.append(f"`{dotted(key)}` ({source.where(key)}): {misfit}")
 
     exports: list[ExportSection] = []
     raw_exports = raw.get("export", [])
@@ -251,9 +319,16 @@ def load_recipe(
     names: dict[str, int] = {}
     for index, table in enumerate(raw_exports if scoped else []):
         section = checker.kind_section("export", table, ("export", index), model_kind)
-        if section is not None and model_kind is not None and adapter_served is not None:
-            if (misfit := adapter_misfit(host, section.served, model_kind, adapter_served.spec.name)) is not None:
-                checker.problems.append(f"`export[{index}].kind` = {section.kind!r} ({source.where(('export', index, 'kind'))}): {misfit}")
+        # What the export fits is checked even when its options failed: every problem at once.
+        served = section.served if section else _known(table, host, "export", model_kind)
+        if served is not None and model_served is not None:
+            adapter_kind = adapter_served.spec.name if adapter_served is not None else None
+            for misfit in (
+                adapter_misfit(host, served, model_served.spec.name, adapter_kind) if adapter_kind is not None else None,
+                needs_misfit(host, served, model_served, adapter_kind),
+            ):
+                if misfit is not None:
+                    checker.problems.append(f"`export[{index}].kind` = {served.spec.name!r} ({source.where(('export', index, 'kind'))}): {misfit}")
         name = checker.export_name(table, index)
         if section is None or name is None:
             continue
@@ -400,6 +475,13 @@ def export_section(
             f"The run's adapter cannot be exported as {kind}: {misfit}",
             where="--kind",
             fix="Export it as one of the kinds named, or train the run with an adapter kind this export handles",
+        )
+    if (misfit := needs_misfit(host, served, host.lookup("model", model_kind), adapter_kind)) is not None:
+        # Refused before the run's model is rebuilt, as recipe check refuses it in [[export]].
+        raise LoraplugError(
+            f"The run's model cannot be exported as {kind}: {misfit}",
+            where="--kind",
+            fix="Export it as one of the kinds named, or ask the model plugin's authors for what the export needs",
         )
     source = RecipeSource(path=Path("the command line"), text="", data={"export": {"kind": kind}})
     for setting in settings:

@@ -56,6 +56,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
             smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
             accepts=RECORD_SHAPE,
+            provides="from_pretrained",  # its deployable view reloads with AutoModelForCausalLM (bnb-* exports)
         )
     )
     register(

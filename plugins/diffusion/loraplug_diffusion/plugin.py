@@ -61,6 +61,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
                 "bucket_step": 32,
             },
             accepts=RECORD_SHAPE,
+            provides=(),  # its deployable view is a UNet with no from_pretrained: recipe check refuses bnb-*
         )
     )
     for name, (options, summary) in ADAPTERS.items():

@@ -15,13 +15,15 @@ if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     # Any model kind and any adapter kind: the model's plugin merges the adapter and hands over the
-    # module (loraplug_deployable); this plugin never looks inside it.
+    # module (loraplug_deployable); this plugin never looks inside it. needs="deployable": recipe check
+    # refuses a model kind whose plugin does not implement that hook, before anything loads.
     register(
         KindSpec(
             "export",
             "onnx",
             "loraplug_onnx.options:OnnxExportOptions",
             "the run's merged model as ONNX (any model kind), dynamic axes, onnxruntime parity checked",
+            needs="deployable",
         )
     )
 

@@ -15,14 +15,15 @@ if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at
 @hookimpl
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     # Any model kind and adapter kind: the model's plugin merges the adapter and hands over the module
-    # (loraplug_deployable). bitsandbytes' kinds quantize through transformers' from_pretrained, so they
-    # refuse, when the export runs, a model that is not saved that way.
+    # (loraplug_deployable). bitsandbytes' kinds quantize through transformers' from_pretrained: they
+    # need a model kind that provides it, and recipe check refuses one that declares it does not.
     register(
         KindSpec(
             "export",
             "bnb-8bit",
             "loraplug_quant.options:Bnb8bitExportOptions",
             "merged model, bitsandbytes LLM.int8, from_pretrained (transformers models)",
+            needs=("deployable", "from_pretrained"),
         )
     )
     register(
@@ -31,6 +32,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "bnb-4bit",
             "loraplug_quant.options:Bnb4bitExportOptions",
             "merged model, bitsandbytes nf4/fp4, from_pretrained (transformers models)",
+            needs=("deployable", "from_pretrained"),
         )
     )
     register(
@@ -39,6 +41,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "int8",
             "loraplug_quant.options:Int8ExportOptions",
             "merged model, torchao int8 weight-only (from_pretrained, or safetensors for any module)",
+            needs="deployable",
         )
     )
 
