@@ -48,10 +48,9 @@ def test_search_reports_when_nothing_fits() -> None:
     assert chosen is None and [p.size for p in probes] == [1]
 
 
-def _auto_run(tmp_path: Path, lm_recipe, name: str, train: dict) -> tuple[dict, dict, str]:
-    recipe = lm_recipe(
+def _auto_run(tmp_path: Path, toy_recipe_file, name: str, train: dict) -> tuple[dict, dict, str]:
+    recipe = toy_recipe_file(
         run={"name": name},
-        model={"max_length": 128},
         adapter={"dropout": 0.1},  # the search must not disturb the random numbers training uses
         train={"max_steps": 2, **train},
         eval={"sample_prompts": []},
@@ -63,26 +62,26 @@ def _auto_run(tmp_path: Path, lm_recipe, name: str, train: dict) -> tuple[dict, 
     return load_file(str(run_dir / "adapter" / "adapter.safetensors")), json.loads((run_dir / "run.json").read_text()), result.stdout
 
 
-def test_auto_chooses_logs_and_trains_exactly_like_the_chosen_numbers(tmp_path: Path, lm_recipe) -> None:
-    auto, status, out = _auto_run(tmp_path, lm_recipe, "auto", {"batch_size": "auto", "effective_batch_size": 4})
+def test_auto_chooses_logs_and_trains_exactly_like_the_chosen_numbers(tmp_path: Path, toy_recipe_file) -> None:
+    auto, status, out = _auto_run(tmp_path, toy_recipe_file, "auto", {"batch_size": "auto", "effective_batch_size": 4})
     chosen = status["auto_batch"]
     assert chosen["batch_size"] * chosen["grad_accum_steps"] == 4
-    assert chosen["batch_size"] == 4  # the tiny model fits a whole effective batch in 70 % of any machine's RAM
+    assert chosen["batch_size"] == 4  # the toy model fits a whole effective batch in 70 % of any machine's RAM
     assert "batch_size auto: 4 × 1 accumulation = 4 per step" in out and "budget" in out
-    fixed, _, _ = _auto_run(tmp_path, lm_recipe, "fixed", {"batch_size": 4, "grad_accum_steps": 1})
+    fixed, _, _ = _auto_run(tmp_path, toy_recipe_file, "fixed", {"batch_size": 4, "grad_accum_steps": 1})
     for key in auto:
         torch.testing.assert_close(auto[key], fixed[key], rtol=0, atol=0, msg=key)
 
 
-def test_auto_says_when_not_even_one_sample_fits(lm_recipe) -> None:
-    recipe = lm_recipe(train={"batch_size": "auto", "memory_fraction": 1e-9}, export=[])
+def test_auto_says_when_not_even_one_sample_fits(toy_recipe_file) -> None:
+    recipe = toy_recipe_file(train={"batch_size": "auto", "memory_fraction": 1e-9}, export=[])
     result = run_cli("run", recipe)
     assert result.exit_code == 2
     assert 'batch_size = "auto": even a micro-batch of 1 needs' in result.stderr
     assert "train.memory_fraction" in result.stderr
 
 
-def test_effective_batch_size_needs_auto(lm_recipe) -> None:
-    result = run_cli("recipe", "check", lm_recipe(train={"batch_size": 4, "effective_batch_size": 16}))
+def test_effective_batch_size_needs_auto(toy_recipe_file) -> None:
+    result = run_cli("recipe", "check", toy_recipe_file(train={"batch_size": 4, "effective_batch_size": 16}))
     assert result.exit_code == 2
     assert 'effective_batch_size is for batch_size = "auto"' in result.stderr

@@ -54,37 +54,35 @@ def test_weight_by_uses_the_records_numbers() -> None:
     assert weighed is not None and weighed[0] == [3.0, 0.0, 1.5]
 
 
-def _labelled(jsonl_file, chat_rows, rows: int = 20) -> Path:
-    return jsonl_file("labelled.jsonl", [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(chat_rows(rows))])
+def _labelled(jsonl_file, toy_rows_of, rows: int = 20) -> Path:
+    return jsonl_file("labelled.jsonl", [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(toy_rows_of(rows))])
 
 
-def test_a_balanced_run_reports_its_classes(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
-    data = _labelled(jsonl_file, chat_rows)
-    recipe = lm_recipe(
-        data={"path": str(data), "val_fraction": 0.0, "balance_by": "label"},
-        model={"max_length": 256},
+def test_a_balanced_run_reports_its_classes(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+    data = _labelled(jsonl_file, toy_rows_of)
+    recipe = toy_recipe_file(
+        data={"path": str(data), "val_path": None, "balance_by": "label"},
         train={"max_steps": 1},
         eval={"sample_prompts": []},
         export=[],
     )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
-    assert "packing off: data.balance_by" in result.stdout
     report = json.loads((tmp_path / "runs" / "tiny" / "data_report.json").read_text())
     assert report["sampling"]["classes"] == {"common": 16, "rare": 4}
     assert report["sampling"]["each class drawn"].startswith("50.0%")
 
 
-def test_a_sample_without_the_label_is_an_error_naming_it(lm_recipe, jsonl_file, chat_rows) -> None:
-    rows = [{**r, "label": "x"} for r in chat_rows(6)]
+def test_a_sample_without_the_label_is_an_error_naming_it(toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+    rows = [{**r, "label": "x"} for r in toy_rows_of(6)]
     del rows[3]["label"]
     data = jsonl_file("labelled.jsonl", rows)
-    result = run_cli("run", lm_recipe(data={"path": str(data), "val_fraction": 0.0, "balance_by": "label"}, export=[]))
+    result = run_cli("run", toy_recipe_file(data={"path": str(data), "val_path": None, "balance_by": "label"}, export=[]))
     assert result.exit_code == 2
     assert "Sample labelled.jsonl:4 has no field 'label', which data.balance_by names" in result.stderr
 
 
-def test_balance_by_and_weight_by_together_are_refused(lm_recipe) -> None:
-    result = run_cli("recipe", "check", lm_recipe(data={"balance_by": "label", "weight_by": "w"}))
+def test_balance_by_and_weight_by_together_are_refused(toy_recipe_file) -> None:
+    result = run_cli("recipe", "check", toy_recipe_file(data={"balance_by": "label", "weight_by": "w"}))
     assert result.exit_code == 2
     assert "set either balance_by or weight_by, not both" in result.stderr
