@@ -144,9 +144,13 @@ def cuda_reason() -> str | None:
 
 def require_cuda(ctx: Check) -> None:
     if ctx.dry:
-        raise Skip("CPU dry run: CUDA part not run (no CUDA device); its recipes and overrides were validated")
+        raise Skip(
+            "CPU dry run: CUDA part not run (no CUDA device); its recipes and overrides were validated"
+        )
     reason = cuda_reason()
-    if reason and not os.environ.get("GPU_CHECK_ON_CPU"):  # developing this script: run the parts on the CPU anyway
+    if reason and not os.environ.get(
+        "GPU_CHECK_ON_CPU"
+    ):  # developing this script: run the parts on the CPU anyway
         raise Skip(reason)
 
 
@@ -187,17 +191,21 @@ def run_in_process(recipe_path: Path, overrides: list[str]) -> tuple[Any, list[A
     """``loraplug run`` through the public API; returns the outcome and the optimizers built."""
     from rich.console import Console
 
-    from loraplug.run import execute
     from loraplug.recipe import load_recipe
+    from loraplug.run import execute
 
     plugins = host()
     recipe = load_recipe(recipe_path, plugins, overrides)
     with recorded_optimizers() as optimizers:
-        outcome = execute(recipe, plugins, console=Console(stderr=True, highlight=False, width=140), overwrite=True)
+        outcome = execute(
+            recipe, plugins, console=Console(stderr=True, highlight=False, width=140), overwrite=True
+        )
     return outcome, optimizers
 
 
-def cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """The real ``loraplug`` command in a fresh process."""
     proc = subprocess.run(
         [sys.executable, "-m", "loraplug", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
@@ -209,15 +217,23 @@ def cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeou
 
 def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(m["step"], m["loss"]) for m in metric_lines(run_dir) if m.get("split") == "train" and "loss" in m]
+    return [
+        (m["step"], m["loss"]) for m in metric_lines(run_dir) if m.get("split") == "train" and "loss" in m
+    ]
 
 
 def val_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(m["step"], m["val_loss"]) for m in metric_lines(run_dir) if m.get("split") == "eval" and "val_loss" in m]
+    return [
+        (m["step"], m["val_loss"])
+        for m in metric_lines(run_dir)
+        if m.get("split") == "eval" and "val_loss" in m
+    ]
 
 
 def run_json(run_dir: Path) -> dict[str, Any]:
@@ -231,17 +247,27 @@ def export_figures(run_dir: Path) -> dict[str, Any]:
     return figures
 
 
-def check_run(part: Part, label: str, outcome: Any, steps: int, *, optimizers: list[Any] | None = None) -> None:
+def check_run(
+    part: Part, label: str, outcome: Any, steps: int, *, optimizers: list[Any] | None = None
+) -> None:
     """What every finished run must show: all steps, a falling loss, exports whose parity passed."""
     run_dir = outcome.run_dir
     part.check(f"{label}: ran {steps} steps", outcome.steps == steps, f"{outcome.steps} steps")
     losses = train_losses(run_dir)
     if part.check(f"{label}: training loss logged", len(losses) >= 2, f"{len(losses)} logged losses"):
         first, last = losses[0][1], losses[-1][1]
-        part.check(f"{label}: training loss falls", last < 0.9 * first and math.isfinite(last), f"{first:.4f} at step {losses[0][0]} → {last:.4f} at step {losses[-1][0]}")
+        part.check(
+            f"{label}: training loss falls",
+            last < 0.9 * first and math.isfinite(last),
+            f"{first:.4f} at step {losses[0][0]} → {last:.4f} at step {losses[-1][0]}",
+        )
     vals = val_losses(run_dir)
     if len(vals) >= 2:
-        part.check(f"{label}: validation loss falls", vals[-1][1] < vals[0][1], f"{vals[0][1]:.4f} → {vals[-1][1]:.4f}")
+        part.check(
+            f"{label}: validation loss falls",
+            vals[-1][1] < vals[0][1],
+            f"{vals[0][1]:.4f} → {vals[-1][1]:.4f}",
+        )
     for export in outcome.exports:
         part.check(f"{label}: export {export.name} (parity inside)", export.ok, export.error or "ok")
     if optimizers is not None:
@@ -281,7 +307,7 @@ def part_quickstart(ctx: Check, part: Part) -> None:
 
     runs = ctx.work / "runs"
     plans = {p: quickstart_overrides(runs, p, f"train.mixed_precision={p}") for p in ("bf16", "fp16")}
-    for label, overrides in plans.items():
+    for overrides in plans.values():
         load_recipe(RECIPES / "quickstart.toml", plugins, overrides)
     part.check("recipes and overrides validate", True, "quickstart.toml with bf16 and fp16 overrides")
     require_cuda(ctx)
@@ -296,15 +322,26 @@ def part_quickstart(ctx: Check, part: Part) -> None:
         check_run(part, label, outcome, 120, optimizers=optimizers)
         part.figures[label]["peak_cuda_gib"] = peak_gib()
         on_cuda = [p.is_cuda for o in optimizers for g in o.param_groups for p in g["params"]]
-        part.check(f"{label}: trained on CUDA", bool(on_cuda) and all(on_cuda), f"{sum(on_cuda)}/{len(on_cuda)} parameters on CUDA")
+        part.check(
+            f"{label}: trained on CUDA",
+            bool(on_cuda) and all(on_cuda),
+            f"{sum(on_cuda)}/{len(on_cuda)} parameters on CUDA",
+        )
         if label == "fp16":
             newest = sorted((outcome.run_dir / "checkpoints").glob("step-*"))[-1]
             scaler = load_state(newest / "optimizer.safetensors").get("scaler")
             scale = float(scaler["scale"]) if scaler and scaler.get("scale") is not None else None
-            part.check("fp16: the checkpoint holds the loss scaler", scale is not None and scale > 0, f"{newest.name}: scale {scale}")
+            part.check(
+                "fp16: the checkpoint holds the loss scaler",
+                scale is not None and scale > 0,
+                f"{newest.name}: scale {scale}",
+            )
             part.figures[label]["loss_scale"] = scale
         del outcome, optimizers
-    part.figures["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    part.figures["tf32"] = {
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn": torch.backends.cudnn.allow_tf32,
+    }
 
 
 # --- a2: resume after SIGKILL, through the CLI ------------------------------------------------------
@@ -325,29 +362,56 @@ def part_resume(ctx: Check, part: Part) -> None:
     if not (reference / "adapter" / "adapter.safetensors").exists():
         raise Skip("needs part a1's uninterrupted bf16 run as the reference, which did not finish")
     ctx.log("a2: run killed after step 100")
-    killed = cli(["run", str(RECIPES / "quickstart.toml"), *overrides, "--overwrite"], cwd=ctx.work, env={"LORAPLUG_FAULT": "kill:micro=100"})
-    part.check("the run was killed (SIGKILL after micro-batch 100)", killed.returncode == -signal.SIGKILL, f"exit code {killed.returncode}")
+    killed = cli(
+        ["run", str(RECIPES / "quickstart.toml"), *overrides, "--overwrite"],
+        cwd=ctx.work,
+        env={"LORAPLUG_FAULT": "kill:micro=100"},
+    )
+    part.check(
+        "the run was killed (SIGKILL after micro-batch 100)",
+        killed.returncode == -signal.SIGKILL,
+        f"exit code {killed.returncode}",
+    )
     run_dir = runs / "resumed"
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     part.check("checkpoints kept at the kill", kept[-1:] == ["step-00000080"], f"{kept}")
     ctx.log("a2: --resume")
     resumed = cli(["run", str(RECIPES / "quickstart.toml"), *overrides, "--resume"], cwd=ctx.work)
-    part.check("--resume finishes", resumed.returncode == 0, f"exit code {resumed.returncode}: {resumed.stderr.strip()[-500:]}")
+    part.check(
+        "--resume finishes",
+        resumed.returncode == 0,
+        f"exit code {resumed.returncode}: {resumed.stderr.strip()[-500:]}",
+    )
     if resumed.returncode != 0:
         return
     status = run_json(run_dir)
     part.check("resumed from step 80 and ran to 120", status.get("resumed_at_step") == 80 and status.get("step") == 120,
                f"resumed_at_step {status.get('resumed_at_step')}, step {status.get('step')}")  # fmt: skip
-    part.check("exports after resume pass parity", all(e["ok"] for e in status.get("exports", [])), json.dumps(status.get("exports")))
-    ours, theirs = load_file(str(run_dir / "adapter" / "adapter.safetensors")), load_file(str(reference / "adapter" / "adapter.safetensors"))
-    part.check("the same adapter tensors as the uninterrupted run", ours.keys() == theirs.keys(), f"{len(ours)} vs {len(theirs)}")
+    part.check(
+        "exports after resume pass parity",
+        all(e["ok"] for e in status.get("exports", [])),
+        json.dumps(status.get("exports")),
+    )
+    ours, theirs = (
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        load_file(str(reference / "adapter" / "adapter.safetensors")),
+    )
+    part.check(
+        "the same adapter tensors as the uninterrupted run",
+        ours.keys() == theirs.keys(),
+        f"{len(ours)} vs {len(theirs)}",
+    )
     diff = max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours)
     norm = math.sqrt(sum(float((ours[k].float() - theirs[k].float()).pow(2).sum()) for k in ours))
     scale = math.sqrt(sum(float(theirs[k].float().pow(2).sum()) for k in theirs))
     val_ours, val_theirs = val_losses(run_dir)[-1][1], val_losses(reference)[-1][1]
     # CUDA kernels (attention backward, atomics) are not bitwise deterministic, so an uninterrupted run
     # is not bitwise reproducible either: the resumed run must agree to well inside that noise.
-    part.check("final adapter equals the uninterrupted run's (relative L2 < 1e-2)", norm / scale < 1e-2, f"relative L2 {norm / scale:.2e}, max abs {diff:.2e}")
+    part.check(
+        "final adapter equals the uninterrupted run's (relative L2 < 1e-2)",
+        norm / scale < 1e-2,
+        f"relative L2 {norm / scale:.2e}, max abs {diff:.2e}",
+    )
     part.check("final validation loss equals the uninterrupted run's (relative < 1e-2)", abs(val_ours - val_theirs) / val_theirs < 1e-2,
                f"{val_ours:.5f} vs {val_theirs:.5f}")  # fmt: skip
     part.figures.update({"adapter_max_abs_diff": diff, "adapter_relative_l2": norm / scale, "val_loss_resumed": val_ours,
@@ -377,7 +441,12 @@ def build_llama(ctx: Check) -> Path:
     from loraplug_causal_lm.presets import _build_tokenizer
 
     tokenizer = _build_tokenizer()
-    config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **llama_config(ctx))
+    config = LlamaConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **llama_config(ctx),
+    )
     device = "cuda" if on_cuda() else "cpu"
     target = ctx.work / ("llama-1b" if on_cuda() else "llama-tiny")
     torch.manual_seed(0)
@@ -393,7 +462,36 @@ def build_llama(ctx: Check) -> Path:
     return target
 
 
-WORDS = "the of and to in is was for on that with as by at from his her an were are which this be or has had not but".split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "not",
+    "but",
+]
 
 
 def write_documents(path: Path, count: int, max_length: int, seed: int = 0) -> None:
@@ -432,12 +530,22 @@ def flop_counts(model_dir: Path, lengths: list[int]) -> dict[str, float]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # lm_head included, embedding not
+    matmul = sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )  # lm_head included, embedding not
     with torch.device("meta"):
-        lora = sum(p.numel() for p in get_peft_model(model, lora_config(LoraOptions())).parameters() if p.requires_grad)
+        lora = sum(
+            p.numel()
+            for p in get_peft_model(model, lora_config(LoraOptions())).parameters()
+            if p.requires_grad
+        )
     layers, hidden = config.num_hidden_layers, config.hidden_size
-    mean_square = sum(n * n for n in lengths) / sum(lengths)  # E[n²]/E[n]: attention work per token of a document
-    attention = 6 * layers * hidden * mean_square  # causal QKᵀ and AV forward (2·d·n² per layer) + backward (twice that)
+    mean_square = sum(n * n for n in lengths) / sum(
+        lengths
+    )  # E[n²]/E[n]: attention work per token of a document
+    attention = (
+        6 * layers * hidden * mean_square
+    )  # causal QKᵀ and AV forward (2·d·n² per layer) + backward (twice that)
     return {
         "parameters": total,
         "matmul_parameters": matmul,
@@ -494,14 +602,22 @@ def child_loraplug(spec: dict[str, Any]) -> dict[str, Any]:
     train: dict[str, Any] = {"lr": 2e-4, "max_steps": spec["steps"], "warmup_steps": 0, "log_every_n_steps": spec["window"],
                              "mixed_precision": spec["precision"], "batch_size": spec["batch_size"]}  # fmt: skip
     if spec["batch_size"] == "auto":
-        train.update(effective_batch_size=spec["effective_batch_size"], memory_fraction=spec["memory_fraction"])
+        train.update(
+            effective_batch_size=spec["effective_batch_size"], memory_fraction=spec["memory_fraction"]
+        )
     recipe = write_recipe(
         work / f"{spec['name']}.toml",
         {
             "run": {"name": spec["name"], "output_dir": str(work / "runs"), "seed": 0},
             "data": {"kind": "jsonl", "path": spec["data"]},
-            "model": {"kind": "causal-lm", "pretrained": spec["model"], "dtype": spec["dtype"], "max_length": spec["max_length"],
-                      "attn_implementation": "sdpa", "packing": spec["packing"]},  # fmt: skip
+            "model": {
+                "kind": "causal-lm",
+                "pretrained": spec["model"],
+                "dtype": spec["dtype"],
+                "max_length": spec["max_length"],
+                "attn_implementation": "sdpa",
+                "packing": spec["packing"],
+            },  # fmt: skip
             "adapter": {"kind": "lora"},
             "train": train,
         },
@@ -525,7 +641,11 @@ def child_loraplug(spec: dict[str, Any]) -> dict[str, Any]:
         outcome, optimizers = run_in_process(recipe, [])
     finally:
         loop.train = untimed  # type: ignore[assignment]
-    rates = [m["tokens_per_s"] for m in metric_lines(outcome.run_dir) if m.get("split") == "train" and "tokens_per_s" in m]
+    rates = [
+        m["tokens_per_s"]
+        for m in metric_lines(outcome.run_dir)
+        if m.get("split") == "train" and "tokens_per_s" in m
+    ]
     status = run_json(outcome.run_dir)
     return {
         "steps": outcome.steps,
@@ -537,7 +657,9 @@ def child_loraplug(spec: dict[str, Any]) -> dict[str, Any]:
         "final_loss": outcome.train_loss,
         "data": outcome.data_summary,
         "auto_batch": status.get("auto_batch"),
-        "cuda_total_bytes": torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None,
+        "cuda_total_bytes": torch.cuda.get_device_properties(0).total_memory
+        if torch.cuda.is_available()
+        else None,
     }
 
 
@@ -545,7 +667,14 @@ def child_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers' Trainer + PEFT as users write it: padding per batch, its default (fused) AdamW."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from loraplug_causal_lm.encode import IGNORE, Encoder
     from loraplug_causal_lm.jsonl import read_jsonl
@@ -591,7 +720,9 @@ def child_hf(spec: dict[str, Any]) -> dict[str, Any]:
         report_to="none", seed=0, dataloader_num_workers=0, bf16=spec["precision"] == "bf16", remove_unused_columns=False,
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Windows()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Windows()]
+    )
     trainer.train()
     rates = window_rates(marks)
     optimizer = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
@@ -602,7 +733,9 @@ def child_hf(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_gib": peak_gib(),
         "optimizer": f"{type(optimizer).__name__} ({args.optim})",
         "fused_adamw": bool(getattr(optimizer, "defaults", {}).get("fused")),
-        "train_loss_mean": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),  # HF: over the run
+        "train_loss_mean": next(
+            (h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None
+        ),  # HF: over the run
         "padding_share": round(1 - sum(batch_tokens) / max(1, sum(positions)), 3),
     }
 
@@ -617,11 +750,19 @@ def run_child(ctx: Check, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     spec_path = ctx.work / f"spec-{spec['name']}.json"
     spec_path.write_text(json.dumps(spec))
     timeout = max(30.0, ctx.remaining - 20)
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", str(spec_path)], capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--spec", str(spec_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     sys.stderr.write(proc.stderr[-4000:])
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"setup {spec['name']} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+        raise RuntimeError(
+            f"setup {spec['name']} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}"
+        )
     return json.loads(line.removeprefix("RESULT "))
 
 
@@ -638,7 +779,11 @@ def part_auto_batch(ctx: Check, part: Part) -> None:
         "train": {"batch_size": "auto", "effective_batch_size": 64, "memory_fraction": 0.1, "mixed_precision": "bf16"},
     })  # fmt: skip
     load_recipe(probe, host())
-    part.check("the auto-batch recipe validates", True, 'batch_size = "auto", effective_batch_size 64, memory_fraction 0.1')
+    part.check(
+        "the auto-batch recipe validates",
+        True,
+        'batch_size = "auto", effective_batch_size 64, memory_fraction 0.1',
+    )
     require_cuda(ctx)
     model_dir = build_llama(ctx)
     data = ctx.work / "auto.jsonl"
@@ -654,10 +799,22 @@ def part_auto_batch(ctx: Check, part: Part) -> None:
     size, accumulation = choice.get("batch_size"), choice.get("grad_accum_steps")
     part.figures.update({"choice": choice, "budget_gib": round(budget / 2**30, 2), "training_peak_gib": result["training_peak_gib"],
                          "cuda_total_gib": round((result["cuda_total_bytes"] or 0) / 2**30, 1)})  # fmt: skip
-    part.check("micro-batch × accumulation = the effective batch", size is not None and size * accumulation == 64, f"{size} × {accumulation}")
-    part.check("budget is memory_fraction × the GPU's memory", abs(budget - 0.1 * (result["cuda_total_bytes"] or 0)) < 2**20, f"{budget / 2**30:.2f} GiB")
+    part.check(
+        "micro-batch × accumulation = the effective batch",
+        size is not None and size * accumulation == 64,
+        f"{size} × {accumulation}",
+    )
+    part.check(
+        "budget is memory_fraction × the GPU's memory",
+        abs(budget - 0.1 * (result["cuda_total_bytes"] or 0)) < 2**20,
+        f"{budget / 2**30:.2f} GiB",
+    )
     chosen_peak = probes.get(size or 0)
-    part.check("the chosen micro-batch's measured peak fits", chosen_peak is not None and chosen_peak <= budget, f"{(chosen_peak or 0) / 2**30:.2f} GiB")
+    part.check(
+        "the chosen micro-batch's measured peak fits",
+        chosen_peak is not None and chosen_peak <= budget,
+        f"{(chosen_peak or 0) / 2**30:.2f} GiB",
+    )
     bigger = [s for s in (1, 2, 4, 8, 16, 32, 64) if s > (size or 64)]
     if bigger:
         nxt = probes.get(bigger[0])
@@ -665,7 +822,11 @@ def part_auto_batch(ctx: Check, part: Part) -> None:
             part.check("the next divisor does not fit (measured, or out of memory)", nxt is None or nxt > budget,
                        f"{bigger[0]}: {'out of memory' if nxt is None else f'{nxt / 2**30:.2f} GiB'}")  # fmt: skip
         else:
-            part.check("the next divisor is not measured (the search predicted it over the budget)", True, f"{bigger[0]}: not measured")
+            part.check(
+                "the next divisor is not measured (the search predicted it over the budget)",
+                True,
+                f"{bigger[0]}: not measured",
+            )
     part.check("training with the choice stays inside the budget", result["training_peak_gib"] * 2**30 <= budget,
                f"training peak {result['training_peak_gib']:.2f} GiB of {budget / 2**30:.2f} GiB")  # fmt: skip
     part.check("ran 2 steps", result["steps"] == 2, f"{result['steps']}")
@@ -690,10 +851,24 @@ def part_sd(ctx: Check, part: Part) -> None:
     outcome, optimizers = run_in_process(RECIPES / "tiny_sd_style.toml", overrides)
     check_run(part, "tiny-sd", outcome, 60, optimizers=optimizers)
     summary = outcome.data_summary
-    part.check("latents cached", int(summary.get("latents cached", 0)) > 0, f"{summary.get('latents cached')}")
-    part.check("text-encoder outputs cached", int(summary.get("captions cached", 0)) > 0, f"{summary.get('captions cached')}")
-    part.check("VAE offloaded to the CPU while training", summary.get("vae") == "offloaded to the CPU", f"{summary.get('vae')}")
-    part.check("text encoder offloaded to the CPU", summary.get("text encoder") == "offloaded to the CPU", f"{summary.get('text encoder')}")
+    part.check(
+        "latents cached", int(summary.get("latents cached", 0)) > 0, f"{summary.get('latents cached')}"
+    )
+    part.check(
+        "text-encoder outputs cached",
+        int(summary.get("captions cached", 0)) > 0,
+        f"{summary.get('captions cached')}",
+    )
+    part.check(
+        "VAE offloaded to the CPU while training",
+        summary.get("vae") == "offloaded to the CPU",
+        f"{summary.get('vae')}",
+    )
+    part.check(
+        "text encoder offloaded to the CPU",
+        summary.get("text encoder") == "offloaded to the CPU",
+        f"{summary.get('text encoder')}",
+    )
     grids = sorted((outcome.run_dir / "samples").glob("*.png"))
     part.figures["tiny-sd"].update({"peak_cuda_gib": peak_gib(), "data": summary, "sample_files": len(grids)})
 
@@ -724,7 +899,10 @@ def part_throughput(ctx: Check, part: Part) -> None:
               "precision": precision, "steps": steps, "window": window}  # fmt: skip
     setups = {
         "loraplug": ("loraplug", {**common, "name": "loraplug", "packing": True, "batch_size": rows}),
-        "loraplug-padded": ("loraplug", {**common, "name": "loraplug-padded", "packing": False, "batch_size": per_sample}),
+        "loraplug-padded": (
+            "loraplug",
+            {**common, "name": "loraplug-padded", "packing": False, "batch_size": per_sample},
+        ),
         "hf": ("hf", {**common, "name": "hf", "batch_size": per_sample}),
     }
     part.figures.update({
@@ -748,13 +926,23 @@ def part_throughput(ctx: Check, part: Part) -> None:
         part.check(f"{name}: trained {steps} steps", result["steps"] == steps, f"{result['steps']}")
         part.check(f"{name}: throughput measured", rate > 0 and math.isfinite(rate), f"{rate:,.0f} tokens/s")
         if not dry:
-            part.check(f"{name}: fused AdamW", result["fused_adamw"], result.get("optimizer", f"fused={result['fused_adamw']}"))
+            part.check(
+                f"{name}: fused AdamW",
+                result["fused_adamw"],
+                result.get("optimizer", f"fused={result['fused_adamw']}"),
+            )
     part.figures["results"] = results
     if "hf" in results and "loraplug" in results:
-        part.figures["loraplug_vs_hf"] = round(results["loraplug"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
-        part.figures["loraplug_padded_vs_hf"] = round(results["loraplug-padded"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
+        part.figures["loraplug_vs_hf"] = round(
+            results["loraplug"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3
+        )
+        part.figures["loraplug_padded_vs_hf"] = round(
+            results["loraplug-padded"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3
+        )
     if dry:
-        raise Skip("CPU dry run: the three setups ran on a tiny model on the CPU for 4 steps; the 1.1B CUDA measurement was not run")
+        raise Skip(
+            "CPU dry run: the three setups ran on a tiny model on the CPU for 4 steps; the 1.1B CUDA measurement was not run"
+        )
 
 
 # --- d: packed loss equals unpacked loss -------------------------------------------------------------
@@ -773,7 +961,9 @@ def packing_losses(model: Any, lengths: list[int], *, leak: bool, seed: int = 0)
     docs = []
     for i, n in enumerate(lengths):
         ids = torch.randint(10, vocab, (n,), generator=generator).tolist()
-        docs.append(Encoded(id=f"doc{i}", input_ids=ids, labels=[*ids[1:], IGNORE], truncated=False, full_length=n))
+        docs.append(
+            Encoded(id=f"doc{i}", input_ids=ids, labels=[*ids[1:], IGNORE], truncated=False, full_length=n)
+        )
     device = next(model.parameters()).device
     packed_batch = PackedCollator(0)([PackedRow(docs)])
     if leak:  # the negative control: one segment, positions running on — documents see each other
@@ -816,7 +1006,11 @@ def part_packing(ctx: Check, part: Part) -> None:
     precisions = ["float32", "bfloat16"] if on_cuda() or not ctx.dry else ["float32"]
     for dtype_name in precisions:
         dtype = getattr(torch, dtype_name)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+            .to(device)
+            .eval()
+        )
         figures = packing_losses(model, lengths, leak=ctx.leak_packing)
         control = packing_losses(model, lengths, leak=True)
         startup = packs_exactly(model)
@@ -827,7 +1021,11 @@ def part_packing(ctx: Check, part: Part) -> None:
             limit = 1e-4 * scale  # the start-up check's float32 tolerance
             part.check("float32: packed logits equal the documents' own", figures["logits_max_abs_diff"] <= limit,
                        f"max |Δlogit| {figures['logits_max_abs_diff']:.2e} (limit {limit:.1e})")  # fmt: skip
-            part.check("float32: packed loss equals unpacked", figures["loss_relative_diff"] <= 1e-5, f"relative {figures['loss_relative_diff']:.2e}")
+            part.check(
+                "float32: packed loss equals unpacked",
+                figures["loss_relative_diff"] <= 1e-5,
+                f"relative {figures['loss_relative_diff']:.2e}",
+            )
             part.check("float32: the comparison sees cross-document attention (negative control)", control["logits_max_abs_diff"] > 10 * limit,
                        f"max |Δlogit| with leakage {control['logits_max_abs_diff']:.2e}")  # fmt: skip
         else:
@@ -841,16 +1039,29 @@ def part_packing(ctx: Check, part: Part) -> None:
             # so it is the logits that must show it: the bf16 comparison is only a check if they do.
             part.check("bfloat16: the logits comparison sees cross-document attention (negative control)",
                        control["logits_max_abs_diff"] > 5e-2 * scale, f"max |Δlogit| with leakage {control['logits_max_abs_diff']:.2e}")  # fmt: skip
-        part.check(f"{dtype_name}: loraplug's start-up check (packs_exactly) passes", startup is None, startup or "ok")
-        part.figures[dtype_name] = {**figures, "leak_control": control, "device": device, "document_lengths": lengths}
+        part.check(
+            f"{dtype_name}: loraplug's start-up check (packs_exactly) passes",
+            startup is None,
+            startup or "ok",
+        )
+        part.figures[dtype_name] = {
+            **figures,
+            "leak_control": control,
+            "device": device,
+            "document_lengths": lengths,
+        }
     from importlib.util import find_spec
 
     part.figures["flash_attention_2"] = (
-        "installed" if find_spec("flash_attn") else "not installed: flash-attn is a CUDA extension built per torch/CUDA version, "
+        "installed"
+        if find_spec("flash_attn")
+        else "not installed: flash-attn is a CUDA extension built per torch/CUDA version, "
         "the GPU machine has no network and no wheel for its torch was carried; the SDPA 4-D mask path above is what ran"
     )
     if not on_cuda():
-        raise Skip("CPU dry run: compared in float32 on the CPU; the CUDA float32 and bf16 comparisons were not run")
+        raise Skip(
+            "CPU dry run: compared in float32 on the CPU; the CUDA float32 and bf16 comparisons were not run"
+        )
 
 
 # --- e: QLoRA nf4 ---------------------------------------------------------------------------------------
@@ -882,7 +1093,11 @@ def part_qlora(ctx: Check, part: Part) -> None:
     part.figures["bitsandbytes"] = bitsandbytes.__version__
     _, _, model = load_run(outcome.run_dir, host(), Console(stderr=True), with_adapter=False)
     kinds = {type(m).__name__ for m in model.module.modules()}
-    part.check("the base's linear layers are 4-bit (bitsandbytes Linear4bit)", "Linear4bit" in kinds, ", ".join(sorted(k for k in kinds if "Linear" in k)))
+    part.check(
+        "the base's linear layers are 4-bit (bitsandbytes Linear4bit)",
+        "Linear4bit" in kinds,
+        ", ".join(sorted(k for k in kinds if "Linear" in k)),
+    )
 
 
 # --- driver ----------------------------------------------------------------------------------------------
@@ -890,7 +1105,12 @@ def part_qlora(ctx: Check, part: Part) -> None:
 
 #: (key, what it checks, the part, seconds it needs on an H200: a part is not started with less budget left)
 PARTS: list[tuple[str, str, Callable[[Check, Part], None], float]] = [
-    ("a1", "quickstart (tiny LLaMA) in bf16 and fp16: loss falls, exports' parity, fused AdamW, loss scaler", part_quickstart, 40),
+    (
+        "a1",
+        "quickstart (tiny LLaMA) in bf16 and fp16: loss falls, exports' parity, fused AdamW, loss scaler",
+        part_quickstart,
+        40,
+    ),
     ("a2", "resume on CUDA through the CLI after SIGKILL", part_resume, 40),
     ("b", "tiny Stable Diffusion: caching, VAE offload, exports' parity", part_sd, 40),
     ("a3", 'batch_size = "auto" against CUDA memory (1.1B model)', part_auto_batch, 40),
@@ -911,7 +1131,11 @@ NOT_COVERED = {
 def machine(dry: bool) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(), "mode": "cpu-dry-run" if dry else "cuda"}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "mode": "cpu-dry-run" if dry else "cuda",
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -922,7 +1146,18 @@ def machine(dry: bool) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             pass
     versions = {}
-    for name in ("loraplug", "torch", "transformers", "peft", "accelerate", "diffusers", "bitsandbytes", "tokenizers", "safetensors", "pydantic"):
+    for name in (
+        "loraplug",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "diffusers",
+        "bitsandbytes",
+        "tokenizers",
+        "safetensors",
+        "pydantic",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -934,7 +1169,14 @@ def machine(dry: bool) -> dict[str, Any]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -943,7 +1185,11 @@ def _git_commit() -> str | None:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    where = f"{m.get('gpu')} ({m.get('gpu_memory_gib')} GiB, CUDA {m.get('cuda')}, driver {m.get('driver')})" if m.get("gpu") else "CPU only"
+    where = (
+        f"{m.get('gpu')} ({m.get('gpu_memory_gib')} GiB, CUDA {m.get('cuda')}, driver {m.get('driver')})"
+        if m.get("gpu")
+        else "CPU only"
+    )
     lines = [
         "# loraplug GPU check",
         "",
@@ -956,7 +1202,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for p in report["parts"]:
         note = "; ".join(p["failures"]) if p["status"] == "failed" else (p["reason"] or "")
-        lines.append(f"| {p['key']} | {p['title']} | {p['status']} | {p['seconds']:.0f} | {note.replace('|', '/')} |")
+        lines.append(
+            f"| {p['key']} | {p['title']} | {p['status']} | {p['seconds']:.0f} | {note.replace('|', '/')} |"
+        )
     lines += ["", "## Checks", ""]
     for p in report["parts"]:
         for c in p["checks"]:
@@ -976,16 +1224,24 @@ def markdown(report: dict[str, Any]) -> str:
         ]  # fmt: skip
         batches = f["batches"]
         for name, r in f["results"].items():
-            batch = f"{batches['loraplug_rows']} packed rows" if name == "loraplug" else f"{batches['padded_samples']} samples, padded"
+            batch = (
+                f"{batches['loraplug_rows']} packed rows"
+                if name == "loraplug"
+                else f"{batches['padded_samples']} samples, padded"
+            )
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "—"
             mfu6 = f"{r['mfu_6n']:.1%}" if r.get("mfu_6n") is not None else "—"
-            lines.append(f"| {name} | {batch} | {r['tokens_per_s']:,.0f} | {r['model_tflops']} | {mfu} | {mfu6} | {r['peak_gib']} | {r['fused_adamw']} |")
+            lines.append(
+                f"| {name} | {batch} | {r['tokens_per_s']:,.0f} | {r['model_tflops']} | {mfu} | {mfu6} | {r['peak_gib']} | {r['fused_adamw']} |"
+            )
     lines += ["", "## Not covered", ""] + [f"- {k}: {v}" for k, v in report["not_covered"].items()]
     lines += ["", "Figures of every part are in gpu_check.json."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, started: float, dry: bool, parts: list[Part], info: dict[str, Any]) -> dict[str, Any]:
+def write_report(
+    out: Path, started: float, dry: bool, parts: list[Part], info: dict[str, Any]
+) -> dict[str, Any]:
     report = {
         "machine": info,
         "seconds": round(time.monotonic() - started, 1),
@@ -994,7 +1250,10 @@ def write_report(out: Path, started: float, dry: bool, parts: list[Part], info: 
         "not_covered": NOT_COVERED,
     }
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"), ("gpu_check.md", markdown(report))):
+    for name, text in (
+        ("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"),
+        ("gpu_check.md", markdown(report)),
+    ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out / name)
@@ -1004,11 +1263,24 @@ def write_report(out: Path, started: float, dry: bool, parts: list[Part], info: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="Where gpu_check.json and gpu_check.md are written.")
-    parser.add_argument("--cpu-dry-run", action="store_true", help="No CUDA: validate every recipe and run the CPU-sized parts.")
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="No CUDA: validate every recipe and run the CPU-sized parts.",
+    )
     parser.add_argument("--only", nargs="+", choices=[k for k, *_ in PARTS], help="Run only these parts.")
-    parser.add_argument("--budget", type=float, default=450.0, help="Seconds for the whole check; parts not started in time are skipped.")
-    parser.add_argument("--work", type=Path, help="Working directory (default: a temporary one, removed afterwards).")
-    parser.add_argument("--leak-packing", action="store_true", help=argparse.SUPPRESS)  # tests: part d must fail
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=450.0,
+        help="Seconds for the whole check; parts not started in time are skipped.",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="Working directory (default: a temporary one, removed afterwards)."
+    )
+    parser.add_argument(
+        "--leak-packing", action="store_true", help=argparse.SUPPRESS
+    )  # tests: part d must fail
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1020,18 +1292,31 @@ def main() -> int:
     if args.out is None:
         parser.error("--out is required")
     if args.cpu_dry_run:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA: the dry run is the CPU run everywhere
+        os.environ["CUDA_VISIBLE_DEVICES"] = (
+            ""  # before torch initialises CUDA: the dry run is the CPU run everywhere
+        )
     started = time.monotonic()
     import torch
 
     if not args.cpu_dry_run and not torch.cuda.is_available() and not os.environ.get("GPU_CHECK_ON_CPU"):
-        print("error: no CUDA device (torch.cuda.is_available() is False); run with --cpu-dry-run to check the script on the CPU", file=sys.stderr)
+        print(
+            "error: no CUDA device (torch.cuda.is_available() is False); run with --cpu-dry-run to check the script on the CPU",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="loraplug-gpu-check-") as tmp:
         work = (args.work or Path(tmp)).absolute()
         work.mkdir(parents=True, exist_ok=True)
-        os.environ["LORAPLUG_CACHE"] = str(work / "cache")  # a fresh preset cache: the build is part of the check
-        ctx = Check(out=args.out, work=work, dry=args.cpu_dry_run, deadline=started + args.budget, leak_packing=args.leak_packing)
+        os.environ["LORAPLUG_CACHE"] = str(
+            work / "cache"
+        )  # a fresh preset cache: the build is part of the check
+        ctx = Check(
+            out=args.out,
+            work=work,
+            dry=args.cpu_dry_run,
+            deadline=started + args.budget,
+            leak_packing=args.leak_packing,
+        )
         info = machine(args.cpu_dry_run)
         parts: list[Part] = []
         for key, title, run, needs in PARTS:
@@ -1041,7 +1326,9 @@ def main() -> int:
             parts.append(part)
             begun = time.monotonic()
             if ctx.remaining < (5 if args.cpu_dry_run else needs):
-                part.skip(f"time budget: {ctx.remaining:.0f} s of --budget {args.budget:.0f} s left, this part needs about {needs:.0f} s")
+                part.skip(
+                    f"time budget: {ctx.remaining:.0f} s of --budget {args.budget:.0f} s left, this part needs about {needs:.0f} s"
+                )
             else:
                 ctx.log(f"part {key}: {title}")
                 try:
@@ -1060,7 +1347,10 @@ def main() -> int:
     if report["failed"]:
         print("GPU check FAILED:\n  " + "\n  ".join(report["failed"]), file=sys.stderr)
         return 1
-    print(f"GPU check passed ({'CPU dry run' if args.cpu_dry_run else 'CUDA'}): {args.out / 'gpu_check.md'}", file=sys.stderr)
+    print(
+        f"GPU check passed ({'CPU dry run' if args.cpu_dry_run else 'CUDA'}): {args.out / 'gpu_check.md'}",
+        file=sys.stderr,
+    )
     return 0
 
 

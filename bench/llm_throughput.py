@@ -60,7 +60,28 @@ MODEL = {
     "max_position_embeddings": MAX_LENGTH,
     "tie_word_embeddings": False,
 }
-WORDS = ["rain", "sun", "wind", "snow", "fog", "cloud", "storm", "mild", "cold", "warm", "dry", "wet", "calm", "gust", "hail", "sleet", "frost", "dawn", "dusk", "haze"]
+WORDS = [
+    "rain",
+    "sun",
+    "wind",
+    "snow",
+    "fog",
+    "cloud",
+    "storm",
+    "mild",
+    "cold",
+    "warm",
+    "dry",
+    "wet",
+    "calm",
+    "gust",
+    "hail",
+    "sleet",
+    "frost",
+    "dawn",
+    "dusk",
+    "haze",
+]
 
 
 # --- the shared inputs -----------------------------------------------------------------------------
@@ -112,7 +133,9 @@ def load_model(work: Path) -> tuple[Any, Any]:
     from loraplug_causal_lm.options import LoraOptions
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        work / "model", dtype=torch.float32, attn_implementation="sdpa"
+    )
     torch.manual_seed(seed)
     return get_peft_model(model, lora_config(LoraOptions())), tokenizer
 
@@ -202,9 +225,9 @@ def run_loraplug(work: Path, *, packing: bool = True) -> dict[str, Any]:
     from rich.console import Console
 
     from loraplug.pipeline import load_run
-    from loraplug.run import execute
     from loraplug.plugins import PluginHost
     from loraplug.recipe import load_recipe
+    from loraplug.run import execute
     from loraplug.testing import write_recipe
 
     recipe_path = write_recipe(
@@ -213,11 +236,19 @@ def run_loraplug(work: Path, *, packing: bool = True) -> dict[str, Any]:
             "run": {"name": "bench", "output_dir": str(work / "runs"), "seed": seed},
             "data": {"kind": "jsonl", "path": str(work / "train.jsonl")},
             "model": {
-                "kind": "causal-lm", "pretrained": str(work / "model"), "max_length": MAX_LENGTH, "attn_implementation": "sdpa",
+                "kind": "causal-lm",
+                "pretrained": str(work / "model"),
+                "max_length": MAX_LENGTH,
+                "attn_implementation": "sdpa",
                 **({} if packing else {"packing": False}),
             },
             "adapter": {"kind": "lora"},
-            "train": {"lr": LR, "epochs": 1, "batch_size": PACKED_BATCH if packing else PADDED_BATCH, "log_every_n_steps": 1000},
+            "train": {
+                "lr": LR,
+                "epochs": 1,
+                "batch_size": PACKED_BATCH if packing else PADDED_BATCH,
+                "log_every_n_steps": 1000,
+            },
         },
     )
     from loraplug.training import loop
@@ -284,7 +315,10 @@ def run_trl(work: Path) -> dict[str, Any]:
 
     model, tokenizer = load_model(work)
     rows = [
-        {"prompt": [m for m in r["messages"] if m["role"] != "assistant"], "completion": [m for m in r["messages"] if m["role"] == "assistant"]}
+        {
+            "prompt": [m for m in r["messages"] if m["role"] != "assistant"],
+            "completion": [m for m in r["messages"] if m["role"] == "assistant"],
+        }
         for r in records(work / "train.jsonl")
     ]
     args = SFTConfig(
@@ -293,7 +327,9 @@ def run_trl(work: Path) -> dict[str, Any]:
         save_strategy="no", report_to="none", seed=seed, max_length=MAX_LENGTH, packing=True, dataloader_num_workers=0,
         bf16=False, fp16=False,
     )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     with Timer() as timer:
         trainer.train()
@@ -372,7 +408,11 @@ def machine() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     versions = {}
@@ -421,10 +461,24 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
-    parser.add_argument("--quick", action="store_true", help="24 training samples instead of 120: checks the script, not the numbers.")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="24 training samples instead of 120: checks the script, not the numbers.",
+    )
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the LoRA initialisation and the data order (the data and model stay).")
-    parser.add_argument("--rounds", type=int, default=2, help="Run every setup this many times, interleaved; the best round counts.")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the LoRA initialisation and the data order (the data and model stay).",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="Run every setup this many times, interleaved; the best round counts.",
+    )
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads per setup. 1 (the default) makes CPU seconds a steady measure on a shared machine: "
@@ -456,7 +510,18 @@ def main() -> None:
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in args.setups}
         for round_index in range(args.rounds):
             for name in args.setups if round_index % 2 == 0 else reversed(args.setups):
-                command = [sys.executable, __file__, "--run", name, "--work", str(work), "--threads", str(args.threads), "--seed", str(seed)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--run",
+                    name,
+                    "--work",
+                    str(work),
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(seed),
+                ]
                 proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if proc.returncode != 0 or line is None:
@@ -468,7 +533,13 @@ def main() -> None:
         results = {name: max(runs, key=lambda r: r["tokens_per_cpu_second"]) for name, runs in rounds.items()}
         for name, runs in rounds.items():
             results[name]["cpu_rate_spread"] = [round(r["tokens_per_cpu_second"]) for r in runs]
-    report = {"machine": machine(), "model_parameters": info["parameters"], "threads": args.threads, "rounds": args.rounds, "results": results}
+    report = {
+        "machine": machine(),
+        "model_parameters": info["parameters"],
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "results": results,
+    }
     print()
     print(json.dumps(report["machine"], indent=2))
     print(
