@@ -370,8 +370,10 @@ class ToyRegressor:
 
     @hookimpl
     def loraplug_load_data(self, kind: str, options: ToyRowsOptions, ctx: RunContext) -> DataBundle:
+        train = _toy_rows(options.path)
         val = _toy_rows(options.val_path) if options.val_path else None
-        return DataBundle(train=_toy_rows(options.path), val=val)
+        summary = {"train samples": len(train)} | ({} if val is None else {"validation samples": len(val)})
+        return DataBundle(train=train, val=val, summary=summary)
 
     @hookimpl
     def loraplug_build_model(self, kind: str, options: ToyRegressorOptions, ctx: RunContext) -> ModelBundle:

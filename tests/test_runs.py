@@ -1,4 +1,4 @@
-"""`loraplug runs list/show` and the run report, on real tiny runs."""
+"""`loraplug runs list/show` and the run report, on real tiny runs of the toy regressor."""
 
 from __future__ import annotations
 
@@ -19,23 +19,25 @@ import pytest
 from PIL import Image
 
 from loraplug.report import plan_plots, write_report_or_warn
-from loraplug.testing import run_cli
-from loraplug_causal_lm.testing import tiny_lm_recipe
+from loraplug.testing import plugins_installed, run_cli, toy_recipe
 
 # matplotlib's first two colours: training loss, then validation loss on the loss plot.
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)
 
+pytestmark = pytest.mark.usefixtures("toy")  # the toy plugin installed for every test (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_run(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Path:
     """One real run shared by the tests that only read it (or copy it first): 4 steps, samples, an export."""
     root = tmp_path_factory.mktemp("finished")
-    recipe = tiny_lm_recipe(
+    recipe = toy_recipe(
         root,
-        eval={"every_n_steps": 2, "sample_every_n_steps": 2, "sample_prompts": ["q: rain", "q: <sun> & fog"]},
-        export=[{"kind": "peft"}],
+        eval={"every_n_steps": 2, "sample_every_n_steps": 2, "sample_prompts": ["0.5, -1, 2", "<0.5> & -1, 2"]},
+        export=[{"kind": "toy-weights"}],
     )
-    result = run_cli("run", recipe)
+    with plugins_installed(toy_site):
+        result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     return root / "runs" / "tiny"
 
@@ -87,10 +89,10 @@ def test_a_finished_run_has_a_report_with_a_plot_of_every_metric(finished_run: P
         for sample in json.loads(sample_file.read_text()):
             assert html.escape(sample["prompt"]) in text and html.escape(sample["text"]) in text
     assert "before training" in text and "step 2" in text and "step 4" in text
-    assert "q: &lt;sun&gt; &amp; fog" in text
+    assert "&lt;0.5&gt; &amp; -1, 2" in text
     assert "train samples" in text
-    manifest = json.loads((finished_run / "exports" / "peft" / "export.json").read_text())
-    assert 'href="exports/peft/export.json"' in text
+    manifest = json.loads((finished_run / "exports" / "toy-weights" / "export.json").read_text())
+    assert 'href="exports/toy-weights/export.json"' in text
     assert all(f["path"] in text and f["sha256"][:16] in text for f in manifest["files"])
 
 
@@ -114,7 +116,7 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
     assert "finished" in out and "step 4/4" in out
     assert "train samples" in out
     assert "val_loss" in out and "bleu" in out and "12.5" in out
-    assert "peft" in out and "PeftModel.from_pretrained" in out
+    assert "toy-weights" in out and "safetensors.torch.load_file" in out
     assert str(run_dir / "report.html") in out
 
     alts = {image["alt"]: run_dir / unquote(image["src"]) for image in report_images(run_dir / "report.html")}
@@ -126,12 +128,12 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
     assert not list(run_dir.glob(".report*")), "no temporary files are left behind"
 
 
-def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path, finished_run: Path, lm_recipe, jsonl_file) -> None:
+def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path, finished_run: Path, toy_recipe_file, jsonl_file) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(finished_run, runs / "tiny")
     shutil.copytree(finished_run, runs / "smoke" / "tiny")
     empty = jsonl_file("empty.jsonl", [])
-    failed = run_cli("run", lm_recipe(run={"name": "broken"}, data={"path": str(empty)}, export=[]))
+    failed = run_cli("run", toy_recipe_file(run={"name": "broken"}, data={"path": str(empty)}, export=[]))
     assert failed.exit_code == 2
 
     listed = run_cli("runs", "list", "--json")  # ./runs by default
@@ -154,8 +156,8 @@ def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path,
     assert 'class="status failed"' in report and "No training samples" in report
 
 
-def test_a_killed_run_is_listed_as_interrupted(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(train={"max_steps": 10_000, "log_every_n_steps": 1}, eval={"sample_prompts": []}, export=[])
+def test_a_killed_run_is_listed_as_interrupted(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(train={"max_steps": 10_000, "log_every_n_steps": 1}, eval={"sample_prompts": []}, export=[])
     proc = subprocess.Popen(
         [sys.executable, "-m", "loraplug", "run", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -242,7 +244,7 @@ def test_a_damaged_adapter_is_a_clear_error_for_runs_show_export_and_generate(tm
     listed = json.loads(run_cli("runs", "list", tmp_path / "runs", "--json").stdout)
     assert [r["status"] for r in listed] == ["damaged"] and listed[0]["problem"].startswith(f"adapter/adapter.safetensors {said}")
 
-    for command in (("export", run_dir, "--kind", "peft", "--name", "again"), ("generate", run_dir, "--prompt", "q: rain")):
+    for command in (("export", run_dir, "--kind", "toy-weights", "--name", "again"), ("generate", run_dir, "--prompt", "0.5, -1, 2")):
         result = run_cli(*command)
         assert result.exit_code == 2, result.output
         assert f"The trained weights adapter.safetensors {said}" in result.stderr and "adapter.safetensors." in result.stderr
