@@ -1,5 +1,6 @@
 """``loraplug export RUN_DIR --kind KIND``: re-exports without retraining, refuses what it cannot do
-before loading anything, and names the distribution that serves a kind which is not installed."""
+before loading anything, and names the distribution that serves a kind which is not installed (on the
+toy regressor and its ``toy-weights`` export: the core alone)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from pathlib import Path
 import pytest
 
 from loraplug.plugins import ExtraPlugin, PluginHost
-from loraplug.testing import run_cli
+from loraplug.testing import TOY_DISTRIBUTION, ToyRegressor, plugins_installed, run_cli, toy_recipe
+
+pytestmark = pytest.mark.usefixtures("toy")  # the toy plugin installed for every test (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from loraplug_causal_lm.testing import trained_tiny_run
-
-    return trained_tiny_run(tmp_path_factory.mktemp("reexport"), train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "peft"}])
+def run_dir(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Path:
+    root = tmp_path_factory.mktemp("reexport")
+    recipe = toy_recipe(root, train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "toy-weights"}])
+    with plugins_installed(toy_site):
+        result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny"
 
 
 def _sha256(path: Path) -> str:
@@ -26,52 +32,52 @@ def _sha256(path: Path) -> str:
 
 
 def test_reexport_writes_a_manifest_and_leaves_the_run_alone(run_dir: Path) -> None:
-    peft_manifest = (run_dir / "exports" / "peft" / "export.json").read_text()
-    result = run_cli("export", run_dir, "--kind", "merged", "dtype=float32")
+    first_manifest = (run_dir / "exports" / "toy-weights" / "export.json").read_text()
+    result = run_cli("export", run_dir, "--kind", "toy-weights", "--name", "half", "dtype=float16")
     assert result.exit_code == 0, result.output
-    assert "merged" in result.stdout and "model.safetensors" in result.stdout and "max_abs_logit_diff_vs_trained" in result.stdout
-    manifest = json.loads((run_dir / "exports" / "merged" / "export.json").read_text())
-    assert manifest["kind"] == "merged" and manifest["options"]["dtype"] == "float32"
+    assert "half" in result.stdout and "model.safetensors" in result.stdout and "max_abs_diff_vs_trained" in result.stdout
+    manifest = json.loads((run_dir / "exports" / "half" / "export.json").read_text())
+    assert manifest["kind"] == "toy-weights" and manifest["options"]["dtype"] == "float16"
     assert manifest["adapter"] == {
         "path": "adapter/adapter.safetensors",
         "sha256": _sha256(run_dir / "adapter" / "adapter.safetensors"),
         "size": (run_dir / "adapter" / "adapter.safetensors").stat().st_size,
     }
-    assert manifest["recipe_hash"] == json.loads(peft_manifest)["recipe_hash"]
-    assert (run_dir / "exports" / "peft" / "export.json").read_text() == peft_manifest
+    assert manifest["recipe_hash"] == json.loads(first_manifest)["recipe_hash"]
+    assert (run_dir / "exports" / "toy-weights" / "export.json").read_text() == first_manifest
     status = json.loads((run_dir / "run.json").read_text())
-    assert [(e["name"], e["ok"]) for e in status["exports"]] == [("peft", True), ("merged", True)]
+    assert [(e["name"], e["ok"]) for e in status["exports"]] == [("toy-weights", True), ("half", True)]
 
 
 def test_reexport_of_a_checkpoint_directory(run_dir: Path) -> None:
     checkpoint = run_dir / "checkpoints" / "step-2"
     checkpoint.mkdir(parents=True)
     shutil.copy(run_dir / "adapter" / "adapter.safetensors", checkpoint / "adapter.safetensors")
-    result = run_cli("export", checkpoint, "--kind", "peft")
+    result = run_cli("export", checkpoint, "--kind", "toy-weights")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((run_dir / "exports" / "step-2-peft" / "export.json").read_text())
+    manifest = json.loads((run_dir / "exports" / "step-2-toy-weights" / "export.json").read_text())
     assert manifest["adapter"]["path"] == "checkpoints/step-2/adapter.safetensors"
     # A checkpoint's weights are not the finished run's: its model card claims no final metrics.
-    assert "- train_loss:" not in (run_dir / "exports" / "step-2-peft" / "README.md").read_text()
+    assert "- train_loss:" not in (run_dir / "exports" / "step-2-toy-weights" / "README.md").read_text()
 
 
 def test_reexported_model_card_carries_the_runs_final_metrics(run_dir: Path) -> None:
-    result = run_cli("export", run_dir, "--kind", "peft", "--name", "peft-again")
+    result = run_cli("export", run_dir, "--kind", "toy-weights", "--name", "toy-again")
     assert result.exit_code == 0, result.output
     status = json.loads((run_dir / "run.json").read_text())
-    card = (run_dir / "exports" / "peft-again" / "README.md").read_text()
+    card = (run_dir / "exports" / "toy-again" / "README.md").read_text()
     assert f"- train_loss: {round(status['train_loss'], 4)}" in card
-    assert card == (run_dir / "exports" / "peft" / "README.md").read_text()
+    assert card == (run_dir / "exports" / "toy-weights" / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kind", "peft"], "exports/peft already holds an export. Pass --overwrite"),
-        (["--kind", "peft", "model_crad=false", "--name", "x"], "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?"),
-        (["--kind", "peft", "model_card"], "is not KEY=VALUE"),
-        (["--kind", "peft", "--name", "../elsewhere"], "is a path, not one directory name"),
-        (["--kind", "perf"], "Did you mean 'peft'?"),
+        (["--kind", "toy-weights"], "exports/toy-weights already holds an export. Pass --overwrite"),
+        (["--kind", "toy-weights", "model_crad=false", "--name", "x"], "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?"),
+        (["--kind", "toy-weights", "model_card"], "is not KEY=VALUE"),
+        (["--kind", "toy-weights", "--name", "../elsewhere"], "is a path, not one directory name"),
+        (["--kind", "toy-weight"], "Did you mean 'toy-weights'?"),
     ],
 )
 def test_bad_requests_are_refused_before_anything_loads(run_dir: Path, args: list[str], message: str) -> None:
@@ -82,19 +88,17 @@ def test_bad_requests_are_refused_before_anything_loads(run_dir: Path, args: lis
 
 
 def test_a_directory_that_is_no_run(tmp_path: Path) -> None:
-    result = run_cli("export", tmp_path, "--kind", "peft")
+    result = run_cli("export", tmp_path, "--kind", "toy-weights")
     assert result.exit_code == 2 and "is not a loraplug run directory" in result.stderr
 
 
 @pytest.mark.parametrize(("kind", "distribution"), [("onnx", "loraplug-onnx"), ("bnb-4bit", "loraplug-quant"), ("int8", "loraplug-quant")])
 def test_an_export_kind_whose_plugin_is_not_installed_names_the_distribution(
-    lm_recipe, monkeypatch: pytest.MonkeyPatch, kind: str, distribution: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, distribution: str
 ) -> None:
-    import loraplug_causal_lm.plugin
-
-    only_causal_lm = PluginHost.load(entry_points=False, extra=[ExtraPlugin(loraplug_causal_lm.plugin, "loraplug-causal-lm")])
-    monkeypatch.setattr("loraplug.plugins._loaded", only_causal_lm)  # the process's plugins (load_plugins)
-    result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "peft"}, {"kind": kind}]))
+    only_toy = PluginHost.load(entry_points=False, extra=[ExtraPlugin(ToyRegressor(), TOY_DISTRIBUTION)])
+    monkeypatch.setattr("loraplug.plugins._loaded", only_toy)  # the process's plugins (load_plugins)
+    result = run_cli("recipe", "check", toy_recipe(tmp_path, export=[{"kind": "toy-weights"}, {"kind": kind}]))
     assert result.exit_code == 2
     assert f"The export kind {kind!r} is provided by the plugin {distribution}, which is not installed" in result.stderr
     assert f"pip install {distribution}" in result.stderr
