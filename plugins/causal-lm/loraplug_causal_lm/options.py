@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from loraplug import InputFile, Options
 from loraplug.options import NoOptions as NoOptions  # named by path in plugin.py
@@ -53,6 +53,16 @@ class CausalLMOptions(Options):
         "unsupported case an error.",
     )
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
+    loss_chunk_tokens: NonNegativeInt | Literal["auto"] = Field(
+        "auto",
+        description="Compute the loss this many target tokens at a time: the output head is applied to each chunk "
+        "and recomputed in the backward, so memory does not grow with vocabulary × tokens (a 128k vocabulary's "
+        "float32 logits of 8k tokens are 4 GiB), at the cost of one more pass of the head. The loss and gradients "
+        "are the full logits' to float32 rounding. `auto`: chunks of 2^26 ÷ vocabulary tokens (523 for Llama 3) "
+        "when a micro-batch's logits would hold more than 2^27 numbers, else the full logits — also where chunking "
+        "is not exact (an architecture that changes its logits in a way loraplug does not know, FSDP, DeepSpeed), "
+        "with a warning; a number there is an error. 0: always the full logits.",
+    )
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
     quantization: Quantization | None = Field(
         None,

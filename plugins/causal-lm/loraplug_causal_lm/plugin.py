@@ -139,7 +139,7 @@ def loraplug_prepare_data(
 def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
     from loraplug_causal_lm.compute import loss_sum
 
-    return loss_sum(module, batch)
+    return loss_sum(module, batch, ctx.recipe.model.options.loss_chunk_tokens, warn=ctx.warn)
 
 
 @hookimpl
