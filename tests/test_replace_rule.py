@@ -2,7 +2,7 @@
 
 Each test sets up the user's files where a careless command line would aim, runs that command line
 through the CLI, and checks that the files are still there and that the refusal suggests no flag
-that would delete them.
+that would delete them. (The same rule for `data pack`: plugins/webdataset/tests/test_pack_replace_rule.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from loraplug.testing import run_cli
-from loraplug_diffusion.testing import draw_images
+
+pytestmark = pytest.mark.usefixtures("toy")  # runs of the toy regressor (tests/conftest.py): the core alone
 
 
 def _users_files(folder: Path) -> Path:
@@ -31,26 +32,26 @@ def _untouched(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize("flags", [(), ("--overwrite",), ("--smoke",), ("--smoke", "--overwrite")])
-def test_a_run_never_replaces_a_directory_that_holds_no_run(tmp_path: Path, lm_recipe, flags: tuple[str, ...]) -> None:
+def test_a_run_never_replaces_a_directory_that_holds_no_run(tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]) -> None:
     target = tmp_path / "runs" / ("smoke" if "--smoke" in flags else "") / "tiny"
     _users_files(target)
-    result = run_cli("run", lm_recipe(export=[]), *flags)
+    result = run_cli("run", toy_recipe_file(export=[]), *flags)
     assert result.exit_code == 2, result.output
     assert "is not a loraplug run (it has no run.json)" in result.stderr
     assert "--overwrite" not in result.stderr  # no flag replaces it, so none is suggested
     assert _untouched(target)
 
 
-def test_a_run_directory_that_is_a_file_is_refused(tmp_path: Path, lm_recipe) -> None:
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path: Path, toy_recipe_file) -> None:
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "tiny").write_text("a file")
-    result = run_cli("run", lm_recipe(export=[]), "--overwrite")
+    result = run_cli("run", toy_recipe_file(export=[]), "--overwrite")
     assert result.exit_code == 2 and "is a file, not a directory" in result.stderr, result.output
     assert (tmp_path / "runs" / "tiny").read_text() == "a file"
 
 
-def test_smoke_replaces_an_earlier_smoke_run_but_not_a_real_run(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(export=[])
+def test_smoke_replaces_an_earlier_smoke_run_but_not_a_real_run(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe, "--smoke").exit_code == 0
     smoke_dir = tmp_path / "runs" / "smoke" / "tiny"
     assert json.loads((smoke_dir / "run.json").read_text())["smoke"] is True  # how a smoke run is recognised
@@ -68,27 +69,27 @@ def test_smoke_replaces_an_earlier_smoke_run_but_not_a_real_run(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("flags", [("--smoke",), ("--overwrite",)])
-def test_a_run_name_that_is_a_path_writes_nothing_outside_output_dir(tmp_path: Path, lm_recipe, flags: tuple[str, ...]) -> None:
+def test_a_run_name_that_is_a_path_writes_nothing_outside_output_dir(tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]) -> None:
     elsewhere = _users_files(tmp_path / "elsewhere")
-    result = run_cli("run", lm_recipe(export=[]), f"run.name={json.dumps(str(elsewhere))}", *flags)
+    result = run_cli("run", toy_recipe_file(export=[]), f"run.name={json.dumps(str(elsewhere))}", *flags)
     assert result.exit_code == 2 and "run.name" in result.stderr, result.output
     assert _untouched(elsewhere)
 
 
-def test_run_name_dot_dot_cannot_write_the_run_into_the_parent(tmp_path: Path, lm_recipe) -> None:
+def test_run_name_dot_dot_cannot_write_the_run_into_the_parent(tmp_path: Path, toy_recipe_file) -> None:
     # work/new does not exist, so work/new/.. did not "exist" either: the run went into work/.
     parent = _users_files(tmp_path / "work")
-    result = run_cli("run", lm_recipe(export=[]), 'run.output_dir="work/new"', 'run.name=".."')
+    result = run_cli("run", toy_recipe_file(export=[]), 'run.output_dir="work/new"', 'run.name=".."')
     assert result.exit_code == 2 and "run.name" in result.stderr, result.output
     assert _untouched(parent)
 
 
-def test_a_run_name_that_is_a_symlink_out_of_output_dir_is_refused(tmp_path: Path, lm_recipe) -> None:
+def test_a_run_name_that_is_a_symlink_out_of_output_dir_is_refused(tmp_path: Path, toy_recipe_file) -> None:
     # A plain name passes any check of the name itself; only resolving it shows where the write would land.
     elsewhere = _users_files(tmp_path / "elsewhere")
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "tiny").symlink_to(elsewhere, target_is_directory=True)
-    result = run_cli("run", lm_recipe(export=[]), "--overwrite")
+    result = run_cli("run", toy_recipe_file(export=[]), "--overwrite")
     assert result.exit_code == 2 and "is a symbolic link to" in result.stderr, result.output
     assert _untouched(elsewhere)
 
@@ -96,9 +97,9 @@ def test_a_run_name_that_is_a_symlink_out_of_output_dir_is_refused(tmp_path: Pat
 # ---- run.output_dir ------------------------------------------------------------------------------
 
 
-def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(tmp_path: Path, lm_recipe) -> None:
+def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(tmp_path: Path, toy_recipe_file) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    recipe = lm_recipe(export=[])
+    recipe = toy_recipe_file(export=[])
     for command in (("recipe", "check"), ("run",)):
         result = run_cli(*command, recipe, 'run.output_dir="notes.txt"')
         assert result.exit_code == 2, result.output
@@ -107,17 +108,17 @@ def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(tmp_path: 
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_output_dir_under_proc_is_refused(lm_recipe) -> None:
-    result = run_cli("run", lm_recipe(export=[]), 'run.output_dir="/proc/runs"')
+def test_output_dir_under_proc_is_refused(toy_recipe_file) -> None:
+    result = run_cli("run", toy_recipe_file(export=[]), 'run.output_dir="/proc/runs"')
     assert result.exit_code == 2 and "`run.output_dir`" in result.stderr and "kernel" in result.stderr, result.output
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only directories")
-def test_a_read_only_output_dir_is_refused(tmp_path: Path, lm_recipe) -> None:
+def test_a_read_only_output_dir_is_refused(tmp_path: Path, toy_recipe_file) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     try:
-        result = run_cli("run", lm_recipe(export=[]), 'run.output_dir="locked/runs"')
+        result = run_cli("run", toy_recipe_file(export=[]), 'run.output_dir="locked/runs"')
     finally:
         locked.chmod(0o755)
     assert result.exit_code == 2 and "`run.output_dir`" in result.stderr and "is not writable" in result.stderr, result.output
@@ -127,41 +128,27 @@ def test_a_read_only_output_dir_is_refused(tmp_path: Path, lm_recipe) -> None:
 
 
 @pytest.fixture
-def finished_run(tmp_path: Path, lm_recipe) -> Path:
-    result = run_cli("run", lm_recipe(train={"max_steps": 2}, eval={"sample_prompts": []}, export=[]))
+def finished_run(tmp_path: Path, toy_recipe_file) -> Path:
+    result = run_cli("run", toy_recipe_file(train={"max_steps": 2}, eval={"sample_prompts": []}, export=[]))
     assert result.exit_code == 0, result.output
     return tmp_path / "runs" / "tiny"
 
 
 def test_export_overwrite_replaces_an_export_but_never_other_files(finished_run: Path) -> None:
     notes = _users_files(finished_run / "exports" / "notes")
-    result = run_cli("export", finished_run, "--kind", "peft", "--name", "notes", "--overwrite")
+    result = run_cli("export", finished_run, "--kind", "toy-weights", "--name", "notes", "--overwrite")
     assert result.exit_code == 2 and "is not a loraplug export" in result.stderr, result.output
     assert "--overwrite" not in result.stderr
     assert _untouched(notes)
 
-    assert run_cli("export", finished_run, "--kind", "peft").exit_code == 0
-    replaced = run_cli("export", finished_run, "--kind", "peft", "--overwrite")
+    assert run_cli("export", finished_run, "--kind", "toy-weights").exit_code == 0
+    replaced = run_cli("export", finished_run, "--kind", "toy-weights", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
 
 
-def test_an_export_name_that_leaves_exports_writes_nothing_outside(tmp_path: Path, lm_recipe) -> None:
-    recipe = lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[{"kind": "peft", "name": "../../../escaped"}])
+def test_an_export_name_that_leaves_exports_writes_nothing_outside(tmp_path: Path, toy_recipe_file) -> None:
+    recipe = toy_recipe_file(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[{"kind": "toy-weights", "name": "../../../escaped"}])
     result = run_cli("run", recipe)
     assert result.exit_code != 0, result.output
     assert "escaped" in result.stderr
     assert not list(tmp_path.rglob("escaped")) and not (tmp_path.parent / "escaped").exists()
-
-
-# ---- data pack ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("out", ["pics", "pics/shards", "."])
-def test_pack_never_writes_into_over_or_around_its_source(tmp_path: Path, out: str) -> None:
-    images = draw_images(tmp_path / "pics", 2)
-    before = {p: p.read_bytes() for p in images}
-    result = run_cli("data", "pack", "imagefolder", tmp_path / "pics", "--out", tmp_path / out, "--overwrite")
-    assert result.exit_code == 2, result.output
-    assert "the source" in result.stderr and "--overwrite" not in result.stderr
-    assert {p: p.read_bytes() for p in images} == before
-    assert not (tmp_path / "pics" / "shards").exists()
