@@ -1,5 +1,6 @@
 # make demo   create .venv (first time), install loraplug and its plugins, train the quickstart recipe
-# make test   the whole test suite (what .ci/run calls)
+# make test   the checks (make lint), then the whole test suite (what .ci/run calls)
+# make lint   ruff check, ruff format --check and mypy on loraplug/: what make test runs first
 # make bench  the benchmarks behind docs/performance.md
 # make docs   regenerate the generated tables in docs/recipes.md and the hook reference in docs/hooks.md
 # Each target is idempotent: the install step reruns only when a pyproject.toml changed.
@@ -12,7 +13,7 @@ PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench docs clean-venv
+.PHONY: install demo lint test bench docs clean-venv
 
 install: $(STAMP)
 
@@ -26,7 +27,12 @@ $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 demo: install
 	$(VENV)/bin/loraplug run recipes/quickstart.toml --overwrite
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy loraplug
+
+test: lint
 	$(PY) -m pytest -n 2 -q
 
 bench: install
