@@ -1,4 +1,5 @@
-"""`loraplug data inspect`: the cleaning report and samples token by token, learned tokens marked; no training."""
+"""`loraplug data inspect`: the cleaning report, no training, and token views only of batches with
+per-token labels (the causal LM's token views: plugins/causal-lm/tests/test_data_inspect.py)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,20 @@ from pathlib import Path
 from loraplug.testing import run_cli
 
 
-def test_inspect_marks_exactly_the_response_tokens_and_trains_nothing(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [
-        {"prompt": "Forecast for Oslo?", "response": "RAIN · 9°C"},
-        {"prompt": "Forecast for Rome?", "response": "SUN · 24°C"},
-        {"prompt": "Forecast for Rome?", "response": "SUN · 24°C"},  # a duplicate, removed and reported
-    ]
-    data = jsonl_file("inspect.jsonl", rows)
-    recipe = lm_recipe(data={"path": str(data), "val_fraction": 0.0}, model={"max_length": 256})
-    result = run_cli("data", "inspect", recipe, "-n", "5")
+def test_inspect_of_a_model_without_tokens_shows_the_cleaning_report_and_trains_nothing(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
+) -> None:
+    rows = toy_rows_of(4)
+    data = jsonl_file("inspect.jsonl", [*rows[:2], rows[1], *rows[2:]])  # a duplicate, removed and reported
+    result = run_cli("data", "inspect", toy_recipe_file(data={"path": str(data), "val_path": None}), "-n", "5")
     assert result.exit_code == 0, result.output
-    out = result.stdout
-    # both samples share one packed row, and each is shown with its own learned span
-    assert "2 samples in 1 rows" in out
-    assert "<|user|>Forecast for Oslo?</s><|assistant|>⟦RAIN · 9°C</s>⟧" in out
-    assert "<|user|>Forecast for Rome?</s><|assistant|>⟦SUN · 24°C</s>⟧" in out
-    assert "exact_dedup" in out and "inspect.jsonl:3" in out  # the report, with the removed example
+    assert "exact_dedup" in result.stdout and "inspect.jsonl:3" in result.stdout
+    assert "no token view for model kind 'toy-regressor'" in result.stdout
     assert not (tmp_path / "runs").exists()
 
 
-def test_inspect_shows_the_prompt_learned_with_train_on_prompt_and_takes_overrides(lm_recipe, jsonl_file) -> None:
-    data = jsonl_file("inspect.jsonl", [{"prompt": "Forecast?", "response": "RAIN"}])
-    result = run_cli("data", "inspect", lm_recipe(data={"path": str(data), "val_fraction": 0.0}), "model.train_on_prompt=true")
-    assert result.exit_code == 0, result.output
-    # with the prompt learned, only the very first token is context (nothing predicts it)
-    assert "<|user|>⟦Forecast?</s><|assistant|>RAIN</s>⟧" in result.stdout
-
-
-def test_inspect_reports_a_bad_recipe_like_run_does(lm_recipe) -> None:
-    result = run_cli("data", "inspect", lm_recipe(data={"clean": {"min_chars": -3}}))
+def test_inspect_reports_a_bad_recipe_like_run_does(toy_recipe_file) -> None:
+    result = run_cli("data", "inspect", toy_recipe_file(data={"clean": {"min_chars": -3}}))
     assert result.exit_code == 2
     assert "`data.clean.min_chars`" in result.stderr
 
