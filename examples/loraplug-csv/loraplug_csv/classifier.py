@@ -89,14 +89,20 @@ def build(options: ClassifierOptions, ctx: RunContext) -> ModelBundle:
         )
     except (OSError, ValueError) as exc:
         layout = "a transformers checkpoint (config.json, weights, tokenizer)"
-        raise model_load_error("text classifier", options.pretrained, source, exc, layout=layout, preset="tiny-classifier") from exc
+        raise model_load_error(
+            "text classifier", options.pretrained, source, exc, layout=layout, preset="tiny-classifier"
+        ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Decoder classifiers read the last token that is not padding: they must know which id pads.
     module.config.pad_token_id = tokenizer.pad_token_id
     module.requires_grad_(False)
     return ModelBundle(
-        kind=MODEL_KIND, module=module, components={"tokenizer": tokenizer}, base=options.pretrained, base_dir=local_dir(source)
+        kind=MODEL_KIND,
+        module=module,
+        components={"tokenizer": tokenizer},
+        base=options.pretrained,
+        base_dir=local_dir(source),
     )
 
 
@@ -141,7 +147,12 @@ def label_index(record: Record, labels: Sequence[str]) -> int:
 def encode(tokenizer: Any, options: ClassifierOptions, record: Record) -> dict[str, Any]:
     """One sample: the text's ids cut to ``max_length``, its label's index, and its length before the cut."""
     ids = tokenizer(record["text"])["input_ids"]
-    return {"id": record["id"], "input_ids": ids[: options.max_length], "label": label_index(record, options.labels), "tokens": len(ids)}
+    return {
+        "id": record["id"],
+        "input_ids": ids[: options.max_length],
+        "label": label_index(record, options.labels),
+        "tokens": len(ids),
+    }
 
 
 def collate(samples: list[dict[str, Any]], *, pad_id: int) -> Batch:
@@ -156,10 +167,17 @@ def collate(samples: list[dict[str, Any]], *, pad_id: int) -> Batch:
         mask[row, : len(sample["input_ids"])] = 1
     labels = torch.tensor([s["label"] for s in samples])
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    return Batch(inputs=inputs, num_targets=len(samples), num_tokens=int(mask.sum()), sample_ids=[s["id"] for s in samples])
+    return Batch(
+        inputs=inputs,
+        num_targets=len(samples),
+        num_tokens=int(mask.sum()),
+        sample_ids=[s["id"] for s in samples],
+    )
 
 
-def prepare(model: ModelBundle, options: ClassifierOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+def prepare(
+    model: ModelBundle, options: ClassifierOptions, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     """Encode every record; ``[data.clean]``'s token limits drop samples here, counted in its report."""
     tokenizer = model.components["tokenizer"]
 
@@ -174,12 +192,18 @@ def prepare(model: ModelBundle, options: ClassifierOptions, data: DataBundle, ct
         return samples, kept
 
     if not isinstance(data.train, Sequence):
-        raise LoraplugError("The text classifier trains on a list of records, not a stream", where="data.kind")
+        raise LoraplugError(
+            "The text classifier trains on a list of records, not a stream", where="data.kind"
+        )
     train, kept = split(data.train, "train")
     val = split(data.val, "val")[0] if data.val is not None else None
     weights = [data.weights[i] for i in kept] if data.weights is not None else None
     return PreparedData(
-        train=train, val=val, collate=partial(collate, pad_id=tokenizer.pad_token_id), sample_weights=weights, unit="tokens"
+        train=train,
+        val=val,
+        collate=partial(collate, pad_id=tokenizer.pad_token_id),
+        sample_weights=weights,
+        unit="tokens",
     )
 
 
@@ -204,7 +228,8 @@ def predict(model: ModelBundle, options: ClassifierOptions, records: Sequence[Re
         batch = collate(chunk, pad_id=tokenizer.pad_token_id)
         with torch.no_grad():
             logits = model.module(
-                input_ids=batch.inputs["input_ids"].to(device), attention_mask=batch.inputs["attention_mask"].to(device)
+                input_ids=batch.inputs["input_ids"].to(device),
+                attention_mask=batch.inputs["attention_mask"].to(device),
             ).logits
         predictions += logits.argmax(dim=-1).tolist()
     return predictions
@@ -213,13 +238,18 @@ def predict(model: ModelBundle, options: ClassifierOptions, records: Sequence[Re
 def generate(model: ModelBundle, options: ClassifierOptions, prompts: Sequence[str]) -> list[Sample]:
     """``eval.prompts`` are texts to classify: each sample is the label the model gives it."""
     records = [{"id": f"prompt {i}", "text": p} for i, p in enumerate(prompts)]
-    return [Sample(prompt=p, text=options.labels[i]) for p, i in zip(prompts, predict(model, options, records), strict=True)]
+    return [
+        Sample(prompt=p, text=options.labels[i])
+        for p, i in zip(prompts, predict(model, options, records), strict=True)
+    ]
 
 
 def accuracy(model: ModelBundle, options: ClassifierOptions, data: DataBundle) -> float:
     """The fraction of validation records whose label the model predicts."""
     if not data.val:
-        raise LoraplugError("The metric accuracy needs validation rows", where="eval.metrics", fix="Set data.val_fraction")
+        raise LoraplugError(
+            "The metric accuracy needs validation rows", where="eval.metrics", fix="Set data.val_fraction"
+        )
     truth = [label_index(r, options.labels) for r in data.val]
     predicted = predict(model, options, data.val)
     return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)

@@ -15,7 +15,10 @@ def chat_record(path: Path, line: int, row: dict[str, str], prompt: str, respons
     """A ``chat`` record: the prompt as the user's turn, the response as the assistant's."""
     return {
         "id": f"{path.name}:{line}",
-        "messages": [{"role": "user", "content": row[prompt]}, {"role": "assistant", "content": row[response]}],
+        "messages": [
+            {"role": "user", "content": row[prompt]},
+            {"role": "assistant", "content": row[response]},
+        ],
     }
 
 
@@ -33,7 +36,11 @@ def load(
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]
         if missing:
-            keys = "data.prompt_column / data.response_column" if record is chat_record else "data.text_column / data.label_column"
+            keys = (
+                "data.prompt_column / data.response_column"
+                if record is chat_record
+                else "data.text_column / data.label_column"
+            )
             raise LoraplugError(
                 f"{path.name} has no column {', '.join(missing)}",
                 where=f"{path}:1",
@@ -43,7 +50,9 @@ def load(
         for line, row in enumerate(reader, start=2):
             if any(row[c] is None for c in columns):
                 raise LoraplugError(
-                    f"Row {line} of {path.name} has fewer cells than the header", where=f"{path}:{line}", fix="Fill in the row"
+                    f"Row {line} of {path.name} has fewer cells than the header",
+                    where=f"{path}:{line}",
+                    fix="Fill in the row",
                 )
             train.append(record(path, line, row, *columns))
     if not train:

@@ -19,7 +19,9 @@ class CsvOptions(Options):
     path: InputFile = Field(description="CSV file with a header row.")
     prompt_column: str = Field("prompt", description="Column holding the prompt.")
     response_column: str = Field("response", description="Column holding the response.")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the rows for validation (seeded).")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this fraction of the rows for validation (seeded)."
+    )
 
 
 class LabelledCsvOptions(Options):
@@ -28,16 +30,24 @@ class LabelledCsvOptions(Options):
     path: InputFile = Field(description="CSV file with a header row.")
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label.")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the rows for validation (seeded).")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this fraction of the rows for validation (seeded)."
+    )
 
 
 class ClassifierOptions(Options):
     """``[model] kind = "text-classifier"``: a transformers sequence classifier."""
 
     pretrained: str = Field(description="Hub id, local directory, or preset `tiny-classifier`.")
-    labels: tuple[str, ...] = Field(min_length=2, description="The labels, in the order of the classifier's outputs.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype; `auto` keeps the checkpoint's.")
-    max_length: PositiveInt = Field(128, le=8192, description="Longest text in tokens; longer ones are truncated.")
+    labels: tuple[str, ...] = Field(
+        min_length=2, description="The labels, in the order of the classifier's outputs."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; `auto` keeps the checkpoint's."
+    )
+    max_length: PositiveInt = Field(
+        128, le=8192, description="Longest text in tokens; longer ones are truncated."
+    )
 
     _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
 
@@ -55,4 +65,6 @@ class LoraOptions(Options):
     r: PositiveInt = Field(8, le=1024, description="LoRA rank.")
     alpha: PositiveInt = Field(16, le=4096, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1, description="Names of the linear layers to adapt.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"), min_length=1, description="Names of the linear layers to adapt."
+    )
