@@ -142,12 +142,13 @@ class KindSpec:
             return self.options
         module, _, name = self.options.partition(":")
         try:
-            return getattr(importlib.import_module(module), name)
+            model: type[BaseModel] = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise PluginError(
                 f"The options of {self.label()} ({self.options!r}) cannot be imported: {exc}",
                 fix="This is a bug in the plugin that declared the kind; report it to its authors",
             ) from exc
+        return model
 
     def serves_model(self, model_kind: str | None) -> bool:
         return self.models is None or model_kind is None or model_kind in self.models
@@ -216,11 +217,15 @@ class KindRegistry:
                     fix=f"Remove `{name}=` from that KindSpec (see docs/plugins.md)",
                 )
             empty_ok = name in _MAY_BE_EMPTY
-            if not isinstance(value, tuple) or not (value or empty_ok) or not all(isinstance(v, str) and v for v in value):
+            if (
+                not isinstance(value, tuple)
+                or not (value or empty_ok)
+                or not all(isinstance(v, str) and v for v in value)
+            ):
                 raise PluginError(
                     f"Plugin {distribution} declared `{name}` = {value!r} on {spec.label()}: it must be a "
                     f"{'' if empty_ok else 'non-empty '}tuple of names (or None: undeclared)",
-                    fix=f"Write e.g. {name}=(\"{_EXAMPLE_NAME.get(name, 'chat')}\",)",
+                    fix=f'Write e.g. {name}=("{_EXAMPLE_NAME.get(name, "chat")}",)',
                 )
         if spec.stage == "metric" and not isinstance(spec.higher_is_better, bool):
             raise PluginError(
@@ -252,7 +257,9 @@ class KindRegistry:
         return pairs
 
     def kinds(self, stage: Stage, model_kind: str | None = None) -> list[str]:
-        return sorted({s.spec.name for s in self._served if s.spec.stage == stage and s.spec.serves_model(model_kind)})
+        return sorted(
+            {s.spec.name for s in self._served if s.spec.stage == stage and s.spec.serves_model(model_kind)}
+        )
 
     def exports_for(self, model_kind: str, adapter_kind: str) -> list[str]:
         """The export kinds for ``model_kind`` that handle ``adapter_kind``."""
@@ -260,14 +267,20 @@ class KindRegistry:
             {
                 s.spec.name
                 for s in self._served
-                if s.spec.stage == "export" and s.spec.serves_model(model_kind) and s.spec.handles_adapter(adapter_kind)
+                if s.spec.stage == "export"
+                and s.spec.serves_model(model_kind)
+                and s.spec.handles_adapter(adapter_kind)
             }
         )
 
     def data_kinds_for(self, accepted: tuple[str, ...]) -> list[str]:
         """The data kinds declared to produce one of the ``accepted`` record shapes."""
         return sorted(
-            {s.spec.name for s in self._served if s.spec.stage == "data" and s.spec.produces and set(s.spec.produces) & set(accepted)}
+            {
+                s.spec.name
+                for s in self._served
+                if s.spec.stage == "data" and s.spec.produces and set(s.spec.produces) & set(accepted)
+            }
         )
 
     def lookup(self, stage: Stage, name: str, model_kind: str | None = None) -> Served:

@@ -57,14 +57,19 @@ def lm_recipe_with_data(lm_recipe: Any, data: dict[str, Any]) -> Path:
     return write_recipe(path, recipe)
 
 
-def test_jsonl_data_for_stable_diffusion_is_refused_before_anything_loads(tmp_path: Path, jsonl_file: Any, chat_rows: Any) -> None:
+def test_jsonl_data_for_stable_diffusion_is_refused_before_anything_loads(
+    tmp_path: Path, jsonl_file: Any, chat_rows: Any
+) -> None:
     data = jsonl_file("chat.jsonl", chat_rows(4))
     recipe = tiny_sd_recipe(tmp_path, data={"kind": "jsonl", "path": str(data)})
     check = run_cli("recipe", "check", recipe)
     assert check.exit_code == 2
     assert "`data.kind` = 'jsonl' (" in check.stderr
     assert "the data kind 'jsonl' (loraplug-causal-lm) produces chat records" in check.stderr
-    assert "the model kind 'stable-diffusion' (loraplug-diffusion) trains on caption-image records" in check.stderr
+    assert (
+        "the model kind 'stable-diffusion' (loraplug-diffusion) trains on caption-image records"
+        in check.stderr
+    )
     assert "data kinds that produce them: imagefolder, webdataset" in check.stderr
     run = run_cli("run", recipe)  # the same refusal, and no run directory: nothing was loaded
     assert run.exit_code == 2 and "produces chat records" in run.stderr
@@ -73,13 +78,20 @@ def test_jsonl_data_for_stable_diffusion_is_refused_before_anything_loads(tmp_pa
 
 def test_image_data_for_a_causal_lm_is_refused(tmp_path: Path, lm_recipe: Any) -> None:
     draw_images(tmp_path / "images", 2)
-    result = run_cli("recipe", "check", lm_recipe(data={"kind": "imagefolder", "path": str(tmp_path / "images")}))
+    result = run_cli(
+        "recipe", "check", lm_recipe(data={"kind": "imagefolder", "path": str(tmp_path / "images")})
+    )
     assert result.exit_code == 2
     assert "the data kind 'imagefolder' (loraplug-diffusion) produces caption-image records" in result.stderr
-    assert "'causal-lm' (loraplug-causal-lm) trains on chat records; data kinds that produce them: jsonl, webdataset" in result.stderr
+    assert (
+        "'causal-lm' (loraplug-causal-lm) trains on chat records; data kinds that produce them: jsonl, webdataset"
+        in result.stderr
+    )
 
 
-def test_a_data_kind_that_produces_none_of_the_shapes_a_model_accepts_is_refused(lm_recipe: Any, with_plugin: Any) -> None:
+def test_a_data_kind_that_produces_none_of_the_shapes_a_model_accepts_is_refused(
+    lm_recipe: Any, with_plugin: Any
+) -> None:
     with_plugin(KindSpec("data", "reviews", NoOptions, "labelled reviews", produces="labelled-text"))
     result = run_cli("recipe", "check", lm_recipe_with_data(lm_recipe, {"kind": "reviews"}))
     assert result.exit_code == 2
@@ -93,38 +105,84 @@ def test_undeclared_kinds_are_never_checked(lm_recipe: Any, with_plugin: Any) ->
 
 
 def test_an_export_refuses_an_adapter_kind_it_does_not_declare(lm_recipe: Any, with_plugin: Any) -> None:
-    with_plugin(KindSpec("export", "gguf-lora", NoOptions, "LoRA pairs for llama.cpp", models=("causal-lm",), adapters=("lora",)))
+    with_plugin(
+        KindSpec(
+            "export",
+            "gguf-lora",
+            NoOptions,
+            "LoRA pairs for llama.cpp",
+            models=("causal-lm",),
+            adapters=("lora",),
+        )
+    )
     ok = run_cli("recipe", "check", lm_recipe(export=[{"kind": "gguf-lora"}]))
     assert ok.exit_code == 0, ok.output
-    result = run_cli("recipe", "check", lm_recipe(adapter={"kind": "lokr"}, export=[{"kind": "merged"}, {"kind": "gguf-lora"}]))
+    result = run_cli(
+        "recipe",
+        "check",
+        lm_recipe(adapter={"kind": "lokr"}, export=[{"kind": "merged"}, {"kind": "gguf-lora"}]),
+    )
     assert result.exit_code == 2
     assert "`export[1].kind` = 'gguf-lora' (" in result.stderr
-    assert "the gguf-lora export (loraplug-thirdparty) does not handle adapter kind 'lokr' (only lora)" in result.stderr
+    assert (
+        "the gguf-lora export (loraplug-thirdparty) does not handle adapter kind 'lokr' (only lora)"
+        in result.stderr
+    )
     assert "export kinds for causal-lm that handle lokr: " in result.stderr and "merged, " in result.stderr
     assert "export[0]" not in result.stderr  # merged handles LoKr
 
 
-def test_an_adapter_whose_options_fail_still_has_its_exports_checked(lm_recipe: Any, with_plugin: Any) -> None:
-    with_plugin(KindSpec("export", "gguf-lora", NoOptions, "LoRA pairs for llama.cpp", models=("causal-lm",), adapters=("lora",)))
-    result = run_cli("recipe", "check", lm_recipe(adapter={"kind": "loha", "r": 0}, export=[{"kind": "gguf-lora"}]))
+def test_an_adapter_whose_options_fail_still_has_its_exports_checked(
+    lm_recipe: Any, with_plugin: Any
+) -> None:
+    with_plugin(
+        KindSpec(
+            "export",
+            "gguf-lora",
+            NoOptions,
+            "LoRA pairs for llama.cpp",
+            models=("causal-lm",),
+            adapters=("lora",),
+        )
+    )
+    result = run_cli(
+        "recipe", "check", lm_recipe(adapter={"kind": "loha", "r": 0}, export=[{"kind": "gguf-lora"}])
+    )
     assert result.exit_code == 2
-    assert "2 problems" in result.stderr and "adapter.r" in result.stderr and "does not handle adapter kind 'loha'" in result.stderr
+    assert (
+        "2 problems" in result.stderr
+        and "adapter.r" in result.stderr
+        and "does not handle adapter kind 'loha'" in result.stderr
+    )
 
 
 def test_exporting_a_finished_run_checks_its_adapter_kind() -> None:
     host = PluginHost.load()
     with pytest.raises(LoraplugError) as caught:
-        export_section(host, "diffusers", [], name="diffusers", model_kind="stable-diffusion", adapter_kind="lokr")
+        export_section(
+            host, "diffusers", [], name="diffusers", model_kind="stable-diffusion", adapter_kind="lokr"
+        )
     assert "does not handle adapter kind 'lokr'" in caught.value.what and "kohya, merged" in caught.value.what
-    export_section(host, "kohya", [], name="kohya", model_kind="stable-diffusion", adapter_kind="lokr")  # accepted
+    export_section(
+        host, "kohya", [], name="kohya", model_kind="stable-diffusion", adapter_kind="lokr"
+    )  # accepted
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (KindSpec("adapter", "x", NoOptions, produces="chat"), "declared `produces` on adapter:x: only data kinds declare it"),
-        (KindSpec("data", "x", NoOptions, adapters=("lora",)), "declared `adapters` on data:x: only export kinds declare it"),
-        (KindSpec("export", "x", NoOptions, accepts=("chat",)), "declared `accepts` on export:x: only model and filter kinds declare it"),
+        (
+            KindSpec("adapter", "x", NoOptions, produces="chat"),
+            "declared `produces` on adapter:x: only data kinds declare it",
+        ),
+        (
+            KindSpec("data", "x", NoOptions, adapters=("lora",)),
+            "declared `adapters` on data:x: only export kinds declare it",
+        ),
+        (
+            KindSpec("export", "x", NoOptions, accepts=("chat",)),
+            "declared `accepts` on export:x: only model and filter kinds declare it",
+        ),
         (KindSpec("model", "x", NoOptions, accepts=()), "must be a non-empty tuple of names"),
     ],
 )
@@ -147,7 +205,11 @@ def test_plugins_list_shows_what_each_kind_fits() -> None:
     assert "export: diffusers (stable-diffusion; adapters lora)" in lines
     table = run_cli("plugins", "list")
     assert table.exit_code == 0 and "produces" in table.stdout and "accepts" in table.stdout
-    listed = {(p["distribution"], k["stage"], k["kind"]): k for p in json.loads(run_cli("plugins", "list", "--json").stdout) for k in p["kinds"]}
+    listed = {
+        (p["distribution"], k["stage"], k["kind"]): k
+        for p in json.loads(run_cli("plugins", "list", "--json").stdout)
+        for k in p["kinds"]
+    }
     assert listed["loraplug-causal-lm", "data", "jsonl"]["produces"] == ["chat"]
     assert listed["loraplug-diffusion", "model", "stable-diffusion"]["accepts"] == ["caption-image"]
     assert listed["loraplug-diffusion", "export", "diffusers"]["adapters"] == ["lora"]
@@ -160,7 +222,11 @@ def test_plugins_list_shows_what_each_kind_fits() -> None:
 def test_recipe_keys_notes_what_each_kind_fits() -> None:
     result = run_cli("recipe", "keys", "--markdown")
     assert result.exit_code == 0
-    assert "(adapters: lora)" in result.stdout and "(produces: chat)" in result.stdout and "(accepts: caption-image)" in result.stdout
+    assert (
+        "(adapters: lora)" in result.stdout
+        and "(produces: chat)" in result.stdout
+        and "(accepts: caption-image)" in result.stdout
+    )
 
 
 def test_the_declaring_fit_example_in_docs_plugins_md_runs(tmp_path: Path) -> None:
@@ -172,7 +238,9 @@ def test_the_declaring_fit_example_in_docs_plugins_md_runs(tmp_path: Path) -> No
     match = re.search(r"<!-- example: declaring fit -->\n```python\n(.*?)```", text, re.S)
     assert match, "docs/plugins.md lost its declaring-fit example"
     (tmp_path / "example.py").write_text(match.group(1), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:3] == ["['jsonl', 'webdataset']", "True", "False"]
 
@@ -215,26 +283,37 @@ def with_deployable(plugin: ModuleType) -> ModuleType:
     return plugin
 
 
-def test_an_export_that_needs_a_deployable_view_refuses_a_model_kind_whose_plugin_has_none(tmp_path: Path, with_plugin: Any) -> None:
+def test_an_export_that_needs_a_deployable_view_refuses_a_model_kind_whose_plugin_has_none(
+    tmp_path: Path, with_plugin: Any
+) -> None:
     with_plugin(*MUTE)
     recipe = mute_recipe(tmp_path, ["mute-weights", "onnx", "int8", "bnb-8bit"])
     result = run_cli("recipe", "check", recipe)
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
     assert "3 problems" in message and "export[0]" not in message  # its own export fits
-    for index, kind, distribution in ((1, "onnx", "loraplug-onnx"), (2, "int8", "loraplug-quant"), (3, "bnb-8bit", "loraplug-quant")):
+    for index, kind, distribution in (
+        (1, "onnx", "loraplug-onnx"),
+        (2, "int8", "loraplug-quant"),
+        (3, "bnb-8bit", "loraplug-quant"),
+    ):
         assert (
             f"`export[{index}].kind` = '{kind}' (" in message
             and f"the {kind} export ({distribution}) cannot export the model kind 'mute' (loraplug-thirdparty): it needs the "
             "model as one deployable module, which loraplug-thirdparty does not hand exporters (it does not implement "
-            "loraplug_deployable); export kinds that fit mute: mute-weights" in message
+            "loraplug_deployable); export kinds that fit mute: mute-weights"
+            in message
         )
-    run = run_cli("run", recipe)  # the same refusal, before the model (which this plugin cannot even build) loads
+    run = run_cli(
+        "run", recipe
+    )  # the same refusal, before the model (which this plugin cannot even build) loads
     assert run.exit_code == 2 and "does not implement loraplug_deployable" in " ".join(run.stderr.split())
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_model_plugin_that_implements_loraplug_deployable_is_exported_by_onnx_and_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_plugin_that_implements_loraplug_deployable_is_exported_by_onnx_and_int8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host = PluginHost.load(extra=[ExtraPlugin(with_deployable(third_party(*MUTE)), "loraplug-thirdparty")])
     monkeypatch.setattr("loraplug.plugins._loaded", host)
     # bnb-8bit too: the model kind does not declare what its deployable view provides, so that is never checked.
@@ -250,7 +329,9 @@ def test_an_export_whose_options_fail_still_has_its_needs_checked(tmp_path: Path
     assert "does not implement loraplug_deployable" in " ".join(result.stderr.split())
 
 
-def test_loraplug_export_refuses_an_export_the_runs_model_kind_cannot_feed_before_it_loads(tmp_path: Path, with_plugin: Any) -> None:
+def test_loraplug_export_refuses_an_export_the_runs_model_kind_cannot_feed_before_it_loads(
+    tmp_path: Path, with_plugin: Any
+) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -263,8 +344,14 @@ def test_loraplug_export_refuses_an_export_the_runs_model_kind_cannot_feed_befor
     result = run_cli("export", run_dir, "--kind", "onnx")
     assert result.exit_code == 2, result.output
     message = " ".join(result.stderr.split())
-    assert "The run's model cannot be exported as onnx: the onnx export (loraplug-onnx) cannot export the model kind 'mute'" in message
-    assert "does not implement loraplug_deployable" in message and "export kinds that fit mute: mute-weights" in message
+    assert (
+        "The run's model cannot be exported as onnx: the onnx export (loraplug-onnx) cannot export the model kind 'mute'"
+        in message
+    )
+    assert (
+        "does not implement loraplug_deployable" in message
+        and "export kinds that fit mute: mute-weights" in message
+    )
     assert "Traceback" not in result.stderr and not (run_dir / "exports").exists()
 
 
@@ -279,32 +366,61 @@ def test_bitsandbytes_exports_refuse_a_model_kind_that_provides_no_from_pretrain
         and "the bnb-8bit export (loraplug-quant) cannot export the model kind 'stable-diffusion' (loraplug-diffusion): it "
         "needs a model saved with save_pretrained and loaded back with from_pretrained (a transformers model), which the "
         "model kind does not provide (it declares provides: nothing); export kinds that fit stable-diffusion: diffusers, "
-        "int8, kohya, merged, onnx" in message
+        "int8, kohya, merged, onnx"
+        in message
     )
     assert "`export[3].kind` = 'bnb-4bit' (" in message
     host = PluginHost.load()
     with pytest.raises(LoraplugError, match="cannot export the model kind 'stable-diffusion'"):
-        export_section(host, "bnb-4bit", [], name="bnb-4bit", model_kind="stable-diffusion", adapter_kind="lora")
-    export_section(host, "int8", [], name="int8", model_kind="stable-diffusion", adapter_kind="lora")  # accepted
-    export_section(host, "bnb-4bit", [], name="bnb-4bit", model_kind="causal-lm", adapter_kind="lora")  # provides from_pretrained
+        export_section(
+            host, "bnb-4bit", [], name="bnb-4bit", model_kind="stable-diffusion", adapter_kind="lora"
+        )
+    export_section(
+        host, "int8", [], name="int8", model_kind="stable-diffusion", adapter_kind="lora"
+    )  # accepted
+    export_section(
+        host, "bnb-4bit", [], name="bnb-4bit", model_kind="causal-lm", adapter_kind="lora"
+    )  # provides from_pretrained
 
 
-def test_an_export_need_of_its_own_is_met_only_by_a_model_kind_that_provides_it(lm_recipe: Any, with_plugin: Any) -> None:
-    gguf = KindSpec("export", "gguf", NoOptions, "llama.cpp's format", needs=("deployable", "gguf-architecture"))
+def test_an_export_need_of_its_own_is_met_only_by_a_model_kind_that_provides_it(
+    lm_recipe: Any, with_plugin: Any
+) -> None:
+    gguf = KindSpec(
+        "export", "gguf", NoOptions, "llama.cpp's format", needs=("deployable", "gguf-architecture")
+    )
     with_plugin(gguf)
     result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "gguf"}]))
     assert result.exit_code == 2  # causal-lm declares what it provides, and that is not among it
-    assert "it needs 'gguf-architecture', which the model kind does not provide (it declares provides: from_pretrained)" in " ".join(result.stderr.split())
+    assert (
+        "it needs 'gguf-architecture', which the model kind does not provide (it declares provides: from_pretrained)"
+        in " ".join(result.stderr.split())
+    )
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (KindSpec("model", "x", NoOptions, needs="deployable"), "declared `needs` on model:x: only export kinds declare it"),
-        (KindSpec("export", "x", NoOptions, provides="from_pretrained"), "declared `provides` on export:x: only model kinds declare it"),
-        (KindSpec("data", "x", NoOptions, accepts="chat"), "declared `accepts` on data:x: only model and filter kinds declare it"),
-        (KindSpec("export", "x", NoOptions, needs=()), "`needs` = () on export:x: it must be a non-empty tuple of names"),
-        (KindSpec("model", "x", NoOptions, provides=("",)), "`provides` = ('',) on model:x: it must be a tuple of names"),
+        (
+            KindSpec("model", "x", NoOptions, needs="deployable"),
+            "declared `needs` on model:x: only export kinds declare it",
+        ),
+        (
+            KindSpec("export", "x", NoOptions, provides="from_pretrained"),
+            "declared `provides` on export:x: only model kinds declare it",
+        ),
+        (
+            KindSpec("data", "x", NoOptions, accepts="chat"),
+            "declared `accepts` on data:x: only model and filter kinds declare it",
+        ),
+        (
+            KindSpec("export", "x", NoOptions, needs=()),
+            "`needs` = () on export:x: it must be a non-empty tuple of names",
+        ),
+        (
+            KindSpec("model", "x", NoOptions, provides=("",)),
+            "`provides` = ('',) on model:x: it must be a tuple of names",
+        ),
     ],
 )
 def test_a_misplaced_or_empty_need_or_provision_is_a_broken_plugin(spec: KindSpec, message: str) -> None:
@@ -321,7 +437,9 @@ def test_a_model_kind_may_declare_it_provides_nothing() -> None:
 
 
 def test_an_image_filter_on_data_without_images_is_refused(lm_recipe: Any, with_plugin: Any) -> None:
-    with_plugin(KindSpec("filter", "aspect", NoOptions, "images of an odd aspect ratio", accepts="caption-image"))
+    with_plugin(
+        KindSpec("filter", "aspect", NoOptions, "images of an odd aspect ratio", accepts="caption-image")
+    )
     clean = {"min_resolution": 64, "image_dedup_distance": 2, "filters": [{"kind": "aspect"}]}
     result = run_cli("recipe", "check", lm_recipe(data={"clean": clean}))
     assert result.exit_code == 2
@@ -335,7 +453,8 @@ def test_an_image_filter_on_data_without_images_is_refused(lm_recipe: Any, with_
         assert (
             f"`{key}` (" in message
             and f"the {kind} filter ({distribution}) reads caption-image records, and the data kind 'jsonl' "
-            "(loraplug-causal-lm) produces chat records; remove the filter for this data" in message
+            "(loraplug-causal-lm) produces chat records; remove the filter for this data"
+            in message
         )
 
 
@@ -348,12 +467,42 @@ def test_an_image_filter_on_image_data_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("stage", "spec", "change", "key"),
     [
-        ("data", KindSpec("data", "sd-captions", NoOptions, models=("stable-diffusion",)), {"data": {"kind": "sd-captions"}}, "data.kind"),
-        ("filter", KindSpec("filter", "nsfw", NoOptions, models=("stable-diffusion",)), {"data": {"clean": {"filters": [{"kind": "nsfw"}]}}}, "data.clean.filters[0].kind"),
-        ("adapter", KindSpec("adapter", "ia3", NoOptions, models=("stable-diffusion",)), {"adapter": {"kind": "ia3"}}, "adapter.kind"),
-        ("optimizer", KindSpec("optimizer", "sd-adam", NoOptions, models=("stable-diffusion",)), {"train": {"optimizer": "sd-adam"}}, "train.optimizer"),
-        ("metric", KindSpec("metric", "clip_score", NoOptions, models=("stable-diffusion",), higher_is_better=True), {"eval": {"metrics": ["clip_score"]}}, "eval.metrics[0]"),
-        ("export", KindSpec("export", "safetensors-unet", NoOptions, models=("stable-diffusion",)), {"export": [{"kind": "safetensors-unet"}]}, "export[0].kind"),
+        (
+            "data",
+            KindSpec("data", "sd-captions", NoOptions, models=("stable-diffusion",)),
+            {"data": {"kind": "sd-captions"}},
+            "data.kind",
+        ),
+        (
+            "filter",
+            KindSpec("filter", "nsfw", NoOptions, models=("stable-diffusion",)),
+            {"data": {"clean": {"filters": [{"kind": "nsfw"}]}}},
+            "data.clean.filters[0].kind",
+        ),
+        (
+            "adapter",
+            KindSpec("adapter", "ia3", NoOptions, models=("stable-diffusion",)),
+            {"adapter": {"kind": "ia3"}},
+            "adapter.kind",
+        ),
+        (
+            "optimizer",
+            KindSpec("optimizer", "sd-adam", NoOptions, models=("stable-diffusion",)),
+            {"train": {"optimizer": "sd-adam"}},
+            "train.optimizer",
+        ),
+        (
+            "metric",
+            KindSpec("metric", "clip_score", NoOptions, models=("stable-diffusion",), higher_is_better=True),
+            {"eval": {"metrics": ["clip_score"]}},
+            "eval.metrics[0]",
+        ),
+        (
+            "export",
+            KindSpec("export", "safetensors-unet", NoOptions, models=("stable-diffusion",)),
+            {"export": [{"kind": "safetensors-unet"}]},
+            "export[0].kind",
+        ),
     ],
 )
 def test_a_kind_declared_for_another_model_kind_is_refused(
@@ -374,11 +523,16 @@ def test_a_first_party_export_for_another_model_kind_is_refused(lm_recipe: Any) 
     result = run_cli("recipe", "check", lm_recipe(export=[{"kind": "kohya"}, {"kind": "diffusers"}]))
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
-    assert "`export[0].kind` = 'kohya' (" in message and "The export kind 'kohya' does not work with model kind 'causal-lm'" in message
+    assert (
+        "`export[0].kind` = 'kohya' (" in message
+        and "The export kind 'kohya' does not work with model kind 'causal-lm'" in message
+    )
     assert "`export[1].kind` = 'diffusers' (" in message
 
 
 def test_a_first_party_metric_for_another_model_kind_is_refused(tmp_path: Path) -> None:
     result = run_cli("recipe", "check", tiny_sd_recipe(tmp_path, eval={"metrics": ["perplexity"]}))
     assert result.exit_code == 2
-    assert "The metric kind 'perplexity' does not work with model kind 'stable-diffusion'" in " ".join(result.stderr.split())
+    assert "The metric kind 'perplexity' does not work with model kind 'stable-diffusion'" in " ".join(
+        result.stderr.split()
+    )

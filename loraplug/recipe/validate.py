@@ -62,7 +62,11 @@ class _Checker:
             if path == ("data",) and len(err["loc"]) == 1:
                 known += sorted(CORE_DATA_KEYS)  # the core's keys of [data] are valid there too
             close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            hint = f"; did you mean `{dotted((*loc[:-1], close[0]))}`?" if close else f"; known keys here: {', '.join(known)}"
+            hint = (
+                f"; did you mean `{dotted((*loc[:-1], close[0]))}`?"
+                if close
+                else f"; known keys here: {', '.join(known)}"
+            )
             return f"unknown key `{key}` ({where}){hint}"
         if kind == "missing":
             return f"missing key `{key}` ({where})"
@@ -78,14 +82,18 @@ class _Checker:
         name = table.get("name", "") if isinstance(table, dict) else ""
         key, where = f"export[{index}].name", self.source.where(("export", index, "name"))
         if not isinstance(name, str):
-            self.problems.append(f"`{key}` = {_show(name)}: must be a string, the export's directory under exports/ ({where})")
+            self.problems.append(
+                f"`{key}` = {_show(name)}: must be a string, the export's directory under exports/ ({where})"
+            )
             return None
         if name and (problem := dir_name_problem(name)) is not None:
             self.problems.append(f"`{key}` = {_show(name)}: {problem}; it must be {DIR_NAME_RULE} ({where})")
             return None
         return name
 
-    def kind_section(self, stage: Stage, table: Any, path: KeyPath, model_kind: str | None) -> KindSection | None:
+    def kind_section(
+        self, stage: Stage, table: Any, path: KeyPath, model_kind: str | None
+    ) -> KindSection | None:
         if not isinstance(table, dict):
             if table is None:
                 known = ", ".join(self.host.registry.kinds(stage, model_kind)) or "none installed"
@@ -97,12 +105,16 @@ class _Checker:
         if not isinstance(kind, str):
             known = ", ".join(self.host.registry.kinds(stage, model_kind)) or "none installed"
             what = "missing" if kind is None else f"must be a string, not {_show(kind)}"
-            self.problems.append(f"`{dotted((*path, 'kind'))}` is {what} ({self.source.where(path)}); known {stage} kinds: {known}")
+            self.problems.append(
+                f"`{dotted((*path, 'kind'))}` is {what} ({self.source.where(path)}); known {stage} kinds: {known}"
+            )
             return None
         try:
             served = self.host.lookup(stage, kind, model_kind)
         except LoraplugError as exc:
-            self.problems.append(f"`{dotted((*path, 'kind'))}` = {kind!r} ({self.source.where((*path, 'kind'))}): {exc.what}")
+            self.problems.append(
+                f"`{dotted((*path, 'kind'))}` = {kind!r} ({self.source.where((*path, 'kind'))}): {exc.what}"
+            )
             return None
         # `name` is an export's directory under exports/; no other section has one.
         reserved = {"data": ("kind", *CORE_DATA_KEYS), "export": ("kind", "name")}.get(stage, ("kind",))
@@ -114,14 +126,24 @@ class _Checker:
             if checked is None or core is None:
                 return None
             # [[data.clean.filters]]: each table names a filter kind, checked against its options.
-            filters = [self.kind_section("filter", entry, (*path, "clean", "filters", index), model_kind) for index, entry in enumerate(core.clean.filters)]
+            filters = [
+                self.kind_section("filter", entry, (*path, "clean", "filters", index), model_kind)
+                for index, entry in enumerate(core.clean.filters)
+            ]
             if any(f is None for f in filters):
                 return None
-            return DataSection(kind=kind, options=checked, served=served, core=core, filters=[f for f in filters if f is not None])
+            return DataSection(
+                kind=kind,
+                options=checked,
+                served=served,
+                core=core,
+                filters=[f for f in filters if f is not None],
+            )
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
-
-    def optimizer_section(self, raw_train: Any, table: Any, train: TrainSection | None, model_kind: str | None) -> KindSection | None:
+    def optimizer_section(
+        self, raw_train: Any, table: Any, train: TrainSection | None, model_kind: str | None
+    ) -> KindSection | None:
         """``train.optimizer``'s kind with the ``[optimizer]`` table as its options; the deprecated
         ``train.betas`` / ``train.eps`` move into that table when the kind has them."""
         kind = raw_train.get("optimizer", "adamw") if isinstance(raw_train, dict) else "adamw"
@@ -129,7 +151,9 @@ class _Checker:
             return None  # reported by the [train] check
         table = {} if table is None else table
         if not isinstance(table, dict):
-            self.problems.append(f"`optimizer` must be a table, [optimizer] ({self.source.where(('optimizer',))})")
+            self.problems.append(
+                f"`optimizer` must be a table, [optimizer] ({self.source.where(('optimizer',))})"
+            )
             return None
         if "kind" in table:
             self.problems.append(
@@ -140,7 +164,9 @@ class _Checker:
         try:
             served = self.host.lookup("optimizer", kind, model_kind)
         except LoraplugError as exc:
-            self.problems.append(f"`train.optimizer` = {kind!r} ({self.source.where(('train', 'optimizer'))}): {exc.what}")
+            self.problems.append(
+                f"`train.optimizer` = {kind!r} ({self.source.where(('train', 'optimizer'))}): {exc.what}"
+            )
             return None
         model = served.spec.options_model()
         options = dict(table)
@@ -149,10 +175,14 @@ class _Checker:
                 continue
             where = self.source.where(("train", key))
             if key in options:
-                self.problems.append(f"`train.{key}` ({where}) and `optimizer.{key}` are both set; keep `optimizer.{key}` only")
+                self.problems.append(
+                    f"`train.{key}` ({where}) and `optimizer.{key}` are both set; keep `optimizer.{key}` only"
+                )
             elif key in model.model_fields:
                 options[key] = raw_train[key]
-                self.notes.append(f"`train.{key}` ({where}) is deprecated: it is read as `optimizer.{key}`; write it in [optimizer]")
+                self.notes.append(
+                    f"`train.{key}` ({where}) is deprecated: it is read as `optimizer.{key}`; write it in [optimizer]"
+                )
             else:
                 known = ", ".join(model.model_fields) or "none"
                 self.problems.append(
@@ -192,7 +222,9 @@ def _offers_deployable(host: PluginHost, model: Served) -> bool:
     return any(impl.plugin is model.plugin for impl in host.pm.hook.loraplug_deployable.get_hookimpls())
 
 
-def needs_misfit(host: PluginHost, export: Served, model: Served, adapter_kind: str | None = None) -> str | None:
+def needs_misfit(
+    host: PluginHost, export: Served, model: Served, adapter_kind: str | None = None
+) -> str | None:
     """Why ``export`` cannot export the model kind ``model`` (None when it can): what it needs of the model
     (``KindSpec.needs``) that the model's plugin lacks, naming the exports that fit."""
     deployable = _offers_deployable(host, model)
@@ -203,10 +235,14 @@ def needs_misfit(host: PluginHost, export: Served, model: Served, adapter_kind: 
     for need in unmet:
         wanted = EXPORT_NEEDS.get(need, repr(need))
         if need == DEPLOYABLE:
-            lacks.append(f"it needs {wanted}, which {model.distribution} does not hand exporters (it does not implement loraplug_deployable)")
+            lacks.append(
+                f"it needs {wanted}, which {model.distribution} does not hand exporters (it does not implement loraplug_deployable)"
+            )
         else:
             offered = ", ".join(model.spec.provides or ()) or "nothing"
-            lacks.append(f"it needs {wanted}, which the model kind does not provide (it declares provides: {offered})")
+            lacks.append(
+                f"it needs {wanted}, which the model kind does not provide (it declares provides: {offered})"
+            )
     fitting = sorted(
         {
             s.spec.name
@@ -297,17 +333,27 @@ def load_recipe(
     # be told apart, so they wait until model.kind is fixed rather than report false conflicts.
     scoped = model_kind is not None
     data = checker.kind_section("data", raw.get("data"), ("data",), model_kind)
-    adapter = checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
+    adapter = (
+        checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
+    )
     optimizer = checker.optimizer_section(raw.get("train", {}), raw.get("optimizer"), train, model_kind)
-    adapter_served = adapter.served if adapter else _known(raw.get("adapter"), host, "adapter", model_kind) if scoped else None
+    adapter_served = (
+        adapter.served
+        if adapter
+        else _known(raw.get("adapter"), host, "adapter", model_kind)
+        if scoped
+        else None
+    )
     data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
     if data_served is not None and model_served is not None:
         # Checked here, not when the model meets its first batch after minutes of loading.
         if (misfit := _shape_misfit(host, data_served, model_served)) is not None:
-            checker.problems.append(f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}")
+            checker.problems.append(
+                f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}"
+            )
     if isinstance(data, DataSection):
-        for key, misfit in _filter_misfits(host, data, model_kind):
-            checker.problems.append(f"`{dotted(key)}` ({source.where(key)}): {misfit}")
+        for asked_at, misfit in _filter_misfits(host, data, model_kind):
+            checker.problems.append(f"`{dotted(asked_at)}` ({source.where(asked_at)}): {misfit}")
 
     exports: list[ExportSection] = []
     raw_exports = raw.get("export", [])
@@ -324,11 +370,15 @@ def load_recipe(
         if served is not None and model_served is not None:
             adapter_kind = adapter_served.spec.name if adapter_served is not None else None
             for misfit in (
-                adapter_misfit(host, served, model_served.spec.name, adapter_kind) if adapter_kind is not None else None,
+                adapter_misfit(host, served, model_served.spec.name, adapter_kind)
+                if adapter_kind is not None
+                else None,
                 needs_misfit(host, served, model_served, adapter_kind),
             ):
                 if misfit is not None:
-                    checker.problems.append(f"`export[{index}].kind` = {served.spec.name!r} ({source.where(('export', index, 'kind'))}): {misfit}")
+                    checker.problems.append(
+                        f"`export[{index}].kind` = {served.spec.name!r} ({source.where(('export', index, 'kind'))}): {misfit}"
+                    )
         name = checker.export_name(table, index)
         if section is None or name is None:
             continue
@@ -347,7 +397,9 @@ def load_recipe(
             try:
                 metrics[name] = host.lookup("metric", name, model_kind)
             except LoraplugError as exc:
-                checker.problems.append(f"`eval.metrics[{index}]` = {name!r} ({source.where(('eval', 'metrics'))}): {exc.what}")
+                checker.problems.append(
+                    f"`eval.metrics[{index}]` = {name!r} ({source.where(('eval', 'metrics'))}): {exc.what}"
+                )
         watched = evaluation.monitor
         if watched != "val_loss" and watched not in evaluation.metrics:
             known = ["val_loss", *host.registry.kinds("metric", model_kind)]
@@ -424,7 +476,12 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
 
 
 #: Strict types' errors, by what was expected.
-_EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
+_EXPECTED = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
 
 
 def _type_hint(kind: str, value: Any) -> str:
@@ -468,9 +525,14 @@ def export_section(
     """
     if (problem := dir_name_problem(name)) is not None:
         # The same rule as an [[export]]'s `name`: the export's directory stays inside exports/.
-        raise LoraplugError(f"The export name {name!r} {problem}", where="--name", fix=f"Use {DIR_NAME_RULE}, e.g. onnx-fp32")
+        raise LoraplugError(
+            f"The export name {name!r} {problem}", where="--name", fix=f"Use {DIR_NAME_RULE}, e.g. onnx-fp32"
+        )
     served = host.lookup("export", kind, model_kind)  # an unknown or uninstalled kind, with its own fix
-    if adapter_kind is not None and (misfit := adapter_misfit(host, served, model_kind, adapter_kind)) is not None:
+    if (
+        adapter_kind is not None
+        and (misfit := adapter_misfit(host, served, model_kind, adapter_kind)) is not None
+    ):
         raise LoraplugError(
             f"The run's adapter cannot be exported as {kind}: {misfit}",
             where="--kind",
@@ -491,7 +553,10 @@ def export_section(
                 fix=f"Write the export's options as e.g. `tolerance=1e-3`; `loraplug recipe keys` lists the keys of {kind!r}",
             )
         if setting.partition("=")[0].strip() == "name":
-            raise LoraplugError(f"The export setting {setting!r} is not an option of the export", fix="Name the export's directory with --name")
+            raise LoraplugError(
+                f"The export setting {setting!r} is not an option of the export",
+                fix="Name the export's directory with --name",
+            )
         apply_override(source, f"export.{setting}")
         for path, given in source.overridden.items():
             if given == f"export.{setting}":
