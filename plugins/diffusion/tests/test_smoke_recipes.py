@@ -1,15 +1,25 @@
-"""Every shipped recipe runs end to end with --smoke (tiny preset, 3 steps), exports included."""
+"""Every shipped Stable Diffusion recipe runs end to end with --smoke (tiny preset, 3 steps), exports
+included. (The causal-LM recipes, and the check that no recipe is left out: plugins/causal-lm/tests.)"""
 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from loraplug.testing import run_cli
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
+RECIPES = [
+    recipe
+    for recipe in sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
+    if tomllib.loads(recipe.read_text(encoding="utf-8"))["model"]["kind"] == "stable-diffusion"
+]
+
+
+def test_there_are_stable_diffusion_recipes() -> None:
+    assert RECIPES
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
