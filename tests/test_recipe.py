@@ -1,25 +1,30 @@
-"""Recipes are checked completely, before anything loads, with errors that say where and how to fix."""
+"""Recipes are checked completely, before anything loads, with errors that say where and how to fix
+(on the toy regressor's recipe, beside every installed plugin)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from loraplug.testing import run_cli
+
+pytestmark = pytest.mark.usefixtures("toy")  # the toy plugin installed beside the others (tests/conftest.py)
 
 
 def check(path: Path, *overrides: str):
     return run_cli("recipe", "check", path, *overrides)
 
 
-def test_a_valid_recipe_checks_ok(lm_recipe) -> None:
-    result = check(lm_recipe())
+def test_a_valid_recipe_checks_ok(toy_recipe_file) -> None:
+    result = check(toy_recipe_file())
     assert result.exit_code == 0, result.output
-    assert "ok" in result.stdout and "loraplug-causal-lm" in result.stdout
+    assert "ok" in result.stdout and "loraplug-toy" in result.stdout
 
 
-def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, lm_recipe) -> None:
-    path = lm_recipe()
+def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, toy_recipe_file) -> None:
+    path = toy_recipe_file()
     text = path.read_text().replace("r = 4", "rr = 4")
     path.write_text(text)
     line = next(i for i, text_line in enumerate(text.splitlines(), 1) if text_line.startswith("rr ="))
@@ -29,54 +34,55 @@ def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, lm_rec
     assert "Traceback" not in result.output
 
 
-def test_wrong_type_says_what_was_expected(lm_recipe) -> None:
-    result = check(lm_recipe(train={"batch_size": "eight"}))
+def test_wrong_type_says_what_was_expected(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(train={"batch_size": "eight"}))
     assert result.exit_code == 2
     assert "`train.batch_size` = 'eight': Input should be a valid integer" in result.stderr
 
 
-def test_missing_file_names_its_resolved_path(tmp_path: Path, lm_recipe) -> None:
-    result = check(lm_recipe(data={"path": "nowhere/train.jsonl"}))
+def test_missing_file_names_its_resolved_path(tmp_path: Path, toy_recipe_file) -> None:
+    result = check(toy_recipe_file(data={"path": "nowhere/train.jsonl"}))
     assert result.exit_code == 2
     assert f"file not found: {tmp_path / 'nowhere' / 'train.jsonl'}" in result.stderr
 
 
-def test_every_problem_is_reported_at_once(lm_recipe) -> None:
-    result = check(lm_recipe(train={"lr": "fast", "warmup": 3}, adapter={"alpah": 3}, bogus={"x": 1}))
+def test_every_problem_is_reported_at_once(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(train={"lr": "fast", "warmup": 3}, adapter={"alpah": 3}, bogus={"x": 1}))
     assert result.exit_code == 2
     assert "4 problems" in result.stderr
     assert "unknown section `bogus`" in result.stderr
     assert "did you mean `adapter.alpha`?" in result.stderr
 
 
-def test_unknown_kind_lists_the_known_kinds(lm_recipe) -> None:
-    result = check(lm_recipe(data={"kind": "jsonll"}))
+def test_unknown_kind_lists_the_known_kinds(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(data={"kind": "toy-row"}))
     assert result.exit_code == 2
-    assert "No installed plugin serves the data kind 'jsonll'. Did you mean 'jsonl'?" in result.stderr
+    assert "No installed plugin serves the data kind 'toy-row'. Did you mean 'toy-rows'?" in result.stderr
     assert "Known data kinds: " in result.stderr
 
 
-def test_export_kind_is_checked_against_the_model_kind(lm_recipe) -> None:
-    result = check(lm_recipe(export=[{"kind": "peft"}, {"kind": "nonesuch"}]))
+def test_export_kind_is_checked_against_the_model_kind(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(export=[{"kind": "toy-weights"}, {"kind": "nonesuch"}]))
     assert result.exit_code == 2
     assert "`export[1].kind` = 'nonesuch'" in result.stderr
 
 
-def test_bad_model_options_do_not_make_adapter_and_export_kinds_ambiguous(lm_recipe) -> None:
+def test_bad_model_options_do_not_make_adapter_and_export_kinds_ambiguous(toy_recipe_file) -> None:
     # The model kind is known even when its options fail: [adapter] and [[export]] are still checked
-    # against it, and no false "served by more than one plugin" error appears.
-    result = check(lm_recipe(model={"max_length": 0}, adapter={"alpah": 3}, export=[{"kind": "merged"}]))
+    # against it, and no false "served by more than one plugin" error appears (`lora` is served by the
+    # toy plugin and by the installed model plugins, each for its own model kind).
+    result = check(toy_recipe_file(model={"features": 0}, adapter={"alpah": 3}, export=[{"kind": "toy-weights"}]))
     assert result.exit_code == 2
     assert "2 problems" in result.stderr, result.stderr
-    assert "`model.max_length` = 0" in result.stderr and "did you mean `adapter.alpha`?" in result.stderr
+    assert "`model.features` = 0" in result.stderr and "did you mean `adapter.alpha`?" in result.stderr
     assert "more than one plugin" not in result.stderr
 
 
-def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_model(lm_recipe) -> None:
-    result = check(lm_recipe(model={"kind": "causal-llm"}, export=[{"kind": "merged"}]))
+def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_model(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(model={"kind": "toy-regresor"}, export=[{"kind": "toy-weights"}]))
     assert result.exit_code == 2
     assert "1 problem" in result.stderr or "has a problem" in result.stderr, result.stderr
-    assert "Did you mean 'causal-lm'?" in result.stderr
+    assert "Did you mean 'toy-regressor'?" in result.stderr
     assert "more than one plugin" not in result.stderr
 
 
@@ -89,20 +95,20 @@ def test_recipe_keys_names_each_table_and_lists_the_metrics() -> None:
     assert "distinct_2" in result.stdout and "eval.metrics" in result.stdout
 
 
-def test_name_is_a_key_of_exports_only(lm_recipe) -> None:
-    result = check(lm_recipe(), "model.name=x")
+def test_name_is_a_key_of_exports_only(toy_recipe_file) -> None:
+    result = check(toy_recipe_file(), "model.name=x")
     assert result.exit_code == 2
     assert "unknown key `model.name`" in result.stderr
-    assert check(lm_recipe(export=[{"kind": "peft", "name": "adapter-only"}])).exit_code == 0
+    assert check(toy_recipe_file(export=[{"kind": "toy-weights", "name": "weights-only"}])).exit_code == 0
 
 
-def test_overrides_are_applied_and_checked(lm_recipe) -> None:
-    path = lm_recipe()
-    result = run_cli("recipe", "check", path, "train.lr=1e-4", "adapter.target_modules=[\"q_proj\"]", "--resolved")
+def test_overrides_are_applied_and_checked(toy_recipe_file) -> None:
+    path = toy_recipe_file()
+    result = run_cli("recipe", "check", path, "train.lr=1e-4", "eval.sample_prompts=[\"1 2 3\"]", "--resolved")
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["train"]["lr"] == 1e-4
-    assert resolved["adapter"]["target_modules"] == ["q_proj"]
+    assert resolved["eval"]["sample_prompts"] == ["1 2 3"]
     assert resolved["train"]["schedule"] == "cosine"  # defaults are written out
 
     bad = check(path, "train.lr=-1")
