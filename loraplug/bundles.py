@@ -188,7 +188,8 @@ class Artifact:
     def __post_init__(self) -> None:
         if self.type not in ARTIFACT_TYPES:
             raise ValueError(f"Artifact type {self.type!r} is not one of {', '.join(ARTIFACT_TYPES)}")
-        expected = {"text": str, "image": Path, "audio": Path, "table": list}[self.type]
+        # Annotated: mypy would join these classes into their metaclass (ABCMeta) and misread the isinstance below.
+        expected: type[object] = {"text": str, "image": Path, "audio": Path, "table": list}[self.type]
         value = Path(self.value) if expected is Path and isinstance(self.value, str) else self.value
         if not isinstance(value, expected):
             raise ValueError(f"A {self.type} artifact's value must be a {expected.__name__}, not {type(self.value).__name__}")

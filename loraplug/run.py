@@ -64,8 +64,9 @@ from loraplug.rundir import (
 from loraplug.status import FAILED, FINISHED, INTERRUPTED, RUNNING, RunStatus
 
 if TYPE_CHECKING:
+    from loraplug.toolkit import StepFn
     from loraplug.training.evaluation import Evaluator
-    from loraplug.training.loop import StepFn, TrainResult
+    from loraplug.training.loop import TrainResult
     from loraplug.training.sinks import Sinks
 
 

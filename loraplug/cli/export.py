@@ -48,15 +48,15 @@ def locate_weights(path: Path) -> WeightsSource:
         _check_whole(adapter)
         return WeightsSource(path, adapter)
     candidates = [path / ADAPTER_FILE, path / ADAPTER_DIR / ADAPTER_FILE]
-    adapter = next((c for c in candidates if c.exists()), None)
+    checkpoint_adapter = next((c for c in candidates if c.exists()), None)
     run_dir = next((p for p in (path.parent, path.parent.parent) if (p / RECIPE_FILE).exists()), None)
-    if adapter is None or run_dir is None:
+    if checkpoint_adapter is None or run_dir is None:
         raise LoraplugError(
             f"{path} is not a loraplug run directory (no {RECIPE_FILE}) nor a checkpoint of one (no {ADAPTER_FILE})",
             fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart, or runs/quickstart/checkpoints/step-00000200",
         )
-    _check_whole(adapter)
-    return WeightsSource(run_dir, adapter, checkpoint=path.name)
+    _check_whole(checkpoint_adapter)
+    return WeightsSource(run_dir, checkpoint_adapter, checkpoint=path.name)
 
 
 def _check_whole(adapter: Path) -> None:

@@ -187,9 +187,10 @@ class CharLength:
     def reason(self, record: Record) -> str | None:
         text = require_text(record, self.name)
         messages = record.get("messages")
-        chat = isinstance(messages, list) and not isinstance(record.get("text"), str)
-        # Chat turns count their contents only, not the line breaks that join them.
-        size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) if chat else len(text)  # type: ignore[union-attr]
+        size = len(text)
+        if isinstance(messages, list) and not isinstance(record.get("text"), str):
+            # Chat turns count their contents only, not the line breaks that join them.
+            size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
         return _out_of_range(size, "characters", self.low, self.high)
 
 

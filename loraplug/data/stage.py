@@ -30,7 +30,7 @@ def filter_builder(host: PluginHost, recipe: Recipe, ctx: RunContext) -> FilterB
 
     def build(kind: str, options: Any) -> Filter:
         served = host.lookup("filter", kind, recipe.model.kind)
-        made = host.call_on(served, "loraplug_build_filter", kind=kind, options=options, ctx=ctx)
+        made: Filter = host.call_on(served, "loraplug_build_filter", kind=kind, options=options, ctx=ctx)
         if not callable(getattr(made, "reason", None)):
             raise PluginError(
                 f"{served.distribution} returned {type(made).__name__} from loraplug_build_filter for {kind!r}, "

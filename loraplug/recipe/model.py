@@ -116,7 +116,8 @@ class Recipe:
 
 def _plain(model: BaseModel) -> dict[str, Any]:
     """Options as TOML-writable values (paths as strings, no ``None``: TOML has no null)."""
-    return _drop_none(model.model_dump(mode="json"))
+    plain: dict[str, Any] = _drop_none(model.model_dump(mode="json"))
+    return plain
 
 
 def _drop_none(value: Any) -> Any:

@@ -108,7 +108,7 @@ def _default(field: Any) -> str:
 def keys_of(model: type[BaseModel]) -> list[KeyDoc]:
     docs = []
     for name, field in model.model_fields.items():
-        annotation = field.annotation
+        annotation: Any = field.annotation  # a type, or a typing form such as Annotated[...]
         if field.metadata:
             annotation = typing.Annotated[(annotation, *field.metadata)]  # keep the must-exist marker
         docs.append(KeyDoc(name, describe_type(annotation), _default(field), field.description or ""))

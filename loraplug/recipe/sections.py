@@ -105,6 +105,13 @@ class TrainSection(Options):
         """The effective batch per process that ``batch_size = "auto"`` keeps."""
         return self.effective_batch_size or 8 * self.grad_accum_steps
 
+    @property
+    def micro_batch_size(self) -> int:
+        """``batch_size`` as training uses it: a run measures ``"auto"`` (``resolve_batch_size``) before it trains."""
+        if self.batch_size == "auto":
+            raise RuntimeError('batch_size = "auto" is read before resolve_batch_size has measured it')
+        return self.batch_size
+
 
 #: The deprecated ``[train]`` keys that are AdamW's options: they move into ``[optimizer]`` when read.
 DEPRECATED_TRAIN_KEYS = ("betas", "eps")

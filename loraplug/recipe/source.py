@@ -187,6 +187,6 @@ def apply_override(source: RecipeSource, override: str) -> None:
         if not isinstance(node, list) or last > len(node):
             raise LoraplugError(f"The override {override!r} indexes past the end of {dotted(path[:-1])}")
         node[last:last + 1] = [parse_value(value.strip())]
-    else:
+    elif isinstance(node, dict):  # a key into a list was refused above
         node[last] = parse_value(value.strip())
     source.overridden[path] = override

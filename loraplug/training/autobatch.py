@@ -177,7 +177,7 @@ def choose(
     device = accelerator.device
     module = model.module.to(device)
     cuda = device.type == "cuda"
-    optimizer_state = sum(p.numel() * 8 for p in module.parameters() if p.requires_grad)
+    optimizer_state: int = sum(p.numel() * 8 for p in module.parameters() if p.requires_grad)
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
         budget = int(cfg.memory_fraction * total)

@@ -22,7 +22,8 @@ def reduce_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (a no-op for one)."""
     if accelerator.num_processes == 1:
         return value
-    return accelerator.reduce(value.clone(), reduction="sum")
+    total: torch.Tensor = accelerator.reduce(value.clone(), reduction="sum")
+    return total
 
 
 def validation_loss(accelerator: Any, step_fn: StepFn, model: ModelBundle, module: Any, prepared: PreparedData, recipe: Recipe, ctx: RunContext) -> float | None:
@@ -35,7 +36,7 @@ def validation_loss(accelerator: Any, step_fn: StepFn, model: ModelBundle, modul
     with torch.no_grad():
         for batch in eval_batches(
             prepared,
-            batch_size=recipe.train.batch_size,
+            batch_size=recipe.train.micro_batch_size,
             rank=accelerator.process_index,
             world=accelerator.num_processes,
             limit=recipe.eval.max_batches,

@@ -108,8 +108,8 @@ def stop_signals() -> Iterator[list[str]]:
     try:
         yield requested
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @dataclass
@@ -210,7 +210,7 @@ class TrainingLoop:
         self.sinks, self.evaluate, self.events = sinks, evaluate, events
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.batches = MicroBatches(
-            prepared, batch_size=cfg.batch_size, seed=ctx.seed, rank=self.rank, world=self.world, num_workers=cfg.num_workers
+            prepared, batch_size=cfg.micro_batch_size, seed=ctx.seed, rank=self.rank, world=self.world, num_workers=cfg.num_workers
         )
         self.steps = total_steps(recipe, self.batches.per_epoch(), recipe.data.kind)
         optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer)
@@ -345,7 +345,7 @@ class TrainingLoop:
         log_now = step % self.cfg.log_every_n_steps == 0 or step == self.steps
         elapsed = time.monotonic() - window.start
         rate = window.tokens / elapsed if elapsed > 0 else 0.0
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         loss = float(window.loss) / max(1, window.targets)
         if self.live is not None:
             self.live.update(step, loss=loss, lr=lr, tokens_per_s=rate, log=log_now)

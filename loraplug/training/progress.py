@@ -6,7 +6,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 
 def _fmt_rate(per_s: float) -> str:
@@ -33,7 +33,7 @@ class ProgressDisplay:
         self.started = time.monotonic()
         self.start_step = start_step
         self._progress: Progress | None = None
-        self._task = 0
+        self._task = TaskID(0)
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:

@@ -62,12 +62,15 @@ def read_wav(path: Path) -> tuple[Any, int]:
     with wave.open(str(path), "rb") as wav:
         width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
         frames = wav.readframes(wav.getnframes())
-    if width == 1:
-        data = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128) / 128
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        samples = np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128
+        full_scale = 128.0
     else:
-        dtype = {2: np.int16, 4: np.int32}[width]
-        data = np.frombuffer(frames, dtype=dtype).astype(np.float32) / float(np.iinfo(dtype).max)
-    return data.reshape(-1, channels).mean(axis=1), rate
+        integers: dict[int, np.dtype[np.signedinteger[Any]]] = {2: np.dtype(np.int16), 4: np.dtype(np.int32)}
+        integer = integers[width]
+        samples = np.frombuffer(frames, dtype=integer).astype(np.float32)
+        full_scale = float(np.iinfo(integer).max)
+    return (samples / full_scale).reshape(-1, channels).mean(axis=1), rate
 
 
 class JsonlSink:
