@@ -43,16 +43,18 @@ class CliResult:
 def run_cli(*args: str | Path) -> CliResult:
     """Run ``loraplug ARGS`` in this process; return its exit code and output."""
     from loraplug.cli import main as cli_main
+    from loraplug.cli import shared
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        cli_main.console.file = out
-        cli_main.err_console.file = err
+        shared.console.file = out
+        shared.err_console.file = err
         try:
             code = cli_main.main([str(a) for a in args])
         finally:
-            cli_main.console.file = None  # type: ignore[assignment]
-            cli_main.err_console.file = None  # type: ignore[assignment]
+            # None: back to the consoles' default (sys.stdout/stderr); rich's setter is typed IO[str] only.
+            shared.console.file = None  # type: ignore[assignment]
+            shared.err_console.file = None  # type: ignore[assignment]
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
@@ -308,10 +310,11 @@ def _lora_mlp() -> type:
             self.enabled = True
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.base(x)
+            out: torch.Tensor = self.base(x)
             if not self.enabled:
                 return out
-            return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scale
+            dropped: torch.Tensor = self.dropout(x)
+            return out + (dropped @ self.lora_A.T @ self.lora_B.T) * self.scale
 
         def merged(self) -> torch.nn.Linear:
             linear = copy.deepcopy(self.base)
@@ -329,7 +332,8 @@ def _lora_mlp() -> type:
             self.model = mlp
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)
+            out: torch.Tensor = self.model(x)
+            return out
 
         def merge_and_unload(self) -> torch.nn.Sequential:
             merged = copy.deepcopy(self.model)
@@ -358,8 +362,8 @@ class ToyRegressor:
     @hookimpl
     def loraplug_register_kinds(self, register: Callable[[KindSpec], None]) -> None:
         options = f"{__name__}:"
-        register(KindSpec("data", "toy-rows", options + "ToyRowsOptions", "JSONL rows of numbers", produces=TOY_ROWS))
-        register(KindSpec("model", TOY_MODEL, options + "ToyRegressorOptions", "a small MLP (pure torch)", accepts=TOY_ROWS))
+        register(KindSpec("data", "toy-rows", options + "ToyRowsOptions", "JSONL rows of numbers", produces=(TOY_ROWS,)))
+        register(KindSpec("model", TOY_MODEL, options + "ToyRegressorOptions", "a small MLP (pure torch)", accepts=(TOY_ROWS,)))
         register(KindSpec("adapter", "lora", options + "ToyLoraOptions", "LoRA on the MLP (pure torch)", models=(TOY_MODEL,)))
         register(
             KindSpec(
