@@ -1,5 +1,6 @@
 """The plugins docs/plugins.md shows for the new axes — an optimizer, a cleaning filter, a metric, a
-sample sink — are complete: each is installed as a real distribution and trains a tiny run."""
+sample sink — are complete: each is installed as a real distribution and trains a tiny run (of the toy
+regressor: the axes are the core's, whatever the modality)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from loraplug.testing import plugin_dist
 from loraplug.training.state import load_state
 
 DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
+
+pytestmark = pytest.mark.usefixtures("toy")  # the toy plugin installed, on PYTHONPATH too (tests/conftest.py)
 
 
 def example(name: str) -> str:
@@ -38,7 +41,7 @@ def run_with(tmp_path: Path):
         )
         env = {
             **os.environ,
-            "PYTHONPATH": str(site),
+            "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]),
             "LORAPLUG_TRACE_HOOKS": "1",
             "LORAPLUG_STRICT_PLUGINS": "1",
         }
@@ -56,8 +59,8 @@ def run_with(tmp_path: Path):
     return run
 
 
-def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, lm_recipe, run_with) -> None:
-    recipe = lm_recipe(train={"optimizer": "sgd", "lr": 0.05, "max_steps": 2, "save_every_n_steps": 2}, optimizer={"momentum": 0.8},
+def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, toy_recipe_file, run_with) -> None:
+    recipe = toy_recipe_file(train={"optimizer": "sgd", "lr": 0.05, "max_steps": 2, "save_every_n_steps": 2}, optimizer={"momentum": 0.8},
                        eval={"sample_prompts": []}, export=[])  # fmt: skip
     proc = run_with("optimizer plugin", recipe)
     assert (
@@ -70,11 +73,10 @@ def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, 
     assert saved["param_groups"][0]["momentum"] == 0.8 and "momentum_buffer" in saved["state"][0]
 
 
-def test_the_filter_example_removes_what_it_says(tmp_path: Path, lm_recipe, jsonl_file, run_with) -> None:
-    rows = [{"prompt": f"question {i}", "response": "an answer"} for i in range(8)] + [
-        {"prompt": "call 555 1234", "response": "no"}
-    ]
-    recipe = lm_recipe(data={"path": str(jsonl_file("d.jsonl", rows)), "val_fraction": 0.0,
+def test_the_filter_example_removes_what_it_says(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of, run_with) -> None:
+    texts = [f"question {i}, an answer" for i in range(8)] + ["call 555 1234, no"]
+    rows = [{**row, "text": text} for row, text in zip(toy_rows_of(9), texts, strict=True)]  # read by record_text
+    recipe = toy_recipe_file(data={"path": str(jsonl_file("d.jsonl", rows)), "val_path": None,
                              "clean": {"filters": [{"kind": "max_digits", "at_most": 2}]}},
                        train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])  # fmt: skip
     run_with("filter plugin", recipe)
@@ -83,8 +85,8 @@ def test_the_filter_example_removes_what_it_says(tmp_path: Path, lm_recipe, json
     assert counts["max_digits"] == 1
 
 
-def test_the_metric_example_is_monitored_higher_is_better(tmp_path: Path, lm_recipe, run_with) -> None:
-    recipe = lm_recipe(train={"max_steps": 2}, eval={"every_n_steps": 1, "metrics": ["token_probability"], "monitor": "token_probability",
+def test_the_metric_example_is_monitored_higher_is_better(tmp_path: Path, toy_recipe_file, run_with) -> None:
+    recipe = toy_recipe_file(train={"max_steps": 2}, eval={"every_n_steps": 1, "metrics": ["token_probability"], "monitor": "token_probability",
                                                      "sample_prompts": []}, export=[])  # fmt: skip
     run_with("metric plugin", recipe)
     status = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
@@ -93,10 +95,10 @@ def test_the_metric_example_is_monitored_higher_is_better(tmp_path: Path, lm_rec
     assert status["best"]["value"] == max(scores.values())
 
 
-def test_the_sample_sink_example_renders_samples_by_type(tmp_path: Path, lm_recipe, run_with) -> None:
+def test_the_sample_sink_example_renders_samples_by_type(tmp_path: Path, toy_recipe_file, run_with) -> None:
     run_with(
         "sample sink plugin",
-        lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": ["q: rain"]}, export=[]),
+        toy_recipe_file(train={"max_steps": 1}, eval={"sample_prompts": ["0.5, -1, 2"]}, export=[]),
     )
     written = (tmp_path / "runs" / "tiny" / "samples.md").read_text()
-    assert written.startswith("## step 0, samples/0: q: rain") and "## step 1, samples/0: q: rain" in written
+    assert written.startswith("## step 0, samples/0: 0.5, -1, 2") and "## step 1, samples/0: 0.5, -1, 2" in written
