@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loraplug.testing import plugin_dist
+from loraplug.testing import plugin_dist, toy_plugin_dist, toy_recipe
 
 GOOD = '''
 from loraplug import hookimpl, KindSpec, Options
@@ -39,7 +39,7 @@ class O(Options):
 
 @hookimpl
 def loraplug_register_kinds(register):
-    register(KindSpec("data", "jsonl", O, "a second jsonl"))
+    register(KindSpec("data", "toy-rows", O, "a second toy-rows"))
 '''
 
 
@@ -89,11 +89,11 @@ def test_strict_mode_makes_a_broken_plugin_fatal(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_two_plugins_serving_one_kind_is_an_error_naming_both(tmp_path: Path, lm_recipe) -> None:
-    site = plugin_dist(tmp_path / "site", distribution="loraplug-clash", module="loraplug_clash", source=CLASH)
+def test_two_plugins_serving_one_kind_is_an_error_naming_both(tmp_path: Path) -> None:
+    site = plugin_dist(toy_plugin_dist(tmp_path / "site"), distribution="loraplug-clash", module="loraplug_clash", source=CLASH)
     listing = loraplug(site, "plugins", "list")
     assert "conflict" in listing.stdout
-    proc = loraplug(site, "recipe", "check", str(lm_recipe()))
+    proc = loraplug(site, "recipe", "check", str(toy_recipe(tmp_path)))
     assert proc.returncode == 2
-    assert "loraplug-clash" in proc.stderr and "loraplug-causal-lm" in proc.stderr
+    assert "loraplug-clash" in proc.stderr and "loraplug-toy" in proc.stderr
     assert "more than one plugin" in proc.stderr
