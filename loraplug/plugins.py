@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -30,8 +30,7 @@ if TYPE_CHECKING:
     from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
     from loraplug.context import RunContext
     from loraplug.deploy import Deployable
-    from loraplug.recipe.model import Recipe
-    from loraplug.recipe.sections import ExportSection
+    from loraplug.recipe.model import ExportSection, Recipe
     from loraplug.training.sinks import MetricSink
 
 T = TypeVar("T")
@@ -109,7 +108,7 @@ def _kind_json(spec: KindSpec) -> dict[str, Any]:
 
 
 
-def _trace_call(hook_name: str, hook_impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+def _trace_call(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
     """``LORAPLUG_TRACE_HOOKS=1``: print each hook call and the plugins it reaches, to stderr."""
     import sys
 
