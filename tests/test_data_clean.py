@@ -1,4 +1,7 @@
-"""[data.clean]: each filter removes what it should, reports counts and examples, and errors name the key."""
+"""[data.clean]: each filter removes what it should, reports counts and examples, and errors name the key.
+
+Runs train the toy regressor on rows that carry a ``text``; the causal LM's chat records (empty
+responses, token limits) are plugins/causal-lm/tests/test_data_clean.py."""
 
 from __future__ import annotations
 
@@ -16,11 +19,15 @@ def _chat(i: int, prompt: str, response: str) -> dict:
     return {"id": f"t:{i}", "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
 
 
-def _run(lm_recipe, jsonl_file, rows, clean_table: dict, **changes):
+def _texts(toy_rows_of, texts: list[str]) -> list[dict]:
+    """Toy rows carrying ``texts`` as their ``text``, which the filters read through ``record_text``."""
+    return [{**row, "text": text} for row, text in zip(toy_rows_of(len(texts)), texts, strict=True)]
+
+
+def _run(toy_recipe_file, jsonl_file, rows, clean_table: dict, **changes):
     data = jsonl_file("clean.jsonl", rows)
-    recipe = lm_recipe(
-        data={"path": str(data), "val_fraction": 0.0, "clean": clean_table, **changes.pop("data", {})},
-        model={"max_length": 256, **changes.pop("model", {})},
+    recipe = toy_recipe_file(
+        data={"path": str(data), "val_path": None, "clean": clean_table, **changes.pop("data", {})},
         train={"max_steps": 1},
         eval={"sample_prompts": []},
         export=[],
@@ -36,43 +43,21 @@ def _removed(report: dict, split: str = "train") -> dict[str, int]:
     return {f["name"]: f["removed"] for f in report["splits"][split]["filters"]}
 
 
-def test_every_text_filter_removes_its_samples_and_reports_examples(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
-    rows = chat_rows(12)
-    rows += [
-        {"prompt": rows[0]["prompt"].upper() + "  ", "response": rows[0]["response"]},  # exact duplicate once normalised
-        {"prompt": "no answer", "response": "   "},  # empty response
-        {"prompt": "visit http://spam.example", "response": "click"},  # excluded by a pattern
-        {"prompt": "long " + "word " * 80, "response": "ok"},  # too many characters
-        {"prompt": "hi", "response": "y"},  # too few characters
-    ]
-    result = _run(lm_recipe, jsonl_file, rows, {"exclude": ["https?://"], "min_chars": 8, "max_chars": 300})
-    assert result.exit_code == 0, result.output
-    report = _report(tmp_path)
-    assert _removed(report) == {"empty_responses": 1, "exclude": 1, "length_chars": 2, "exact_dedup": 1}
-    train = report["splits"]["train"]
-    assert (train["before"], train["after"]) == (17, 12)
-    dedup = next(f for f in train["filters"] if f["name"] == "exact_dedup")
-    assert dedup["examples"][0]["id"] == "clean.jsonl:13"
-    assert dedup["examples"][0]["reason"] == "same text as clean.jsonl:1"
-    # the terminal shows the same as a table, with examples
-    assert "data cleaning" in result.stdout and "clean.jsonl:15" in result.stdout and "removed by cleaning 5" in result.stdout
-
-
-def test_include_keeps_only_matching_samples(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": f"rain {i}", "response": "wet"} for i in range(6)] + [{"prompt": f"sun {i}", "response": "dry"} for i in range(4)]
-    result = _run(lm_recipe, jsonl_file, rows, {"include": ["^rain"]})
+def test_include_keeps_only_matching_samples(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+    rows = _texts(toy_rows_of, [f"rain {i} wet" for i in range(6)] + [f"sun {i} dry" for i in range(4)])
+    result = _run(toy_recipe_file, jsonl_file, rows, {"include": ["^rain"]})
     assert result.exit_code == 0, result.output
     assert _removed(_report(tmp_path))["include"] == 4
 
 
-def test_near_duplicates_are_removed_with_minhash(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+def test_near_duplicates_are_removed_with_minhash(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
     base = "The forecast for Bergen on Monday is steady rain with a gentle westerly breeze and nine degrees."
-    rows = [
-        {"prompt": "forecast?", "response": base},
-        {"prompt": "forecast?", "response": base.replace("nine", "ten")},  # near-duplicate
-        {"prompt": "forecast?", "response": "Clear skies over Oslo all week, cold nights and sunny afternoons."},
-    ] + [{"prompt": f"q{i}", "response": f"answer number {i} is unrelated {i * 7}"} for i in range(6)]
-    result = _run(lm_recipe, jsonl_file, rows, {"near_dedup_threshold": 0.7})
+    texts = [
+        f"forecast? {base}",
+        f"forecast? {base.replace('nine', 'ten')}",  # near-duplicate
+        "forecast? Clear skies over Oslo all week, cold nights and sunny afternoons.",
+    ] + [f"q{i} answer number {i} is unrelated {i * 7}" for i in range(6)]
+    result = _run(toy_recipe_file, jsonl_file, _texts(toy_rows_of, texts), {"near_dedup_threshold": 0.7})
     assert result.exit_code == 0, result.output
     report = _report(tmp_path)
     assert _removed(report)["near_dedup"] == 1
@@ -89,19 +74,9 @@ def test_training_copies_of_validation_samples_are_removed() -> None:
     assert cleaned.report.splits["train"].filters[-1].examples[0].reason == "same text as t:100"
 
 
-def test_token_limits_are_applied_by_the_model_plugin(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(10)] + [{"prompt": "long", "response": "z" * 150}]
-    result = _run(lm_recipe, jsonl_file, rows, {"max_tokens": 100})
-    assert result.exit_code == 0, result.output
-    report = _report(tmp_path)
-    tokens = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "length_tokens")
-    assert tokens["removed"] == 1 and tokens["examples"][0]["id"] == "clean.jsonl:11"
-    assert report["splits"]["train"]["after"] == 10
-
-
-def test_cleaning_everything_away_is_an_error(lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": f"p{i}", "response": "short"} for i in range(4)]
-    result = _run(lm_recipe, jsonl_file, rows, {"min_chars": 1000})
+def test_cleaning_everything_away_is_an_error(toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+    rows = _texts(toy_rows_of, [f"p{i} short" for i in range(4)])
+    result = _run(toy_recipe_file, jsonl_file, rows, {"min_chars": 1000})
     assert result.exit_code == 2
     assert "Cleaning removed all 4 training samples (length_chars 4)" in result.stderr
     assert "loraplug data inspect" in result.stderr
@@ -116,20 +91,20 @@ def test_cleaning_everything_away_is_an_error(lm_recipe, jsonl_file) -> None:
         ({"min_chars": 50, "max_chars": 10}, "min_chars (50) is larger than max_chars (10)"),
     ],
 )
-def test_bad_clean_options_name_the_dotted_key(lm_recipe, table: dict, message: str) -> None:
-    result = run_cli("recipe", "check", lm_recipe(data={"clean": table}))
+def test_bad_clean_options_name_the_dotted_key(toy_recipe_file, table: dict, message: str) -> None:
+    result = run_cli("recipe", "check", toy_recipe_file(data={"clean": table}))
     assert result.exit_code == 2
     assert message in result.stderr
 
 
-def test_a_misspelt_core_data_key_gets_a_suggestion(lm_recipe) -> None:
-    result = run_cli("recipe", "check", lm_recipe(data={"balance_bye": "label"}))
+def test_a_misspelt_core_data_key_gets_a_suggestion(toy_recipe_file) -> None:
+    result = run_cli("recipe", "check", toy_recipe_file(data={"balance_bye": "label"}))
     assert result.exit_code == 2
     assert "did you mean `data.balance_by`?" in result.stderr
 
 
-def test_the_resolved_recipe_keeps_the_clean_table(lm_recipe) -> None:
-    result = run_cli("recipe", "check", "--resolved", lm_recipe(data={"clean": {"max_chars": 500}}))
+def test_the_resolved_recipe_keeps_the_clean_table(toy_recipe_file) -> None:
+    result = run_cli("recipe", "check", "--resolved", toy_recipe_file(data={"clean": {"max_chars": 500}}))
     assert result.exit_code == 0, result.output
     assert "[data.clean]" in result.stdout and "max_chars = 500" in result.stdout
 
@@ -237,7 +212,7 @@ def loraplug_build_filter(kind, options, ctx):
 '''
 
 
-def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
     import os
     import subprocess
     import sys
@@ -245,13 +220,13 @@ def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, l
     from loraplug.testing import plugin_dist
 
     site = plugin_dist(tmp_path / "site", distribution="loraplug-digits", module="loraplug_digits", source=PLUGIN_FILTER)
-    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(8)] + [{"prompt": "call 5551234", "response": "no"}]
+    rows = _texts(toy_rows_of, [f"question {i} answer {i}" for i in range(8)] + ["call 5551234 no"])
     clean_table = {"filters": [{"kind": "max_digits", "at_most": 2}, {"kind": "exclude", "patterns": ["^question 7"]}]}
-    recipe = lm_recipe(
-        data={"path": str(jsonl_file("d.jsonl", rows)), "val_fraction": 0.0, "clean": clean_table},
+    recipe = toy_recipe_file(
+        data={"path": str(jsonl_file("d.jsonl", rows)), "val_path": None, "clean": clean_table},
         train={"max_steps": 1}, eval={"sample_prompts": []}, export=[],
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(site), "LORAPLUG_TRACE_HOOKS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]), "LORAPLUG_TRACE_HOOKS": "1"}
 
     def loraplug(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "loraplug", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
@@ -266,7 +241,7 @@ def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, l
     resolved = (tmp_path / "runs" / "tiny" / "recipe.toml").read_text()
     assert '[[data.clean.filters]]\nkind = "max_digits"\nat_most = 2' in resolved  # defaults written out
 
-    bad = lm_recipe(data={"clean": {"filters": [{"kind": "max_digit"}, {"kind": "max_digits", "at_mots": 1}]}})
+    bad = toy_recipe_file(data={"clean": {"filters": [{"kind": "max_digit"}, {"kind": "max_digits", "at_mots": 1}]}})
     checked = loraplug("recipe", "check", str(bad))
     assert checked.returncode == 2
     assert "`data.clean.filters[0].kind` = 'max_digit'" in checked.stderr and "Did you mean 'max_digits'?" in checked.stderr
