@@ -1,0 +1,69 @@
+"""A run imports only the optional libraries it uses: transformers, diffusers and peft import bitsandbytes,
+torchao and scipy whenever they are installed, which cost a plain run memory and printed bitsandbytes'
+"Failed to load CPU gemm_4bit_forward" warning (docs/performance.md). The causal LM's runs here; Stable
+Diffusion's in plugins/diffusion/tests/test_optional_imports.py; a run of a model kind that needs no
+modality library at all in tests/test_no_modality_library.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from loraplug.optional import OPTIONAL_LIBRARIES
+
+#: The `loraplug` program as a user starts it (``main()`` reading sys.argv), then what it had imported.
+PROGRAM = """
+import json, sys
+sys.argv = ["loraplug", *{args!r}]
+from loraplug.cli.main import main
+code = main()
+print("LOADED=" + json.dumps(sorted(name for name in {names!r} if sys.modules.get(name) is not None)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_program(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[set[str], str]:
+    """``loraplug ARGS`` in a fresh process; the optional libraries it imported, and its output."""
+    code = PROGRAM.format(args=list(args), names=list(OPTIONAL_LIBRARIES))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **(env or {})}
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    loaded = json.loads(proc.stderr.rsplit("LOADED=", 1)[1].splitlines()[0])
+    return set(loaded), output
+
+
+def test_a_plain_causal_lm_run_imports_no_optional_library(tmp_path: Path, lm_recipe: Any) -> None:
+    recipe = lm_recipe(train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "peft"}, {"kind": "merged"}])
+    loaded, output = run_program(tmp_path, "run", str(recipe))
+    assert loaded == set(), output
+    assert "gemm_4bit_forward" not in output and "Failed to load" not in output
+
+
+def test_a_run_imports_the_optional_libraries_its_recipe_uses(tmp_path: Path, lm_recipe: Any) -> None:
+    # QLoRA needs bitsandbytes, near-duplicate cleaning scipy (datasketch); torchao stays out.
+    recipe = lm_recipe(
+        data={"clean": {"near_dedup_threshold": 0.9}},
+        model={"quantization": "nf4"},
+        train={"max_steps": 2},
+        eval={"sample_prompts": []},
+        export=[{"kind": "merged"}],
+    )
+    loaded, output = run_program(tmp_path, "run", str(recipe))
+    assert loaded == {"bitsandbytes", "scipy"}, output
+
+
+def test_everything_loads_as_before_on_request_and_in_the_callers_own_process(tmp_path: Path, lm_recipe: Any) -> None:
+    from loraplug.testing import run_cli
+
+    recipe = lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])
+    loaded, _ = run_program(tmp_path, "run", str(recipe), "--overwrite", env={"LORAPLUG_LOAD_ALL_LIBRARIES": "1"})
+    assert "bitsandbytes" in loaded  # peft imports it whenever it is installed
+    # A caller running the CLI in its own process keeps its libraries: the decision is the program's.
+    assert run_cli("run", recipe, "--overwrite").exit_code == 0
+    assert [name for name in OPTIONAL_LIBRARIES if name in sys.modules and sys.modules[name] is None] == []
