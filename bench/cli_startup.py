@@ -36,7 +36,9 @@ def main() -> None:
     print(f"{'command':40} {'median s':>9} {'min s':>7} {'max s':>7}")
     for command in COMMANDS:
         times = time_command(executable, command, args.runs)
-        print(f"{'loraplug ' + ' '.join(command):40} {statistics.median(times):9.3f} {min(times):7.3f} {max(times):7.3f}")
+        print(
+            f"{'loraplug ' + ' '.join(command):40} {statistics.median(times):9.3f} {min(times):7.3f} {max(times):7.3f}"
+        )
 
 
 if __name__ == "__main__":

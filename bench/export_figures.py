@@ -53,7 +53,9 @@ def main(out: Path) -> None:
     import torch
     import transformers
 
-    print(f"quickstart recipe, torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()} CPU\n")
+    print(
+        f"quickstart recipe, torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()} CPU\n"
+    )
     for title, model in VARIANTS.items():
         name = "qlora" if model else "fp32"
         result = run_cli("run", recipe_for(out, name, model), "--overwrite")
@@ -62,8 +64,14 @@ def main(out: Path) -> None:
             raise SystemExit(result.exit_code)
         print(f"### {title}\n\n| export | " + " | ".join(KEYS) + " |\n|---|" + "---:|" * len(KEYS))
         for export in EXPORTS:
-            figures = json.loads((out / name / "exports" / export["kind"] / "export.json").read_text())["figures"]
-            print(f"| {export['kind']} | " + " | ".join(show(figures[k]) if k in figures else "" for k in KEYS) + " |")
+            figures = json.loads((out / name / "exports" / export["kind"] / "export.json").read_text())[
+                "figures"
+            ]
+            print(
+                f"| {export['kind']} | "
+                + " | ".join(show(figures[k]) if k in figures else "" for k in KEYS)
+                + " |"
+            )
         print()
 
 

@@ -27,17 +27,36 @@ VOCAB = 256
 #: Each family's own names for a 2-layer, 64-wide model with 4 heads.
 CONFIGS: dict[str, dict[str, Any]] = {
     "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
-    "opt": {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "word_embed_proj_dim": 64},
-    "gpt_neox": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "opt": {
+        "hidden_size": 64,
+        "ffn_dim": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "word_embed_proj_dim": 64,
+    },
+    "gpt_neox": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
 }
-DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def check(family: str) -> tuple[float, float]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings = CONFIGS.get(family, DECODER)
-    config = AutoConfig.for_model(family, vocab_size=VOCAB, pad_token_id=0, max_position_embeddings=256, **settings)
+    config = AutoConfig.for_model(
+        family, vocab_size=VOCAB, pad_token_id=0, max_position_embeddings=256, **settings
+    )
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     inputs, check_inputs, dynamic_shapes = graph_inputs(VOCAB, generator)
@@ -58,8 +77,10 @@ def main(families: list[str]) -> None:
     import onnxruntime
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"opset {DEFAULT_OPSET}, {platform.machine()} CPU\n")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"opset {DEFAULT_OPSET}, {platform.machine()} CPU\n"
+    )
     print("| family | export (s) | max abs logit diff, onnxruntime vs PyTorch |")
     print("|---|---:|---:|")
     for family in families:
@@ -67,7 +88,9 @@ def main(families: list[str]) -> None:
             seconds, diff = check(family)
             print(f"| {family} | {seconds:.1f} | {diff:.1e} |", flush=True)
         except Exception as exc:  # noqa: BLE001 — a failing family is a row of the table
-            print(f"| {family} | failed | {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |", flush=True)
+            print(
+                f"| {family} | failed | {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |", flush=True
+            )
 
 
 if __name__ == "__main__":

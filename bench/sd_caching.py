@@ -92,11 +92,19 @@ def sd15_components(tokenizer_size: int) -> dict[str, Any]:
             projection_dim=768,
         )
     )
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+    )
     for part in (unet, vae, text_encoder):
         part.requires_grad_(False)
         part.eval()
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "noise_scheduler": scheduler}
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "noise_scheduler": scheduler,
+    }
 
 
 def images_for(shape: str, folder: Path, count: int) -> Path:
@@ -158,7 +166,12 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
                     "gradient_checkpointing": settings["gradient_checkpointing"],
                 },
                 "adapter": {"kind": "lora", **settings["adapter"]},
-                "train": {"max_steps": steps, "batch_size": settings["batch_size"], "lr": 1e-4, "log_every_n_steps": 1000},
+                "train": {
+                    "max_steps": steps,
+                    "batch_size": settings["batch_size"],
+                    "lr": 1e-4,
+                    "log_every_n_steps": 1000,
+                },
             },
         )
         recipes[variant] = load_recipe(path, host)
@@ -177,17 +190,36 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
         parts = sd15_components(49408)
         if settings["gradient_checkpointing"]:
             parts["unet"].enable_gradient_checkpointing()
-        base = ModelBundle(kind="stable-diffusion", module=DiffusionModule(parts["unet"]), components=parts, base=settings["pretrained"])
+        base = ModelBundle(
+            kind="stable-diffusion",
+            module=DiffusionModule(parts["unet"]),
+            components=parts,
+            base=settings["pretrained"],
+        )
         set_seed(0)
-        model = host.call_stage("adapter", "lora", "stable-diffusion", options=recipes[first].adapter.options, model=base, ctx=contexts[first])
+        model = host.call_stage(
+            "adapter",
+            "lora",
+            "stable-diffusion",
+            options=recipes[first].adapter.options,
+            model=base,
+            ctx=contexts[first],
+        )
     model_seconds = time.monotonic() - started
     prepared, cache_seconds = {}, {}
     for variant in variants:
         recipe, ctx = recipes[variant], contexts[variant]
-        data = host.call_stage("data", "imagefolder", "stable-diffusion", options=recipe.data.options, ctx=ctx)
+        data = host.call_stage(
+            "data", "imagefolder", "stable-diffusion", options=recipe.data.options, ctx=ctx
+        )
         started = time.monotonic()
         prepared[variant] = host.call_model_hook(
-            "loraplug_prepare_data", "stable-diffusion", model=model, options=recipe.model.options, data=data, ctx=ctx
+            "loraplug_prepare_data",
+            "stable-diffusion",
+            model=model,
+            options=recipe.model.options,
+            data=data,
+            ctx=ctx,
         )
         cache_seconds[variant] = time.monotonic() - started
     return Setup(host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds)
@@ -270,8 +302,17 @@ def run_paired(shape: str, rounds: int) -> list[dict[str, Any]]:
 def environment() -> dict[str, str]:
     import torch
 
-    versions = {name: metadata.version(name) for name in ("torch", "diffusers", "transformers", "peft", "accelerate")}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    versions = {
+        name: metadata.version(name) for name in ("torch", "diffusers", "transformers", "peft", "accelerate")
+    }
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return {
         "python": platform.python_version(),
         **versions,
@@ -305,13 +346,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 else ""
             )
             how = " (paired: steps alternated in one process)" if paired else ""
-            lines.append(f"{shape}{how}: caching gives {uncached['seconds_per_step'] / cached['seconds_per_step']:.2f}× the steps/s{memory}")
+            lines.append(
+                f"{shape}{how}: caching gives {uncached['seconds_per_step'] / cached['seconds_per_step']:.2f}× the steps/s{memory}"
+            )
     return "\n".join(lines)
 
 
 def _in_fresh_process(call: str) -> Any:
     code = f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sd_caching as b; print('RESULT ' + json.dumps(b.{call}))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"{call} failed:\n{proc.stderr[-3000:]}")
@@ -319,10 +367,18 @@ def _in_fresh_process(call: str) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", choices=list(SETTINGS))
-    parser.add_argument("--steps", type=int, default=None, help="Measured steps per variant (after one warm-up step).")
-    parser.add_argument("--paired", action="store_true", help="Also alternate both variants' steps in one process (timing only).")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Measured steps per variant (after one warm-up step)."
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="Also alternate both variants' steps in one process (timing only).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
     args = parser.parse_args()
     steps = args.steps or (40 if args.model == "tiny" else 3)
@@ -333,12 +389,16 @@ def main() -> None:
     if args.paired:
         paired = _in_fresh_process(f"run_paired({args.model!r}, {steps})")
         results += paired
-        print("paired: " + ", ".join(f"{r['variant']} {r['seconds_per_step']:.3f} s/step" for r in paired), flush=True)
+        print(
+            "paired: " + ", ".join(f"{r['variant']} {r['seconds_per_step']:.3f} s/step" for r in paired),
+            flush=True,
+        )
     report = {"environment": environment(), "results": results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["environment"], indent=2))
     print(markdown(results))
+
 
 if __name__ == "__main__":
     main()

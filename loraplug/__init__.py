@@ -26,7 +26,10 @@ from loraplug.status import RunStatus
 from loraplug.training.sinks import MetricSink
 
 #: Names imported on first use: they need pydantic, which `loraplug --help` should not pay for.
-_LAZY = {name: "loraplug.options" for name in ("InputDir", "InputFile", "InputPath", "NoOptions", "Options", "RecipePath")}
+_LAZY = {
+    name: "loraplug.options"
+    for name in ("InputDir", "InputFile", "InputPath", "NoOptions", "Options", "RecipePath")
+}
 # The plugin host imports pluggy and every kind declaration: loaded when a caller asks for it.
 _LAZY |= {"load_plugins": "loraplug.plugins", "PluginHost": "loraplug.plugins"}
 
@@ -37,6 +40,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'loraplug' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

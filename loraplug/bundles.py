@@ -192,7 +192,9 @@ class Artifact:
         expected: type[object] = {"text": str, "image": Path, "audio": Path, "table": list}[self.type]
         value = Path(self.value) if expected is Path and isinstance(self.value, str) else self.value
         if not isinstance(value, expected):
-            raise ValueError(f"A {self.type} artifact's value must be a {expected.__name__}, not {type(self.value).__name__}")
+            raise ValueError(
+                f"A {self.type} artifact's value must be a {expected.__name__}, not {type(self.value).__name__}"
+            )
         object.__setattr__(self, "value", value)
 
     def as_json(self, run_dir: Path) -> dict[str, Any]:

@@ -57,7 +57,9 @@ class RunContext:
     load_deployable: Callable[[ModelBundle], Deployable] | None = field(default=None, repr=False)
     # Built deployables by id(model), with the model kept so the id cannot be reused. Contexts copied
     # with dataclasses.replace share this dict: one merge per run, whichever copy asks.
-    _deployables: dict[int, tuple[ModelBundle, Deployable]] = field(default_factory=dict, repr=False, compare=False)
+    _deployables: dict[int, tuple[ModelBundle, Deployable]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def prepared_data(self) -> PreparedData:
         """The run's prepared data (training and validation samples, ``collate``), for an export that
@@ -67,7 +69,9 @@ class RunContext:
         from loraplug.errors import LoraplugError
 
         if self.load_prepared_data is None:
-            raise LoraplugError("This context has no run data", fix="Call prepared_data() from an export of a run")
+            raise LoraplugError(
+                "This context has no run data", fix="Call prepared_data() from an export of a run"
+            )
         return self.load_prepared_data()
 
     def deployable(self, model: ModelBundle) -> Deployable:
@@ -85,7 +89,8 @@ class RunContext:
             return built[1]
         if self.load_deployable is None:
             raise LoraplugError(
-                "This context cannot build a deployable model", fix="Call deployable() from an export of a run"
+                "This context cannot build a deployable model",
+                fix="Call deployable() from an export of a run",
             )
         deployable = self.load_deployable(model)
         self._deployables[id(model)] = (model, deployable)

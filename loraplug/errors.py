@@ -39,7 +39,9 @@ class LoraplugError(Exception):
         return self.paragraph()
 
 
-def model_load_error(what: str, pretrained: str, source: str | Path, exc: Exception, *, layout: str, preset: str) -> LoraplugError:
+def model_load_error(
+    what: str, pretrained: str, source: str | Path, exc: Exception, *, layout: str, preset: str
+) -> LoraplugError:
     """The error for a base model that did not load, for every model plugin alike.
 
     :param what: the kind of model ("model", "Stable Diffusion model").
@@ -56,13 +58,17 @@ def model_load_error(what: str, pretrained: str, source: str | Path, exc: Except
             "HF_HUB_OFFLINE=1, a typo, or a gated model without a token). Download it and set model.pretrained "
             f"to its directory, or try the recipe with --smoke (the {preset} preset)"
         )
-    return LoraplugError(f"Could not load the {what} {pretrained!r}: {first_line}", where="model.pretrained", fix=fix)
+    return LoraplugError(
+        f"Could not load the {what} {pretrained!r}: {first_line}", where="model.pretrained", fix=fix
+    )
 
 
 class RecipeError(LoraplugError):
     """A recipe that does not validate; carries every problem found, not just the first."""
 
-    def __init__(self, source: str, problems: list[str], *, subject: str | None = None, fix: str | None = None) -> None:
+    def __init__(
+        self, source: str, problems: list[str], *, subject: str | None = None, fix: str | None = None
+    ) -> None:
         self.source = source
         self.problems = problems
         count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"

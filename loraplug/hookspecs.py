@@ -212,7 +212,9 @@ def loraplug_wrap_adapter(kind: str, options: BaseModel, model: ModelBundle, ctx
 
 
 @hookspec
-def loraplug_build_optimizer(kind: str, options: BaseModel, param_groups: list[dict[str, Any]], ctx: RunContext) -> Any:
+def loraplug_build_optimizer(
+    kind: str, options: BaseModel, param_groups: list[dict[str, Any]], ctx: RunContext
+) -> Any:
     """Build the optimizer: ``train.optimizer`` names the kind, ``[optimizer]`` holds its options.
 
     Dispatch: by kind — the one plugin that declared the recipe's ``train.optimizer``
@@ -238,7 +240,9 @@ def loraplug_build_optimizer(kind: str, options: BaseModel, param_groups: list[d
 
 
 @hookspec
-def loraplug_prepare_data(model: ModelBundle, options: BaseModel, data: DataBundle, ctx: RunContext) -> PreparedData:
+def loraplug_prepare_data(
+    model: ModelBundle, options: BaseModel, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     """Turn records into model inputs: tokenize and mask, pack, encode latents, cache.
 
     Dispatch: by model kind — the one plugin that declared the recipe's ``model.kind``, because only it
@@ -326,7 +330,12 @@ def loraplug_generate(
 
 @hookspec
 def loraplug_evaluate(
-    metrics: list[str], model: ModelBundle, options: BaseModel, data: DataBundle, scores: dict[str, float], ctx: RunContext
+    metrics: list[str],
+    model: ModelBundle,
+    options: BaseModel,
+    data: DataBundle,
+    scores: dict[str, float],
+    ctx: RunContext,
 ) -> dict[str, float]:
     """Compute the evaluation metrics the recipe asks for in ``eval.metrics``.
 
@@ -382,7 +391,9 @@ def loraplug_deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
 
 
 @hookspec
-def loraplug_export(kind: str, options: BaseModel, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def loraplug_export(
+    kind: str, options: BaseModel, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     """Write one ``[[export]]`` of the trained model.
 
     Dispatch: by kind — for each ``[[export]]`` table, the one plugin that declared its ``kind`` for the

@@ -48,7 +48,10 @@ class Options(BaseModel):
         if not isinstance(data, dict):
             return data
         fields = cls.model_fields
-        return {key: _toml_value(fields[key].annotation, value) if key in fields else value for key, value in data.items()}
+        return {
+            key: _toml_value(fields[key].annotation, value) if key in fields else value
+            for key, value in data.items()
+        }
 
 
 class NoOptions(Options):
@@ -114,14 +117,20 @@ def dir_name_problem(name: str) -> str | None:
         if not re.match(r"\w", name[0]):
             return f"starts with {name[0]!r}"
         odd = sorted({c for c in name if not re.match(r"[\w.+\- ]", c)})
-        return f"has the character{'s' if len(odd) > 1 else ''} {', '.join(map(repr, odd))}" if odd else f"ends with {name[-1]!r}"
+        return (
+            f"has the character{'s' if len(odd) > 1 else ''} {', '.join(map(repr, odd))}"
+            if odd
+            else f"ends with {name[-1]!r}"
+        )
     return None
 
 
 def _dir_name(value: str) -> str:
     problem = dir_name_problem(value)
     if problem:
-        raise PydanticCustomError("dir_name", "{problem}; it must be {rule}", {"problem": problem, "rule": DIR_NAME_RULE})
+        raise PydanticCustomError(
+            "dir_name", "{problem}; it must be {rule}", {"problem": problem, "rule": DIR_NAME_RULE}
+        )
     return value
 
 
@@ -219,7 +228,11 @@ def pretrained_source(presets: Sequence[str]) -> Callable[[str, ValidationInfo],
             return value
         path = Path(value).expanduser()
         base = (info.context or {}).get("base_dir")
-        candidates = [path] if path.is_absolute() else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
+        candidates = (
+            [path]
+            if path.is_absolute()
+            else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
+        )
         for candidate in candidates:
             if candidate.is_dir():
                 return str(candidate.absolute())

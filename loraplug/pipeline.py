@@ -73,7 +73,9 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
 
     precision = recipe.train.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
-        console.print("[yellow]warning:[/] fp16 needs a GPU; training in full precision on the CPU instead (bf16 works on CPUs)")
+        console.print(
+            "[yellow]warning:[/] fp16 needs a GPU; training in full precision on the CPU instead (bf16 works on CPUs)"
+        )
         precision = "no"
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process
     # (the Python API, tests) may ask for another precision. The distributed state is kept.
@@ -98,10 +100,14 @@ def load_data(host: PluginHost, recipe: Recipe, ctx: RunContext) -> DataBundle:
     from loraplug.data.stage import clean_and_weigh, filter_builder
 
     data = host.load_data(recipe, ctx)
-    return clean_and_weigh(_cap(data, SMOKE_SAMPLES) if ctx.smoke else data, recipe, filter_builder(host, recipe, ctx))
+    return clean_and_weigh(
+        _cap(data, SMOKE_SAMPLES) if ctx.smoke else data, recipe, filter_builder(host, recipe, ctx)
+    )
 
 
-def prepare_data(host: PluginHost, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
+def prepare_data(
+    host: PluginHost, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     """Records → encoded samples, by the plugin serving the model's kind (sample weights attached)."""
     from loraplug.data.stage import finish_prepared
 
@@ -109,7 +115,9 @@ def prepare_data(host: PluginHost, recipe: Recipe, model: ModelBundle, data: Dat
     return finish_prepared(data, prepared, recipe, recipe.model.served.distribution)
 
 
-def generate(host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list[str], out_dir: Path, ctx: RunContext) -> list[Sample]:
+def generate(
+    host: PluginHost, model: ModelBundle, recipe: Recipe, prompts: list[str], out_dir: Path, ctx: RunContext
+) -> list[Sample]:
     """The model's outputs for ``prompts``, in eval mode without gradients (the model's mode is kept)."""
     import torch
 
@@ -135,9 +143,19 @@ def _write_samples(run_dir: Path, step: int, samples: list[Sample], sinks: Any) 
 
 def file_manifest(directory: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     files = []
-    paths = sorted(p for p in directory.rglob("*") if p.is_file()) if names is None else [directory / n for n in names]
+    paths = (
+        sorted(p for p in directory.rglob("*") if p.is_file())
+        if names is None
+        else [directory / n for n in names]
+    )
     for path in paths:
-        files.append({"path": str(path.relative_to(directory)), "sha256": sha256_file(path), "size": path.stat().st_size})
+        files.append(
+            {
+                "path": str(path.relative_to(directory)),
+                "sha256": sha256_file(path),
+                "size": path.stat().st_size,
+            }
+        )
     return files
 
 
@@ -174,7 +192,10 @@ def run_export(
             manifest = {
                 "kind": export.kind,
                 "name": export.name,
-                "plugin": {"distribution": export.served.distribution, "version": _dist_version(export.served.distribution)},
+                "plugin": {
+                    "distribution": export.served.distribution,
+                    "version": _dist_version(export.served.distribution),
+                },
                 "base_model": model.base,
                 "recipe_hash": recipe.hash(),
                 "adapter": _adapter_record(adapter_path, ctx.run_dir),
@@ -189,7 +210,9 @@ def run_export(
             atomic_write_json(tmp / "export.json", manifest)
     except LoraplugError as exc:
         return ExportOutcome(export.name, export.kind, final, ok=False, error=exc.paragraph())
-    return ExportOutcome(export.name, export.kind, final, ok=True, loads_with=result.loads_with, notes=result.notes)
+    return ExportOutcome(
+        export.name, export.kind, final, ok=True, loads_with=result.loads_with, notes=result.notes
+    )
 
 
 def _adapter_record(adapter_path: Path | None, run_dir: Path) -> dict[str, Any] | None:
@@ -230,7 +253,12 @@ def _cap(data: DataBundle, limit: int) -> DataBundle:
 
 
 def load_run(
-    run_dir: Path, host: PluginHost, console: Console, *, with_adapter: bool = True, adapter_path: Path | None = None
+    run_dir: Path,
+    host: PluginHost,
+    console: Console,
+    *,
+    with_adapter: bool = True,
+    adapter_path: Path | None = None,
 ) -> tuple[Recipe, RunContext, ModelBundle]:
     """Rebuild a finished run's model with its trained adapter (for ``generate`` and re-exports).
 
@@ -259,7 +287,9 @@ def load_run(
         info=lambda m: console.print(m, highlight=False),
         warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False),
         # A checkpoint's weights are not the finished run's: its card gets no final figures.
-        final_metrics=final_metrics(status.train_loss, status.evaluation_scores(), status.best if recipe.eval.use_best else None)
+        final_metrics=final_metrics(
+            status.train_loss, status.evaluation_scores(), status.best if recipe.eval.use_best else None
+        )
         if adapter_path is None
         else {},
     )
@@ -267,5 +297,7 @@ def load_run(
     if with_adapter:
         load_trainable(model.module, adapter_path or run_dir / ADAPTER_DIR / ADAPTER_FILE)
     # Read and encoded only if an export asks for it (quantization drift on the validation split).
-    ctx.load_prepared_data = cache(lambda: prepare_data(host, recipe, model, load_data(host, recipe, ctx), ctx))
+    ctx.load_prepared_data = cache(
+        lambda: prepare_data(host, recipe, model, load_data(host, recipe, ctx), ctx)
+    )
     return recipe, ctx, model

@@ -60,7 +60,9 @@ def write_report_or_warn(run_dir: Path, warn: Callable[[str], None]) -> Path | N
     try:
         return write_report(run_dir)
     except Exception as exc:  # noqa: BLE001 — the run itself is done; the report must not undo that
-        warn(f"could not write the run report ({type(exc).__name__}: {exc}); `loraplug runs show {run_dir}` retries")
+        warn(
+            f"could not write the run report ({type(exc).__name__}: {exc}); `loraplug runs show {run_dir}` retries"
+        )
         return None
 
 
@@ -98,7 +100,9 @@ def draw_plot(plot: Plot, series: dict[tuple[str, str], list[tuple[int, float]]]
         steps = [step for step, _ in points]
         values = [value for _, value in points]
         # Markers make the few points of a short run or a sparse evaluation visible.
-        axes.plot(steps, values, marker="o" if len(points) <= 40 else None, markersize=3, label=f"{split}/{name}")
+        axes.plot(
+            steps, values, marker="o" if len(points) <= 40 else None, markersize=3, label=f"{split}/{name}"
+        )
     axes.set_title(plot.title)
     axes.set_xlabel("step")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -131,7 +135,12 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; } .dim { color: #77
 def render_html(info: RunInfo, plots: list[Plot]) -> str:
     sections = [
         _header(info),
-        _section("Data", _key_values(info.data) if info.data else _dim("No data summary (the run stopped before its data loaded).")),
+        _section(
+            "Data",
+            _key_values(info.data)
+            if info.data
+            else _dim("No data summary (the run stopped before its data loaded)."),
+        ),
         _section("Metrics", _final_metrics(info) + _plots(plots)),
         _section("Samples", _samples(info)),
         _section("Exports", _exports(info)),
@@ -139,10 +148,10 @@ def render_html(info: RunInfo, plots: list[Plot]) -> str:
     ]
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(info.name)} — loraplug run report</title><style>{STYLE}</style></head><body>\n"
         + "\n".join(sections)
-        + f"\n<p class=\"dim\">Written by loraplug {_e(info.recorded.loraplug_version or '')} at {generated}. "
+        + f'\n<p class="dim">Written by loraplug {_e(info.recorded.loraplug_version or "")} at {generated}. '
         f"Rewrite it with <code>loraplug runs show {_e(str(info.path))}</code>.</p>\n</body></html>\n"
     )
 
@@ -156,7 +165,7 @@ def _href(path: str) -> str:
 
 
 def _dim(text: str) -> str:
-    return f"<p class=\"dim\">{_e(text)}</p>"
+    return f'<p class="dim">{_e(text)}</p>'
 
 
 def _section(title: str, body: str) -> str:
@@ -167,7 +176,9 @@ def _table(headers: list[str], rows: list[list[str]], *, numeric: frozenset[int]
     """A table of cells that are already HTML; columns in ``numeric`` are right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td class=\"num\">{c}</td>" if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -209,12 +220,14 @@ def _header(info: RunInfo) -> str:
     for key in ("tokens_per_second", "processes", "recipe_hash", "smoke"):
         if getattr(recorded, key) is not None:
             facts[key.replace("_", " ")] = getattr(recorded, key)
-    message = info.problem or (recorded.error if status != "finished" else None)  # a damaged adapter, a failure
-    error = f"<div class=\"error\">{_e(message)}</div>" if message else ""
+    message = info.problem or (
+        recorded.error if status != "finished" else None
+    )  # a damaged adapter, a failure
+    error = f'<div class="error">{_e(message)}</div>' if message else ""
     return (
-        f"<h1>{_e(info.name)} <span class=\"status {_e(status)}\">{_e(status)}</span></h1>\n"
+        f'<h1>{_e(info.name)} <span class="status {_e(status)}">{_e(status)}</span></h1>\n'
         f"{error}{_key_values(facts)}"
-        f"<p class=\"dim\">TensorBoard: <code>tensorboard --logdir {_e(str(info.path / 'tb'))}</code></p>"
+        f'<p class="dim">TensorBoard: <code>tensorboard --logdir {_e(str(info.path / "tb"))}</code></p>'
     )
 
 
@@ -226,22 +239,39 @@ def _final_metrics(info: RunInfo) -> str:
     for (split, name), points in sorted(series.items(), key=lambda item: (item[0][0] != "train", item[0])):
         values = [value for _, value in points]
         step, last = points[-1]
-        rows.append([_e(split), _e(name), _e(f"{last:.6g}"), str(step), _e(f"{min(values):.6g}"), _e(f"{max(values):.6g}"), str(len(points))])
-    return _table(["split", "metric", "last", "at step", "min", "max", "points"], rows, numeric=frozenset({2, 3, 4, 5, 6}))
+        rows.append(
+            [
+                _e(split),
+                _e(name),
+                _e(f"{last:.6g}"),
+                str(step),
+                _e(f"{min(values):.6g}"),
+                _e(f"{max(values):.6g}"),
+                str(len(points)),
+            ]
+        )
+    return _table(
+        ["split", "metric", "last", "at step", "min", "max", "points"],
+        rows,
+        numeric=frozenset({2, 3, 4, 5, 6}),
+    )
 
 
 def _plots(plots: list[Plot]) -> str:
     if not plots:
         return ""
     figures = "".join(
-        f"<figure><img src=\"{_href(p.file)}\" alt=\"{_e(', '.join(f'{s}/{m}' for s, m in p.series))}\"></figure>" for p in plots
+        f'<figure><img src="{_href(p.file)}" alt="{_e(", ".join(f"{s}/{m}" for s, m in p.series))}"></figure>'
+        for p in plots
     )
-    return f"<div class=\"plots\">{figures}</div>"
+    return f'<div class="plots">{figures}</div>'
 
 
 def _samples(info: RunInfo) -> str:
     if not info.samples:
-        return _dim("No samples (set eval.sample_prompts to see generations before, during and after training).")
+        return _dim(
+            "No samples (set eval.sample_prompts to see generations before, during and after training)."
+        )
     prompts: list[str] = []
     cells: dict[tuple[str, int], str] = {}
     for sample_set in info.samples:
@@ -252,8 +282,10 @@ def _samples(info: RunInfo) -> str:
             cells[(prompt, sample_set.step)] = _sample_cell(info.path, record)
     steps = [s.step for s in info.samples]
     headers = ["prompt"] + [("before training" if step == 0 else f"step {step}") for step in steps]
-    rows = [[f"<div class=\"sample\">{_e(p)}</div>"] + [cells.get((p, step), "") for step in steps] for p in prompts]
-    return f"<div class=\"samples\">{_table(headers, rows)}</div>"
+    rows = [
+        [f'<div class="sample">{_e(p)}</div>'] + [cells.get((p, step), "") for step in steps] for p in prompts
+    ]
+    return f'<div class="samples">{_table(headers, rows)}</div>'
 
 
 def _sample_cell(run_dir: Path, record: dict[str, Any]) -> str:
@@ -270,20 +302,20 @@ def _sample_cell(run_dir: Path, record: dict[str, Any]) -> str:
 
 def _artifact_html(run_dir: Path, output: dict[str, Any]) -> str:
     kind = output.get("type")
-    caption = f"<div class=\"dim\">{_e(output['caption'])}</div>" if output.get("caption") else ""
+    caption = f'<div class="dim">{_e(output["caption"])}</div>' if output.get("caption") else ""
     if kind in ("image", "audio"):
         path = str(output.get("path", ""))
         if not (run_dir / path).is_file():
             return _dim(f"({kind} {path} is missing)")
         if kind == "image":
-            return f"<a href=\"{_href(path)}\"><img src=\"{_href(path)}\" alt=\"{_e(path)}\"></a>{caption}"
-        return f"<audio controls src=\"{_href(path)}\"></audio>{caption}"
+            return f'<a href="{_href(path)}"><img src="{_href(path)}" alt="{_e(path)}"></a>{caption}'
+        return f'<audio controls src="{_href(path)}"></audio>{caption}'
     if kind == "table":
         rows = [row for row in output.get("rows") or [] if isinstance(row, dict)]
         columns = list(rows[0]) if rows else []
         return _table(columns, [[_e(_plain(row.get(c, ""))) for c in columns] for row in rows]) + caption
     if kind == "text":
-        return f"<div class=\"sample\">{_e(output.get('text', ''))}</div>{caption}"
+        return f'<div class="sample">{_e(output.get("text", ""))}</div>{caption}'
     return _dim(f"(a {kind} output this version of loraplug cannot show)")
 
 
@@ -297,7 +329,7 @@ def _exports(info: RunInfo) -> str:
         size = sum(int(f.get("size", 0)) for f in files if isinstance(f, dict))
         plugin = manifest.get("plugin") or {}
         listing = "".join(
-            f"<li><code>{_e(f.get('path'))}</code> {_e(human_size(int(f.get('size', 0))))} <span class=\"dim\">sha256 {_e(str(f.get('sha256', ''))[:16])}…</span></li>"
+            f'<li><code>{_e(f.get("path"))}</code> {_e(human_size(int(f.get("size", 0))))} <span class="dim">sha256 {_e(str(f.get("sha256", ""))[:16])}…</span></li>'
             for f in files
             if isinstance(f, dict)
         )
@@ -311,7 +343,17 @@ def _exports(info: RunInfo) -> str:
             "<br>".join(_e(n) for n in manifest.get("notes") or []),
         ])  # fmt: skip
     for export in failed:
-        rows.append([_e(export.get("name", "")), _e(export.get("kind", "")), "", "failed", f"<span class=\"error\">{_e(export.get('error', ''))}</span>", "", ""])
+        rows.append(
+            [
+                _e(export.get("name", "")),
+                _e(export.get("kind", "")),
+                "",
+                "failed",
+                f'<span class="error">{_e(export.get("error", ""))}</span>',
+                "",
+                "",
+            ]
+        )
     return _table(["export", "kind", "plugin", "files", "loads with", "figures", "notes"], rows)
 
 

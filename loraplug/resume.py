@@ -36,7 +36,13 @@ def changed_keys(before: Recipe, after: Recipe) -> list[str]:
 
 
 def resume_point(
-    run_dir: Path, recipe: Recipe, host: PluginHost, accelerator: Any, *, force: bool, warn: Callable[[str], None]
+    run_dir: Path,
+    recipe: Recipe,
+    host: PluginHost,
+    accelerator: Any,
+    *,
+    force: bool,
+    warn: Callable[[str], None],
 ) -> Path:
     """The checkpoint to continue from, after every check a resume needs."""
     status = RunStatus.load(run_dir)
@@ -68,12 +74,16 @@ def resume_point(
     return checkpoint
 
 
-def no_checkpoint_error(run_dir: Path, checkpoints: Checkpoints, save_every: int | None, status: RunStatus) -> LoraplugError:
+def no_checkpoint_error(
+    run_dir: Path, checkpoints: Checkpoints, save_every: int | None, status: RunStatus
+) -> LoraplugError:
     """Why there is nothing to resume from, as it is: every checkpoint damaged, none written yet, or none asked for."""
     problems = checkpoints.problems()
     if problems:
         listed = "; ".join(f"{path.name}: {problem}" for path, problem in problems)
-        which = "its only checkpoint is" if len(problems) == 1 else f"all {len(problems)} of its checkpoints are"
+        which = (
+            "its only checkpoint is" if len(problems) == 1 else f"all {len(problems)} of its checkpoints are"
+        )
         return LoraplugError(
             f"The run in {run_dir} has no whole checkpoint to resume from: {which} damaged ({listed})",
             where=str(checkpoints.root),
@@ -100,7 +110,14 @@ def logged_evaluations(path: Path, *, up_to: int) -> list[tuple[int, dict[str, f
     ``run.json`` cover the whole run.
     """
     return [
-        (record["step"], {k: float(v) for k, v in record.items() if k not in RECORD_KEYS and isinstance(v, int | float) and not isinstance(v, bool)})
+        (
+            record["step"],
+            {
+                k: float(v)
+                for k, v in record.items()
+                if k not in RECORD_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+            },
+        )
         for record in read_metrics(path)
         if record.get("split") == "eval" and record["step"] <= up_to
     ]

@@ -88,7 +88,15 @@ def _build_in_subprocess(build: Callable[[Path], None], target: Path) -> None:
     import sys
 
     code = f"from {build.__module__} import {build.__qualname__} as build; build(__import__('pathlib').Path({str(target)!r}))"
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+    launcher = (
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "GROUP_RANK",
+    )
     env = {k: v for k, v in os.environ.items() if k not in launcher}
     # Its output goes to this process's terminal: a failed build's traceback is right above the error.
     done = subprocess.run([sys.executable, "-c", code], env=env, check=False)

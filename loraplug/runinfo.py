@@ -124,7 +124,11 @@ class RunInfo:
         watched = str(evaluation.get("monitor", DEFAULT_BEST[1]))
         # A run records its monitored metric's direction, as the metric declared it, when it starts.
         monitor = self.recorded.monitor
-        if isinstance(monitor, dict) and monitor.get("metric") == watched and isinstance(monitor.get("lower_is_better"), bool):
+        if (
+            isinstance(monitor, dict)
+            and monitor.get("metric") == watched
+            and isinstance(monitor.get("lower_is_better"), bool)
+        ):
             lower: bool | None = monitor["lower_is_better"]
         else:
             lower = lower_is_better(watched, str(evaluation.get("monitor_mode", "auto")))
@@ -162,7 +166,9 @@ def read_run(path: Path) -> RunInfo:
     and the status ``damaged``.
     """
     if not path.is_dir():
-        raise LoraplugError(f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart")
+        raise LoraplugError(
+            f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart"
+        )
     recorded = RunStatus.read(path)
     info = RunInfo(
         path=path,
@@ -184,9 +190,18 @@ def read_runs(root: Path) -> list[RunInfo]:
     for path in find_runs(root):
         try:
             info = read_run(path)
-            _shown = (info.status, info.step, info.name, info.best())  # a hand-edited odd value fails here, not mid-table
+            _shown = (
+                info.status,
+                info.step,
+                info.name,
+                info.best(),
+            )  # a hand-edited odd value fails here, not mid-table
         except (LoraplugError, TypeError, ValueError, AttributeError) as exc:
-            what = exc.what if isinstance(exc, LoraplugError) else f"{STATUS_FILE} or {RECIPE_FILE} holds a value of the wrong type ({exc})"
+            what = (
+                exc.what
+                if isinstance(exc, LoraplugError)
+                else f"{STATUS_FILE} or {RECIPE_FILE} holds a value of the wrong type ({exc})"
+            )
             info = RunInfo(path=path, recorded=RunStatus(status="unknown"), unreadable=what)
         runs.append(info)
     return sorted(runs, key=lambda info: info.recorded.started_at or "", reverse=True)
@@ -218,7 +233,10 @@ def safetensors_problem(path: Path) -> str | None:
     except ValueError:
         return "is not a safetensors file (its header is not JSON)"
     try:
-        needed = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+        needed = max(
+            (int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"),
+            default=0,
+        )
     except (AttributeError, KeyError, TypeError, IndexError, ValueError):
         return "is not a safetensors file (its header does not list tensors)"
     stored = size - 8 - length
@@ -321,7 +339,9 @@ def metric_series(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[t
     return series
 
 
-def best_metric(records: list[dict[str, Any]], watched: tuple[str, str] = DEFAULT_BEST, *, lower: bool = True) -> Best | None:
+def best_metric(
+    records: list[dict[str, Any]], watched: tuple[str, str] = DEFAULT_BEST, *, lower: bool = True
+) -> Best | None:
     """The best value of the watched metric (validation loss unless told otherwise)."""
     points = metric_series(records).get(watched)
     if not points:

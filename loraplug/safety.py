@@ -38,7 +38,10 @@ def confine(parent: Path, name: str, *, key: str) -> Path:
     """
     base = parent.expanduser().resolve()
     if (problem := dir_name_problem(name)) is not None:
-        raise LoraplugError(f"{key} {name!r} {problem}, so it cannot name a directory inside {base}", fix=f"Use {DIR_NAME_RULE}")
+        raise LoraplugError(
+            f"{key} {name!r} {problem}, so it cannot name a directory inside {base}",
+            fix=f"Use {DIR_NAME_RULE}",
+        )
     target = (base / name).resolve()
     if target.parent != base:
         # Only a symlink gets here (the name itself is one component): follow it and the write lands elsewhere.
@@ -126,9 +129,15 @@ def output_dir_problem(path: Path) -> str | None:
     if existing is None:
         return None
     if not existing.is_dir():
-        return f"{existing} is a file, not a directory" if existing == target else f"{existing} (a part of {target}) is a file, not a directory"
+        return (
+            f"{existing} is a file, not a directory"
+            if existing == target
+            else f"{existing} (a part of {target}) is a file, not a directory"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable" + ("" if existing == target else f" (so {target} cannot be created)")
+        return f"{existing} is not writable" + (
+            "" if existing == target else f" (so {target} cannot be created)"
+        )
     return None
 
 
@@ -138,7 +147,9 @@ def _writable_output_dir(value: Path, info: ValidationInfo) -> Path:
         problem = output_dir_problem(value)
         if problem:
             raise PydanticCustomError(
-                "path_unwritable", "{problem}; set run.output_dir to a directory you can write to", {"problem": problem}
+                "path_unwritable",
+                "{problem}; set run.output_dir to a directory you can write to",
+                {"problem": problem},
             )
     return value
 

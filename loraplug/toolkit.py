@@ -117,7 +117,9 @@ def hold_out(records: Sequence[R], fraction: float, seed: int) -> tuple[list[R],
     random.Random(seed).shuffle(order)
     count = max(1, round(len(records) * fraction)) if fraction > 0 and len(records) > 1 else 0
     held = set(order[:count])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+    return [r for i, r in enumerate(records) if i not in held], [
+        r for i, r in enumerate(records) if i in held
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- dtypes
@@ -192,7 +194,9 @@ def require_installed(package: str, needed_for: str, install: str, *, where: str
     from importlib.util import find_spec
 
     if find_spec(package) is None:
-        raise LoraplugError(f"{needed_for} needs {package}, which is not installed", where=where, fix=f"`{install}`")
+        raise LoraplugError(
+            f"{needed_for} needs {package}, which is not installed", where=where, fix=f"`{install}`"
+        )
 
 
 # -------------------------------------------------------------------------------------- quiet libraries

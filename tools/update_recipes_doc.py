@@ -1,6 +1,6 @@
 """Regenerate the tables at the end of docs/recipes.md from the installed first-party plugins.
 
-    python tools/update_recipes_doc.py        (or: make docs)
+python tools/update_recipes_doc.py        (or: make docs)
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ def locate_weights(path: Path) -> WeightsSource:
     """``path`` as a run directory, or as a checkpoint directory inside one."""
     path = path.absolute()
     if not path.is_dir():
-        raise LoraplugError(f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart")
+        raise LoraplugError(
+            f"{path} does not exist or is not a directory", fix="Pass a run directory, e.g. runs/quickstart"
+        )
     if (path / RECIPE_FILE).exists():
         adapter = path / ADAPTER_DIR / ADAPTER_FILE
         if not adapter.exists():
@@ -77,9 +79,17 @@ def _record_in_status(run_dir: Path, outcome: ExportOutcome) -> None:
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("settings", nargs=-1)
-@click.option("--kind", required=True, help="The export kind, as in [[export]]: peft, merged, onnx, bnb-4bit, …")
-@click.option("--name", help="Directory under exports/ (default: the kind; for a checkpoint, <checkpoint>-<kind>).")
-@click.option("--overwrite", is_flag=True, help="Replace exports/NAME; the old one is kept until the new one is complete.")
+@click.option(
+    "--kind", required=True, help="The export kind, as in [[export]]: peft, merged, onnx, bnb-4bit, …"
+)
+@click.option(
+    "--name", help="Directory under exports/ (default: the kind; for a checkpoint, <checkpoint>-<kind>)."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace exports/NAME; the old one is kept until the new one is complete.",
+)
 def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None, overwrite: bool) -> None:
     """Export a finished run (or a checkpoint directory of one) again, without retraining.
 
@@ -101,7 +111,12 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     recipe = load_recipe(source.run_dir / RECIPE_FILE, plugins, check_files=False)
     default_name = kind if source.checkpoint is None else f"{source.checkpoint}-{kind}"
     section = export_section(
-        plugins, kind, settings, name=name or default_name, model_kind=recipe.model.kind, adapter_kind=recipe.adapter.kind
+        plugins,
+        kind,
+        settings,
+        name=name or default_name,
+        model_kind=recipe.model.kind,
+        adapter_kind=recipe.adapter.kind,
     )
     # Resolved inside exports/ as run_export resolves it: a symlink there cannot lead the export elsewhere.
     target = confine(source.run_dir / EXPORTS_DIR, section.name, key="--name")

@@ -34,7 +34,12 @@ def warn_deprecations(notes: list[str]) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="loraplug")
-@click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks (any position on the line; or LORAPLUG_DEBUG=1).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    help="Show tracebacks (any position on the line; or LORAPLUG_DEBUG=1).",
+)
 def cli() -> None:
     """LoRA fine-tuning for every modality, driven by TOML recipes.
 
@@ -48,11 +53,21 @@ def cli() -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1)
-@click.option("--smoke", is_flag=True, help="Swap the model for its tiny preset, train 3 steps, write under <output_dir>/smoke.")
-@click.option("--overwrite", is_flag=True, help="Replace a run directory that already holds a run (kept until the new run finishes).")
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Swap the model for its tiny preset, train 3 steps, write under <output_dir>/smoke.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a run directory that already holds a run (kept until the new run finishes).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run from its newest whole checkpoint.")
 @click.option("--force", is_flag=True, help="With --resume: continue even though the recipe changed.")
-def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, resume: bool, force: bool) -> None:
+def run(
+    recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, resume: bool, force: bool
+) -> None:
     """Train as RECIPE says. OVERRIDES are dotted KEY=VALUE pairs: train.lr=1e-4 adapter.r=16."""
     from loraplug.recipe import load_recipe
     from loraplug.run import execute
@@ -64,10 +79,14 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
         raise click.UsageError("--force only applies with --resume")
     checked = load_recipe(recipe, host(), overrides, smoke=smoke)
     warn_deprecations(checked.notes)
-    keep_out_unused(checked)  # before anything heavy loads: bitsandbytes, torchao, scipy only if the recipe uses them
+    keep_out_unused(
+        checked
+    )  # before anything heavy loads: bitsandbytes, torchao, scipy only if the recipe uses them
     if int(os.environ.get("RANK", "0")) == 0:
         render.run_header(console, checked, smoke=smoke)
-    outcome = execute(checked, host(), console=console, smoke=smoke, overwrite=overwrite, resume=resume, force=force)
+    outcome = execute(
+        checked, host(), console=console, smoke=smoke, overwrite=overwrite, resume=resume, force=force
+    )
     if outcome.run_dir and int(os.environ.get("RANK", "0")) == 0:
         render.run_summary(console, outcome)
     failed = [e for e in outcome.exports if not e.ok]
@@ -76,7 +95,11 @@ def run(recipe: Path, overrides: tuple[str, ...], smoke: bool, overwrite: bool, 
             "Training finished and the adapter is saved, but "
             + "; ".join(f"export {e.name!r} failed: {e.error}" for e in failed),
             fix="Fix the cause, then export again without retraining: "
-            + "; ".join(f"`loraplug export {outcome.run_dir} --kind {e.kind}" + (f" --name {e.name}`" if e.name != e.kind else "`") for e in failed),
+            + "; ".join(
+                f"`loraplug export {outcome.run_dir} --kind {e.kind}"
+                + (f" --name {e.name}`" if e.name != e.kind else "`")
+                for e in failed
+            ),
         )
 
 
@@ -105,7 +128,11 @@ def recipe_check(path: Path, overrides: tuple[str, ...], smoke: bool, resolved: 
 
 @recipe.command("keys")
 @click.option("--markdown", is_flag=True, help="Print the Markdown tables of docs/recipes.md.")
-@click.option("--first-party", is_flag=True, help="Only the core and loraplug's own plugins (what docs/recipes.md lists).")
+@click.option(
+    "--first-party",
+    is_flag=True,
+    help="Only the core and loraplug's own plugins (what docs/recipes.md lists).",
+)
 def recipe_keys(markdown: bool, first_party: bool) -> None:
     """Every recipe key of the core and of each installed kind: type, default, meaning."""
     from loraplug.recipe import reference
@@ -116,7 +143,9 @@ def recipe_keys(markdown: bool, first_party: bool) -> None:
     if markdown:
         click.echo(reference.markdown(loaded.registry, dists), nl=False)
     else:
-        render.key_tables(console, reference.sections(loaded.registry, dists), reference.metrics(loaded.registry, dists))
+        render.key_tables(
+            console, reference.sections(loaded.registry, dists), reference.metrics(loaded.registry, dists)
+        )
 
 
 @cli.group()
@@ -138,7 +167,11 @@ def plugins_list(as_json: bool) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for several.")
-@click.option("--base", is_flag=True, help="Generate with the untrained adapter (the base model's behaviour), to compare.")
+@click.option(
+    "--base",
+    is_flag=True,
+    help="Generate with the untrained adapter (the base model's behaviour), to compare.",
+)
 def generate(run_dir: Path, prompts: tuple[str, ...], base: bool) -> None:
     """Load a run's base model with its trained adapter and generate from PROMPTs."""
     from loraplug.pipeline import generate as run_generate
@@ -159,7 +192,9 @@ def data() -> None:
 @data.command("inspect")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1)
-@click.option("--samples", "-n", default=3, show_default=True, help="Training samples to show token by token.")
+@click.option(
+    "--samples", "-n", default=3, show_default=True, help="Training samples to show token by token."
+)
 def data_inspect(recipe_path: Path, overrides: tuple[str, ...], samples: int) -> None:
     """Show what RECIPE's model will learn: the [data.clean] report and a few training samples token by
     token, the tokens that count toward the loss highlighted. Loads the data and the model; trains nothing."""

@@ -48,7 +48,9 @@ def plugin_table(console: Console, host: PluginHost) -> None:
             status = "[green]ok[/]" if not clashes else "[yellow]conflict[/]: " + escape("; ".join(clashes))
         table.add_row(escape(record.distribution), record.version, escape(kinds), escape(hooks), status)
     if not host.records:
-        console.print("No plugins installed. First-party ones: pip install -e plugins/causal-lm (see README.md).")
+        console.print(
+            "No plugins installed. First-party ones: pip install -e plugins/causal-lm (see README.md)."
+        )
         return
     console.print(table)
 
@@ -147,20 +149,31 @@ def run_summary(console: Console, outcome: object) -> None:
 
 
 def key_tables(
-    console: Console, sections: Iterable[tuple[str, str, type[BaseModel]]], metrics: list[tuple[str, str, str, str, str]]
+    console: Console,
+    sections: Iterable[tuple[str, str, type[BaseModel]]],
+    metrics: list[tuple[str, str, str, str, str]],
 ) -> None:
     from loraplug.recipe.reference import keys_of
 
     for heading, note, model in sections:
         # escape: "[train]" is a section name here, not rich markup
-        table = Table(title=f"{escape(heading)}  [dim]{escape(note)}[/]", title_justify="left", show_lines=False)
+        table = Table(
+            title=f"{escape(heading)}  [dim]{escape(note)}[/]", title_justify="left", show_lines=False
+        )
         for column in ("key", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for key in keys_of(model):
-            table.add_row(key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description))
+            table.add_row(
+                key.name, escape(key.type.replace("\\|", "|")), escape(key.default), escape(key.description)
+            )
         console.print(table)
-    console.print("Every [[export]] also takes `name` (its directory under exports/; default: the kind).", markup=False)
-    table = Table(title="eval.metrics  [dim]names a recipe can list (val_loss is the core's own: lower is better)[/]", title_justify="left")
+    console.print(
+        "Every [[export]] also takes `name` (its directory under exports/; default: the kind).", markup=False
+    )
+    table = Table(
+        title="eval.metrics  [dim]names a recipe can list (val_loss is the core's own: lower is better)[/]",
+        title_justify="left",
+    )
     for column in ("metric", "model kinds", "better", "distribution", "meaning"):
         table.add_column(column, overflow="fold")
     for row in metrics:
@@ -170,7 +183,14 @@ def key_tables(
 
 # --- runs: `loraplug runs list` and `loraplug runs show` -----------------------------------------
 
-STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan", "damaged": "red", "unreadable": "red"}
+STATUS_STYLE = {
+    "finished": "green",
+    "failed": "red",
+    "interrupted": "yellow",
+    "running": "cyan",
+    "damaged": "red",
+    "unreadable": "red",
+}
 
 
 def status_text(status: str) -> str:
@@ -199,17 +219,32 @@ def run_table(console: Console, runs: list[RunInfo], root: Path) -> None:
     for column in ("run", "status", "steps", "best", "started"):
         table.add_column(column, justify="right" if column == "steps" else "left")
     for info in runs:
-        name = info.path.relative_to(root) if info.path.is_relative_to(root) and info.path != root else Path(info.path.name)
-        table.add_row(escape(str(name)), status_text(info.status), run_steps(info), escape(run_best(info)), run_when(info))
+        name = (
+            info.path.relative_to(root)
+            if info.path.is_relative_to(root) and info.path != root
+            else Path(info.path.name)
+        )
+        table.add_row(
+            escape(str(name)),
+            status_text(info.status),
+            run_steps(info),
+            escape(run_best(info)),
+            run_when(info),
+        )
     console.print(table)
     for info in runs:  # damaged and unreadable runs: why, under the table
         if info.problem:
-            console.print(f"  {status_text(info.status)} {escape(shown(info.path))}: {escape(info.problem)}", highlight=False)
+            console.print(
+                f"  {status_text(info.status)} {escape(shown(info.path))}: {escape(info.problem)}",
+                highlight=False,
+            )
 
 
 def run_details(console: Console, info: RunInfo) -> None:
     """What ``runs show`` prints: status, data, final metrics; the exports follow in their own table."""
-    console.print(f"[bold]{escape(info.name)}[/] {status_text(info.status)}  step {run_steps(info)}  started {run_when(info)}")
+    console.print(
+        f"[bold]{escape(info.name)}[/] {status_text(info.status)}  step {run_steps(info)}  started {run_when(info)}"
+    )
     console.print(f"  run dir  {escape(shown(info.path))}")
     if info.recorded.error and info.status != "finished":
         console.print(f"  [red]error[/]    {escape(info.recorded.error)}")
@@ -222,7 +257,9 @@ def run_details(console: Console, info: RunInfo) -> None:
         table = Table(title="final metrics", title_justify="left")
         for column in ("split", "metric", "value", "step"):
             table.add_column(column, justify="right" if column in ("value", "step") else "left")
-        for (split, name), (step, value) in sorted(final.items(), key=lambda item: (item[0][0] != "train", item[0])):
+        for (split, name), (step, value) in sorted(
+            final.items(), key=lambda item: (item[0][0] != "train", item[0])
+        ):
             table.add_row(split, escape(name), f"{value:.6g}", str(step))
         console.print(table)
     best = run_best(info)
@@ -244,20 +281,29 @@ def _manifest_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("kind", escape(str(manifest.get("kind", ""))))]
     plugin = manifest.get("plugin")
     if isinstance(plugin, dict):
-        rows.append(("plugin", escape(f"{plugin.get('distribution', '?')} {plugin.get('version', '')}".strip())))
+        rows.append(
+            ("plugin", escape(f"{plugin.get('distribution', '?')} {plugin.get('version', '')}".strip()))
+        )
     where = manifest.get("path") or manifest.get("dir")
     if where:
         rows.append(("path", escape(str(where))))
-    files = sorted((f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0)))
+    files = sorted(
+        (f for f in manifest.get("files") or [] if isinstance(f, dict)), key=lambda f: -int(f.get("size", 0))
+    )
     total = sum(int(f.get("size", 0)) for f in files)
     rows.append(("size", f"{human_size(total)} in {len(files)} file{'s' if len(files) != 1 else ''}"))
     for entry in files[:MANIFEST_FILES_SHOWN]:
         digest = str(entry.get("sha256", ""))[:12]
-        rows.append(("", f"{escape(str(entry.get('path')))}  {human_size(int(entry.get('size', 0)))}  [dim]sha256 {digest}…[/]"))
+        rows.append(
+            (
+                "",
+                f"{escape(str(entry.get('path')))}  {human_size(int(entry.get('size', 0)))}  [dim]sha256 {digest}…[/]",
+            )
+        )
     if len(files) > MANIFEST_FILES_SHOWN:
         rows.append(("", f"[dim]+ {len(files) - MANIFEST_FILES_SHOWN} more (export.json lists them)[/]"))
     figures = manifest.get("figures")
-    for key, value in (figures.items() if isinstance(figures, dict) else []):
+    for key, value in figures.items() if isinstance(figures, dict) else []:
         shown = _figure(value)
         if shown is not None:
             rows.append((escape(str(key)), escape(shown)))

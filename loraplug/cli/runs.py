@@ -28,7 +28,9 @@ def list_runs(directory: Path | None, as_json: bool) -> None:
     # A DIRECTORY that is not there is a mistake (a typo); a missing ./runs only means nothing ran here yet.
     if directory is not None and not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
-        raise LoraplugError(f"{directory} {what}", fix="Pass the directory your runs are in (run.output_dir, default ./runs)")
+        raise LoraplugError(
+            f"{directory} {what}", fix="Pass the directory your runs are in (run.output_dir, default ./runs)"
+        )
     root = (directory or DEFAULT_RUNS).absolute()
     runs = read_runs(root)
     if as_json:
@@ -49,7 +51,9 @@ def show_run(run_dir: Path) -> None:
     try:
         page = write_report(info.path)
     except OSError as exc:
-        raise LoraplugError(f"Could not write the report in {info.path}: {exc}", fix="Check the directory is writable") from exc
+        raise LoraplugError(
+            f"Could not write the report in {info.path}: {exc}", fix="Check the directory is writable"
+        ) from exc
     console.print(f"  report   {render.escape(str(page))}")
     if info.adapter_problem:  # shown above as damaged; the exit status says so too
         raise damaged_weights_error(info.adapter_path, info.adapter_problem)

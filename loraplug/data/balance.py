@@ -40,7 +40,12 @@ def _label(record: Record, key: str) -> Any:
 
 def _weight(record: Record, key: str) -> float:
     value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise LoraplugError(
             f"Sample {sample_id(record)} has {key} = {value!r}; data.weight_by needs a finite number ≥ 0 in every sample",
             where=sample_id(record),
@@ -49,7 +54,9 @@ def _weight(record: Record, key: str) -> float:
     return float(value)
 
 
-def record_weights(records: Sequence[Record], options: DataCoreOptions) -> tuple[list[float], dict[str, Any]] | None:
+def record_weights(
+    records: Sequence[Record], options: DataCoreOptions
+) -> tuple[list[float], dict[str, Any]] | None:
     """Per-record drawing weights and a summary for the report, or ``None`` without balancing."""
     if options.balance_by is not None:
         labels = [_label(r, options.balance_by) for r in records]
@@ -70,5 +77,10 @@ def record_weights(records: Sequence[Record], options: DataCoreOptions) -> tuple
                 f"Every sample's {options.weight_by!r} is 0, so no sample can be drawn",
                 fix=f"Give some samples a positive {options.weight_by!r}",
             )
-        return weights, {"weight_by": options.weight_by, "min": min(weights), "max": max(weights), "zero-weight samples": weights.count(0.0)}
+        return weights, {
+            "weight_by": options.weight_by,
+            "min": min(weights),
+            "max": max(weights),
+            "zero-weight samples": weights.count(0.0),
+        }
     return None

@@ -72,15 +72,34 @@ def plan_filters(options: CleanOptions, listed: Sequence[tuple[str, Any]] = ()) 
         bounds = CharLengthOptions(min_chars=options.min_chars, max_chars=options.max_chars)
         plan.append(PlannedFilter("length_chars", bounds, "data.clean.min_chars / max_chars"))
     if options.min_resolution is not None:
-        plan.append(PlannedFilter("min_resolution", MinResolutionOptions(pixels=options.min_resolution), "data.clean.min_resolution"))
-    plan += [PlannedFilter(kind, settings, f"data.clean.filters[{index}]") for index, (kind, settings) in enumerate(listed)]
+        plan.append(
+            PlannedFilter(
+                "min_resolution",
+                MinResolutionOptions(pixels=options.min_resolution),
+                "data.clean.min_resolution",
+            )
+        )
+    plan += [
+        PlannedFilter(kind, settings, f"data.clean.filters[{index}]")
+        for index, (kind, settings) in enumerate(listed)
+    ]
     if options.exact_dedup:
         plan.append(PlannedFilter("exact_dedup", NoFilterOptions(), "data.clean.exact_dedup"))
     if options.near_dedup_threshold is not None:
-        near = NearDedupOptions(threshold=options.near_dedup_threshold, ngram=options.near_dedup_ngram, num_perm=options.near_dedup_num_perm)
+        near = NearDedupOptions(
+            threshold=options.near_dedup_threshold,
+            ngram=options.near_dedup_ngram,
+            num_perm=options.near_dedup_num_perm,
+        )
         plan.append(PlannedFilter("near_dedup", near, "data.clean.near_dedup_threshold"))
     if options.image_dedup_distance is not None:
-        plan.append(PlannedFilter("image_dedup", ImageDedupOptions(distance=options.image_dedup_distance), "data.clean.image_dedup_distance"))
+        plan.append(
+            PlannedFilter(
+                "image_dedup",
+                ImageDedupOptions(distance=options.image_dedup_distance),
+                "data.clean.image_dedup_distance",
+            )
+        )
     return plan
 
 
@@ -105,7 +124,9 @@ def _passes(record: Record, filters: list[BuiltFilter], split: SplitReport, keep
     return True
 
 
-def _clean_list(records: Sequence[Record], filters: list[BuiltFilter], split: SplitReport, keep_examples: int) -> list[Record]:
+def _clean_list(
+    records: Sequence[Record], filters: list[BuiltFilter], split: SplitReport, keep_examples: int
+) -> list[Record]:
     for item in filters:
         split.counter(item.plan.kind, item.description)  # every configured filter appears, removals or not
     kept = [r for r in records if _passes(r, filters, split, keep_examples)]
@@ -117,7 +138,14 @@ class CleanedStream:
     """A stream of records filtered as it is read; each pass starts with fresh filters (deduplication
     state), primed with the validation records so that training never repeats one."""
 
-    def __init__(self, records: Iterable[Record], fresh: Callable[[], list[BuiltFilter]], examples: int, split: SplitReport, primer: Sequence[Record]) -> None:
+    def __init__(
+        self,
+        records: Iterable[Record],
+        fresh: Callable[[], list[BuiltFilter]],
+        examples: int,
+        split: SplitReport,
+        primer: Sequence[Record],
+    ) -> None:
         self.records = records
         self.fresh = fresh
         self.examples = examples
@@ -134,7 +162,12 @@ class CleanedStream:
                 yield record
 
 
-def clean(data: DataBundle, options: CleanOptions, plan: Sequence[PlannedFilter] | None = None, build: FilterBuilder | None = None) -> DataBundle:
+def clean(
+    data: DataBundle,
+    options: CleanOptions,
+    plan: Sequence[PlannedFilter] | None = None,
+    build: FilterBuilder | None = None,
+) -> DataBundle:
     """``data`` with every configured filter applied; the report is ``.report`` of the result.
 
     :param plan: the filters to apply (default: :func:`plan_filters` of ``options``).
@@ -143,7 +176,11 @@ def clean(data: DataBundle, options: CleanOptions, plan: Sequence[PlannedFilter]
     report = DataReport(options)
     steps = list(plan_filters(options) if plan is None else plan)
     filters = build_filters(steps, build)
-    val = _clean_list(list(data.val), filters, report.split("val"), options.examples) if data.val is not None else None
+    val = (
+        _clean_list(list(data.val), filters, report.split("val"), options.examples)
+        if data.val is not None
+        else None
+    )
     # The filters keep what they saw of the validation records: training duplicates of them go too.
     train: Sequence[Record] | Iterable[Record]
     summary = dict(data.summary)
@@ -154,8 +191,16 @@ def clean(data: DataBundle, options: CleanOptions, plan: Sequence[PlannedFilter]
         if removed:
             summary["removed by cleaning"] = removed
     else:
-        train = CleanedStream(data.train, lambda: build_filters(steps, build), options.examples, report.split("train"), val or [])
-        report.notes.append("the training data is a stream: it is cleaned as it is read, so its counts are not known before training")
+        train = CleanedStream(
+            data.train,
+            lambda: build_filters(steps, build),
+            options.examples,
+            report.split("train"),
+            val or [],
+        )
+        report.notes.append(
+            "the training data is a stream: it is cleaned as it is read, so its counts are not known before training"
+        )
     if val is not None and data.val is not None and len(val) != len(data.val):
         summary["val removed by cleaning"] = len(data.val) - len(val)
     # The report lists splits in reading order: train first.
@@ -174,7 +219,9 @@ class TokenLimit:
             f"fewer than {self.low} or more than {self.high} tokens" if self.low is not None and self.high is not None
             else f"fewer than {self.low} tokens" if self.low is not None else f"more than {self.high} tokens"
         )  # fmt: skip
-        self.counter: FilterCount = split.counter(TOKEN_FILTER, description + " (model tokenizer, before truncation)")
+        self.counter: FilterCount = split.counter(
+            TOKEN_FILTER, description + " (model tokenizer, before truncation)"
+        )
 
     def keep(self, record: Record, tokens: int) -> bool:
         why = None

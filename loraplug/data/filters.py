@@ -44,7 +44,7 @@ def require_text(record: Record, filter_name: str) -> str:
             f"The {filter_name} filter cannot read sample {sample_id(record)}: it has no text (none of the fields "
             f"{', '.join(TEXT_FIELDS)}; its fields are {', '.join(sorted(record)) or 'none'})",
             fix=f"Remove the {filter_name} filter for this data, or have its data kind put each record's text in "
-            "`text`, `messages` or `caption` (docs/plugins.md, \"A record's text\")",
+            '`text`, `messages` or `caption` (docs/plugins.md, "A record\'s text")',
         )
     return text
 
@@ -60,7 +60,11 @@ def text_key(record: Record) -> str | None:
     by another role differ). ``None`` when the record has no text."""
     messages = record.get("messages")
     if isinstance(messages, list) and not isinstance(record.get("text"), str):
-        return "\x1e".join(f"{m.get('role')}\x1f{normalise(str(m.get('content', '')))}" for m in messages if isinstance(m, dict))
+        return "\x1e".join(
+            f"{m.get('role')}\x1f{normalise(str(m.get('content', '')))}"
+            for m in messages
+            if isinstance(m, dict)
+        )
     text = record_text(record)
     return None if text is None else normalise(text)
 
@@ -88,7 +92,9 @@ class NoFilterOptions(Options):
 class PatternOptions(Options):
     """``include`` / ``exclude``: regular expressions searched in the record's text."""
 
-    patterns: list[Regex] = Field(min_length=1, description="Regular expressions (Python `re.search`) searched in the sample's text.")
+    patterns: list[Regex] = Field(
+        min_length=1, description="Regular expressions (Python `re.search`) searched in the sample's text."
+    )
 
 
 class CharLengthOptions(Options):
@@ -115,9 +121,15 @@ class MinResolutionOptions(Options):
 class NearDedupOptions(Options):
     """``near_dedup``: MinHash near-duplicate detection on the records' text."""
 
-    threshold: float = Field(gt=0, lt=1, description="Drop samples whose estimated Jaccard similarity to an earlier one is at least this.")
+    threshold: float = Field(
+        gt=0,
+        lt=1,
+        description="Drop samples whose estimated Jaccard similarity to an earlier one is at least this.",
+    )
     ngram: PositiveInt = Field(5, description="Character n-gram size of the shingles.")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower.")
+    num_perm: int = Field(
+        128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower."
+    )
 
     def optional_libraries(self) -> tuple[str, ...]:
         """datasketch's MinHash LSH imports scipy (see loraplug.optional)."""
@@ -127,7 +139,11 @@ class NearDedupOptions(Options):
 class ImageDedupOptions(Options):
     """``image_dedup``: perceptual-hash duplicate detection on the records' images."""
 
-    distance: int = Field(ge=0, le=64, description="Drop images whose perceptual hash is within this Hamming distance of an earlier one's.")
+    distance: int = Field(
+        ge=0,
+        le=64,
+        description="Drop images whose perceptual hash is within this Hamming distance of an earlier one's.",
+    )
 
     def optional_libraries(self) -> tuple[str, ...]:
         """imagehash's phash imports scipy (see loraplug.optional)."""
@@ -143,7 +159,11 @@ class EmptyResponses:
         if not isinstance(messages, list):
             return None
         for index, message in enumerate(messages):
-            if isinstance(message, dict) and message.get("role") == "assistant" and not str(message.get("content", "")).strip():
+            if (
+                isinstance(message, dict)
+                and message.get("role") == "assistant"
+                and not str(message.get("content", "")).strip()
+            ):
                 return f"messages[{index}] (assistant) is empty"
         return None
 
@@ -251,7 +271,9 @@ class NearDuplicates:
 
     def __init__(self, threshold: float, ngram: int, num_perm: int) -> None:
         self.threshold, self.ngram, self.num_perm = threshold, ngram, num_perm
-        self.description = f"estimated Jaccard similarity ≥ {threshold} to an earlier sample ({ngram}-character shingles)"
+        self.description = (
+            f"estimated Jaccard similarity ≥ {threshold} to an earlier sample ({ngram}-character shingles)"
+        )
         from datasketch import MinHashLSH
 
         self.lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -311,7 +333,9 @@ def open_image(record: Record, filter_name: str) -> Any:
         if isinstance(value, (bytes, bytearray)):
             return Image.open(BytesIO(value))
     except OSError as exc:
-        raise LoraplugError(f"Cannot read the image of sample {sample_id(record)}: {exc}", where=sample_id(record)) from exc
+        raise LoraplugError(
+            f"Cannot read the image of sample {sample_id(record)}: {exc}", where=sample_id(record)
+        ) from exc
     raise LoraplugError(
         f"The {filter_name} filter cannot read the image of sample {sample_id(record)}: a {type(value).__name__}, "
         "not a path, bytes or a PIL image",

@@ -61,7 +61,12 @@ def per_token_labels(inputs: dict[str, Any]) -> bool:
     """Whether a batch has ``input_ids`` and ``labels`` with one label per token. A classifier's
     ``labels`` (one per row) are not a token view: there is nothing to highlight."""
     ids, labels = inputs.get("input_ids"), inputs.get("labels")
-    return ids is not None and labels is not None and getattr(ids, "shape", None) == getattr(labels, "shape", ()) and len(ids.shape) == 2
+    return (
+        ids is not None
+        and labels is not None
+        and getattr(ids, "shape", None) == getattr(labels, "shape", ())
+        and len(ids.shape) == 2
+    )
 
 
 def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
@@ -96,19 +101,25 @@ def render_view(console: Console, view: TokenView, tokenizer: Any) -> None:
     for end in range(1, len(view.ids) + 1):
         if end < len(view.ids) and view.learned[end] == view.learned[start]:
             continue
-        chunk = tokenizer.decode(view.ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        chunk = tokenizer.decode(
+            view.ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         learned = view.learned[start]
         if plain and learned:
             chunk = f"⟦{chunk}⟧"
         text.append(chunk, style=TARGET_STYLE if learned else CONTEXT_STYLE)
         start = end
     count = sum(view.learned)
-    console.print(f"[bold]{escape(view.sample_id)}[/]  {len(view.ids)} tokens, {count} learned", highlight=False)
+    console.print(
+        f"[bold]{escape(view.sample_id)}[/]  {len(view.ids)} tokens, {count} learned", highlight=False
+    )
     console.print(text, highlight=False)
     console.print()
 
 
-def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunContext, *, samples: int) -> None:
+def inspect_data(
+    recipe: Recipe, host: PluginHost, console: Console, ctx: RunContext, *, samples: int
+) -> None:
     """Load, clean and prepare the recipe's data as a run would; print the report and ``samples`` samples."""
     data = load_data(host, recipe, ctx)
     # The base model alone: encoding needs its tokenizer or VAE, not an adapter.
@@ -127,6 +138,8 @@ def inspect_data(recipe: Recipe, host: PluginHost, console: Console, ctx: RunCon
         )
         return
     legend = "⟦learned⟧" if console.color_system is None else f"[{TARGET_STYLE}]learned[/]"
-    console.print(f"\n[bold]{len(views)} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n")
+    console.print(
+        f"\n[bold]{len(views)} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n"
+    )
     for view in views:
         render_view(console, view, tokenizer)

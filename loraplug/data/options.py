@@ -35,35 +35,56 @@ class CleanOptions(Options):
     """
 
     drop_empty_responses: bool = Field(
-        True, description="Drop chat samples with an empty or whitespace-only assistant turn (they teach the model to say nothing)."
+        True,
+        description="Drop chat samples with an empty or whitespace-only assistant turn (they teach the model to say nothing).",
     )
     include: list[Regex] = Field(
-        default_factory=list, description="Keep only samples whose text matches at least one of these regular expressions (Python `re.search`)."
+        default_factory=list,
+        description="Keep only samples whose text matches at least one of these regular expressions (Python `re.search`).",
     )
-    exclude: list[Regex] = Field(default_factory=list, description="Drop samples whose text matches any of these regular expressions.")
+    exclude: list[Regex] = Field(
+        default_factory=list, description="Drop samples whose text matches any of these regular expressions."
+    )
     min_chars: int | None = Field(
-        None, ge=0, description="Drop samples with fewer characters (of the sample's text: all messages' contents, the text or the caption)."
+        None,
+        ge=0,
+        description="Drop samples with fewer characters (of the sample's text: all messages' contents, the text or the caption).",
     )
     max_chars: PositiveInt | None = Field(None, description="Drop samples with more characters.")
     min_tokens: int | None = Field(
-        None, ge=0, description="Drop samples with fewer tokens, counted by the model's tokenizer with its chat template (applied by the model's plugin)."
+        None,
+        ge=0,
+        description="Drop samples with fewer tokens, counted by the model's tokenizer with its chat template (applied by the model's plugin).",
     )
     max_tokens: PositiveInt | None = Field(
-        None, description="Drop samples with more tokens, counted before truncation to model.max_length (applied by the model's plugin)."
+        None,
+        description="Drop samples with more tokens, counted before truncation to model.max_length (applied by the model's plugin).",
     )
-    min_resolution: PositiveInt | None = Field(None, description="Drop images whose shorter side has fewer pixels.")
+    min_resolution: PositiveInt | None = Field(
+        None, description="Drop images whose shorter side has fewer pixels."
+    )
     exact_dedup: bool = Field(
         True,
         description="Drop samples whose normalised text (NFKC, case-folded, whitespace collapsed; chat turns with their roles) was "
         "seen before; samples with neither text nor image: all fields but `id` equal. Image samples are left to image_dedup.",
     )
     near_dedup_threshold: float | None = Field(
-        None, gt=0, lt=1, description="Drop text samples whose estimated Jaccard similarity to an earlier one is at least this (MinHash LSH; 0.8 is a common choice)."
+        None,
+        gt=0,
+        lt=1,
+        description="Drop text samples whose estimated Jaccard similarity to an earlier one is at least this (MinHash LSH; 0.8 is a common choice).",
     )
-    near_dedup_ngram: PositiveInt = Field(5, description="Character n-gram size of the near-duplicate shingles.")
-    near_dedup_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower.")
+    near_dedup_ngram: PositiveInt = Field(
+        5, description="Character n-gram size of the near-duplicate shingles."
+    )
+    near_dedup_num_perm: int = Field(
+        128, ge=16, le=1024, description="MinHash permutations: more is more exact and slower."
+    )
     image_dedup_distance: int | None = Field(
-        None, ge=0, le=64, description="Drop images whose perceptual hash (imagehash.phash, 64 bits) is within this Hamming distance of an earlier image's; 0 = identical hashes."
+        None,
+        ge=0,
+        le=64,
+        description="Drop images whose perceptual hash (imagehash.phash, 64 bits) is within this Hamming distance of an earlier image's; 0 = identical hashes.",
     )
     filters: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -74,7 +95,11 @@ class CleanOptions(Options):
 
     def optional_libraries(self) -> tuple[str, ...]:
         """datasketch's MinHash LSH and imagehash's phash import scipy (see loraplug.optional)."""
-        return ("scipy",) if self.near_dedup_threshold is not None or self.image_dedup_distance is not None else ()
+        return (
+            ("scipy",)
+            if self.near_dedup_threshold is not None or self.image_dedup_distance is not None
+            else ()
+        )
 
     @model_validator(mode="after")
     def _ranges(self) -> CleanOptions:
@@ -88,12 +113,17 @@ class CleanOptions(Options):
 class DataCoreOptions(Options):
     """The keys of ``[data]`` the core owns, whatever the data kind."""
 
-    clean: CleanOptions = Field(default_factory=CleanOptions, description="Cleaning filters, as the table [data.clean]; see the [data.clean] keys.")
+    clean: CleanOptions = Field(
+        default_factory=CleanOptions,
+        description="Cleaning filters, as the table [data.clean]; see the [data.clean] keys.",
+    )
     balance_by: str | None = Field(
-        None, description="A record field holding a class label: draw training samples so that every class is seen equally often."
+        None,
+        description="A record field holding a class label: draw training samples so that every class is seen equally often.",
     )
     weight_by: str | None = Field(
-        None, description="A record field holding a number: draw each training sample with probability proportional to it."
+        None,
+        description="A record field holding a number: draw each training sample with probability proportional to it.",
     )
 
     @model_validator(mode="after")

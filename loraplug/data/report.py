@@ -111,7 +111,10 @@ class DataReport:
                 found = next((c for c in self.splits[split_name].filters if c.name == name), None)
                 cells.append("—" if found is None else str(found.removed))
                 if found is not None:
-                    examples += [f"{escape(e.id)}: {escape(e.text)} [dim]({escape(e.reason)})[/]" for e in found.examples]
+                    examples += [
+                        f"{escape(e.id)}: {escape(e.text)} [dim]({escape(e.reason)})[/]"
+                        for e in found.examples
+                    ]
             table.add_row(f"{name}\n[dim]{escape(description)}[/]", *cells, "\n".join(examples))
         totals = []
         for name, split in self.splits.items():

@@ -1,6 +1,6 @@
 """The core's data steps around the plugins' data hooks, called by the pipeline and ``loraplug data inspect``.
 
-    load_data ─► clean_and_weigh ─► … prepare_data ─► finish_prepared ─► training
+load_data ─► clean_and_weigh ─► … prepare_data ─► finish_prepared ─► training
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def clean_and_weigh(data: DataBundle, recipe: Recipe, build: FilterBuilder | Non
     return replace(cleaned, weights=weights)
 
 
-def finish_prepared(data: DataBundle, prepared: PreparedData, recipe: Recipe, model_distribution: str) -> PreparedData:
+def finish_prepared(
+    data: DataBundle, prepared: PreparedData, recipe: Recipe, model_distribution: str
+) -> PreparedData:
     """After ``prepare_data``: one sampling weight per encoded sample, and a note if token limits were ignored."""
     report = data.report
     options = recipe.data.core.clean
@@ -123,5 +125,8 @@ def show_report(report: DataReport | None, console: Console, run_dir: Path | Non
     if removed or report.sampling or report.notes:
         report.render(console)
     else:
-        names = ", ".join(dict.fromkeys(c.name for split in report.splits.values() for c in split.filters)) or "none"
+        names = (
+            ", ".join(dict.fromkeys(c.name for split in report.splits.values() for c in split.filters))
+            or "none"
+        )
         console.print(f"data cleaning: nothing removed (filters: {names})", highlight=False)

@@ -83,7 +83,9 @@ class Recipe:
         from loraplug.runinfo import lower_is_better
 
         served = self.metrics.get(self.eval.monitor)
-        declared = lower_is_better(self.eval.monitor, self.eval.monitor_mode, served.spec.higher_is_better if served else None)
+        declared = lower_is_better(
+            self.eval.monitor, self.eval.monitor_mode, served.spec.higher_is_better if served else None
+        )
         return True if declared is None else declared
 
     def resolved(self) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def describe_type(annotation: Any) -> str:
         base = describe_type(args[0])
         must_exist = any(getattr(m, "func", None) in MUST_EXIST for m in args[1:])
         optional = " (optional)" if base.endswith(" (optional)") else ""
-        return f"{base.removesuffix(optional)}{_bounds(args[1:])}{optional}" + (" (must exist)" if must_exist else "")
+        return f"{base.removesuffix(optional)}{_bounds(args[1:])}{optional}" + (
+            " (must exist)" if must_exist else ""
+        )
     if origin is Literal:
         return " \\| ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -60,7 +62,9 @@ def describe_type(annotation: Any) -> str:
             return "table"
         if issubclass(annotation, Path):
             return "path"
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(annotation.__name__, annotation.__name__)
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            annotation.__name__, annotation.__name__
+        )
     return str(annotation)
 
 
@@ -115,16 +119,23 @@ def keys_of(model: type[BaseModel]) -> list[KeyDoc]:
     return docs
 
 
-def sections(registry: KindRegistry, distributions: set[str] | None = None) -> Iterator[tuple[str, str, type[BaseModel]]]:
+def sections(
+    registry: KindRegistry, distributions: set[str] | None = None
+) -> Iterator[tuple[str, str, type[BaseModel]]]:
     """``(heading, note, options model)`` for the core sections and every kind in ``registry``."""
     yield "[run]", "core", RunSection
     yield "[train]", "core", TrainSection
     yield "[eval]", "core", EvalSection
     yield "[data]", "core: keys of every data kind, beside the kind's own", DataCoreOptions
-    yield "[data.clean]", "core: cleaning filters for every data kind (the report is data_report.json)", CleanOptions
+    yield (
+        "[data.clean]",
+        "core: cleaning filters for every data kind (the report is data_report.json)",
+        CleanOptions,
+    )
     order = {"data": 0, "filter": 1, "model": 2, "adapter": 3, "optimizer": 4, "export": 5}
     served = sorted(
-        (s for s in registry.all() if s.spec.stage in order), key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name)
+        (s for s in registry.all() if s.spec.stage in order),
+        key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name),
     )
     for item in served:
         if distributions is not None and item.distribution not in distributions:
@@ -135,7 +146,9 @@ def sections(registry: KindRegistry, distributions: set[str] | None = None) -> I
         if spec.stage == "optimizer":  # the kind is train.optimizer; [optimizer] holds its options
             yield f'[optimizer] with train.optimizer = "{spec.name}"{scope}', note, spec.options_model()
             continue
-        table = {"export": "[[export]]", "filter": "[[data.clean.filters]]"}.get(spec.stage, f"[{spec.stage}]")
+        table = {"export": "[[export]]", "filter": "[[data.clean.filters]]"}.get(
+            spec.stage, f"[{spec.stage}]"
+        )
         yield f'{table} kind = "{spec.name}"{scope}', note, spec.options_model()
 
 
@@ -143,13 +156,19 @@ def fits(spec: KindSpec) -> str:
     """What a kind declares it fits, for its heading's note: `` (produces: chat)``, `` (adapters: lora, loha)``."""
     declared = [
         f"{word}: {', '.join(value)}"
-        for word, value in (("produces", spec.produces), ("accepts", spec.accepts), ("adapters", spec.adapters))
+        for word, value in (
+            ("produces", spec.produces),
+            ("accepts", spec.accepts),
+            ("adapters", spec.adapters),
+        )
         if value
     ]
     return f" ({'; '.join(declared)})" if declared else ""
 
 
-def metrics(registry: KindRegistry, distributions: set[str] | None = None) -> list[tuple[str, str, str, str, str]]:
+def metrics(
+    registry: KindRegistry, distributions: set[str] | None = None
+) -> list[tuple[str, str, str, str, str]]:
     """``(name, model kinds, better, distribution, summary)`` of every metric ``eval.metrics`` can name;
     ``better`` is ``higher`` or ``lower``, as the metric declares."""
     return sorted(
@@ -170,7 +189,9 @@ def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> s
     for heading, note, model in sections(registry, distributions):
         out.append(f"### `{heading}`\n\n{note}\n")
         if heading.startswith("[[export]]"):
-            out.append("Every export also takes `name` (its directory under `exports/`; default: the kind).\n")
+            out.append(
+                "Every export also takes `name` (its directory under `exports/`; default: the kind).\n"
+            )
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key in keys_of(model):
             out.append(f"| `{key.name}` | {key.type} | `{key.default}` | {key.description} |")
@@ -181,6 +202,9 @@ def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> s
             "### Metrics for `eval.metrics`\n\n`val_loss` is the core's own (lower is better); these come from plugins.\n\n"
             "| name | model kinds | better | plugin | meaning |\n|---|---|---|---|---|"
         )
-        out.extend(f"| `{name}` | {models} | {better} | {dist} | {summary} |" for name, models, better, dist, summary in rows)
+        out.extend(
+            f"| `{name}` | {models} | {better} | {dist} | {summary} |"
+            for name, models, better, dist, summary in rows
+        )
         out.append("")
     return "\n".join(out)

@@ -37,9 +37,14 @@ class RunSection(Options):
         description="Run name; the run directory is output_dir/name. One directory name: letters, digits, `_`, `-`, "
         "`.`, `+` and inner spaces (no `/`, no `..`). Default: the recipe file's name.",
     )
-    output_dir: OutputDir = Field(Path("runs"), description="Parent directory of run directories, relative to the current directory.")
+    output_dir: OutputDir = Field(
+        Path("runs"), description="Parent directory of run directories, relative to the current directory."
+    )
     seed: int = Field(
-        42, ge=0, le=MAX_SEED, description="The one seed for Python, NumPy, torch, data order and adapter initialisation."
+        42,
+        ge=0,
+        le=MAX_SEED,
+        description="The one seed for Python, NumPy, torch, data order and adapter initialisation.",
     )
 
 
@@ -52,19 +57,42 @@ class TrainSection(Options):
         "adamw8bit, lion, prodigy, adafactor). Its own options go in the [optimizer] table.",
     )
     lr: LearningRate = Field(
-        2e-4, description="Peak learning rate (AdamW and Lion train LoRA at 1e-5 to 1e-3; Prodigy estimates the step size itself: lr = 1.0)."
+        2e-4,
+        description="Peak learning rate (AdamW and Lion train LoRA at 1e-5 to 1e-3; Prodigy estimates the step size itself: lr = 1.0).",
     )
-    betas: tuple[Beta, Beta] | None = Field(None, description="Deprecated: write `betas` in [optimizer] (AdamW's betas; still read for adamw and adamw8bit).")
-    eps: float | None = Field(None, gt=0, le=1, description="Deprecated: write `eps` in [optimizer] (AdamW's epsilon; still read for adamw and adamw8bit).")
+    betas: tuple[Beta, Beta] | None = Field(
+        None,
+        description="Deprecated: write `betas` in [optimizer] (AdamW's betas; still read for adamw and adamw8bit).",
+    )
+    eps: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Deprecated: write `eps` in [optimizer] (AdamW's epsilon; still read for adamw and adamw8bit).",
+    )
     weight_decay: float = Field(
-        0.0, ge=0, le=10, description="Decoupled weight decay, for every optimizer kind; never applied to biases and norm weights."
+        0.0,
+        ge=0,
+        le=10,
+        description="Decoupled weight decay, for every optimizer kind; never applied to biases and norm weights.",
     )
-    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimizer steps.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0).")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr.")
-    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; set this or epochs, not both (a streamed dataset needs it).")
-    epochs: PositiveFloat | None = Field(None, description="Passes over the training data (default 1 when max_steps is unset).")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warmup as a fraction of all steps (used when warmup_steps is 0)."
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Floor of the linear/cosine decay, as a fraction of lr."
+    )
+    max_steps: PositiveInt | None = Field(
+        None,
+        description="Optimizer steps to train; set this or epochs, not both (a streamed dataset needs it).",
+    )
+    epochs: PositiveFloat | None = Field(
+        None, description="Passes over the training data (default 1 when max_steps is unset)."
+    )
     batch_size: BatchSize = Field(
         8,
         description='Micro-batch size per process (rows when samples are packed). "auto": the largest divisor of '
@@ -78,18 +106,30 @@ class TrainSection(Options):
         "accumulation. Default: 8 × grad_accum_steps.",
     )
     memory_fraction: float = Field(
-        0.7, gt=0, le=1, description='With batch_size = "auto": the share of CUDA memory (on CPU: of the RAM available at start) a micro-batch may use.'
+        0.7,
+        gt=0,
+        le=1,
+        description='With batch_size = "auto": the share of CUDA memory (on CPU: of the RAM available at start) a micro-batch may use.',
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision of the forward pass.")
-    max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping.")
-    log_every_n_steps: PositiveInt = Field(10, description="Log loss, lr and throughput every this many steps.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision of the forward pass."
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping."
+    )
+    log_every_n_steps: PositiveInt = Field(
+        10, description="Log loss, lr and throughput every this many steps."
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     save_every_n_steps: PositiveInt | None = Field(
         None, description="Write a resumable checkpoint every this many steps (and on SIGINT/SIGTERM)."
     )
-    keep_last: PositiveInt = Field(2, description="Step checkpoints kept; older ones are deleted (the best is kept apart).")
+    keep_last: PositiveInt = Field(
+        2, description="Step checkpoints kept; older ones are deleted (the best is kept apart)."
+    )
     on_nan: Literal["stop", "skip"] = Field(
-        "stop", description="A NaN/infinite loss stops the run (last good checkpoint kept), or skips that step's update."
+        "stop",
+        description="A NaN/infinite loss stops the run (last good checkpoint kept), or skips that step's update.",
     )
 
     @model_validator(mode="after")
@@ -97,7 +137,9 @@ class TrainSection(Options):
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("set either max_steps or epochs, not both")
         if self.effective_batch_size is not None and self.batch_size != "auto":
-            raise ValueError('effective_batch_size is for batch_size = "auto"; with a fixed batch_size the effective batch is batch_size × grad_accum_steps')
+            raise ValueError(
+                'effective_batch_size is for batch_size = "auto"; with a fixed batch_size the effective batch is batch_size × grad_accum_steps'
+            )
         return self
 
     @property
@@ -120,7 +162,9 @@ DEPRECATED_TRAIN_KEYS = ("betas", "eps")
 class AdamWOptions(Options):
     """``[optimizer]`` with ``train.optimizer = "adamw"``: torch.optim.AdamW, fused into one kernel on CUDA."""
 
-    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Decay rates of the moving averages of the gradient and its square.")
+    betas: tuple[Beta, Beta] = Field(
+        (0.9, 0.999), description="Decay rates of the moving averages of the gradient and its square."
+    )
     eps: float = Field(1e-8, gt=0, le=1, description="Added to the denominator for numerical stability.")
 
 
@@ -128,23 +172,33 @@ class EvalSection(Options):
     """``[eval]``: validation loss and samples during training."""
 
     every_n_steps: PositiveInt | None = Field(
-        None, description="Compute validation loss every this many steps (and at the end). Default: only at the end."
+        None,
+        description="Compute validation loss every this many steps (and at the end). Default: only at the end.",
     )
     max_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
-    sample_prompts: list[str] = Field(default_factory=list, description="Prompts sampled before training, periodically and after.")
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="Prompts sampled before training, periodically and after."
+    )
     sample_every_n_steps: PositiveInt | None = Field(None, description="Also sample every this many steps.")
     metrics: list[str] = Field(
         default_factory=list,
         description="Metrics besides val_loss, by name; each is served by an installed plugin for the model kind and "
         "declares whether higher or lower is better.",
     )
-    generate_samples: PositiveInt = Field(32, description="Validation samples generated for generation metrics.")
-    monitor: str = Field("val_loss", description="The score that picks the best checkpoint and drives early stopping.")
+    generate_samples: PositiveInt = Field(
+        32, description="Validation samples generated for generation metrics."
+    )
+    monitor: str = Field(
+        "val_loss", description="The score that picks the best checkpoint and drives early stopping."
+    )
     monitor_mode: Literal["auto", "min", "max"] = Field(
-        "auto", description="Whether lower or higher is better; auto: as the metric declares (val_loss: lower)."
+        "auto",
+        description="Whether lower or higher is better; auto: as the metric declares (val_loss: lower).",
     )
     early_stopping_patience: PositiveInt | None = Field(
         None, description="Stop after this many evaluations without improvement of `monitor`."
     )
-    early_stopping_min_delta: float = Field(0.0, ge=0, description="The smallest change that counts as an improvement.")
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="The smallest change that counts as an improvement."
+    )
     use_best: bool = Field(True, description="Export the best evaluated weights rather than the last ones.")

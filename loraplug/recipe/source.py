@@ -19,11 +19,15 @@ KeyPath = tuple[str | int, ...]
 
 _ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([^\]]+?)\s*\]\]")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
-_KEY_LINE = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=""")
+_KEY_LINE = re.compile(
+    r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*="""
+)
 
 
 def _split_dotted(text: str) -> tuple[str, ...]:
-    return tuple(part.strip().strip("\"'") for part in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", text))
+    return tuple(
+        part.strip().strip("\"'") for part in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", text)
+    )
 
 
 def dotted(path: KeyPath) -> str:
@@ -61,14 +65,18 @@ def read_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
         missing = reason.startswith("file not found")
         raise LoraplugError(
             f"Recipe file not found: {path}" if missing else f"The recipe cannot be read: {reason}",
-            fix="Check the path; recipes/ holds the shipped recipes" if missing else "Pass the recipe file itself (or fix the link)",
+            fix="Check the path; recipes/ holds the shipped recipes"
+            if missing
+            else "Pass the recipe file itself (or fix the link)",
         )
     if path.is_dir():
         raise LoraplugError(f"{path} is a directory, not a recipe file", fix="Pass a .toml file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise LoraplugError(f"The recipe {path} cannot be read: {exc.strerror}", fix="Check the file's permissions") from exc
+        raise LoraplugError(
+            f"The recipe {path} cannot be read: {exc.strerror}", fix="Check the file's permissions"
+        ) from exc
     try:
         # utf-8-sig: a byte-order mark (which some Windows editors write) is not part of the TOML.
         text = raw.decode("utf-8-sig")
@@ -124,7 +132,10 @@ def _not_a_table(override: str, parent: KeyPath, node: Any) -> LoraplugError:
         fix = f"Say which of its {len(node)} tables, counting from 0: e.g. `{key.replace(name, f'{name}.0', 1)}=…`"
     else:
         fix = f"Set `{name}` itself (e.g. `{name}=…`), or check the key with `loraplug recipe keys`"
-    return LoraplugError(f"The override {override!r} sets a key inside `{name}`, which is {_kind_of(node)}, not a table", fix=fix)
+    return LoraplugError(
+        f"The override {override!r} sets a key inside `{name}`, which is {_kind_of(node)}, not a table",
+        fix=fix,
+    )
 
 
 def _kind_of(value: Any) -> str:
@@ -172,7 +183,12 @@ def apply_override(source: RecipeSource, override: str) -> None:
             if not isinstance(node, dict):
                 raise _not_a_table(override, path[:depth], node)
             single = node.get(part)
-            if isinstance(single, list) and len(single) == 1 and isinstance(single[0], dict) and not isinstance(path[depth + 1], int):
+            if (
+                isinstance(single, list)
+                and len(single) == 1
+                and isinstance(single[0], dict)
+                and not isinstance(path[depth + 1], int)
+            ):
                 node = node[part][0]  # `export.kind=…` with a single [[export]]
                 path = (*path[: depth + 1], 0, *path[depth + 1 :])
                 continue
@@ -186,7 +202,7 @@ def apply_override(source: RecipeSource, override: str) -> None:
     elif isinstance(last, int):
         if not isinstance(node, list) or last > len(node):
             raise LoraplugError(f"The override {override!r} indexes past the end of {dotted(path[:-1])}")
-        node[last:last + 1] = [parse_value(value.strip())]
+        node[last : last + 1] = [parse_value(value.strip())]
     elif isinstance(node, dict):  # a key into a list was refused above
         node[last] = parse_value(value.strip())
     source.overridden[path] = override

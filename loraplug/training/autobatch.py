@@ -69,7 +69,9 @@ def divisors(number: int, limit: int) -> list[int]:
     return [d for d in range(1, min(number, limit) + 1) if number % d == 0]
 
 
-def search(candidates: Sequence[int], measure: Callable[[int], int | None], budget: int) -> tuple[int | None, list[Probe], int | None, bool]:
+def search(
+    candidates: Sequence[int], measure: Callable[[int], int | None], budget: int
+) -> tuple[int | None, list[Probe], int | None, bool]:
     """The largest candidate whose measured peak is within ``budget`` (``None`` if not even the smallest).
 
     Returns ``(chosen, probes, peak of the next larger candidate, whether that peak is predicted)``.
@@ -157,18 +159,31 @@ def _return_free_heap() -> None:
 
 
 def _longest(prepared: PreparedData) -> Any:
-    items = prepared.train if isinstance(prepared.train, Sequence) else list(islice(prepared.train, STREAM_SCAN))
+    items = (
+        prepared.train if isinstance(prepared.train, Sequence) else list(islice(prepared.train, STREAM_SCAN))
+    )
     if not items:
-        raise LoraplugError("The training data has no samples to size the batch with", fix="Check the data source")
+        raise LoraplugError(
+            "The training data has no samples to size the batch with", fix="Check the data source"
+        )
     return max(items, key=lambda item: prepared.collate([item]).num_tokens)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)
+    return (
+        isinstance(exc, torch.cuda.OutOfMemoryError)
+        or "can't allocate memory" in str(exc)
+        or "out of memory" in str(exc)
+    )
 
 
 def choose(
-    recipe: Recipe, model: ModelBundle, prepared: PreparedData, step_fn: Callable[..., Any], accelerator: Any, ctx: RunContext
+    recipe: Recipe,
+    model: ModelBundle,
+    prepared: PreparedData,
+    step_fn: Callable[..., Any],
+    accelerator: Any,
+    ctx: RunContext,
 ) -> Choice:
     """Measure candidates on this device; see the module's docstring."""
     import psutil
@@ -215,7 +230,9 @@ def choose(
     was_training = module.training
     module.train()
     with torch.random.fork_rng(devices=[device] if cuda else []):
-        chosen, probes, next_peak, predicted = search(divisors(cfg.auto_target, max(1, items)), measure, budget)
+        chosen, probes, next_peak, predicted = search(
+            divisors(cfg.auto_target, max(1, items)), measure, budget
+        )
     module.train(was_training)
     if chosen is None:
         peak = probes[0].peak
@@ -227,7 +244,16 @@ def choose(
             fix="Raise train.memory_fraction, lower model.max_length, or turn on model.gradient_checkpointing",
         )
     bigger = [c for c in divisors(cfg.auto_target, max(1, items)) if c > chosen]
-    choice = Choice(chosen, cfg.auto_target // chosen, budget, probes, items, bigger[0] if bigger else None, next_peak, predicted)
+    choice = Choice(
+        chosen,
+        cfg.auto_target // chosen,
+        budget,
+        probes,
+        items,
+        bigger[0] if bigger else None,
+        next_peak,
+        predicted,
+    )
     if accelerator.num_processes > 1:  # every process must cut the same micro-batches
         smallest = int(accelerator.gather(torch.tensor([chosen], device=device)).min())
         choice = replace(choice, batch_size=smallest, grad_accum_steps=cfg.auto_target // smallest)
@@ -251,7 +277,9 @@ def explain(choice: Choice, recipe: Recipe, device: Any) -> str:
     if choice.next_size is None:
         if choice.batch_size == cfg.auto_target:
             return text + ": the whole effective batch fits"
-        return text + f"; the next divisor of {cfg.auto_target} is more than the {choice.items} training items"
+        return (
+            text + f"; the next divisor of {cfg.auto_target} is more than the {choice.items} training items"
+        )
     if choice.next_peak is None:
         return text + f"; {choice.next_size} ran out of memory"
     verb = "would need about" if choice.next_predicted else "needed"
@@ -276,8 +304,12 @@ def resolve_batch_size(
     if recipe.train.batch_size != "auto":
         return recipe
     if previous is not None:
-        ctx.info(f"batch size: {previous['batch_size']} × {previous['grad_accum_steps']} accumulation, as chosen when the run started")
-        train = recipe.train.model_copy(update={"batch_size": previous["batch_size"], "grad_accum_steps": previous["grad_accum_steps"]})
+        ctx.info(
+            f"batch size: {previous['batch_size']} × {previous['grad_accum_steps']} accumulation, as chosen when the run started"
+        )
+        train = recipe.train.model_copy(
+            update={"batch_size": previous["batch_size"], "grad_accum_steps": previous["grad_accum_steps"]}
+        )
         return replace(recipe, train=train)
     choice = choose(recipe, model, prepared, step_fn, accelerator, ctx)
     ctx.info(explain(choice, recipe, accelerator.device))
@@ -291,5 +323,7 @@ def resolve_batch_size(
                 "probes": {str(p.size): p.peak for p in choice.probes},
             },
         )
-    train = recipe.train.model_copy(update={"batch_size": choice.batch_size, "grad_accum_steps": choice.grad_accum_steps})
+    train = recipe.train.model_copy(
+        update={"batch_size": choice.batch_size, "grad_accum_steps": choice.grad_accum_steps}
+    )
     return replace(recipe, train=train)

@@ -28,7 +28,11 @@ def default_plan(num_samples: int, epoch: int, seed: int, global_batch: int) -> 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_samples, generator=generator).tolist()
     count = math.ceil(num_samples / global_batch)
-    padded = order + order[: count * global_batch - num_samples] if num_samples >= global_batch else (order * global_batch)[: count * global_batch]
+    padded = (
+        order + order[: count * global_batch - num_samples]
+        if num_samples >= global_batch
+        else (order * global_batch)[: count * global_batch]
+    )
     return [padded[i * global_batch : (i + 1) * global_batch] for i in range(count)]
 
 
@@ -41,7 +45,9 @@ def weighted_plan(weights: Sequence[float], epoch: int, seed: int, global_batch:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     count = math.ceil(len(weights) / global_batch)
     probabilities = torch.tensor(weights, dtype=torch.float64)
-    draws = torch.multinomial(probabilities, count * global_batch, replacement=True, generator=generator).tolist()
+    draws = torch.multinomial(
+        probabilities, count * global_batch, replacement=True, generator=generator
+    ).tolist()
     return [draws[i * global_batch : (i + 1) * global_batch] for i in range(count)]
 
 
@@ -122,7 +128,9 @@ class MicroBatches:
             epoch, index = epoch + 1, 0
 
 
-def eval_batches(prepared: PreparedData, *, batch_size: int, rank: int, world: int, limit: int | None) -> Iterator[Batch]:
+def eval_batches(
+    prepared: PreparedData, *, batch_size: int, rank: int, world: int, limit: int | None
+) -> Iterator[Batch]:
     """This process's share of the validation set, in order."""
     val = prepared.val or []
     global_batch = batch_size * world
@@ -138,5 +146,10 @@ def eval_batches(prepared: PreparedData, *, batch_size: int, rank: int, world: i
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:
-    inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
-    return Batch(inputs=inputs, num_targets=batch.num_targets, num_tokens=batch.num_tokens, sample_ids=batch.sample_ids)
+    inputs = {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.inputs.items()
+    }
+    return Batch(
+        inputs=inputs, num_targets=batch.num_targets, num_tokens=batch.num_tokens, sample_ids=batch.sample_ids
+    )

@@ -61,7 +61,9 @@ def step_name(step: int) -> str:
 class Checkpoints:
     """Saving, finding, verifying and restoring the checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, accelerator: Any, *, keep_last: int, events: LoopEvents | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, accelerator: Any, *, keep_last: int, events: LoopEvents | None = None
+    ) -> None:
         self.root = run_dir / CHECKPOINTS_DIR
         self.accelerator = accelerator
         self.keep_last = keep_last
@@ -71,7 +73,9 @@ class Checkpoints:
 
     # -- saving ------------------------------------------------------------------------------------
 
-    def save(self, name: str, *, module: Any, optimizer: Any, scheduler: Any, progress: Progress, recipe_hash: str) -> Path:
+    def save(
+        self, name: str, *, module: Any, optimizer: Any, scheduler: Any, progress: Progress, recipe_hash: str
+    ) -> Path:
         """Write checkpoint ``name`` on every process's behalf; return its directory."""
         accelerator = self.accelerator
         rank, main = accelerator.process_index, accelerator.is_main_process
@@ -120,7 +124,11 @@ class Checkpoints:
             if main:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = self.newest()
-            kept = f"the last whole checkpoint ({previous.name}) is kept" if previous else "no earlier checkpoint exists"
+            kept = (
+                f"the last whole checkpoint ({previous.name}) is kept"
+                if previous
+                else "no earlier checkpoint exists"
+            )
             raise LoraplugError(
                 f"Could not save the checkpoint at step {progress.step}: {exc.strerror or exc}; {kept}",
                 where=str(self.root),
@@ -153,7 +161,10 @@ class Checkpoints:
 
     def problems(self) -> list[tuple[Path, str]]:
         """Each step checkpoint that is not whole, newest first, with why (see :meth:`verify`)."""
-        found = ((path, self.verify(path)) for path in sorted((p for p in self.root.glob("step-*") if p.is_dir()), reverse=True))
+        found = (
+            (path, self.verify(path))
+            for path in sorted((p for p in self.root.glob("step-*") if p.is_dir()), reverse=True)
+        )
         return [(path, problem) for path, problem in found if problem is not None]
 
     def newest(self, *, warn: Any = None) -> Path | None:
@@ -185,4 +196,3 @@ class Checkpoints:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
         return Progress.from_json(manifest["progress"])
-

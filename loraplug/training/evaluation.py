@@ -26,7 +26,15 @@ def reduce_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def validation_loss(accelerator: Any, step_fn: StepFn, model: ModelBundle, module: Any, prepared: PreparedData, recipe: Recipe, ctx: RunContext) -> float | None:
+def validation_loss(
+    accelerator: Any,
+    step_fn: StepFn,
+    model: ModelBundle,
+    module: Any,
+    prepared: PreparedData,
+    recipe: Recipe,
+    ctx: RunContext,
+) -> float | None:
     """Mean loss per target over the validation set, identical on every process."""
     if not prepared.val:
         return None
@@ -75,7 +83,9 @@ class Evaluator:
 
     def __call__(self, module: Any) -> dict[str, float]:
         scores: dict[str, float] = {}
-        val = validation_loss(self.accelerator, self.step_fn, self.model, module, self.prepared, self.recipe, self.ctx)
+        val = validation_loss(
+            self.accelerator, self.step_fn, self.model, module, self.prepared, self.recipe, self.ctx
+        )
         if val is not None:
             scores["val_loss"] = val
         if self.metric_calls:

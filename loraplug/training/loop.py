@@ -206,14 +206,27 @@ class TrainingLoop:
         events: LoopEvents,
     ) -> None:
         cfg = self.cfg = recipe.train
-        self.accelerator, self.step_fn, self.model, self.recipe, self.ctx = accelerator, step_fn, model, recipe, ctx
+        self.accelerator, self.step_fn, self.model, self.recipe, self.ctx = (
+            accelerator,
+            step_fn,
+            model,
+            recipe,
+            ctx,
+        )
         self.sinks, self.evaluate, self.events = sinks, evaluate, events
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.batches = MicroBatches(
-            prepared, batch_size=cfg.micro_batch_size, seed=ctx.seed, rank=self.rank, world=self.world, num_workers=cfg.num_workers
+            prepared,
+            batch_size=cfg.micro_batch_size,
+            seed=ctx.seed,
+            rank=self.rank,
+            world=self.world,
+            num_workers=cfg.num_workers,
         )
         self.steps = total_steps(recipe, self.batches.per_epoch(), recipe.data.kind)
-        optimizer = build_optimizer(model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer)
+        optimizer = build_optimizer(
+            model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer
+        )
         self.scheduler = build_scheduler(optimizer, cfg, self.steps)
         self.module, self.optimizer = accelerator.prepare(model.module, optimizer)
         self.trainable = [p for p in self.module.parameters() if p.requires_grad]
@@ -265,10 +278,16 @@ class TrainingLoop:
         """A fresh state, or the checkpoint's: weights, optimizer, schedule, random generators, data position."""
         progress = Progress()
         if resume_from is not None:
-            progress = self.checkpoints.restore(resume_from, module=self.model.module, optimizer=self.optimizer, scheduler=self.scheduler)
-        result = TrainResult(steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None)
+            progress = self.checkpoints.restore(
+                resume_from, module=self.model.module, optimizer=self.optimizer, scheduler=self.scheduler
+            )
+        result = TrainResult(
+            steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None
+        )
         window = Window(loss=torch.zeros((), dtype=torch.float64, device=self.accelerator.device))
-        return TrainState(progress=progress, result=result, stream=self.batches.iterate(progress.position), window=window)
+        return TrainState(
+            progress=progress, result=result, stream=self.batches.iterate(progress.position), window=window
+        )
 
     def take_micro_batches(self, step: int) -> StepBatches:
         """``grad_accum_steps`` micro-batches, with their targets and tokens counted on every process."""
@@ -277,10 +296,16 @@ class TrainingLoop:
             try:
                 position, batch = next(self.state.stream)
             except StopIteration:
-                raise LoraplugError("The training data yielded no batches", fix="Check the data source") from None
+                raise LoraplugError(
+                    "The training data yielded no batches", fix="Check the data source"
+                ) from None
             group.append(batch)
         device = self.accelerator.device
-        counts = torch.tensor([sum(b.num_targets for b in group), sum(b.num_tokens for b in group)], dtype=torch.float64, device=device)
+        counts = torch.tensor(
+            [sum(b.num_targets for b in group), sum(b.num_tokens for b in group)],
+            dtype=torch.float64,
+            device=device,
+        )
         targets, tokens = (int(x) for x in reduce_sum(self.accelerator, counts).tolist())
         if targets == 0:
             raise LoraplugError(
@@ -299,7 +324,9 @@ class TrainingLoop:
             last = index == len(batches.group) - 1
             # Gradients are synchronised once per step, on its last micro-batch.
             with nullcontext() if last else accelerator.no_sync(self.module):
-                out = self.step_fn(model=self.model, module=self.module, batch=move_to(batch, device), ctx=self.ctx)
+                out = self.step_fn(
+                    model=self.model, module=self.module, batch=move_to(batch, device), ctx=self.ctx
+                )
                 self.events.after_forward(micro, self.rank, out)
                 accelerator.backward(out.loss_sum * (self.world / batches.targets))
             step_loss += out.loss_sum.detach().double()
@@ -315,7 +342,8 @@ class TrainingLoop:
         if self.cfg.on_nan == "stop" or progress.skipped_steps >= MAX_SKIPPED_IN_A_ROW:
             kept = self.checkpoints.newest()
             raise LoraplugError(
-                message + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
+                message
+                + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
                 where=f"samples {', '.join(_ids(batches.group, 8))}",
                 fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples"
                 + (f"; the last good checkpoint is {kept}" if kept else ""),
@@ -372,7 +400,9 @@ class TrainingLoop:
         if step > 0 and (evaluation.monitor in scores or evaluation.early_stopping_patience):
             improved, stop = self.tracker.update(state.progress, scores)
         if improved and evaluation.use_best:
-            state.best_weights = trainable_state(self.model.module)  # a LoRA is small: keep the best in memory
+            state.best_weights = trainable_state(
+                self.model.module
+            )  # a LoRA is small: keep the best in memory
             if self.cfg.save_every_n_steps:
                 self.save(BEST)
         line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
@@ -406,7 +436,9 @@ class TrainingLoop:
             else:
                 load_trainable_state(self.model.module, state.best_weights)
             result.restored_best = True
-            self.note(f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})")
+            self.note(
+                f"using the best weights, from step {progress.best['step']} ({progress.best['metric']} {progress.best['value']:.4f})"
+            )
         result.seconds = time.monotonic() - state.started
         # accelerate wrapped the module's forward in autocast; exports and samples after training must see
         # the model as it is, in its own precision.

@@ -32,7 +32,9 @@ def _decays(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim >= 2 and "norm" not in name.lower()
 
 
-def param_groups(module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float]) -> list[dict[str, Any]]:
+def param_groups(
+    module: torch.nn.Module, train: TrainSection, lr_scales: Mapping[str, float]
+) -> list[dict[str, Any]]:
     """Exactly the parameters that require gradients, grouped by weight decay and lr scale."""
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in module.named_parameters():
@@ -57,9 +59,15 @@ def adamw(options: AdamWOptions, groups: list[dict[str, Any]], device: Any = Non
     :param device: where training will run. The optimizer is built before accelerate moves the model
         there, so the parameters' own device would say CPU.
     """
-    on_cuda = (torch.device(device).type == "cuda") if device is not None else all(p.is_cuda for g in groups for p in g["params"])
+    on_cuda = (
+        (torch.device(device).type == "cuda")
+        if device is not None
+        else all(p.is_cuda for g in groups for p in g["params"])
+    )
     fused = on_cuda and all(p.is_floating_point() for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=options.betas, eps=options.eps, fused=fused or None)
+    return torch.optim.AdamW(
+        groups, lr=groups[0]["lr"], betas=options.betas, eps=options.eps, fused=fused or None
+    )
 
 
 def build_optimizer(
@@ -108,5 +116,7 @@ def lr_factor(step: int, total_steps: int, train: TrainSection) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSection, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, train))

@@ -40,16 +40,22 @@ class ProgressDisplay:
             self._progress = Progress(
                 TextColumn("[bold]step {task.completed}/{task.total}"),
                 BarColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} " + self.rate_label),
+                TextColumn(
+                    "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} " + self.rate_label
+                ),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("train", total=self.total, completed=self.start_step, loss="-", lr="-", rate="-")
+            self._task = self._progress.add_task(
+                "train", total=self.total, completed=self.start_step, loss="-", lr="-", rate="-"
+            )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
 
@@ -57,7 +63,9 @@ class ProgressDisplay:
         if not self.enabled:
             return
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", rate=_fmt_rate(tokens_per_s))
+            self._progress.update(
+                self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", rate=_fmt_rate(tokens_per_s)
+            )
         elif log:
             elapsed = time.monotonic() - self.started
             done = step - self.start_step

@@ -19,7 +19,11 @@ from loraplug.runinfo import damaged_weights_error, safetensors_problem
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every trainable parameter on the CPU (a snapshot: later steps do not change it)."""
-    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters() if p.requires_grad}
+    return {
+        name: p.detach().to("cpu", copy=True).contiguous()
+        for name, p in module.named_parameters()
+        if p.requires_grad
+    }
 
 
 def save_trainable(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -29,14 +33,18 @@ def save_trainable(module: torch.nn.Module, path: Path, metadata: dict[str, str]
 def load_trainable(module: torch.nn.Module, path: Path) -> None:
     """Load weights written by :func:`save_trainable` into an identically adapted module."""
     if not path.exists():
-        raise LoraplugError(f"No adapter weights at {path}", fix="Point at a finished run directory or a checkpoint")
+        raise LoraplugError(
+            f"No adapter weights at {path}", fix="Point at a finished run directory or a checkpoint"
+        )
     problem = safetensors_problem(path)  # a file cut short is the user's to fix, not a safetensors traceback
     if problem:
         raise damaged_weights_error(path, problem)
     load_trainable_state(module, load_file(str(path)), source=str(path))
 
 
-def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "memory") -> None:
+def load_trainable_state(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "memory"
+) -> None:
     """Copy ``state`` into the module's trainable parameters; every name must match."""
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     missing, unexpected = expected - state.keys(), state.keys() - expected

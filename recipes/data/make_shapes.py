@@ -29,7 +29,9 @@ COLOURS = {"orange": ORANGE, "teal": TEAL}
 SHAPES = ("circle", "square", "triangle")
 
 
-def draw_shape(canvas: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
+def draw_shape(
+    canvas: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]
+) -> None:
     left, top, right, bottom = box
     if shape == "circle":
         canvas.ellipse(box, fill=colour)
@@ -45,7 +47,16 @@ def image(rng: random.Random) -> tuple[Image.Image, str]:
     sun_x, sun_y, sun_r = rng.randint(10, 54), rng.randint(8, 20), rng.randint(5, 9)
     canvas.ellipse((sun_x - sun_r, sun_y - sun_r, sun_x + sun_r, sun_y + sun_r), fill=CREAM)
     horizon = rng.randint(44, 50)
-    canvas.polygon([(0, SIZE), (0, horizon), (rng.randint(16, 48), horizon - rng.randint(4, 10)), (SIZE, horizon), (SIZE, SIZE)], fill=ORANGE)
+    canvas.polygon(
+        [
+            (0, SIZE),
+            (0, horizon),
+            (rng.randint(16, 48), horizon - rng.randint(4, 10)),
+            (SIZE, horizon),
+            (SIZE, SIZE),
+        ],
+        fill=ORANGE,
+    )
     tags = []
     for _ in range(rng.randint(1, 2)):
         shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))

@@ -51,7 +51,9 @@ class Encoder:
         if not messages and not add_generation_prompt:
             return ""
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         except Exception:  # noqa: BLE001 — some templates refuse an empty or system-first conversation
             if not messages:
                 return ""
@@ -106,7 +108,8 @@ class Encoder:
         tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(tokens["input_ids"])
         trainable = [
-            self.train_on_prompt or any(start <= begin < end for start, end in spans) for begin, _ in tokens["offset_mapping"]
+            self.train_on_prompt or any(start <= begin < end for start, end in spans)
+            for begin, _ in tokens["offset_mapping"]
         ]
         eos = self.tokenizer.eos_token_id
         if eos is not None and (not ids or ids[-1] != eos):
@@ -116,7 +119,13 @@ class Encoder:
         truncated = full_length > self.max_length
         ids, trainable = ids[: self.max_length], trainable[: self.max_length]
         labels = [ids[t + 1] if trainable[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-        return Encoded(id=str(record.get("id", "?")), input_ids=ids, labels=labels, truncated=truncated, full_length=full_length)
+        return Encoded(
+            id=str(record.get("id", "?")),
+            input_ids=ids,
+            labels=labels,
+            truncated=truncated,
+            full_length=full_length,
+        )
 
 
 @dataclass

@@ -13,7 +13,16 @@ PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
 #: What names a LoRA matrix in a PEFT adapter file (as llama.cpp's converter tells them apart).
 LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B")
 #: What names a LoHa or LoKr factor (peft's parameter names, LyCORIS' too).
-LYCORIS_PARTS = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".hada_t1", ".hada_t2", ".lokr_w", ".lokr_t")
+LYCORIS_PARTS = (
+    ".hada_w1_a",
+    ".hada_w1_b",
+    ".hada_w2_a",
+    ".hada_w2_b",
+    ".hada_t1",
+    ".hada_t2",
+    ".lokr_w",
+    ".lokr_t",
+)
 PEFT_PREFIX = "base_model.model."
 PEFT_TYPE_NAMES = {"LOHA": "LoHa", "LOKR": "LoKr"}
 
@@ -25,7 +34,9 @@ def _peft_type(model: ModelBundle) -> str:
 
 def _model_card(model: ModelBundle, ctx: RunContext) -> str:
     adapter = PEFT_TYPE_NAMES.get(_peft_type(model), "LoRA")
-    metrics = "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
+    metrics = (
+        "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
+    )
     return f"""---
 library_name: peft
 base_model: {model.base}
@@ -68,10 +79,14 @@ def non_lora_tensors(weights: Path) -> list[str]:
     with safe_open(str(weights), framework="pt") as handle:
         names = list(handle.keys())
     adapter_parts = LORA_PARTS + LYCORIS_PARTS
-    return sorted(name.removeprefix(PEFT_PREFIX) for name in names if not any(part in name for part in adapter_parts))
+    return sorted(
+        name.removeprefix(PEFT_PREFIX) for name in names if not any(part in name for part in adapter_parts)
+    )
 
 
-def export_peft(options: PeftExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def export_peft(
+    options: PeftExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     model.module.save_pretrained(str(out_dir), safe_serialization=True)
     if options.model_card:
         (out_dir / "README.md").write_text(_model_card(model, ctx), encoding="utf-8")
@@ -138,7 +153,9 @@ def _probe_logits(module: Any, tokenizer: Any) -> Any:
         return module(input_ids=ids.to(device)).logits.float().cpu()
 
 
-def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def export_merged(
+    options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     """The run's deployable model (merged once into a freshly loaded float32 base, so the trained model is
     untouched and no precision is lost), saved in the trained dtype or the one asked for."""
     import copy
@@ -154,8 +171,14 @@ def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Pat
     figures: dict[str, Any] = deployable.verify_merge(options.tolerance) if options.check_parity else {}
     save_dtype = deployable.dtype if options.dtype == "auto" else options.dtype
     # The deployable is shared with the run's other exports: cast a copy, never it.
-    merged = deployable.module if save_dtype == "float32" else copy.deepcopy(deployable.module).to(torch_dtype(save_dtype))
+    merged = (
+        deployable.module
+        if save_dtype == "float32"
+        else copy.deepcopy(deployable.module).to(torch_dtype(save_dtype))
+    )
     deployable.save_files_beside(out_dir)  # the tokenizer (and a config.json that save_pretrained rewrites)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     figures["dtype"] = save_dtype
-    return ExportResult(figures=figures, notes=list(deployable.notes), loads_with="AutoModelForCausalLM.from_pretrained(path)")
+    return ExportResult(
+        figures=figures, notes=list(deployable.notes), loads_with="AutoModelForCausalLM.from_pretrained(path)"
+    )

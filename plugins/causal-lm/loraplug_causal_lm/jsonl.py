@@ -83,13 +83,17 @@ def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
         # Bytes, decoded line by line: a line that is not UTF-8 is one bad line, named like any other.
         handle = open(path, "rb")  # noqa: SIM115 — closed by the with below
     except OSError as exc:
-        raise LoraplugError(f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions") from exc
+        raise LoraplugError(
+            f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions"
+        ) from exc
     with handle:
         for number, raw in enumerate(bounded_lines(handle, MAX_LINE_BYTES), start=1):
             where = f"{path}:{number}"
             try:
                 if raw is None:
-                    raise BadLine(f"longer than {_size(MAX_LINE_BYTES)}, the most read as one sample (is it JSON Lines, one sample per line?)")
+                    raise BadLine(
+                        f"longer than {_size(MAX_LINE_BYTES)}, the most read as one sample (is it JSON Lines, one sample per line?)"
+                    )
                 try:
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
@@ -117,7 +121,11 @@ def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
 def load(path: Path, val_path: Path | None, val_fraction: float, skip_bad: bool, seed: int) -> DataBundle:
     train, skipped = read_jsonl(path, skip_bad=skip_bad)
     if not train:
-        detail = f"all {len(skipped)} non-blank lines were malformed and skipped" if skipped else "it has no samples"
+        detail = (
+            f"all {len(skipped)} non-blank lines were malformed and skipped"
+            if skipped
+            else "it has no samples"
+        )
         raise LoraplugError(f"No training samples in {path}: {detail}", where=str(path), fix=FORMAT_HELP)
     val: list[Record] | None = None
     if val_path is not None:

@@ -55,7 +55,7 @@ def quantized_merge_refused(options: CausalLMOptions) -> LoraplugError:
 
     return LoraplugError(
         f"Refusing to merge the adapter into the {options.quantization} base: {PEFT_2321}",
-        fix='Leave `dequantize = true` (merge into the base dequantized to its compute dtype), or export the adapter '
+        fix="Leave `dequantize = true` (merge into the base dequantized to its compute dtype), or export the adapter "
         'alone (kind = "peft") and load it on the quantized base',
     )
 
@@ -83,7 +83,9 @@ def merged_model(model: ModelBundle, ctx: RunContext, *, dequantize: bool = True
         )
     else:
         # The merge runs on the CPU in float32, where flash-attention does not: transformers' default kernel.
-        base, tokenizer = load_causal_lm(options.model_copy(update={"attn_implementation": None}), ctx.cache_dir, dtype="float32")
+        base, tokenizer = load_causal_lm(
+            options.model_copy(update={"attn_implementation": None}), ctx.cache_dir, dtype="float32"
+        )
         trained_dtype = str(next(model.module.get_base_model().parameters()).dtype).removeprefix("torch.")
     with tempfile.TemporaryDirectory(prefix="loraplug-merge-") as adapter_dir:
         model.module.save_pretrained(adapter_dir, safe_serialization=True)

@@ -39,7 +39,9 @@ def _normalise(text: str) -> str:
 
 
 def distinct(texts: Sequence[str], n: int) -> float:
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    grams = [
+        tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)
+    ]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -55,7 +57,12 @@ def macro_f1(predictions: Sequence[str], labels: Sequence[str]) -> float:
 
 
 def evaluate(
-    metrics: list[str], model: ModelBundle, options: CausalLMOptions, data: DataBundle, scores: dict[str, float], ctx: RunContext
+    metrics: list[str],
+    model: ModelBundle,
+    options: CausalLMOptions,
+    data: DataBundle,
+    scores: dict[str, float],
+    ctx: RunContext,
 ) -> dict[str, float]:
     from loraplug_causal_lm.compute import complete
 
@@ -89,13 +96,17 @@ def evaluate(
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(["rougeL"])
-        out["rougeL"] = sum(scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)) / len(records)
+        out["rougeL"] = sum(
+            scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)
+        ) / len(records)
     if "distinct_1" in wanted:
         out["distinct_1"] = distinct(hypotheses, 1)
     if "distinct_2" in wanted:
         out["distinct_2"] = distinct(hypotheses, 2)
     if "exact_match" in wanted:
-        out["exact_match"] = sum(_normalise(h) == _normalise(r) for h, r in zip(hypotheses, references, strict=True)) / len(records)
+        out["exact_match"] = sum(
+            _normalise(h) == _normalise(r) for h, r in zip(hypotheses, references, strict=True)
+        ) / len(records)
     if "f1" in wanted:
         labels: list[Any] = [r.get("label") for r in records]
         if any(label is None for label in labels):
@@ -104,5 +115,7 @@ def evaluate(
                 where=next(r["id"] for r in records if r.get("label") is None),
                 fix='Add "label" to each JSONL line, or drop f1 from eval.metrics',
             )
-        out["f1"] = macro_f1([_normalise(h) for h in hypotheses], [_normalise(str(label)) for label in labels])
+        out["f1"] = macro_f1(
+            [_normalise(h) for h in hypotheses], [_normalise(str(label)) for label in labels]
+        )
     return out

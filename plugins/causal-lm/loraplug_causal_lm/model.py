@@ -57,11 +57,15 @@ def load_causal_lm(
         kwargs["dtype"] = torch_dtype(compute_dtype(options))
         kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=options.revision, trust_remote_code=options.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=options.revision, trust_remote_code=options.trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         layout = "a transformers checkpoint (config.json, weights, tokenizer)"
-        raise model_load_error("model", options.pretrained, source, exc, layout=layout, preset="tiny-llama") from exc
+        raise model_load_error(
+            "model", options.pretrained, source, exc, layout=layout, preset="tiny-llama"
+        ) from exc
     if tokenizer.pad_token is None:
         # Padding never enters the loss (labels are -100 there), so reusing EOS as pad is safe here.
         tokenizer.pad_token = tokenizer.eos_token
@@ -125,7 +129,10 @@ def lycoris_config(options: LycorisOptions) -> Any:
     if isinstance(options, LokrOptions):
         init: bool | str = True if options.init == "default" else "lycoris"
         return LoKrConfig(
-            **common, decompose_both=options.decompose_both, decompose_factor=options.decompose_factor, init_weights=init
+            **common,
+            decompose_both=options.decompose_both,
+            decompose_factor=options.decompose_factor,
+            init_weights=init,
         )
     assert isinstance(options, LohaOptions)  # noqa: S101 — the two kinds of LycorisOptions
     return LoHaConfig(**common)
@@ -136,7 +143,10 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
 
     config = lora_config(options) if isinstance(options, LoraOptions) else lycoris_config(options)
     what = "LoRA" if isinstance(options, LoraOptions) else type(config).__name__.removesuffix("Config")
-    if what != "LoRA" and (getattr(bundle.module, "is_loaded_in_4bit", False) or getattr(bundle.module, "is_loaded_in_8bit", False)):
+    if what != "LoRA" and (
+        getattr(bundle.module, "is_loaded_in_4bit", False)
+        or getattr(bundle.module, "is_loaded_in_8bit", False)
+    ):
         # peft's LoHa/LoKr layers rebuild ΔW in the shape of the base weight, which 4/8-bit storage is not.
         raise LoraplugError(
             f"{what} cannot train on a quantized base (model.quantization): peft implements it for plain linear layers only",
@@ -150,7 +160,7 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
         raise LoraplugError(
             f"{what} could not be attached: {str(exc).splitlines()[0]}",
             where="adapter.target_modules",
-            fix=f"Name modules this model has, or use \"all-linear\". Its module names include: {', '.join(names[:30])}",
+            fix=f'Name modules this model has, or use "all-linear". Its module names include: {", ".join(names[:30])}',
         ) from exc
     return ModelBundle(
         kind=bundle.kind,

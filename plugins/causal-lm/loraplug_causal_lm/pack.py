@@ -97,7 +97,12 @@ class PackedCollator:
                 ids.append(sample.id)
             tokens += start
         return Batch(
-            inputs={"input_ids": input_ids, "labels": labels, "position_ids": positions, "segment_ids": segments},
+            inputs={
+                "input_ids": input_ids,
+                "labels": labels,
+                "position_ids": positions,
+                "segment_ids": segments,
+            },
             num_targets=int((labels != IGNORE).sum()),
             num_tokens=tokens,
             sample_ids=ids,
@@ -126,7 +131,9 @@ def packed_model_inputs(inputs: dict[str, Any], implementation: str) -> dict[str
     allowed = (segments[:, :, None] == segments[:, None, :]) & causal
     mask = allowed[:, None]
     if implementation == "eager":
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=segments.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=segments.device).masked_fill_(
+            ~mask, torch.finfo(torch.float32).min
+        )
     return {"input_ids": inputs["input_ids"], "position_ids": positions, "attention_mask": mask}
 
 
@@ -157,7 +164,12 @@ def packs_exactly(module: Any) -> str | None:
     module.eval()
     try:
         with torch.no_grad():
-            alone = torch.cat([module(input_ids=x[None].to(parameter.device), use_cache=False).logits[0] for x in (first, second)])
+            alone = torch.cat(
+                [
+                    module(input_ids=x[None].to(parameter.device), use_cache=False).logits[0]
+                    for x in (first, second)
+                ]
+            )
             packed = module(**packed_model_inputs(inputs, implementation), use_cache=False).logits[0]
     except (TypeError, ValueError, RuntimeError) as exc:
         return f"the model does not accept packed inputs ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
@@ -173,4 +185,6 @@ def packs_exactly(module: Any) -> str | None:
 
 def _probe(ids: Any) -> Encoded:
     tokens = ids.tolist()
-    return Encoded(id="probe", input_ids=tokens, labels=[IGNORE] * len(tokens), truncated=False, full_length=len(tokens))
+    return Encoded(
+        id="probe", input_ids=tokens, labels=[IGNORE] * len(tokens), truncated=False, full_length=len(tokens)
+    )

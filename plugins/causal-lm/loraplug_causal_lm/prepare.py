@@ -63,10 +63,14 @@ def prepare(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx:
     if not isinstance(data.train, Sequence):
         if options.packing:
             raise LoraplugError(
-                f"model.packing = true, but {STREAM_BLOCKER}", where="model.packing", fix="Set model.packing = false (or leave it unset)"
+                f"model.packing = true, but {STREAM_BLOCKER}",
+                where="model.packing",
+                fix="Set model.packing = false (or leave it unset)",
             )
         stream = EncodedStream(data.train, encoder, token_limit(data, "train"))
-        return PreparedData(train=stream, collate=PadCollator(tokenizer.pad_token_id), val=val, summary=summary)
+        return PreparedData(
+            train=stream, collate=PadCollator(tokenizer.pad_token_id), val=val, summary=summary
+        )
     for record in data.train[:1]:
         _check_text(record)
     encoded = encode_all(encoder, list(data.train), token_limit(data, "train"))
@@ -79,18 +83,30 @@ def prepare(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx:
         )
     blocker = None if options.packing is False else packing_blocker(model, data)
     if options.packing and blocker:
-        raise LoraplugError(f"model.packing = true, but {blocker}", where="model.packing", fix="Set model.packing = false (or leave it unset)")
+        raise LoraplugError(
+            f"model.packing = true, but {blocker}",
+            where="model.packing",
+            fix="Set model.packing = false (or leave it unset)",
+        )
     if options.packing is None and blocker:
         ctx.info(f"packing off: {blocker}")
     if options.packing is False or blocker:
         weights = [data.weights[i] for i in encoded.sources] if data.weights is not None else None
-        return PreparedData(train=train, collate=PadCollator(tokenizer.pad_token_id), val=val, summary=summary, sample_weights=weights)
+        return PreparedData(
+            train=train,
+            collate=PadCollator(tokenizer.pad_token_id),
+            val=val,
+            summary=summary,
+            sample_weights=weights,
+        )
     rows = pack(train, options.max_length)
     summary["packed rows"] = len(rows)
     summary["row fill"] = f"{_fill(rows, options.max_length):.0%}"
     ctx.info(f"packing: {len(train)} samples in {len(rows)} rows of up to {options.max_length} tokens")
     val_rows: list[PackedRow] | None = pack(val, options.max_length) if val else val  # type: ignore[assignment]
-    return PreparedData(train=rows, collate=PackedCollator(tokenizer.pad_token_id), val=val_rows, summary=summary)
+    return PreparedData(
+        train=rows, collate=PackedCollator(tokenizer.pad_token_id), val=val_rows, summary=summary
+    )
 
 
 def _fill(rows: list[PackedRow], capacity: int) -> float:

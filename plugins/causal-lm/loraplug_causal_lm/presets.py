@@ -36,7 +36,9 @@ TINY_LLAMA: dict[str, Any] = {
 
 
 def _build_tokenizer() -> Any:
-    return byte_level_tokenizer(SPECIAL_TOKENS, bos="<s>", eos="</s>", pad="<pad>", chat_template=CHAT_TEMPLATE)
+    return byte_level_tokenizer(
+        SPECIAL_TOKENS, bos="<s>", eos="</s>", pad="<pad>", chat_template=CHAT_TEMPLATE
+    )
 
 
 def _build(target: Path) -> None:

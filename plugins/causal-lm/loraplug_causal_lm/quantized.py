@@ -21,7 +21,9 @@ PEFT_2321 = (
 )
 
 
-def import_bitsandbytes(needed_for: str = "`model.quantization`", alternative: str = "remove `model.quantization`") -> Any:
+def import_bitsandbytes(
+    needed_for: str = "`model.quantization`", alternative: str = "remove `model.quantization`"
+) -> Any:
     """bitsandbytes, or a clear error naming what to install."""
     try:
         import bitsandbytes

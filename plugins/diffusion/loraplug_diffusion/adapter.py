@@ -31,7 +31,9 @@ def _short_name(name: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
-def find_targets(model: torch.nn.Module, targets: Sequence[str], setting: str, what: str) -> dict[str, torch.nn.Module]:
+def find_targets(
+    model: torch.nn.Module, targets: Sequence[str], setting: str, what: str
+) -> dict[str, torch.nn.Module]:
     """The adaptable layers each target names; an error naming what the model has when one names nothing."""
     found: dict[str, torch.nn.Module] = {}
     for target in targets:
@@ -48,7 +50,13 @@ def find_targets(model: torch.nn.Module, targets: Sequence[str], setting: str, w
     return found
 
 
-def _config(r: int, alpha: float, options: SdAdapterOptions, targets: Sequence[str], patterns: dict[str, tuple[int, float]]) -> Any:
+def _config(
+    r: int,
+    alpha: float,
+    options: SdAdapterOptions,
+    targets: Sequence[str],
+    patterns: dict[str, tuple[int, float]],
+) -> Any:
     """The peft config of the adapter's kind; ``patterns``: another (rank, alpha) for the layers named."""
     quiet_libraries()
     from peft import LoHaConfig, LoKrConfig, LoraConfig
@@ -77,7 +85,9 @@ def _config(r: int, alpha: float, options: SdAdapterOptions, targets: Sequence[s
             init_weights=True if options.init == "default" else "lycoris",
         )
     assert isinstance(options, SdLohaOptions)  # noqa: S101 — the three adapter kinds of this plugin
-    return LoHaConfig(**where, alpha=alpha, rank_dropout=options.rank_dropout, module_dropout=options.module_dropout)
+    return LoHaConfig(
+        **where, alpha=alpha, rank_dropout=options.rank_dropout, module_dropout=options.module_dropout
+    )
 
 
 def adapter_name(options: SdAdapterOptions) -> str:
@@ -125,7 +135,9 @@ def wrap(options: SdAdapterOptions, bundle: ModelBundle, ctx: RunContext) -> Mod
             if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1)
         }
     try:
-        unet.add_adapter(_config(options.r, options.alpha, options, targets, patterns), adapter_name=ADAPTER_NAME)
+        unet.add_adapter(
+            _config(options.r, options.alpha, options, targets, patterns), adapter_name=ADAPTER_NAME
+        )
     except ValueError as exc:
         raise LoraplugError(
             f"{adapter_name(options)} could not be attached to the UNet: {str(exc).splitlines()[0]}",
@@ -137,7 +149,12 @@ def wrap(options: SdAdapterOptions, bundle: ModelBundle, ctx: RunContext) -> Mod
     lr_scales = dict(bundle.lr_scales)
     if options.text_encoder:
         text_encoder = bundle.components["text_encoder"]
-        find_targets(text_encoder, options.text_encoder_target_modules, "adapter.text_encoder_target_modules", "text encoder")
+        find_targets(
+            text_encoder,
+            options.text_encoder_target_modules,
+            "adapter.text_encoder_target_modules",
+            "text encoder",
+        )
         config = _config(
             options.text_encoder_r or options.r,
             options.text_encoder_alpha or options.alpha,

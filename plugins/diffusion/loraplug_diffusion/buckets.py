@@ -32,7 +32,9 @@ def nearest_bucket(size: tuple[int, int], buckets: Sequence[tuple[int, int]]) ->
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
 
-def plan_by_bucket(keys: Sequence[tuple[int, int]], epoch: int, seed: int, global_batch: int) -> list[list[int]]:
+def plan_by_bucket(
+    keys: Sequence[tuple[int, int]], epoch: int, seed: int, global_batch: int
+) -> list[list[int]]:
     """One epoch of global micro-batches, each from a single bucket.
 
     Each bucket's samples are shuffled and cut into batches; a bucket's last batch is topped up from its

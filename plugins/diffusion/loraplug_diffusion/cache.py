@@ -70,4 +70,3 @@ class FeatureCache:
         if self.directory is None:
             return self._memory[key]
         return load_file(str(self._path(key)))
-

@@ -40,7 +40,9 @@ def _random_noise(latents: torch.Tensor, timesteps: int, offset: float) -> tuple
     noise = torch.randn_like(latents)
     if offset:
         # Offset noise: a per-channel constant lets the model shift an image's overall brightness.
-        noise += offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype)
+        noise += offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype
+        )
     steps = torch.randint(0, timesteps, (latents.shape[0],), device=latents.device, dtype=torch.long)
     return noise, steps
 
@@ -72,7 +74,11 @@ def loss_sum(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> 
     else:
         noise, timesteps = _fixed_noise(latents, batch.sample_ids, ctx.seed, total, options.noise_offset)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    target = (
+        noise
+        if scheduler.config.prediction_type == "epsilon"
+        else scheduler.get_velocity(latents, noise, timesteps)
+    )
 
     if "encoder_hidden_states" in inputs:
         prediction = module(noisy, timesteps, encoder_hidden_states=inputs["encoder_hidden_states"])

@@ -33,11 +33,16 @@ def adapter_metadata(module: Any) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
-def lora_weights(module: Any, dtype: torch.dtype, spell: Callable[[str], str] = str) -> dict[str, torch.Tensor]:
+def lora_weights(
+    module: Any, dtype: torch.dtype, spell: Callable[[str], str] = str
+) -> dict[str, torch.Tensor]:
     """peft's LoRA state dict of ``module``, keys respelt by ``spell``, in ``dtype`` on the CPU."""
     from peft import get_peft_model_state_dict
 
-    return {spell(k): v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(module).items()}
+    return {
+        spell(k): v.detach().to("cpu", dtype).contiguous()
+        for k, v in get_peft_model_state_dict(module).items()
+    }
 
 
 def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> None:
@@ -50,14 +55,20 @@ def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> Non
         str(out_dir),
         unet_lora_layers=lora_weights(unet, dtype),
         unet_lora_adapter_metadata=adapter_metadata(unet),
-        text_encoder_lora_layers=lora_weights(text_encoder, dtype, canonical_text_encoder_path) if text_encoder is not None else None,
-        text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder) if text_encoder is not None else None,
+        text_encoder_lora_layers=lora_weights(text_encoder, dtype, canonical_text_encoder_path)
+        if text_encoder is not None
+        else None,
+        text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder)
+        if text_encoder is not None
+        else None,
         weight_name=DIFFUSERS_FILE,
         safe_serialization=True,
     )
 
 
-def export_diffusers(options: DiffusersExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def export_diffusers(
+    options: DiffusersExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     save_diffusers(model, out_dir, torch_dtype(options.dtype))
     figures: dict[str, Any] = {}
     if options.check_parity:
@@ -76,7 +87,9 @@ def uses_lycoris(model: ModelBundle) -> bool:
     return any(algo(layer) is not None for part in trained_parts(model).values() for layer in part.modules())
 
 
-def export_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def export_kohya(
+    options: KohyaExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     path = write_kohya(options, model, out_dir, ctx)
     lycoris = uses_lycoris(model)
     figures: dict[str, Any] = {}
@@ -94,7 +107,9 @@ def export_kohya(options: KohyaExportOptions, model: ModelBundle, out_dir: Path,
     return ExportResult(
         files=[path.name],
         figures=figures,
-        loads_with=f"{loads_with} (LyCORIS format)" if lycoris else f"{loads_with}, or StableDiffusionPipeline.load_lora_weights",
+        loads_with=f"{loads_with} (LyCORIS format)"
+        if lycoris
+        else f"{loads_with}, or StableDiffusionPipeline.load_lora_weights",
     )
 
 
@@ -107,10 +122,14 @@ def fuse_lycoris(pipeline: Any, model: ModelBundle) -> None:
         for path, layer in part.named_modules():
             if algo(layer) is not None:
                 base = into[path]
-                base.weight += layer.get_delta_weight("default").float().to(base.weight.device, base.weight.dtype)
+                base.weight += (
+                    layer.get_delta_weight("default").float().to(base.weight.device, base.weight.dtype)
+                )
 
 
-def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def export_merged(
+    options: MergedExportOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     """Fuse into a freshly loaded float32 base, so the trained model is untouched and no precision is lost."""
     pipeline = base_pipeline(model, ctx, dtype=torch.float32)
     if uses_lycoris(model):
@@ -123,7 +142,9 @@ def export_merged(options: MergedExportOptions, model: ModelBundle, out_dir: Pat
         pipeline.unload_lora_weights()  # keeps the fused weights, drops the LoRA layers
     figures: dict[str, Any] = {}
     if options.check_parity:
-        figures.update(compare(pipeline, model, options, ctx, "merged", saved_dtype="float32"))  # compared before the cast
+        figures.update(
+            compare(pipeline, model, options, ctx, "merged", saved_dtype="float32")
+        )  # compared before the cast
     pipeline.to(torch_dtype(options.dtype))
     pipeline.save_pretrained(str(out_dir), safe_serialization=True)
     figures["dtype"] = options.dtype

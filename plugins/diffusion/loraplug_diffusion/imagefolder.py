@@ -47,7 +47,11 @@ class Tally:
 
 
 def find_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _caption_for(image: Path, options: ImageFolderOptions, tally: Tally) -> str:
@@ -56,7 +60,9 @@ def _caption_for(image: Path, options: ImageFolderOptions, tally: Tally) -> str:
         try:
             return caption_file.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError as exc:
-            raise LoraplugError(f"{caption_file} is not UTF-8 text", where=str(caption_file), fix="Save it as UTF-8") from exc
+            raise LoraplugError(
+                f"{caption_file} is not UTF-8 text", where=str(caption_file), fix="Save it as UTF-8"
+            ) from exc
     return _missing_caption(image, str(caption_file), options, tally)
 
 
@@ -95,12 +101,20 @@ def _read_table(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 fix='Each line must be an object such as {"image_path": "cat.png", "caption": "a cat"}',
             ) from exc
         if not isinstance(row, dict):
-            raise LoraplugError(f"Line {number} of {path.name} is not a JSON object", where=f"{path}:{number}")
+            raise LoraplugError(
+                f"Line {number} of {path.name} is not a JSON object", where=f"{path}:{number}"
+            )
         rows.append((f"{path.name}:{number}", row))
     return rows
 
 
-def _column(rows: list[tuple[str, dict[str, Any]]], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
+def _column(
+    rows: list[tuple[str, dict[str, Any]]],
+    wanted: str | None,
+    candidates: tuple[str, ...],
+    what: str,
+    path: Path,
+) -> str:
     present = list(rows[0][1]) if rows else []
     if wanted is not None:
         if wanted not in present:
@@ -124,7 +138,9 @@ def _column(rows: list[tuple[str, dict[str, Any]]], wanted: str | None, candidat
 def _from_metadata(path: Path, options: ImageFolderOptions, tally: Tally) -> list[tuple[Path, str, str]]:
     rows = _read_table(path)
     if not rows:
-        raise LoraplugError(f"The metadata file {path} has no rows", where=str(path), fix="Add a row per image")
+        raise LoraplugError(
+            f"The metadata file {path} has no rows", where=str(path), fix="Add a row per image"
+        )
     image_column = _column(rows, options.image_column, IMAGE_COLUMNS, "image", path)
     caption_column = _column(rows, options.caption_column, CAPTION_COLUMNS, "caption", path)
     entries = []
@@ -141,7 +157,9 @@ def _from_metadata(path: Path, options: ImageFolderOptions, tally: Tally) -> lis
             continue
         caption = row.get(caption_column)
         if not isinstance(caption, str) or not caption.strip():
-            caption = _missing_caption(image, f"{path.parent / where}, column {caption_column}", options, tally)
+            caption = _missing_caption(
+                image, f"{path.parent / where}, column {caption_column}", options, tally
+            )
         entries.append((image, caption.strip(), where))
     return entries
 
@@ -154,10 +172,14 @@ def _from_folder(options: ImageFolderOptions, tally: Tally) -> list[tuple[Path, 
         for p in options.path.rglob(f"*{options.caption_extension}")
         if p.with_suffix("") not in stems and p.name not in METADATA_NAMES
     )
-    return [(image, _caption_for(image, options, tally), str(image.relative_to(options.path))) for image in images]
+    return [
+        (image, _caption_for(image, options, tally), str(image.relative_to(options.path))) for image in images
+    ]
 
 
-def _readable(entries: Iterable[tuple[Path, str, str]], options: ImageFolderOptions, tally: Tally) -> list[Record]:
+def _readable(
+    entries: Iterable[tuple[Path, str, str]], options: ImageFolderOptions, tally: Tally
+) -> list[Record]:
     records = []
     for image, caption, where in entries:
         problem = check_image(image)
@@ -176,8 +198,12 @@ def _readable(entries: Iterable[tuple[Path, str, str]], options: ImageFolderOpti
 
 def load(options: ImageFolderOptions, seed: int, warn: Any) -> DataBundle:
     tally = Tally()
-    metadata = options.metadata or next((options.path / n for n in METADATA_NAMES if (options.path / n).is_file()), None)
-    entries = _from_metadata(metadata, options, tally) if metadata is not None else _from_folder(options, tally)
+    metadata = options.metadata or next(
+        (options.path / n for n in METADATA_NAMES if (options.path / n).is_file()), None
+    )
+    entries = (
+        _from_metadata(metadata, options, tally) if metadata is not None else _from_folder(options, tally)
+    )
     if not entries:
         raise LoraplugError(
             f"No images found in {options.path}",

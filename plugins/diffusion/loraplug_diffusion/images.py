@@ -123,7 +123,9 @@ def cover_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int
     return max(target[0], round(width * scale)), max(target[1], round(height * scale))
 
 
-def to_tensor(image: Any, target: tuple[int, int], *, crop: str, flip: bool, rng: random.Random | None) -> Any:
+def to_tensor(
+    image: Any, target: tuple[int, int], *, crop: str, flip: bool, rng: random.Random | None
+) -> Any:
     """Resize ``image`` to cover ``target`` (width, height), crop to it, maybe flip, scale to [-1, 1].
 
     :param crop: ``"center"`` or ``"random"`` (offsets from ``rng``).

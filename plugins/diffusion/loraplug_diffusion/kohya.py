@@ -46,7 +46,14 @@ NETWORK_MODULE = "networks.lora"
 #: sd-scripts' ``--network_module`` for LyCORIS' adapters (LoHa, LoKr), whose kind is ``network_args``' ``algo``.
 LYCORIS_NETWORK_MODULE = "lycoris.kohya"
 #: What sd-scripts keeps with --no_metadata: enough for loaders to build the network.
-MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
+MINIMAL_KEYS = (
+    "ss_v2",
+    "ss_base_model_version",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_args",
+)
 
 
 def kohya_name(prefix: str, module_path: str) -> str:
@@ -55,7 +62,9 @@ def kohya_name(prefix: str, module_path: str) -> str:
 
 def spelt_name(prefix: str, module_path: str) -> str:
     """The kohya name of a UNet (``lora_unet``) or text-encoder (``lora_te``) module path, spelt as tools expect."""
-    return kohya_name(prefix, canonical_text_encoder_path(module_path) if prefix == TEXT_ENCODER_PREFIX else module_path)
+    return kohya_name(
+        prefix, canonical_text_encoder_path(module_path) if prefix == TEXT_ENCODER_PREFIX else module_path
+    )
 
 
 def trained_parts(model: ModelBundle) -> dict[str, Any]:
@@ -80,8 +89,12 @@ def kohya_tensors(model: ModelBundle, dtype: torch.dtype) -> dict[str, torch.Ten
             if not isinstance(layer, LoraLayer) or "default" not in layer.lora_A:
                 continue
             name = spelt_name(prefix, path)
-            tensors[f"{name}.lora_down.weight"] = layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
-            tensors[f"{name}.lora_up.weight"] = layer.lora_B["default"].weight.detach().to("cpu", dtype).contiguous()
+            tensors[f"{name}.lora_down.weight"] = (
+                layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
+            )
+            tensors[f"{name}.lora_up.weight"] = (
+                layer.lora_B["default"].weight.detach().to("cpu", dtype).contiguous()
+            )
             tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha["default"]), dtype=dtype)
     return tensors
 
@@ -123,7 +136,9 @@ def _dataset_facts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, dict[str,
         for tag in (t.strip() for t in sample.caption.split(",")):
             if tag:
                 tags[tag] = tags.get(tag, 0) + 1
-    buckets = {str(i): {"resolution": list(size), "count": n} for i, (size, n) in enumerate(sorted(sizes.items()))}
+    buckets = {
+        str(i): {"resolution": list(size), "count": n} for i, (size, n) in enumerate(sorted(sizes.items()))
+    }
     return {"buckets": buckets} if buckets else {}, {"train": tags} if tags else {}
 
 
@@ -169,13 +184,18 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
     data = status.data or {}
     network_args = lycoris_args(adapter)
     if adapter.conv:  # sd-scripts' LoCon arguments, as strings
-        network_args |= {"conv_dim": str(adapter.conv_r or adapter.r), "conv_alpha": str(adapter.conv_alpha or adapter.alpha)}
+        network_args |= {
+            "conv_dim": str(adapter.conv_r or adapter.r),
+            "conv_alpha": str(adapter.conv_alpha or adapter.alpha),
+        }
     title = options.title or recipe.run.name
     now = time.time()
     metadata = {
         "ss_v2": str(v2),
         "ss_base_model_version": base_version,
-        "ss_network_module": LYCORIS_NETWORK_MODULE if isinstance(adapter, SdLycorisOptions) else NETWORK_MODULE,
+        "ss_network_module": LYCORIS_NETWORK_MODULE
+        if isinstance(adapter, SdLycorisOptions)
+        else NETWORK_MODULE,
         "ss_network_dim": str(adapter.r),
         "ss_network_alpha": str(adapter.alpha),
         "ss_network_args": json.dumps(network_args),
@@ -190,7 +210,9 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_session_id": str(int(recipe.hash(), 16) % 2**32),
                 "ss_output_name": options.filename or recipe.run.name,
                 "ss_training_comment": f"trained with loraplug {__version__}",
-                "ss_training_started_at": str(time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S%z"))) if started else "None",
+                "ss_training_started_at": str(time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S%z")))
+                if started
+                else "None",
                 "ss_training_finished_at": str(now),
                 "ss_sd_model_name": model.base,
                 "ss_seed": str(recipe.run.seed),
@@ -198,7 +220,9 @@ def kohya_metadata(options: KohyaExportOptions, model: ModelBundle, ctx: RunCont
                 "ss_max_train_steps": str(train.max_steps or status.step),
                 "ss_learning_rate": str(train.lr),
                 "ss_unet_lr": str(train.lr),
-                "ss_text_encoder_lr": str(adapter.text_encoder_lr or train.lr) if adapter.text_encoder else "None",
+                "ss_text_encoder_lr": str(adapter.text_encoder_lr or train.lr)
+                if adapter.text_encoder
+                else "None",
                 "ss_network_train_unet_only": str(not adapter.text_encoder),
                 "ss_network_dropout": str(adapter.dropout if isinstance(adapter, SdLoraOptions) else 0.0),
                 "ss_lr_scheduler": train.schedule,
@@ -262,4 +286,3 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
-

@@ -41,7 +41,11 @@ def algo(layer: Any) -> str | None:
 def layer_tensors(layer: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A peft LoHa/LoKr layer's tensors by LyCORIS suffix (``hada_w1_a``, …, ``alpha``), in ``dtype`` on the CPU."""
     parts = LOHA_PARTS if algo(layer) == "loha" else LOKR_PARTS
-    tensors = {part: getattr(layer, part)[ADAPTER].detach().float().cpu() for part in parts if ADAPTER in getattr(layer, part)}
+    tensors = {
+        part: getattr(layer, part)[ADAPTER].detach().float().cpu()
+        for part in parts
+        if ADAPTER in getattr(layer, part)
+    }
     r, alpha = layer.r[ADAPTER], float(layer.alpha[ADAPTER])
     if "lokr_w1" in tensors and "lokr_w2" in tensors:
         # Readers apply no alpha to a LoKr with both matrices whole; peft scales it by alpha/r.
@@ -63,7 +67,10 @@ def delta_weight(tensors: dict[str, torch.Tensor], shape: torch.Size) -> torch.T
     alpha = float(w["alpha"]) if "alpha" in w else None
     if "hada_w1_a" in w:
         if "hada_t1" in w:
-            m1, m2 = _cp(w["hada_t1"], w["hada_w1_a"], w["hada_w1_b"]), _cp(w["hada_t2"], w["hada_w2_a"], w["hada_w2_b"])
+            m1, m2 = (
+                _cp(w["hada_t1"], w["hada_w1_a"], w["hada_w1_b"]),
+                _cp(w["hada_t2"], w["hada_w2_a"], w["hada_w2_b"]),
+            )
         else:
             m1, m2 = w["hada_w1_a"] @ w["hada_w1_b"], w["hada_w2_a"] @ w["hada_w2_b"]
         scale = alpha / w["hada_w1_b"].shape[0] if alpha is not None else 1.0
@@ -78,7 +85,11 @@ def delta_weight(tensors: dict[str, torch.Tensor], shape: torch.Size) -> torch.T
         w2 = w["lokr_w2"]
     else:
         dim = w["lokr_w2_b"].shape[0]
-        w2 = _cp(w["lokr_t2"], w["lokr_w2_a"], w["lokr_w2_b"]) if "lokr_t2" in w else w["lokr_w2_a"] @ w["lokr_w2_b"]
+        w2 = (
+            _cp(w["lokr_t2"], w["lokr_w2_a"], w["lokr_w2_b"])
+            if "lokr_t2" in w
+            else w["lokr_w2_a"] @ w["lokr_w2_b"]
+        )
     if w2.dim() == 4:
         w1 = w1.unsqueeze(2).unsqueeze(2)
     scale = alpha / dim if alpha is not None and dim is not None else 1.0
@@ -95,7 +106,9 @@ def by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Ten
 
 
 @torch.no_grad()
-def add_deltas(parts: dict[str, torch.nn.Module], modules: dict[str, dict[str, torch.Tensor]], name_of: Any) -> int:
+def add_deltas(
+    parts: dict[str, torch.nn.Module], modules: dict[str, dict[str, torch.Tensor]], name_of: Any
+) -> int:
     """Add each module's ΔW to the weight of the layer it names in ``parts``; how many layers were changed.
 
     :param parts: the modules to patch by kohya prefix (``{"lora_unet": unet, "lora_te": text_encoder}``).

@@ -44,7 +44,10 @@ class DiffusionModule(torch.nn.Module):
         # A bf16/fp16 base without autocast takes its inputs in its own dtype.
         dtype = self.unet.dtype
         return self.unet(
-            noisy_latents.to(dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(dtype), return_dict=False
+            noisy_latents.to(dtype),
+            timesteps,
+            encoder_hidden_states=encoder_hidden_states.to(dtype),
+            return_dict=False,
         )[0]
 
 
@@ -66,7 +69,9 @@ class Components:
     noise_scheduler: Any
 
 
-def load_components(options: StableDiffusionOptions, cache_dir: Path, *, dtype: torch.dtype | None = None) -> Components:
+def load_components(
+    options: StableDiffusionOptions, cache_dir: Path, *, dtype: torch.dtype | None = None
+) -> Components:
     """The five parts of a Stable Diffusion checkpoint; the VAE always in float32 (SD's VAE overflows in fp16)."""
     quiet_libraries()
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -77,19 +82,25 @@ def load_components(options: StableDiffusionOptions, cache_dir: Path, *, dtype: 
     revision = {"revision": options.revision} if options.revision else {}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **revision)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=weights, **revision)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", dtype=weights, **revision
+        )
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **revision)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weights, **revision)
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **revision)
     except (OSError, ValueError) as exc:
         layout = "a diffusers pipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
-        raise model_load_error("Stable Diffusion model", options.pretrained, source, exc, layout=layout, preset="tiny-sd") from exc
+        raise model_load_error(
+            "Stable Diffusion model", options.pretrained, source, exc, layout=layout, preset="tiny-sd"
+        ) from exc
     if options.prediction_type != "auto":
         scheduler.register_to_config(prediction_type=options.prediction_type)
     for part in (unet, vae, text_encoder):
         part.requires_grad_(False)
         part.eval()
-    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=scheduler)
+    return Components(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=scheduler
+    )
 
 
 def build(options: StableDiffusionOptions, ctx: RunContext) -> ModelBundle:
@@ -131,7 +142,11 @@ def encode_text(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
 
 

@@ -26,24 +26,33 @@ DEFAULT_CONV_MODULES = (
 class ImageFolderOptions(Options):
     """``[data] kind = "imagefolder"``."""
 
-    path: InputDir = Field(description="Folder of images (png, jpg, webp), searched recursively; each trains as displayed (EXIF orientation applied, 16-bit scaled to 8-bit).")
+    path: InputDir = Field(
+        description="Folder of images (png, jpg, webp), searched recursively; each trains as displayed (EXIF orientation applied, 16-bit scaled to 8-bit)."
+    )
     metadata: InputFile | None = Field(
         None,
         description="A .jsonl or .csv file with an image path and a caption per row. Default: `metadata.jsonl` or "
         "`metadata.csv` in `path` when present, else a same-stem caption file beside each image.",
     )
     image_column: str | None = Field(
-        None, description="Metadata column with the image path (relative to `path`). Default: image_path, file_name or image."
+        None,
+        description="Metadata column with the image path (relative to `path`). Default: image_path, file_name or image.",
     )
-    caption_column: str | None = Field(None, description="Metadata column with the caption. Default: caption, text or prompt.")
+    caption_column: str | None = Field(
+        None, description="Metadata column with the caption. Default: caption, text or prompt."
+    )
     caption_extension: str = Field(".txt", description="Extension of the caption file beside each image.")
     missing_caption: Literal["error", "empty", "filename"] = Field(
-        "error", description="An image without a caption stops the run, trains with an empty caption, or uses its file name."
+        "error",
+        description="An image without a caption stops the run, trains with an empty caption, or uses its file name.",
     )
     on_unreadable: Literal["skip", "error"] = Field(
-        "skip", description="An unreadable, truncated or too large image (over Pillow's decompression-bomb limit) is skipped and counted, or stops the run naming it."
+        "skip",
+        description="An unreadable, truncated or too large image (over Pillow's decompression-bomb limit) is skipped and counted, or stops the run naming it.",
     )
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the images for validation loss (seeded).")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this fraction of the images for validation loss (seeded)."
+    )
 
     @field_validator("caption_extension")
     @classmethod
@@ -63,12 +72,16 @@ class StableDiffusionOptions(Options):
         description="Dtype of the frozen UNet and text-encoder weights (LoRA weights and the VAE stay float32).",
     )
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
-        "auto", description="What the UNet predicts; `auto` takes the model's scheduler config (SD 2.x 768: v_prediction)."
+        "auto",
+        description="What the UNet predicts; `auto` takes the model's scheduler config (SD 2.x 768: v_prediction).",
     )
     resolution: PositiveInt = Field(
-        512, description="Training side length in pixels (a multiple of 8); images are resized and cropped to it."
+        512,
+        description="Training side length in pixels (a multiple of 8); images are resized and cropped to it.",
     )
-    crop: Literal["center", "random"] = Field("center", description="Crop after resizing; `random` turns the latent cache off.")
+    crop: Literal["center", "random"] = Field(
+        "center", description="Crop after resizing; `random` turns the latent cache off."
+    )
     flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
     buckets: bool = Field(
         False,
@@ -76,23 +89,50 @@ class StableDiffusionOptions(Options):
         "(validation images stay resolution² squares).",
     )
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this many pixels.")
-    caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training a sample with an empty caption.")
-    shuffle_tags: bool = Field(False, description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).")
-    keep_tokens: int = Field(0, ge=0, description="Leading tags kept in place when shuffling (a trigger word).")
-    cache_latents: bool = Field(True, description="Encode every image with the VAE once, before training, when the augmentations allow.")
+    caption_dropout: float = Field(
+        0.0, ge=0, le=1, description="Probability of training a sample with an empty caption."
+    )
+    shuffle_tags: bool = Field(
+        False,
+        description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).",
+    )
+    keep_tokens: int = Field(
+        0, ge=0, description="Leading tags kept in place when shuffling (a trigger word)."
+    )
+    cache_latents: bool = Field(
+        True,
+        description="Encode every image with the VAE once, before training, when the augmentations allow.",
+    )
     cache_text_encoder_outputs: bool = Field(
-        True, description="Encode every caption once, before training, when captions are not shuffled and the text encoder is frozen."
+        True,
+        description="Encode every caption once, before training, when captions are not shuffled and the text encoder is frozen.",
     )
     cache_to_disk: bool = Field(
-        False, description="Keep cached latents and text-encoder outputs on disk under the cache directory (reused by later runs)."
+        False,
+        description="Keep cached latents and text-encoder outputs on disk under the cache directory (reused by later runs).",
     )
-    noise_offset: float = Field(0.0, ge=0, le=1, description="Add this much per-channel offset noise (darker darks, brighter brights).")
-    min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR loss weighting with this gamma (5 is usual); off when unset.")
-    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward to save memory.")
+    noise_offset: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Add this much per-channel offset noise (darker darks, brighter brights).",
+    )
+    min_snr_gamma: PositiveFloat | None = Field(
+        None, description="Min-SNR loss weighting with this gamma (5 is usual); off when unset."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute UNet activations in backward to save memory."
+    )
     sample_steps: PositiveInt = Field(25, description="Denoising steps for sample images.")
-    sample_guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale for sample images.")
-    sample_size: PositiveInt | None = Field(None, description="Side of sample images in pixels (a multiple of 8). Default: resolution.")
-    sample_images: PositiveInt = Field(4, description="Images per prompt in each sample grid (seeds run.seed, run.seed+1, ...).")
+    sample_guidance_scale: float = Field(
+        7.5, ge=0, description="Classifier-free guidance scale for sample images."
+    )
+    sample_size: PositiveInt | None = Field(
+        None, description="Side of sample images in pixels (a multiple of 8). Default: resolution."
+    )
+    sample_images: PositiveInt = Field(
+        4, description="Images per prompt in each sample grid (seeds run.seed, run.seed+1, ...)."
+    )
 
     _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
 
@@ -101,7 +141,9 @@ class StableDiffusionOptions(Options):
     def _multiple_of_8(cls, value: int | None) -> int | None:
         if value is not None and value % 8:
             low = value - value % 8
-            raise ValueError(f"must be a multiple of 8 (the VAE halves the image three times), e.g. {low or 8} or {low + 8}")
+            raise ValueError(
+                f"must be a multiple of 8 (the VAE halves the image three times), e.g. {low or 8} or {low + 8}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -117,25 +159,42 @@ class SdAdapterOptions(Options):
     r: PositiveInt = Field(8, description="Rank of linear layers and 1×1 convolutions.")
     alpha: PositiveFloat = Field(8.0, description="Alpha; the update is scaled by alpha/r.")
     target_modules: list[str] = Field(
-        ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules to adapt, by name or name suffix (the attention projections)."
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        description="UNet modules to adapt, by name or name suffix (the attention projections).",
     )
-    conv: bool = Field(False, description="LoCon: also adapt the convolutions and projections named in conv_modules.")
+    conv: bool = Field(
+        False, description="LoCon: also adapt the convolutions and projections named in conv_modules."
+    )
     conv_modules: list[str] = Field(
-        list(DEFAULT_CONV_MODULES), description="UNet modules LoCon adds: resnet convolutions, down/upsamplers, 1×1 projections."
+        list(DEFAULT_CONV_MODULES),
+        description="UNet modules LoCon adds: resnet convolutions, down/upsamplers, 1×1 projections.",
     )
     conv_r: PositiveInt | None = Field(None, description="Rank of 3×3 convolutions. Default: r.")
     conv_alpha: PositiveFloat | None = Field(None, description="Alpha of 3×3 convolutions. Default: alpha.")
-    text_encoder: bool = Field(False, description="Also train the adapter on the text encoder (turns the text-encoder cache off).")
-    text_encoder_r: PositiveInt | None = Field(None, description="Rank of the text-encoder adapter. Default: r.")
-    text_encoder_alpha: PositiveFloat | None = Field(None, description="Alpha of the text-encoder adapter. Default: alpha.")
-    text_encoder_target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "out_proj"], description="Text-encoder modules to adapt (add fc1, fc2 for the MLPs)."
+    text_encoder: bool = Field(
+        False, description="Also train the adapter on the text encoder (turns the text-encoder cache off)."
     )
-    text_encoder_lr: LearningRate | None = Field(None, description="Peak learning rate of the text-encoder adapter. Default: train.lr.")
+    text_encoder_r: PositiveInt | None = Field(
+        None, description="Rank of the text-encoder adapter. Default: r."
+    )
+    text_encoder_alpha: PositiveFloat | None = Field(
+        None, description="Alpha of the text-encoder adapter. Default: alpha."
+    )
+    text_encoder_target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "out_proj"],
+        description="Text-encoder modules to adapt (add fc1, fc2 for the MLPs).",
+    )
+    text_encoder_lr: LearningRate | None = Field(
+        None, description="Peak learning rate of the text-encoder adapter. Default: train.lr."
+    )
 
     @model_validator(mode="after")
     def _text_encoder_settings_need_text_encoder(self) -> SdAdapterOptions:
-        set_without = [k for k in ("text_encoder_r", "text_encoder_alpha", "text_encoder_lr") if getattr(self, k) is not None]
+        set_without = [
+            k
+            for k in ("text_encoder_r", "text_encoder_alpha", "text_encoder_lr")
+            if getattr(self, k) is not None
+        ]
         if set_without and not self.text_encoder:
             raise ValueError(f"{', '.join(set_without)} only apply with text_encoder = true")
         if (self.conv_r is not None or self.conv_alpha is not None) and not self.conv:
@@ -155,8 +214,12 @@ class SdLoraOptions(SdAdapterOptions):
 class SdLycorisOptions(SdAdapterOptions):
     """What LoHa and LoKr (LyCORIS' adapters, through peft) add."""
 
-    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rows of the update during training.")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step.")
+    rank_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the rows of the update during training."
+    )
+    module_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step."
+    )
 
 
 class SdLohaOptions(SdLycorisOptions):
@@ -166,12 +229,17 @@ class SdLohaOptions(SdLycorisOptions):
 class SdLokrOptions(SdLycorisOptions):
     """``[adapter] kind = "lokr"`` for Stable Diffusion, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
 
-    decompose_both: bool = Field(False, description="Also factor the small Kronecker matrix W₁ into rank-r factors.")
+    decompose_both: bool = Field(
+        False, description="Also factor the small Kronecker matrix W₁ into rank-r factors."
+    )
     decompose_factor: int = Field(
-        -1, ge=-1, description="Split each dimension as near this factor as divides it; -1: near its square root."
+        -1,
+        ge=-1,
+        description="Split each dimension as near this factor as divides it; -1: near its square root.",
     )
     init: Literal["default", "lycoris"] = Field(
-        "default", description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero)."
+        "default",
+        description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero).",
     )
 
     @field_validator("decompose_factor")
@@ -207,10 +275,13 @@ class KohyaExportOptions(ParityOptions):
 
     filename: str | None = Field(None, description="File name without extension. Default: the run's name.")
     metadata: Literal["full", "minimal"] = Field(
-        "full", description="`full`: ss_* training metadata, hashes and modelspec.*; `minimal`: only the keys loaders need."
+        "full",
+        description="`full`: ss_* training metadata, hashes and modelspec.*; `minimal`: only the keys loaders need.",
     )
     title: str | None = Field(None, description="modelspec.title shown by UIs. Default: the run's name.")
-    trigger_phrase: str | None = Field(None, description="modelspec.trigger_phrase: the words that call up the style.")
+    trigger_phrase: str | None = Field(
+        None, description="modelspec.trigger_phrase: the words that call up the style."
+    )
 
     @field_validator("filename")
     @classmethod

@@ -67,7 +67,9 @@ def trained_probe(model: ModelBundle) -> torch.Tensor:
     was_training = module.training
     module.eval()
     try:
-        return probe(model.components["unet"], model.components["text_encoder"], model.components["tokenizer"])
+        return probe(
+            model.components["unet"], model.components["text_encoder"], model.components["tokenizer"]
+        )
     finally:
         module.train(was_training)
 
@@ -85,7 +87,9 @@ def compare(
     pipeline: Any, model: ModelBundle, options: ParityOptions, ctx: RunContext, what: str, *, saved_dtype: str
 ) -> dict[str, float]:
     """The parity figure of ``pipeline`` (an export loaded back) against the trained model; raise when too far."""
-    difference = float((probe(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer) - trained_probe(model)).abs().max())
+    difference = float(
+        (probe(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer) - trained_probe(model)).abs().max()
+    )
     limit = tolerance(options, ctx, saved_dtype=saved_dtype)
     if difference > limit:
         raise LoraplugError(
@@ -94,4 +98,3 @@ def compare(
             fix="Export in float32 (`dtype`), or raise the export's `tolerance` if the base runs in reduced precision",
         )
     return {"max_abs_diff_vs_trained": difference}
-

@@ -42,7 +42,11 @@ ADAPTERS = {
 def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     register(
         KindSpec(
-            "data", "imagefolder", f"{OPTIONS}:ImageFolderOptions", "images with .txt captions or a metadata.jsonl/.csv", produces=RECORD_SHAPE
+            "data",
+            "imagefolder",
+            f"{OPTIONS}:ImageFolderOptions",
+            "images with .txt captions or a metadata.jsonl/.csv",
+            produces=RECORD_SHAPE,
         )
     )
     register(
@@ -68,12 +72,24 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
         register(KindSpec("adapter", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,)))
     exports = (
         # diffusers' load_lora_weights reads LoRA only; kohya files hold LoHa/LoKr in LyCORIS' layout.
-        ("diffusers", "DiffusersExportOptions", "pytorch_lora_weights.safetensors (load_lora_weights)", ("lora",)),
-        ("kohya", "KohyaExportOptions", "kohya lora_unet_/lora_te_ .safetensors, LyCORIS layout for LoHa/LoKr (A1111, ComfyUI)", tuple(ADAPTERS)),
+        (
+            "diffusers",
+            "DiffusersExportOptions",
+            "pytorch_lora_weights.safetensors (load_lora_weights)",
+            ("lora",),
+        ),
+        (
+            "kohya",
+            "KohyaExportOptions",
+            "kohya lora_unet_/lora_te_ .safetensors, LyCORIS layout for LoHa/LoKr (A1111, ComfyUI)",
+            tuple(ADAPTERS),
+        ),
         ("merged", "MergedExportOptions", "the diffusers pipeline with the adapter fused", tuple(ADAPTERS)),
     )
     for name, options, summary, adapters in exports:
-        register(KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,), adapters=adapters))
+        register(
+            KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,), adapters=adapters)
+        )
 
 
 @hookimpl
@@ -91,14 +107,18 @@ def loraplug_build_model(kind: str, options: StableDiffusionOptions, ctx: RunCon
 
 
 @hookimpl
-def loraplug_wrap_adapter(kind: str, options: SdAdapterOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+def loraplug_wrap_adapter(
+    kind: str, options: SdAdapterOptions, model: ModelBundle, ctx: RunContext
+) -> ModelBundle:
     from loraplug_diffusion.adapter import wrap
 
     return wrap(options, model, ctx)
 
 
 @hookimpl
-def loraplug_prepare_data(model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+def loraplug_prepare_data(
+    model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     from loraplug_diffusion.prepare import prepare
 
     return prepare(model, options, data, ctx)
@@ -113,7 +133,11 @@ def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunC
 
 @hookimpl
 def loraplug_generate(
-    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+    model: ModelBundle,
+    options: StableDiffusionOptions,
+    prompts: Sequence[str],
+    out_dir: Path,
+    ctx: RunContext,
 ) -> list[Sample]:
     from loraplug_diffusion.sample import generate
 
@@ -128,7 +152,9 @@ def loraplug_deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
 
 
 @hookimpl
-def loraplug_export(kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+def loraplug_export(
+    kind: str, options: Any, model: ModelBundle, out_dir: Path, ctx: RunContext
+) -> ExportResult:
     from loraplug_diffusion.export import EXPORTERS
 
     return EXPORTERS[kind](options, model, out_dir, ctx)

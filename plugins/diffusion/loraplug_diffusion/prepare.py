@@ -58,7 +58,11 @@ class Collate:
     """Turns samples into a Batch: cached latents or pixels, cached text encodings or token ids."""
 
     def __init__(
-        self, options: StableDiffusionOptions, tokenizer: Any, latents: FeatureCache, texts: FeatureCache | None
+        self,
+        options: StableDiffusionOptions,
+        tokenizer: Any,
+        latents: FeatureCache,
+        texts: FeatureCache | None,
     ) -> None:
         self.options = options
         self.tokenizer = tokenizer
@@ -79,26 +83,47 @@ class Collate:
         inputs: dict[str, torch.Tensor] = {}
         if all(s.latent_key is not None for s in samples):
             entries = [self.latents.get(s.latent_key) for s in samples]  # type: ignore[arg-type]
-            inputs["latents"] = torch.stack([e["flipped"] if f else e["latents"] for e, f in zip(entries, flips, strict=True)])
+            inputs["latents"] = torch.stack(
+                [e["flipped"] if f else e["latents"] for e, f in zip(entries, flips, strict=True)]
+            )
         else:
             inputs["pixel_values"] = torch.stack(
                 [
-                    to_tensor(load_rgb(s.source, s.id), s.size, crop=options.crop if s.train else "center", flip=f, rng=rng)
+                    to_tensor(
+                        load_rgb(s.source, s.id),
+                        s.size,
+                        crop=options.crop if s.train else "center",
+                        flip=f,
+                        rng=rng,
+                    )
                     for s, f in zip(samples, flips, strict=True)
                 ]
             )
         captions = [
-            augment(s.caption, dropout=options.caption_dropout, shuffle=options.shuffle_tags, keep=options.keep_tokens, rng=rng)
+            augment(
+                s.caption,
+                dropout=options.caption_dropout,
+                shuffle=options.shuffle_tags,
+                keep=options.keep_tokens,
+                rng=rng,
+            )
             if s.train
             else s.caption
             for s in samples
         ]
         shuffled = options.shuffle_tags and samples[0].train
         if self.texts is not None and not shuffled:
-            inputs["encoder_hidden_states"] = torch.stack([self.texts.get(text_hash(c))["states"] for c in captions])
+            inputs["encoder_hidden_states"] = torch.stack(
+                [self.texts.get(text_hash(c))["states"] for c in captions]
+            )
         else:
             inputs["input_ids"] = tokenize(self.tokenizer, captions)
-        return Batch(inputs=inputs, num_targets=len(samples), num_tokens=len(samples), sample_ids=[s.id for s in samples])
+        return Batch(
+            inputs=inputs,
+            num_targets=len(samples),
+            num_tokens=len(samples),
+            sample_ids=[s.id for s in samples],
+        )
 
 
 class StreamedImages(IterableDataset):
@@ -123,18 +148,26 @@ class StreamedImages(IterableDataset):
 
 
 def _samples(
-    records: Sequence[Record], options: StableDiffusionOptions, *, train: bool, buckets: list[tuple[int, int]] | None
+    records: Sequence[Record],
+    options: StableDiffusionOptions,
+    *,
+    train: bool,
+    buckets: list[tuple[int, int]] | None,
 ) -> list[ImageSample]:
     samples = []
     square = (options.resolution, options.resolution)
     for record in records:
         check_image_record(record)
         size = nearest_bucket(image_size(record["image"]), buckets) if buckets and train else square
-        samples.append(ImageSample(str(record.get("id", "?")), record["image"], record["caption"], size, None, train))
+        samples.append(
+            ImageSample(str(record.get("id", "?")), record["image"], record["caption"], size, None, train)
+        )
     return samples
 
 
-def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *, flip: bool, batch: int) -> int:
+def _cache_latents(
+    samples: list[ImageSample], cache: FeatureCache, vae: Any, *, flip: bool, batch: int
+) -> int:
     """Give each sample its latent key, encoding what the cache lacks; return how many were encoded.
 
     At most ``batch`` images are encoded at once — the training batch — so building the cache never
@@ -143,9 +176,7 @@ def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *,
     todo: dict[str, ImageSample] = {}
     for sample in samples:
         with_flip = flip and sample.train
-        sample.latent_key = (
-            f"{content_hash(sample.source)}-d{DECODING_VERSION}-{sample.size[0]}x{sample.size[1]}-center{'-flip' if with_flip else ''}"
-        )
+        sample.latent_key = f"{content_hash(sample.source)}-d{DECODING_VERSION}-{sample.size[0]}x{sample.size[1]}-center{'-flip' if with_flip else ''}"
         if sample.latent_key not in cache:
             todo.setdefault(sample.latent_key, sample)
     by_size: dict[tuple[tuple[int, int], bool], list[ImageSample]] = {}
@@ -155,7 +186,12 @@ def _cache_latents(samples: list[ImageSample], cache: FeatureCache, vae: Any, *,
         for (size, with_flip), group in by_size.items():
             for start in range(0, len(group), batch):
                 chunk = group[start : start + batch]
-                pixels = torch.stack([to_tensor(load_rgb(s.source, s.id), size, crop="center", flip=False, rng=None) for s in chunk])
+                pixels = torch.stack(
+                    [
+                        to_tensor(load_rgb(s.source, s.id), size, crop="center", flip=False, rng=None)
+                        for s in chunk
+                    ]
+                )
                 latents = encode_latents(vae, pixels)
                 flipped = encode_latents(vae, torch.flip(pixels, dims=[-1])) if with_flip else None
                 for i, sample in enumerate(chunk):
@@ -177,7 +213,9 @@ def _cache_texts(captions: set[str], cache: FeatureCache, text_encoder: Any, tok
     return len(todo)
 
 
-def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+def prepare(
+    model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext
+) -> PreparedData:
     vae, text_encoder, tokenizer = (model.components[k] for k in ("vae", "text_encoder", "tokenizer"))
     place_frozen(model, ctx.device)
     root = ctx.cache_dir / "diffusion" if options.cache_to_disk else None
@@ -188,15 +226,21 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
 
     text_cache = None
     if options.cache_text_encoder_outputs and not trains_te and not streamed:
-        text_cache = FeatureCache(root / "text" / fingerprint(text_encoder, text_encoder.config.to_dict()) if root else None)
+        text_cache = FeatureCache(
+            root / "text" / fingerprint(text_encoder, text_encoder.config.to_dict()) if root else None
+        )
     if trains_te:
         ctx.info("the text encoder trains, so captions are encoded every step")
     elif options.cache_text_encoder_outputs and options.shuffle_tags:
-        ctx.warn("model.shuffle_tags changes every caption each step, so training captions are encoded every step (not cached)")
+        ctx.warn(
+            "model.shuffle_tags changes every caption each step, so training captions are encoded every step (not cached)"
+        )
 
     if streamed:
         if options.buckets:
-            ctx.warn("model.buckets needs every image's size before training; streamed images are cropped to resolution² instead")
+            ctx.warn(
+                "model.buckets needs every image's size before training; streamed images are cropped to resolution² instead"
+            )
         ctx.info("streamed data: latents and text encodings are computed every step")
         train: Any = StreamedImages(data.train, options.resolution)
         train_samples: list[ImageSample] = []
@@ -209,12 +253,16 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
     val_samples = _samples(data.val, options, train=False, buckets=None) if data.val else None
 
     if options.cache_latents and options.crop == "random":
-        ctx.warn('model.crop = "random" draws a new crop every step, so training images are encoded every step (not cached)')
+        ctx.warn(
+            'model.crop = "random" draws a new crop every step, so training images are encoded every step (not cached)'
+        )
     if options.cache_latents:
         cached = [s for s in train_samples if options.crop == "center"] + (val_samples or [])
         if cached:
             ctx.info(f"caching latents of {len(cached)} images ({'on disk' if root else 'in memory'})")
-            encoded = _cache_latents(cached, latent_cache, vae, flip=options.flip, batch=ctx.recipe.train.batch_size)
+            encoded = _cache_latents(
+                cached, latent_cache, vae, flip=options.flip, batch=ctx.recipe.train.batch_size
+            )
             summary["latents cached"] = len({s.latent_key for s in cached})
             if root:
                 summary["latents reused from disk"] = summary["latents cached"] - encoded
@@ -230,14 +278,22 @@ def prepare(model: ModelBundle, options: StableDiffusionOptions, data: DataBundl
     # What is fully cached is not needed on the accelerator while training (kohya's trick): the VAE
     # and the text encoder go back to the CPU, and come to the device only to draw sample grids.
     on_accelerator = ctx.device is not None and torch.device(ctx.device).type != "cpu"
-    if on_accelerator and not streamed and all(s.latent_key is not None for s in train_samples + (val_samples or [])):
+    if (
+        on_accelerator
+        and not streamed
+        and all(s.latent_key is not None for s in train_samples + (val_samples or []))
+    ):
         vae.to("cpu")
         summary["vae"] = "offloaded to the CPU"
     if on_accelerator and text_cache is not None and not options.shuffle_tags:
         text_encoder.to("cpu")
         summary["text encoder"] = "offloaded to the CPU"
 
-    plan = partial(plan_by_bucket, [s.size for s in train_samples]) if options.buckets and train_samples else None
+    plan = (
+        partial(plan_by_bucket, [s.size for s in train_samples])
+        if options.buckets and train_samples
+        else None
+    )
     return PreparedData(
         train=train,
         collate=Collate(options, tokenizer, latent_cache, text_cache),

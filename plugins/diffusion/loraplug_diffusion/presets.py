@@ -27,7 +27,12 @@ TINY_SD: dict[str, Any] = {
         "norm_num_groups": 8,
         "sample_size": 16,
     },
-    "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "text_encoder": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
     # Three VAE levels: a 64 px image becomes 16×16 latents (SD's four levels make 1/8).
     "vae_levels": 3,
     "vae_channels": 16,
@@ -150,7 +155,9 @@ def _set_vae_weights(vae: Any, channels: int) -> None:
         for g in range(3):
             mean[:4, 4 * g] = matrix[:, g]
         spread(encoder.conv_out, mean)
-        encoder.conv_out.bias.copy_(torch.cat([-_SHIFT * matrix.sum(dim=1), torch.full((4,), -30.0)]))  # logvar -30: std 3e-7
+        encoder.conv_out.bias.copy_(
+            torch.cat([-_SHIFT * matrix.sum(dim=1), torch.full((4,), -30.0)])
+        )  # logvar -30: std 3e-7
         for conv in (vae.quant_conv, vae.post_quant_conv):
             spread(conv, torch.eye(conv.in_channels))
             conv.bias.zero_()
@@ -209,7 +216,11 @@ def _build(target: Path) -> None:
     _set_vae_weights(vae, channels)
     # SD 1.x's noise schedule.
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
     )
     pipeline = StableDiffusionPipeline(
         vae=vae,

@@ -34,7 +34,9 @@ def pipeline_of(model: ModelBundle) -> Any:
         unet=parts["unet"],
         # "trailing" starts sampling at the last training timestep (pure noise), which SD's "leading"
         # spacing skips; an undertrained model then leaves no residual noise in its samples.
-        scheduler=DPMSolverMultistepScheduler.from_config(parts["noise_scheduler"].config, timestep_spacing="trailing"),
+        scheduler=DPMSolverMultistepScheduler.from_config(
+            parts["noise_scheduler"].config, timestep_spacing="trailing"
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -43,7 +45,9 @@ def pipeline_of(model: ModelBundle) -> Any:
     return pipeline
 
 
-def draw(pipeline: Any, prompt: str, *, seeds: Sequence[int], size: int, steps: int, guidance: float) -> list[Any]:
+def draw(
+    pipeline: Any, prompt: str, *, seeds: Sequence[int], size: int, steps: int, guidance: float
+) -> list[Any]:
     """PIL images of ``prompt``, one per seed; the VAE decodes in float32 whatever the UNet's dtype."""
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     latents = pipeline(
@@ -80,7 +84,11 @@ def _next_index(out_dir: Path) -> int:
 
 
 def generate(
-    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+    model: ModelBundle,
+    options: StableDiffusionOptions,
+    prompts: Sequence[str],
+    out_dir: Path,
+    ctx: RunContext,
 ) -> list[Sample]:
     # The VAE and text encoder may be offloaded while training (see prepare.py): borrow them, then put them back.
     homes = {name: next(model.components[name].parameters()).device for name in ("vae", "text_encoder")}
@@ -92,7 +100,11 @@ def generate(
 
 
 def _generate(
-    model: ModelBundle, options: StableDiffusionOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
+    model: ModelBundle,
+    options: StableDiffusionOptions,
+    prompts: Sequence[str],
+    out_dir: Path,
+    ctx: RunContext,
 ) -> list[Sample]:
     pipeline = pipeline_of(model)
     size = options.sample_size or options.resolution
@@ -100,7 +112,14 @@ def _generate(
     index = _next_index(out_dir)  # earlier grids are never overwritten
     samples = []
     for number, prompt in enumerate(prompts):
-        images = draw(pipeline, prompt, seeds=seeds, size=size, steps=options.sample_steps, guidance=options.sample_guidance_scale)
+        images = draw(
+            pipeline,
+            prompt,
+            seeds=seeds,
+            size=size,
+            steps=options.sample_steps,
+            guidance=options.sample_guidance_scale,
+        )
         buffer = io.BytesIO()
         grid(images).save(buffer, format="PNG")
         path = out_dir / f"grid-{index:04d}-p{number}.png"

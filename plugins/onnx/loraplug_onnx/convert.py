@@ -118,7 +118,9 @@ def check_parity(diff: float, tolerance: float, feeds: dict[str, torch.Tensor], 
     )
 
 
-def figures(path: Path, graph: Graph, feeds: dict[str, torch.Tensor], diff_key: str, diff: float, tolerance: float) -> dict[str, Any]:
+def figures(
+    path: Path, graph: Graph, feeds: dict[str, torch.Tensor], diff_key: str, diff: float, tolerance: float
+) -> dict[str, Any]:
     """The manifest's figures: the opset and axes as written, the shapes used, the measured parity."""
     sig = signature(path)
     return {

@@ -14,7 +14,12 @@ DEFAULT_OPSET = 20
 class OnnxExportOptions(Options):
     """``[[export]] kind = "onnx"``."""
 
-    opset: int = Field(DEFAULT_OPSET, ge=18, le=23, description="ONNX opset of the default domain (the dynamo exporter needs 18 or newer).")
+    opset: int = Field(
+        DEFAULT_OPSET,
+        ge=18,
+        le=23,
+        description="ONNX opset of the default domain (the dynamo exporter needs 18 or newer).",
+    )
     tolerance: float = Field(
         1e-4,
         gt=0,

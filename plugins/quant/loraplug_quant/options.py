@@ -35,17 +35,24 @@ class Bnb8bitExportOptions(BnbExportOptions):
     """``[[export]] kind = "bnb-8bit"``: LLM.int8 through bitsandbytes."""
 
     threshold: float = Field(
-        6.0, ge=0, description="LLM.int8 outlier threshold: activations above it are multiplied in 16 bits (`llm_int8_threshold`)."
+        6.0,
+        ge=0,
+        description="LLM.int8 outlier threshold: activations above it are multiplied in 16 bits (`llm_int8_threshold`).",
     )
 
 
 class Bnb4bitExportOptions(BnbExportOptions):
     """``[[export]] kind = "bnb-4bit"``: 4-bit weights through bitsandbytes."""
 
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: NormalFloat (`nf4`) or float (`fp4`).")
-    double_quant: bool = Field(True, description="Quantize the quantization constants too (about 0.4 bits per weight less).")
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: NormalFloat (`nf4`) or float (`fp4`)."
+    )
+    double_quant: bool = Field(
+        True, description="Quantize the quantization constants too (about 0.4 bits per weight less)."
+    )
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="dtype the 4-bit layers compute in; `auto`: the run's compute dtype (`model.dtype`, bfloat16 on a GPU that has it, else float32)."
+        "auto",
+        description="dtype the 4-bit layers compute in; `auto`: the run's compute dtype (`model.dtype`, bfloat16 on a GPU that has it, else float32).",
     )
 
 

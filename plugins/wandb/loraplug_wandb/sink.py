@@ -58,7 +58,10 @@ class WandbSink:
                 resume="allow",
                 dir=str(wandb_dir),
                 config=recipe.resolved(),
-                tags=sorted({recipe.model.kind, recipe.adapter.kind, recipe.data.kind} | ({"smoke"} if ctx.smoke else set())),
+                tags=sorted(
+                    {recipe.model.kind, recipe.adapter.kind, recipe.data.kind}
+                    | ({"smoke"} if ctx.smoke else set())
+                ),
                 job_type="smoke" if ctx.smoke else "train",
                 notes=f"loraplug run directory: {ctx.run_dir}",
                 settings=settings,

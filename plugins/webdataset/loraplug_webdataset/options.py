@@ -35,7 +35,9 @@ def expand_shards(value: str | list[str], info: ValidationInfo) -> list[str]:
         if not path.is_absolute() and base is not None:
             path = Path(base) / path
         if check and not path.is_file():
-            raise PydanticCustomError("path_missing", "shard not found: {path}", {"path": str(path.absolute())})
+            raise PydanticCustomError(
+                "path_missing", "shard not found: {path}", {"path": str(path.absolute())}
+            )
         resolved.append(str(path.absolute()))
     return resolved
 
@@ -46,22 +48,32 @@ class WebDatasetOptions(Options):
     urls: str | list[str] = Field(
         description='Shards: a brace pattern ("shards/shard-{000000..000009}.tar") or a list; local paths are relative to the recipe.'
     )
-    val_urls: str | list[str] | None = Field(None, description="Validation shards, read whole (up to val_max_samples) before training.")
+    val_urls: str | list[str] | None = Field(
+        None, description="Validation shards, read whole (up to val_max_samples) before training."
+    )
     val_max_samples: PositiveInt = Field(512, description="Cap on validation samples read from val_urls.")
     samples: Literal["auto", "image", "text"] = Field(
-        "auto", description="What a sample is: an image with a caption, chat text in JSON, or `auto` (an image if it has one)."
+        "auto",
+        description="What a sample is: an image with a caption, chat text in JSON, or `auto` (an image if it has one).",
     )
     image_keys: list[str] = Field(
-        ["jpg", "jpeg", "png", "webp"], description="Extensions that hold a sample's image (first present wins)."
+        ["jpg", "jpeg", "png", "webp"],
+        description="Extensions that hold a sample's image (first present wins).",
     )
     caption_keys: list[str] = Field(
-        ["txt", "caption"], description="Extensions that hold a sample's caption (then the JSON's caption or text field)."
+        ["txt", "caption"],
+        description="Extensions that hold a sample's caption (then the JSON's caption or text field).",
     )
-    json_key: str = Field("json", description="Extension of the JSON part: a text sample's prompt/response or messages.")
+    json_key: str = Field(
+        "json", description="Extension of the JSON part: a text sample's prompt/response or messages."
+    )
     shuffle_shards: bool = Field(True, description="Shuffle each process's shards every epoch (seeded).")
-    shuffle_buffer: NonNegativeInt = Field(1000, description="Samples held in the shuffle buffer; 0 keeps shard order.")
+    shuffle_buffer: NonNegativeInt = Field(
+        1000, description="Samples held in the shuffle buffer; 0 keeps shard order."
+    )
     on_corrupt: Literal["skip", "error"] = Field(
-        "skip", description="A sample or shard that cannot be decoded is skipped and counted, or stops the run naming it."
+        "skip",
+        description="A sample or shard that cannot be decoded is skipped and counted, or stops the run naming it.",
     )
 
     _urls = field_validator("urls")(expand_shards)

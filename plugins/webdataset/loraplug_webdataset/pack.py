@@ -26,7 +26,10 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
     for setting in settings:
         key, sep, raw = setting.partition("=")
         if not sep or not key.strip():
-            raise LoraplugError(f"The option {setting!r} is not KEY=VALUE", fix="Write each setting as -o KEY=VALUE, a key of the data kind (`loraplug recipe keys` lists them)")
+            raise LoraplugError(
+                f"The option {setting!r} is not KEY=VALUE",
+                fix="Write each setting as -o KEY=VALUE, a key of the data kind (`loraplug recipe keys` lists them)",
+            )
         try:
             parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -51,7 +54,9 @@ def to_sample(record: Record, index: int) -> dict[str, Any]:
         sample["json"] = json.dumps({"source_id": record.get("id")}).encode("utf-8")
     elif "messages" in record:
         rest = {k: v for k, v in record.items() if k != "id"}
-        sample["json"] = json.dumps({"source_id": record.get("id"), **rest}, ensure_ascii=False).encode("utf-8")
+        sample["json"] = json.dumps({"source_id": record.get("id"), **rest}, ensure_ascii=False).encode(
+            "utf-8"
+        )
     else:
         raise LoraplugError(
             f"Record {record.get('id', '?')} is neither an image sample nor a chat sample (keys: {', '.join(sorted(record))})",
@@ -138,7 +143,9 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     plugins.warn_broken(lambda message: click.echo(f"warning: {message}", err=True))
     served = plugins.lookup("data", kind)
     model = served.spec.options_model()
-    if "path" not in model.model_fields:  # SOURCE becomes the kind's `path`: a kind without one cannot read it
+    if (
+        "path" not in model.model_fields
+    ):  # SOURCE becomes the kind's `path`: a kind without one cannot read it
         raise LoraplugError(
             f"Data kind {kind!r} cannot be packed: SOURCE is read as the kind's `path` option, and {kind!r} has none",
             where=str(source),

@@ -43,9 +43,21 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
             fix=f"Write at least {world} shards (`loraplug data pack … --maxcount` smaller), or train on fewer processes",
         )
     # A shard with no samples is named now, not met as "no batches" once the model has loaded.
-    check_shards(shards, shards[ctx.process_index :: world], key="data.urls", on_corrupt=options.on_corrupt, warn=ctx.warn)
+    check_shards(
+        shards,
+        shards[ctx.process_index :: world],
+        key="data.urls",
+        on_corrupt=options.on_corrupt,
+        warn=ctx.warn,
+    )
     if options.val_urls:
-        check_shards(list(options.val_urls), list(options.val_urls), key="data.val_urls", on_corrupt=options.on_corrupt, warn=ctx.warn)
+        check_shards(
+            list(options.val_urls),
+            list(options.val_urls),
+            key="data.val_urls",
+            on_corrupt=options.on_corrupt,
+            warn=ctx.warn,
+        )
     workers = max(1, ctx.recipe.train.num_workers)
     if len(shards) < world * workers:
         ctx.warn(
@@ -57,7 +69,13 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
     # Inherited by the DataLoader's workers, so skips counted there reach this process's summary.
     skipped = multiprocessing.Value("q", 0)
     train = ShardStream(
-        shards, options, rank=ctx.process_index, world=world, seed=ctx.seed, warn=ctx.warn, skipped_total=skipped
+        shards,
+        options,
+        rank=ctx.process_index,
+        world=world,
+        seed=ctx.seed,
+        warn=ctx.warn,
+        skipped_total=skipped,
     )
     mine = " (this process's shards)" if world > 1 else ""
     val = None
@@ -71,7 +89,10 @@ def loraplug_load_data(kind: str, options: WebDatasetOptions, ctx: RunContext) -
         if reader.skipped.count:
             summary["skipped val samples"] = reader.skipped.count
     return DataBundle(
-        train=train, val=val, summary=summary, final_summary=lambda: {f"skipped train samples{mine}": skipped.value}
+        train=train,
+        val=val,
+        summary=summary,
+        final_summary=lambda: {f"skipped train samples{mine}": skipped.value},
     )
 
 
@@ -102,7 +123,9 @@ def loraplug_register_commands(cli: click.Group) -> None:
         help="An option of data kind KIND (repeatable).",
     )
     @click.option(
-        "--overwrite", is_flag=True, help="Replace the shards in --out (only once the new shards are complete)."
+        "--overwrite",
+        is_flag=True,
+        help="Replace the shards in --out (only once the new shards are complete).",
     )
     def pack(
         kind: str, source: Path, out: Path, maxcount: int, settings: tuple[str, ...], overwrite: bool

@@ -58,7 +58,9 @@ def decode_image(data: bytes) -> Any:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadSample(f"image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadSample(f"image does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+        raise BadSample(
+            f"image does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from exc
     return image
 
 
@@ -68,7 +70,10 @@ def chat_messages(obj: Any) -> list[dict[str, str]]:
         raise BadSample("JSON is not an object")
     if isinstance(obj.get("messages"), list) and obj["messages"]:
         messages = obj["messages"]
-        if not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
+        if not all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            for m in messages
+        ):
             raise BadSample(f"messages need a role ({', '.join(ROLES)}) and a string content each")
         if not any(m["role"] == "assistant" for m in messages):
             raise BadSample("no assistant message, so nothing to learn")
@@ -76,8 +81,14 @@ def chat_messages(obj: Any) -> list[dict[str, str]]:
     if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
         # As the jsonl data kind reads the same line: an optional system prompt comes first.
         system = [{"role": "system", "content": obj["system"]}] if isinstance(obj.get("system"), str) else []
-        return [*system, {"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
-    raise BadSample(f"JSON has neither messages nor prompt/response (keys: {', '.join(sorted(obj)) or 'none'})")
+        return [
+            *system,
+            {"role": "user", "content": obj["prompt"]},
+            {"role": "assistant", "content": obj["response"]},
+        ]
+    raise BadSample(
+        f"JSON has neither messages nor prompt/response (keys: {', '.join(sorted(obj)) or 'none'})"
+    )
 
 
 def to_record(sample: dict[str, Any], options: WebDatasetOptions) -> Record:
@@ -99,12 +110,18 @@ def to_record(sample: dict[str, Any], options: WebDatasetOptions) -> Record:
         elif isinstance(meta, dict) and isinstance(meta.get("caption", meta.get("text")), str):
             caption = meta.get("caption", meta.get("text")).strip()
         else:
-            raise BadSample(f"image without a caption (looked for .{', .'.join(options.caption_keys)} and the JSON's caption)")
+            raise BadSample(
+                f"image without a caption (looked for .{', .'.join(options.caption_keys)} and the JSON's caption)"
+            )
         return {"id": sample_id, "image": decode_image(sample[image_key]), "caption": caption}
     if meta is None:
         parts = ", .".join(k for k in sample if not k.startswith("_"))
         raise BadSample(f"neither an image nor a .{options.json_key} text part (it has .{parts})")
-    extras = {k: v for k, v in meta.items() if k not in ("messages", "prompt", "response", "system", "source_id")} if isinstance(meta, dict) else {}
+    extras = (
+        {k: v for k, v in meta.items() if k not in ("messages", "prompt", "response", "system", "source_id")}
+        if isinstance(meta, dict)
+        else {}
+    )
     return {"id": sample_id, "messages": chat_messages(meta), **extras}
 
 
@@ -123,7 +140,9 @@ def shard_problem(shard: str) -> str | None:
     try:
         if Path(shard).stat().st_size == 0:
             return "is empty (0 bytes)"
-        with tarfile.open(shard, "r:") as tar:  # uncompressed, as `data pack` writes; else webdataset's own error
+        with tarfile.open(
+            shard, "r:"
+        ) as tar:  # uncompressed, as `data pack` writes; else webdataset's own error
             if tar.next() is None:
                 return "is a tar archive with no files in it"
     except tarfile.ReadError:
@@ -133,7 +152,9 @@ def shard_problem(shard: str) -> str | None:
     return None
 
 
-def check_shards(shards: list[str], mine: list[str], *, key: str, on_corrupt: str, warn: Callable[[str], None]) -> None:
+def check_shards(
+    shards: list[str], mine: list[str], *, key: str, on_corrupt: str, warn: Callable[[str], None]
+) -> None:
     """Name the shards that hold no samples before anything loads.
 
     An error when every shard of ``mine`` (what this process reads) is such, or with ``on_corrupt =
@@ -143,7 +164,9 @@ def check_shards(shards: list[str], mine: list[str], *, key: str, on_corrupt: st
     if not problems:
         return
     shown = list(problems.items())[:5]
-    listed = "; ".join(f"{shard} {problem}" for shard, problem in shown) + (f"; {len(problems) - 5} more" if len(problems) > 5 else "")
+    listed = "; ".join(f"{shard} {problem}" for shard, problem in shown) + (
+        f"; {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
     fix = f"Pack or copy those shards again (`loraplug data pack KIND SOURCE --out DIR`), or drop them from {key}"
     if all(shard in problems for shard in mine):
         raise LoraplugError(f"No shard of {key} holds a sample to read: {listed}", where=key, fix=fix)
@@ -195,7 +218,9 @@ class ShardStream:
 
     def _handler(self, exc: Exception) -> bool:
         """webdataset's error hook for unreadable shards and tar members: skip (count) or stop."""
-        where = next((str(a) for a in reversed(exc.args) if isinstance(a, str) and a.endswith(".tar")), "a shard")
+        where = next(
+            (str(a) for a in reversed(exc.args) if isinstance(a, str) and a.endswith(".tar")), "a shard"
+        )
         if self.options.on_corrupt == "error":
             raise LoraplugError(
                 f"A shard cannot be read: {type(exc).__name__}: {exc.args[0] if exc.args else exc}",
