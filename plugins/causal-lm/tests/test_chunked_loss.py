@@ -303,11 +303,21 @@ def test_loss_chunk_tokens_is_checked_strictly(lm_recipe: Any, value: str) -> No
 
 
 def test_accumulation_stays_exact_with_a_chunked_loss(
-    tmp_path: Path, lm_recipe: Any, jsonl_file: Any
+    tmp_path: Path, lm_recipe: Any, jsonl_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The whole loop: one micro-batch of 8 on the full logits against 4 micro-batches of 2 in chunks of
     # 7 tokens, the output head trained in full as the quickstart does. Samples of different lengths, so
     # a per-micro-batch mean would show.
+    from loraplug_causal_lm import compute
+
+    chunk_sizes: list[int] = []  # of every chunked loss the runs compute
+    chunked_loss = compute.target_cross_entropy
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        chunk_sizes.append(args[3])
+        return chunked_loss(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "target_cross_entropy", recorded)
     rows = [{"prompt": f"q{i} " + "x" * (3 + 5 * i), "response": "y" * (4 + 9 * (i % 5))} for i in range(16)]
     data = jsonl_file("chunked.jsonl", rows)
 
@@ -322,9 +332,11 @@ def test_accumulation_stays_exact_with_a_chunked_loss(
     plain, _ = adapter_for_exactness(
         tmp_path, recipe(0), data, "plain8", batch_size=8, accumulation=1, max_steps=2, packing=False
     )
+    assert chunk_sizes == []  # 0: the full logits
     chunked, _ = adapter_for_exactness(
         tmp_path, recipe(7), data, "chunked2x4", batch_size=2, accumulation=4, max_steps=2, packing=False
     )
+    assert len(chunk_sizes) >= 8 and set(chunk_sizes) == {7}  # the recipe's setting reached every micro-batch
     assert any("lm_head" in key for key in plain)
     assert max(float(plain[k].abs().max()) for k in plain if "lora_B" in k) > 1e-3
     for key in plain:
