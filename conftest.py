@@ -1,4 +1,7 @@
-"""Fixtures shared by the core's tests and the first-party plugins' tests."""
+"""Fixtures shared by the core's tests and the first-party plugins' tests (the core's own: tests/conftest.py).
+
+The causal-LM fixtures import its plugin only when a test asks for them: the core's tests run on the toy
+regressor of ``loraplug.testing`` and need no model plugin."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from loraplug_causal_lm.testing import chat_lines, tiny_lm_recipe
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -32,6 +33,8 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def lm_recipe(tmp_path: Path) -> Any:
     """Factory: ``lm_recipe(train={"max_steps": 2})`` writes a tiny-llama recipe and returns its path."""
+    from loraplug_causal_lm.testing import tiny_lm_recipe
+
     return lambda **changes: tiny_lm_recipe(tmp_path, **changes)
 
 
@@ -41,7 +44,9 @@ def jsonl_file(tmp_path: Path) -> Any:
 
     def write(name: str, rows: list[Any]) -> Path:
         path = tmp_path / name
-        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+        path.write_text(
+            "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+        )
         return path
 
     return write
@@ -49,4 +54,7 @@ def jsonl_file(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def chat_rows() -> Any:
+    """``chat_rows(count, seed=0)``: prompt/response pairs of different lengths."""
+    from loraplug_causal_lm.testing import chat_lines
+
     return chat_lines

@@ -81,18 +81,24 @@ def plugin_dist(
     ``sys.path`` (or ``PYTHONPATH`` for a subprocess) to make loraplug discover it.
     """
     if (source is None) == (package is None):
-        raise TypeError("plugin_dist takes one of source= (a module's text) or package= (a package directory)")
+        raise TypeError(
+            "plugin_dist takes one of source= (a module's text) or package= (a package directory)"
+        )
     site.mkdir(parents=True, exist_ok=True)
     if package is not None:
         import shutil
 
-        shutil.copytree(package, site / module, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        shutil.copytree(
+            package, site / module, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
     else:
         assert source is not None  # noqa: S101 — checked above
         (site / f"{module}.py").write_text(source, encoding="utf-8")
     info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n", encoding="utf-8")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n", encoding="utf-8"
+    )
     (info / "entry_points.txt").write_text(f"[loraplug]\n{module} = {module}\n", encoding="utf-8")
     return site
 
@@ -206,7 +212,11 @@ def toy_recipe(directory: Path, **changes: Any) -> Path:
         (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     recipe: dict[str, Any] = {
         "run": {"name": "tiny", "output_dir": str(directory / "runs"), "seed": 7},
-        "data": {"kind": "toy-rows", "path": str(directory / "train.jsonl"), "val_path": str(directory / "val.jsonl")},
+        "data": {
+            "kind": "toy-rows",
+            "path": str(directory / "train.jsonl"),
+            "val_path": str(directory / "val.jsonl"),
+        },
         "model": {"kind": TOY_MODEL, "features": TOY_FEATURES, "hidden": 8},
         "adapter": {"kind": "lora", "r": 4, "alpha": 8},
         "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "log_every_n_steps": 2},
@@ -238,7 +248,11 @@ def _toy_rows(path: Path) -> list[dict[str, Any]]:
             target = None if row["y"] is None else float(row["y"])
             rows.append({**row, "id": where, "x": [float(v) for v in row["x"]], "y": target})
         except (ValueError, KeyError, TypeError) as exc:
-            raise LoraplugError(f"{where} is not a row of numbers ({exc})", where=where, fix='Write {"x": [1.0, 2.0], "y": 3.0}') from exc
+            raise LoraplugError(
+                f"{where} is not a row of numbers ({exc})",
+                where=where,
+                fix='Write {"x": [1.0, 2.0], "y": 3.0}',
+            ) from exc
     return rows
 
 
@@ -249,7 +263,12 @@ def _toy_collate(rows: list[dict[str, Any]]) -> Batch:
     y = torch.tensor([0.0 if row["y"] is None else row["y"] for row in rows], dtype=torch.float32)
     mask = torch.tensor([row["y"] is not None for row in rows], dtype=torch.float32)
     targets = sum(row["y"] is not None for row in rows)
-    return Batch(inputs={"x": x, "y": y, "mask": mask}, num_targets=targets, num_tokens=len(rows), sample_ids=[r["id"] for r in rows])
+    return Batch(
+        inputs={"x": x, "y": y, "mask": mask},
+        num_targets=targets,
+        num_tokens=len(rows),
+        sample_ids=[r["id"] for r in rows],
+    )
 
 
 def _toy_probe(module: Any, inputs: dict[str, Any]) -> Any:
@@ -362,9 +381,29 @@ class ToyRegressor:
     @hookimpl
     def loraplug_register_kinds(self, register: Callable[[KindSpec], None]) -> None:
         options = f"{__name__}:"
-        register(KindSpec("data", "toy-rows", options + "ToyRowsOptions", "JSONL rows of numbers", produces=(TOY_ROWS,)))
-        register(KindSpec("model", TOY_MODEL, options + "ToyRegressorOptions", "a small MLP (pure torch)", accepts=(TOY_ROWS,)))
-        register(KindSpec("adapter", "lora", options + "ToyLoraOptions", "LoRA on the MLP (pure torch)", models=(TOY_MODEL,)))
+        register(
+            KindSpec(
+                "data", "toy-rows", options + "ToyRowsOptions", "JSONL rows of numbers", produces=(TOY_ROWS,)
+            )
+        )
+        register(
+            KindSpec(
+                "model",
+                TOY_MODEL,
+                options + "ToyRegressorOptions",
+                "a small MLP (pure torch)",
+                accepts=(TOY_ROWS,),
+            )
+        )
+        register(
+            KindSpec(
+                "adapter",
+                "lora",
+                options + "ToyLoraOptions",
+                "LoRA on the MLP (pure torch)",
+                models=(TOY_MODEL,),
+            )
+        )
         register(
             KindSpec(
                 "export", "toy-weights", options + "ToyWeightsOptions", "the merged MLP as safetensors",
@@ -387,19 +426,27 @@ class ToyRegressor:
 
         torch.manual_seed(ctx.seed)
         layers = OrderedDict(
-            hidden=torch.nn.Linear(options.features, options.hidden), act=torch.nn.Tanh(), out=torch.nn.Linear(options.hidden, 1)
+            hidden=torch.nn.Linear(options.features, options.hidden),
+            act=torch.nn.Tanh(),
+            out=torch.nn.Linear(options.hidden, 1),
         )
         module = torch.nn.Sequential(layers).requires_grad_(False)
-        return ModelBundle(kind=TOY_MODEL, module=module, base=f"toy-regressor {options.features}x{options.hidden}")
+        return ModelBundle(
+            kind=TOY_MODEL, module=module, base=f"toy-regressor {options.features}x{options.hidden}"
+        )
 
     @hookimpl
-    def loraplug_wrap_adapter(self, kind: str, options: ToyLoraOptions, model: ModelBundle, ctx: RunContext) -> ModelBundle:
+    def loraplug_wrap_adapter(
+        self, kind: str, options: ToyLoraOptions, model: ModelBundle, ctx: RunContext
+    ) -> ModelBundle:
         from dataclasses import replace
 
         return replace(model, module=_lora_mlp()(model.module, options))
 
     @hookimpl
-    def loraplug_prepare_data(self, model: ModelBundle, options: ToyRegressorOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+    def loraplug_prepare_data(
+        self, model: ModelBundle, options: ToyRegressorOptions, data: DataBundle, ctx: RunContext
+    ) -> PreparedData:
         from loraplug.errors import LoraplugError
 
         for row in [*data.train, *(data.val or [])]:
@@ -410,30 +457,45 @@ class ToyRegressor:
                     fix="Make every row as long as model.features",
                 )
         val = list(data.val) if data.val else None
-        return PreparedData(train=list(data.train), collate=_toy_collate, val=val, sample_weights=data.weights, unit="rows")
+        return PreparedData(
+            train=list(data.train), collate=_toy_collate, val=val, sample_weights=data.weights, unit="rows"
+        )
 
     @hookimpl
-    def loraplug_train_step(self, model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
+    def loraplug_train_step(
+        self, model: ModelBundle, module: Any, batch: Batch, ctx: RunContext
+    ) -> StepResult:
         prediction = module(batch.inputs["x"]).squeeze(-1)
         errors = (prediction - batch.inputs["y"]) ** 2
         return StepResult(loss_sum=(errors * batch.inputs["mask"]).sum(), num_targets=batch.num_targets)
 
     @hookimpl
     def loraplug_generate(
-        self, model: ModelBundle, options: ToyRegressorOptions, prompts: list[str], out_dir: Path, ctx: RunContext
+        self,
+        model: ModelBundle,
+        options: ToyRegressorOptions,
+        prompts: list[str],
+        out_dir: Path,
+        ctx: RunContext,
     ) -> list[Sample]:
         import torch
 
         module = model.module
-        rows = torch.tensor([_prompt_row(prompt, options.features) for prompt in prompts], dtype=torch.float32)
+        rows = torch.tensor(
+            [_prompt_row(prompt, options.features) for prompt in prompts], dtype=torch.float32
+        )
         was_training = module.training
         module.eval()  # deterministic: no dropout
         try:
             with torch.no_grad():
-                predictions = _toy_probe(module, {"rows": rows.to(next(module.parameters()).device)}).cpu().tolist()
+                predictions = (
+                    _toy_probe(module, {"rows": rows.to(next(module.parameters()).device)}).cpu().tolist()
+                )
         finally:
             module.train(was_training)
-        return [Sample(prompt, text=f"{value:.4f}") for prompt, value in zip(prompts, predictions, strict=True)]
+        return [
+            Sample(prompt, text=f"{value:.4f}") for prompt, value in zip(prompts, predictions, strict=True)
+        ]
 
     @hookimpl
     def loraplug_deployable(self, model: ModelBundle, ctx: RunContext) -> Deployable:
@@ -476,23 +538,32 @@ class ToyRegressor:
             save_beside=save_beside,
             batch_outputs=_toy_batch_outputs,
             score=_toy_mse,
-            merge_check=MergeCheck(difference, parity_tolerance("float32"), {"max_abs_diff_vs_trained": difference}),
+            merge_check=MergeCheck(
+                difference, parity_tolerance("float32"), {"max_abs_diff_vs_trained": difference}
+            ),
             notes=[f"merged LoRA into the {', '.join(TOY_LAYERS)} layers"],
         )
 
     @hookimpl
-    def loraplug_export(self, kind: str, options: ToyWeightsOptions, model: ModelBundle, out_dir: Path, ctx: RunContext) -> ExportResult:
+    def loraplug_export(
+        self, kind: str, options: ToyWeightsOptions, model: ModelBundle, out_dir: Path, ctx: RunContext
+    ) -> ExportResult:
         import torch
         from safetensors.torch import save_file
 
         deployable = ctx.deployable(model)
         figures = deployable.verify_merge()
         dtype = getattr(torch, options.dtype)
-        state = {name: tensor.to(dtype).contiguous() for name, tensor in deployable.module.state_dict().items()}
+        state = {
+            name: tensor.to(dtype).contiguous() for name, tensor in deployable.module.state_dict().items()
+        }
         save_file(state, str(out_dir / "model.safetensors"))
         deployable.save_files_beside(out_dir)
         if options.model_card:
-            metrics = "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items()) or "- (see the run's metrics.jsonl)"
+            metrics = (
+                "\n".join(f"- {k}: {v}" for k, v in ctx.final_metrics.items())
+                or "- (see the run's metrics.jsonl)"
+            )
             card = f"# LoRA merged into {model.base}\n\n## Final metrics\n\n{metrics}\n"
             (out_dir / "README.md").write_text(card, encoding="utf-8")
         return ExportResult(
@@ -504,5 +575,7 @@ class ToyRegressor:
 def toy_plugin_dist(site: Path) -> Path:
     """Install :class:`ToyRegressor` in ``site`` as the distribution ``loraplug-toy`` (see :func:`plugin_dist`)."""
     hooks = [name for name in vars(ToyRegressor) if name.startswith("loraplug_")]
-    source = f"from {__name__} import ToyRegressor\n\n_plugin = ToyRegressor()\n" + "".join(f"{h} = _plugin.{h}\n" for h in hooks)
+    source = f"from {__name__} import ToyRegressor\n\n_plugin = ToyRegressor()\n" + "".join(
+        f"{h} = _plugin.{h}\n" for h in hooks
+    )
     return plugin_dist(site, distribution=TOY_DISTRIBUTION, module="loraplug_toy", source=source)

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from loraplug.testing import run_cli
 
 
-def adapter_after(tmp_path: Path, toy_recipe_file, data: Path, name: str, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+def adapter_after(
+    tmp_path: Path, toy_recipe_file, data: Path, name: str, batch_size: int, accumulation: int
+) -> dict[str, torch.Tensor]:
     # 24 rows: three steps of 8, never crossing an epoch's end. No warmup, decay, clipping or dropout
     # blur the comparison.
     recipe = toy_recipe_file(
@@ -42,10 +44,14 @@ def adapter_after(tmp_path: Path, toy_recipe_file, data: Path, name: str, batch_
     return load_file(str(tmp_path / "runs" / name / "adapter" / "adapter.safetensors"))
 
 
-def test_micro_batch_2_times_accumulation_4_equals_batch_8(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+def test_micro_batch_2_times_accumulation_4_equals_batch_8(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
+) -> None:
     # Every third row has no target: a micro-batch of 2 holds 0, 1 or 2 targets.
     rows = [{**row, "y": None} if i % 3 == 0 else row for i, row in enumerate(toy_rows_of(24, seed=3))]
-    assert sum(row["y"] is None for row in rows) == 8  # the point: very different target counts per micro-batch
+    assert (
+        sum(row["y"] is None for row in rows) == 8
+    )  # the point: very different target counts per micro-batch
     data = jsonl_file("accumulation.jsonl", rows)
     big = adapter_after(tmp_path, toy_recipe_file, data, "batch8", 8, 1)
     accumulated = adapter_after(tmp_path, toy_recipe_file, data, "micro2x4", 2, 4)

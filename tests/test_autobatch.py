@@ -59,14 +59,24 @@ def _auto_run(tmp_path: Path, toy_recipe_file, name: str, train: dict) -> tuple[
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / name
-    return load_file(str(run_dir / "adapter" / "adapter.safetensors")), json.loads((run_dir / "run.json").read_text()), result.stdout
+    return (
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        json.loads((run_dir / "run.json").read_text()),
+        result.stdout,
+    )
 
 
-def test_auto_chooses_logs_and_trains_exactly_like_the_chosen_numbers(tmp_path: Path, toy_recipe_file) -> None:
-    auto, status, out = _auto_run(tmp_path, toy_recipe_file, "auto", {"batch_size": "auto", "effective_batch_size": 4})
+def test_auto_chooses_logs_and_trains_exactly_like_the_chosen_numbers(
+    tmp_path: Path, toy_recipe_file
+) -> None:
+    auto, status, out = _auto_run(
+        tmp_path, toy_recipe_file, "auto", {"batch_size": "auto", "effective_batch_size": 4}
+    )
     chosen = status["auto_batch"]
     assert chosen["batch_size"] * chosen["grad_accum_steps"] == 4
-    assert chosen["batch_size"] == 4  # the toy model fits a whole effective batch in 70 % of any machine's RAM
+    assert (
+        chosen["batch_size"] == 4
+    )  # the toy model fits a whole effective batch in 70 % of any machine's RAM
     assert "batch_size auto: 4 × 1 accumulation = 4 per step" in out and "budget" in out
     fixed, _, _ = _auto_run(tmp_path, toy_recipe_file, "fixed", {"batch_size": 4, "grad_accum_steps": 1})
     for key in auto:

@@ -18,15 +18,21 @@ LABELS = ["common"] * 90 + ["rare"] * 10
 
 
 def _ids(samples: list[int]) -> Batch:
-    return Batch(inputs={}, num_targets=len(samples), num_tokens=len(samples), sample_ids=[str(s) for s in samples])
+    return Batch(
+        inputs={}, num_targets=len(samples), num_tokens=len(samples), sample_ids=[str(s) for s in samples]
+    )
 
 
-def _draws(*, batch_size: int, rank: int = 0, world: int = 1, seed: int = 5, batches: int = 200) -> list[list[int]]:
+def _draws(
+    *, batch_size: int, rank: int = 0, world: int = 1, seed: int = 5, batches: int = 200
+) -> list[list[int]]:
     records = [{"id": str(i), "label": label} for i, label in enumerate(LABELS)]
     weighed = record_weights(records, DataCoreOptions(balance_by="label"))
     assert weighed is not None
     prepared = PreparedData(train=list(range(len(LABELS))), collate=_ids, sample_weights=weighed[0])
-    stream = MicroBatches(prepared, batch_size=batch_size, seed=seed, rank=rank, world=world, num_workers=0).iterate()
+    stream = MicroBatches(
+        prepared, batch_size=batch_size, seed=seed, rank=rank, world=world, num_workers=0
+    ).iterate()
     return [[int(s) for s in batch.sample_ids] for _, batch in islice(stream, batches)]
 
 
@@ -55,7 +61,10 @@ def test_weight_by_uses_the_records_numbers() -> None:
 
 
 def _labelled(jsonl_file, toy_rows_of, rows: int = 20) -> Path:
-    return jsonl_file("labelled.jsonl", [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(toy_rows_of(rows))])
+    return jsonl_file(
+        "labelled.jsonl",
+        [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(toy_rows_of(rows))],
+    )
 
 
 def test_a_balanced_run_reports_its_classes(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
@@ -77,7 +86,9 @@ def test_a_sample_without_the_label_is_an_error_naming_it(toy_recipe_file, jsonl
     rows = [{**r, "label": "x"} for r in toy_rows_of(6)]
     del rows[3]["label"]
     data = jsonl_file("labelled.jsonl", rows)
-    result = run_cli("run", toy_recipe_file(data={"path": str(data), "val_path": None, "balance_by": "label"}, export=[]))
+    result = run_cli(
+        "run", toy_recipe_file(data={"path": str(data), "val_path": None, "balance_by": "label"}, export=[])
+    )
     assert result.exit_code == 2
     assert "Sample labelled.jsonl:4 has no field 'label', which data.balance_by names" in result.stderr
 

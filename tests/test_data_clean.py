@@ -16,7 +16,10 @@ from loraplug.testing import run_cli
 
 
 def _chat(i: int, prompt: str, response: str) -> dict:
-    return {"id": f"t:{i}", "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+    return {
+        "id": f"t:{i}",
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    }
 
 
 def _texts(toy_rows_of, texts: list[str]) -> list[dict]:
@@ -43,14 +46,18 @@ def _removed(report: dict, split: str = "train") -> dict[str, int]:
     return {f["name"]: f["removed"] for f in report["splits"][split]["filters"]}
 
 
-def test_include_keeps_only_matching_samples(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+def test_include_keeps_only_matching_samples(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
+) -> None:
     rows = _texts(toy_rows_of, [f"rain {i} wet" for i in range(6)] + [f"sun {i} dry" for i in range(4)])
     result = _run(toy_recipe_file, jsonl_file, rows, {"include": ["^rain"]})
     assert result.exit_code == 0, result.output
     assert _removed(_report(tmp_path))["include"] == 4
 
 
-def test_near_duplicates_are_removed_with_minhash(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+def test_near_duplicates_are_removed_with_minhash(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
+) -> None:
     base = "The forecast for Bergen on Monday is steady rain with a gentle westerly breeze and nine degrees."
     texts = [
         f"forecast? {base}",
@@ -61,7 +68,9 @@ def test_near_duplicates_are_removed_with_minhash(tmp_path: Path, toy_recipe_fil
     assert result.exit_code == 0, result.output
     report = _report(tmp_path)
     assert _removed(report)["near_dedup"] == 1
-    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "near_dedup")["examples"][0]
+    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "near_dedup")["examples"][
+        0
+    ]
     assert example["id"] == "clean.jsonl:2" and example["reason"].endswith("similar to clean.jsonl:1")
 
 
@@ -142,14 +151,20 @@ def _image(path: Path, size: tuple[int, int], seed: int) -> Path:
 def test_image_filters_drop_small_and_perceptually_identical_images(tmp_path: Path) -> None:
     records = [
         {"id": "a.png", "image": _image(tmp_path / "a.png", (128, 128), 1), "caption": "blocks"},
-        {"id": "b.png", "image": _image(tmp_path / "b.png", (256, 256), 1), "caption": "the same blocks, larger"},
+        {
+            "id": "b.png",
+            "image": _image(tmp_path / "b.png", (256, 256), 1),
+            "caption": "the same blocks, larger",
+        },
         {"id": "c.png", "image": _image(tmp_path / "c.png", (128, 128), 2), "caption": "other blocks"},
         {"id": "tiny.png", "image": _image(tmp_path / "tiny.png", (32, 48), 3), "caption": "too small"},
     ]
     cleaned = clean(DataBundle(train=records), CleanOptions(min_resolution=64, image_dedup_distance=4))
     assert [r["id"] for r in cleaned.train] == ["a.png", "c.png"]
     assert cleaned.report is not None
-    counts = {f.name: (f.removed, [e.reason for e in f.examples]) for f in cleaned.report.splits["train"].filters}
+    counts = {
+        f.name: (f.removed, [e.reason for e in f.examples]) for f in cleaned.report.splits["train"].filters
+    }
     assert counts["min_resolution"] == (1, ["32×48 px"])
     assert counts["image_dedup"][0] == 1 and counts["image_dedup"][1][0].endswith("from a.png")
 
@@ -175,19 +190,24 @@ def test_text_records_are_read_through_the_one_accessor() -> None:
 def test_a_filter_that_cannot_read_a_record_is_an_error_naming_it() -> None:
     from loraplug.errors import LoraplugError
 
-    rows = [{"id": "t:1", "features": [1.0, 2.0], "target": 3.0}, {"id": "t:2", "features": [1.0, 2.0], "target": 3.0}]
+    rows = [
+        {"id": "t:1", "features": [1.0, 2.0], "target": 3.0},
+        {"id": "t:2", "features": [1.0, 2.0], "target": 3.0},
+    ]
     with pytest.raises(LoraplugError) as caught:
         clean(DataBundle(train=rows), CleanOptions(exclude=["x"]))
     assert "The exclude filter cannot read sample t:1: it has no text" in caught.value.what
     assert caught.value.where == "data.clean.exclude"
-    with pytest.raises(LoraplugError, match="The min_resolution filter cannot read sample t:1: it has no image"):
+    with pytest.raises(
+        LoraplugError, match="The min_resolution filter cannot read sample t:1: it has no image"
+    ):
         clean(DataBundle(train=rows), CleanOptions(min_resolution=64))
     # exact_dedup (on by default) compares a record without text or image by all its fields
     cleaned = clean(DataBundle(train=rows), CleanOptions())
     assert [r["id"] for r in cleaned.train] == ["t:1"]
 
 
-PLUGIN_FILTER = '''
+PLUGIN_FILTER = """
 from loraplug import KindSpec, Options, hookimpl, record_text
 
 class DigitsOptions(Options):
@@ -209,40 +229,67 @@ def loraplug_register_kinds(register):
 @hookimpl
 def loraplug_build_filter(kind, options, ctx):
     return TooManyDigits(options.at_most)
-'''
+"""
 
 
-def test_a_plugins_filter_runs_from_a_data_clean_filters_table(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of) -> None:
+def test_a_plugins_filter_runs_from_a_data_clean_filters_table(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
+) -> None:
     import os
     import subprocess
     import sys
 
     from loraplug.testing import plugin_dist
 
-    site = plugin_dist(tmp_path / "site", distribution="loraplug-digits", module="loraplug_digits", source=PLUGIN_FILTER)
+    site = plugin_dist(
+        tmp_path / "site", distribution="loraplug-digits", module="loraplug_digits", source=PLUGIN_FILTER
+    )
     rows = _texts(toy_rows_of, [f"question {i} answer {i}" for i in range(8)] + ["call 5551234 no"])
-    clean_table = {"filters": [{"kind": "max_digits", "at_most": 2}, {"kind": "exclude", "patterns": ["^question 7"]}]}
+    clean_table = {
+        "filters": [{"kind": "max_digits", "at_most": 2}, {"kind": "exclude", "patterns": ["^question 7"]}]
+    }
     recipe = toy_recipe_file(
         data={"path": str(jsonl_file("d.jsonl", rows)), "val_path": None, "clean": clean_table},
         train={"max_steps": 1}, eval={"sample_prompts": []}, export=[],
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]), "LORAPLUG_TRACE_HOOKS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]),
+        "LORAPLUG_TRACE_HOOKS": "1",
+    }
 
     def loraplug(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "loraplug", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "loraplug", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
 
     ran = loraplug("run", str(recipe))
     assert ran.returncode == 0, ran.stderr
     assert "[loraplug hook] loraplug_build_filter -> loraplug-digits:loraplug_digits" in ran.stderr
     report = _report(tmp_path)
     assert _removed(report) == {"empty_responses": 0, "max_digits": 1, "exclude": 1, "exact_dedup": 0}
-    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "max_digits")["examples"][0]
+    example = next(f for f in report["splits"]["train"]["filters"] if f["name"] == "max_digits")["examples"][
+        0
+    ]
     assert example == {"id": "d.jsonl:9", "text": "call 5551234 no", "reason": "7 digits"}
     resolved = (tmp_path / "runs" / "tiny" / "recipe.toml").read_text()
     assert '[[data.clean.filters]]\nkind = "max_digits"\nat_most = 2' in resolved  # defaults written out
 
-    bad = toy_recipe_file(data={"clean": {"filters": [{"kind": "max_digit"}, {"kind": "max_digits", "at_mots": 1}]}})
+    bad = toy_recipe_file(
+        data={"clean": {"filters": [{"kind": "max_digit"}, {"kind": "max_digits", "at_mots": 1}]}}
+    )
     checked = loraplug("recipe", "check", str(bad))
     assert checked.returncode == 2
-    assert "`data.clean.filters[0].kind` = 'max_digit'" in checked.stderr and "Did you mean 'max_digits'?" in checked.stderr
-    assert "unknown key `data.clean.filters[1].at_mots`" in checked.stderr and "did you mean `data.clean.filters[1].at_most`?" in checked.stderr
+    assert (
+        "`data.clean.filters[0].kind` = 'max_digit'" in checked.stderr
+        and "Did you mean 'max_digits'?" in checked.stderr
+    )
+    assert (
+        "unknown key `data.clean.filters[1].at_mots`" in checked.stderr
+        and "did you mean `data.clean.filters[1].at_most`?" in checked.stderr
+    )

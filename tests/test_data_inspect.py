@@ -13,7 +13,9 @@ def test_inspect_of_a_model_without_tokens_shows_the_cleaning_report_and_trains_
 ) -> None:
     rows = toy_rows_of(4)
     data = jsonl_file("inspect.jsonl", [*rows[:2], rows[1], *rows[2:]])  # a duplicate, removed and reported
-    result = run_cli("data", "inspect", toy_recipe_file(data={"path": str(data), "val_path": None}), "-n", "5")
+    result = run_cli(
+        "data", "inspect", toy_recipe_file(data={"path": str(data), "val_path": None}), "-n", "5"
+    )
     assert result.exit_code == 0, result.output
     assert "exact_dedup" in result.stdout and "inspect.jsonl:3" in result.stdout
     assert "no token view for model kind 'toy-regressor'" in result.stdout
@@ -39,7 +41,10 @@ def test_a_batch_with_one_label_per_row_gets_no_token_view_and_no_crash() -> Non
             num_targets=len(items), num_tokens=sum(len(i["ids"]) for i in items), sample_ids=[i["id"] for i in items],
         )  # fmt: skip
 
-    prepared = PreparedData(train=[{"id": "c:1", "ids": [5, 6, 7], "label": 1}, {"id": "c:2", "ids": [8, 9, 4], "label": 0}], collate=collate)
+    prepared = PreparedData(
+        train=[{"id": "c:1", "ids": [5, 6, 7], "label": 1}, {"id": "c:2", "ids": [8, 9, 4], "label": 0}],
+        collate=collate,
+    )
     assert list(token_views(prepared, 3)) == []
     # per-token labels still give a view
     per_token = PreparedData(train=[{"id": "t:1", "ids": [5, 6, 7]}], collate=lambda items: Batch(

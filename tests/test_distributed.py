@@ -28,7 +28,18 @@ TOLERANCE = 1e-6
 
 def torchrun(recipe: Path, *args: str, cwd: Path, fault: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "loraplug", "run", str(recipe), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "loraplug",
+        "run",
+        str(recipe),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
@@ -45,7 +56,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, toy_
     assert one.exit_code == 0, one.output
 
     runs = tmp_path / "runs"
-    a, b = load_file(str(runs / "one" / "adapter" / "adapter.safetensors")), load_file(str(runs / "two" / "adapter" / "adapter.safetensors"))
+    a, b = (
+        load_file(str(runs / "one" / "adapter" / "adapter.safetensors")),
+        load_file(str(runs / "two" / "adapter" / "adapter.safetensors")),
+    )
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
@@ -54,12 +68,19 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, toy_
     # only rank 0 writes: one metrics line per logged step, one header, one summary
     status = json.loads((runs / "two" / "run.json").read_text())
     assert status["processes"] == 2 and status["status"] == "finished"
-    train_steps = [json.loads(row)["step"] for row in (runs / "two" / "metrics.jsonl").read_text().splitlines() if '"train"' in row]
+    train_steps = [
+        json.loads(row)["step"]
+        for row in (runs / "two" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in row
+    ]
     assert train_steps == sorted(set(train_steps))
     assert two.stdout.count("loraplug run two") == 1 and two.stdout.count("done 3 steps") == 1
     one_val = [e["val_loss"] for e in json.loads((runs / "one" / "run.json").read_text())["evaluations"]]
     two_val = [e["val_loss"] for e in status["evaluations"]]
-    assert one_val == torch.tensor(two_val).tolist() or max(abs(x - y) for x, y in zip(one_val, two_val, strict=True)) < 1e-5
+    assert (
+        one_val == torch.tensor(two_val).tolist()
+        or max(abs(x - y) for x, y in zip(one_val, two_val, strict=True)) < 1e-5
+    )
 
 
 def test_a_failing_process_stops_all_with_its_error_shown(tmp_path: Path, toy_recipe_file) -> None:
@@ -72,7 +93,9 @@ def test_a_failing_process_stops_all_with_its_error_shown(tmp_path: Path, toy_re
     assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["status"] != "finished"
 
 
-def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(tmp_path: Path, toy_recipe_file) -> None:
+def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     # Rank 1 is SIGKILLed in its 7th micro-batch (step 7, after the step-6 checkpoint): a lost node,
     # the OOM killer. The other process must stop, and the run must resume from step 6 to the end.
     recipe = toy_recipe_file(

@@ -59,7 +59,9 @@ def run_with(tmp_path: Path):
     return run
 
 
-def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, toy_recipe_file, run_with) -> None:
+def test_the_optimizer_example_trains_and_checkpoints_its_state(
+    tmp_path: Path, toy_recipe_file, run_with
+) -> None:
     recipe = toy_recipe_file(train={"optimizer": "sgd", "lr": 0.05, "max_steps": 2, "save_every_n_steps": 2}, optimizer={"momentum": 0.8},
                        eval={"sample_prompts": []}, export=[])  # fmt: skip
     proc = run_with("optimizer plugin", recipe)
@@ -73,9 +75,13 @@ def test_the_optimizer_example_trains_and_checkpoints_its_state(tmp_path: Path, 
     assert saved["param_groups"][0]["momentum"] == 0.8 and "momentum_buffer" in saved["state"][0]
 
 
-def test_the_filter_example_removes_what_it_says(tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of, run_with) -> None:
+def test_the_filter_example_removes_what_it_says(
+    tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of, run_with
+) -> None:
     texts = [f"question {i}, an answer" for i in range(8)] + ["call 555 1234, no"]
-    rows = [{**row, "text": text} for row, text in zip(toy_rows_of(9), texts, strict=True)]  # read by record_text
+    rows = [
+        {**row, "text": text} for row, text in zip(toy_rows_of(9), texts, strict=True)
+    ]  # read by record_text
     recipe = toy_recipe_file(data={"path": str(jsonl_file("d.jsonl", rows)), "val_path": None,
                              "clean": {"filters": [{"kind": "max_digits", "at_most": 2}]}},
                        train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])  # fmt: skip
@@ -101,4 +107,7 @@ def test_the_sample_sink_example_renders_samples_by_type(tmp_path: Path, toy_rec
         toy_recipe_file(train={"max_steps": 1}, eval={"sample_prompts": ["0.5, -1, 2"]}, export=[]),
     )
     written = (tmp_path / "runs" / "tiny" / "samples.md").read_text()
-    assert written.startswith("## step 0, samples/0: 0.5, -1, 2") and "## step 1, samples/0: 0.5, -1, 2" in written
+    assert (
+        written.startswith("## step 0, samples/0: 0.5, -1, 2")
+        and "## step 1, samples/0: 0.5, -1, 2" in written
+    )

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.usefixtures("toy")  # the toy plugin installed for ever
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Path:
     root = tmp_path_factory.mktemp("reexport")
-    recipe = toy_recipe(root, train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "toy-weights"}])
+    recipe = toy_recipe(
+        root, train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "toy-weights"}]
+    )
     with plugins_installed(toy_site):
         result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
@@ -35,7 +37,11 @@ def test_reexport_writes_a_manifest_and_leaves_the_run_alone(run_dir: Path) -> N
     first_manifest = (run_dir / "exports" / "toy-weights" / "export.json").read_text()
     result = run_cli("export", run_dir, "--kind", "toy-weights", "--name", "half", "dtype=float16")
     assert result.exit_code == 0, result.output
-    assert "half" in result.stdout and "model.safetensors" in result.stdout and "max_abs_diff_vs_trained" in result.stdout
+    assert (
+        "half" in result.stdout
+        and "model.safetensors" in result.stdout
+        and "max_abs_diff_vs_trained" in result.stdout
+    )
     manifest = json.loads((run_dir / "exports" / "half" / "export.json").read_text())
     assert manifest["kind"] == "toy-weights" and manifest["options"]["dtype"] == "float16"
     assert manifest["adapter"] == {
@@ -74,7 +80,10 @@ def test_reexported_model_card_carries_the_runs_final_metrics(run_dir: Path) -> 
     ("args", "message"),
     [
         (["--kind", "toy-weights"], "exports/toy-weights already holds an export. Pass --overwrite"),
-        (["--kind", "toy-weights", "model_crad=false", "--name", "x"], "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?"),
+        (
+            ["--kind", "toy-weights", "model_crad=false", "--name", "x"],
+            "unknown key `export.model_crad` (the command-line override `model_crad=false`); did you mean `export.model_card`?",
+        ),
         (["--kind", "toy-weights", "model_card"], "is not KEY=VALUE"),
         (["--kind", "toy-weights", "--name", "../elsewhere"], "is a path, not one directory name"),
         (["--kind", "toy-weight"], "Did you mean 'toy-weights'?"),
@@ -92,13 +101,21 @@ def test_a_directory_that_is_no_run(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is not a loraplug run directory" in result.stderr
 
 
-@pytest.mark.parametrize(("kind", "distribution"), [("onnx", "loraplug-onnx"), ("bnb-4bit", "loraplug-quant"), ("int8", "loraplug-quant")])
+@pytest.mark.parametrize(
+    ("kind", "distribution"),
+    [("onnx", "loraplug-onnx"), ("bnb-4bit", "loraplug-quant"), ("int8", "loraplug-quant")],
+)
 def test_an_export_kind_whose_plugin_is_not_installed_names_the_distribution(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, distribution: str
 ) -> None:
     only_toy = PluginHost.load(entry_points=False, extra=[ExtraPlugin(ToyRegressor(), TOY_DISTRIBUTION)])
     monkeypatch.setattr("loraplug.plugins._loaded", only_toy)  # the process's plugins (load_plugins)
-    result = run_cli("recipe", "check", toy_recipe(tmp_path, export=[{"kind": "toy-weights"}, {"kind": kind}]))
+    result = run_cli(
+        "recipe", "check", toy_recipe(tmp_path, export=[{"kind": "toy-weights"}, {"kind": kind}])
+    )
     assert result.exit_code == 2
-    assert f"The export kind {kind!r} is provided by the plugin {distribution}, which is not installed" in result.stderr
+    assert (
+        f"The export kind {kind!r} is provided by the plugin {distribution}, which is not installed"
+        in result.stderr
+    )
     assert f"pip install {distribution}" in result.stderr

@@ -26,7 +26,11 @@ print("RESULT=" + json.dumps({{"codes": codes, "loaded": loaded}}), file=sys.std
 
 
 def test_a_toy_run_exported_and_sampled_imports_no_modality_library(tmp_path: Path, toy: Path) -> None:
-    recipe = toy_recipe(tmp_path, eval={"every_n_steps": 2, "sample_prompts": ["0.5, -1, 2"]}, export=[{"kind": "toy-weights"}])
+    recipe = toy_recipe(
+        tmp_path,
+        eval={"every_n_steps": 2, "sample_prompts": ["0.5, -1, 2"]},
+        export=[{"kind": "toy-weights"}],
+    )
     run_dir = tmp_path / "runs" / "tiny"
     commands = [
         ["run", str(recipe)],
@@ -37,7 +41,9 @@ def test_a_toy_run_exported_and_sampled_imports_no_modality_library(tmp_path: Pa
     ]
     code = PROGRAM.format(commands=commands, names=[*MODALITY_LIBRARIES, *OPTIONAL_LIBRARIES])
     # The toy fixture put the toy plugin on PYTHONPATH: the subprocess discovers it beside the installed plugins.
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "RESULT=" in proc.stderr, output[-3000:]
     result = json.loads(proc.stderr.rsplit("RESULT=", 1)[1].splitlines()[0])
@@ -48,7 +54,11 @@ def test_a_toy_run_exported_and_sampled_imports_no_modality_library(tmp_path: Pa
 
 def test_the_probe_sees_a_modality_library_when_one_is_imported(tmp_path: Path) -> None:
     # The check above cannot pass vacuously: the same probe names transformers once something imports it.
-    code = PROGRAM.format(commands=[], names=["transformers"]).replace("from loraplug.cli", "import transformers\nfrom loraplug.cli")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    code = PROGRAM.format(commands=[], names=["transformers"]).replace(
+        "from loraplug.cli", "import transformers\nfrom loraplug.cli"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stderr.rsplit("RESULT=", 1)[1].splitlines()[0])["loaded"] == ["transformers"]

@@ -71,14 +71,18 @@ def test_bad_model_options_do_not_make_adapter_and_export_kinds_ambiguous(toy_re
     # The model kind is known even when its options fail: [adapter] and [[export]] are still checked
     # against it, and no false "served by more than one plugin" error appears (`lora` is served by the
     # toy plugin and by the installed model plugins, each for its own model kind).
-    result = check(toy_recipe_file(model={"features": 0}, adapter={"alpah": 3}, export=[{"kind": "toy-weights"}]))
+    result = check(
+        toy_recipe_file(model={"features": 0}, adapter={"alpah": 3}, export=[{"kind": "toy-weights"}])
+    )
     assert result.exit_code == 2
     assert "2 problems" in result.stderr, result.stderr
     assert "`model.features` = 0" in result.stderr and "did you mean `adapter.alpha`?" in result.stderr
     assert "more than one plugin" not in result.stderr
 
 
-def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_model(toy_recipe_file) -> None:
+def test_an_unknown_model_kind_is_the_one_problem_reported_for_kinds_served_per_model(
+    toy_recipe_file,
+) -> None:
     result = check(toy_recipe_file(model={"kind": "toy-regresor"}, export=[{"kind": "toy-weights"}]))
     assert result.exit_code == 2
     assert "1 problem" in result.stderr or "has a problem" in result.stderr, result.stderr
@@ -104,7 +108,7 @@ def test_name_is_a_key_of_exports_only(toy_recipe_file) -> None:
 
 def test_overrides_are_applied_and_checked(toy_recipe_file) -> None:
     path = toy_recipe_file()
-    result = run_cli("recipe", "check", path, "train.lr=1e-4", "eval.sample_prompts=[\"1 2 3\"]", "--resolved")
+    result = run_cli("recipe", "check", path, "train.lr=1e-4", 'eval.sample_prompts=["1 2 3"]', "--resolved")
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["train"]["lr"] == 1e-4

@@ -48,7 +48,9 @@ def refused(result, *fragments: str) -> None:
         ("run.name=123", ["`run.name` = 123", 'write it in quotes: "123"']),
     ],
 )
-def test_a_value_of_the_wrong_type_or_out_of_range_is_refused_by_check(toy_recipe_file, override: str, fragments: list[str]) -> None:
+def test_a_value_of_the_wrong_type_or_out_of_range_is_refused_by_check(
+    toy_recipe_file, override: str, fragments: list[str]
+) -> None:
     refused(check(toy_recipe_file(), override), *fragments, f"the command-line override `{override}`")
 
 
@@ -57,12 +59,25 @@ def test_the_same_value_in_the_file_names_its_line(toy_recipe_file) -> None:
     lines = path.read_text().splitlines()
     r_line = lines.index("r = true") + 1
     result = check(path)
-    refused(result, "2 problems", "`adapter.r` = true: Input should be a valid integer", f"({path}:{r_line})", "`train.lr` = inf")
+    refused(
+        result,
+        "2 problems",
+        "`adapter.r` = true: Input should be a valid integer",
+        f"({path}:{r_line})",
+        "`train.lr` = inf",
+    )
 
 
 def test_numbers_toml_users_write_are_still_accepted(toy_recipe_file) -> None:
     # An integer where a float is expected is fine (TOML users write `lr = 1`), and overrides parse as TOML.
-    result = run_cli("recipe", "check", toy_recipe_file(train={"lr": 1}), "adapter.r=16", "train.betas=[0.9, 0.99]", "--resolved")
+    result = run_cli(
+        "recipe",
+        "check",
+        toy_recipe_file(train={"lr": 1}),
+        "adapter.r=16",
+        "train.betas=[0.9, 0.99]",
+        "--resolved",
+    )
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["train"]["lr"] == 1.0 and resolved["adapter"]["r"] == 16
@@ -79,20 +94,30 @@ def test_run_stops_at_the_check_not_in_the_optimizer(toy_recipe_file) -> None:
 
 @pytest.mark.parametrize("override", ["train.lr.x=5", "train.lr.x.y=5"])
 def test_an_override_into_a_scalar_is_refused(toy_recipe_file, override: str) -> None:
-    refused(check(toy_recipe_file(), override), f"The override '{override}' sets a key inside `train.lr`", "a number (0.01), not a table")
+    refused(
+        check(toy_recipe_file(), override),
+        f"The override '{override}' sets a key inside `train.lr`",
+        "a number (0.01), not a table",
+    )
 
 
 def test_an_override_into_an_array_of_tables_says_to_index_it(toy_recipe_file) -> None:
-    two = toy_recipe_file(export=[{"kind": "toy-weights"}, {"kind": "toy-weights", "name": "again"}])  # one is addressed as it is
+    two = toy_recipe_file(
+        export=[{"kind": "toy-weights"}, {"kind": "toy-weights", "name": "again"}]
+    )  # one is addressed as it is
     refused(check(two, "export.kind=toy-weights"), "an array of tables", "`export.0.kind=…`")
 
 
-@pytest.mark.parametrize("name", ["..", "../escape", "/tmp/elsewhere", "a/b", "a\\b", ".hidden", "-rf", "tab\tname", ""])
+@pytest.mark.parametrize(
+    "name", ["..", "../escape", "/tmp/elsewhere", "a/b", "a\\b", ".hidden", "-rf", "tab\tname", ""]
+)
 def test_run_name_must_be_one_safe_directory_name(toy_recipe_file, name: str) -> None:
     refused(check(toy_recipe_file(run={"name": name})), "`run.name` = ", "it must be one directory name")
 
 
-def test_an_unsafe_run_name_is_refused_by_run_before_anything_is_written(tmp_path: Path, toy_recipe_file) -> None:
+def test_an_unsafe_run_name_is_refused_by_run_before_anything_is_written(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     result = run_cli("run", toy_recipe_file(), "run.name=../escape")
     refused(result, "`run.name` = '../escape': is a path, not one directory name")
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
@@ -104,11 +129,17 @@ def test_run_names_people_use_are_accepted(toy_recipe_file) -> None:
         assert result.exit_code == 0, (name, result.output)
 
 
-def test_the_default_run_name_from_the_file_name_follows_the_same_rule(tmp_path: Path, toy_recipe_file) -> None:
+def test_the_default_run_name_from_the_file_name_follows_the_same_rule(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     text = toy_recipe_file().read_text().replace('name = "tiny"\n', "")
     hidden = tmp_path / ".hidden.toml"
     hidden.write_text(text)
-    refused(check(hidden), "`run.name` is unset and the recipe's file name '.hidden' starts with '.'", "set run.name")
+    refused(
+        check(hidden),
+        "`run.name` is unset and the recipe's file name '.hidden' starts with '.'",
+        "set run.name",
+    )
     plain = tmp_path / "plain-name.toml"
     plain.write_text(text)
     assert check(plain).exit_code == 0
@@ -121,7 +152,10 @@ def test_an_export_name_must_be_one_safe_directory_name(toy_recipe_file, name: s
 
 
 def test_an_export_name_must_be_a_string(toy_recipe_file) -> None:
-    refused(check(toy_recipe_file(export=[{"kind": "toy-weights", "name": 5}])), "`export[0].name` = 5: must be a string")
+    refused(
+        check(toy_recipe_file(export=[{"kind": "toy-weights", "name": 5}])),
+        "`export[0].name` = 5: must be a string",
+    )
 
 
 def test_a_recipe_with_a_byte_order_mark_is_read(tmp_path: Path, toy_recipe_file) -> None:
@@ -146,13 +180,20 @@ def test_a_symlink_loop_is_named_as_such(tmp_path: Path) -> None:
 
 def test_a_dangling_symlink_names_its_target(tmp_path: Path) -> None:
     os.symlink(tmp_path / "gone.toml", tmp_path / "link.toml")
-    refused(check(tmp_path / "link.toml"), f"{tmp_path / 'link.toml'} is a symbolic link to {tmp_path / 'gone.toml'}, which does not exist")
+    refused(
+        check(tmp_path / "link.toml"),
+        f"{tmp_path / 'link.toml'} is a symbolic link to {tmp_path / 'gone.toml'}, which does not exist",
+    )
 
 
 def test_a_data_file_that_is_a_symlink_loop_is_named_as_such(tmp_path: Path, toy_recipe_file) -> None:
     os.symlink(tmp_path / "y.jsonl", tmp_path / "x.jsonl")
     os.symlink(tmp_path / "x.jsonl", tmp_path / "y.jsonl")
-    refused(check(toy_recipe_file(data={"path": str(tmp_path / "x.jsonl")})), "`data.path`:", "is a symbolic link loop")
+    refused(
+        check(toy_recipe_file(data={"path": str(tmp_path / "x.jsonl")})),
+        "`data.path`:",
+        "is a symbolic link loop",
+    )
 
 
 def _numeric(annotation: object) -> type | None:
@@ -197,7 +238,9 @@ def test_every_installed_kinds_numbers_refuse_booleans_strings_and_infinity() ->
 def trained_run(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Path:
     root = tmp_path_factory.mktemp("names")
     with plugins_installed(toy_site):
-        result = run_cli("run", toy_recipe(root, train={"max_steps": 1}, eval={"sample_prompts": []}, export=[]))
+        result = run_cli(
+            "run", toy_recipe(root, train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])
+        )
     assert result.exit_code == 0, result.output
     return root / "runs" / "tiny"
 
@@ -207,7 +250,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Pat
     [
         (["--name", ".hidden"], "The export name '.hidden' starts with '.'"),
         (["--name", "a:b"], "The export name 'a:b' has the character ':'"),
-        (["--name", "fine", "name=../../x"], "The export setting 'name=../../x' is not an option of the export. Name the export's directory with --name"),
+        (
+            ["--name", "fine", "name=../../x"],
+            "The export setting 'name=../../x' is not an option of the export. Name the export's directory with --name",
+        ),
     ],
 )
 def test_loraplug_export_names_follow_the_same_rule(trained_run: Path, args: list[str], message: str) -> None:

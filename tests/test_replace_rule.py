@@ -25,14 +25,19 @@ def _users_files(folder: Path) -> Path:
 
 
 def _untouched(folder: Path) -> bool:
-    return sorted(p.name for p in folder.iterdir()) == ["thesis.txt"] and (folder / "thesis.txt").read_text() == "years of work"
+    return (
+        sorted(p.name for p in folder.iterdir()) == ["thesis.txt"]
+        and (folder / "thesis.txt").read_text() == "years of work"
+    )
 
 
 # ---- runs ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("flags", [(), ("--overwrite",), ("--smoke",), ("--smoke", "--overwrite")])
-def test_a_run_never_replaces_a_directory_that_holds_no_run(tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]) -> None:
+def test_a_run_never_replaces_a_directory_that_holds_no_run(
+    tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]
+) -> None:
     target = tmp_path / "runs" / ("smoke" if "--smoke" in flags else "") / "tiny"
     _users_files(target)
     result = run_cli("run", toy_recipe_file(export=[]), *flags)
@@ -59,7 +64,9 @@ def test_smoke_replaces_an_earlier_smoke_run_but_not_a_real_run(tmp_path: Path, 
     assert again.exit_code == 0, again.output  # an earlier smoke run is replaced without a flag
 
     # A real run that happens to live where --smoke writes is not --smoke's to replace.
-    real = run_cli("run", recipe, f"run.output_dir={json.dumps(str(tmp_path / 'runs' / 'smoke'))}", "--overwrite")
+    real = run_cli(
+        "run", recipe, f"run.output_dir={json.dumps(str(tmp_path / 'runs' / 'smoke'))}", "--overwrite"
+    )
     assert real.exit_code == 0, real.output
     adapter = (smoke_dir / "adapter" / "adapter.safetensors").read_bytes()
     refused = run_cli("run", recipe, "--smoke")
@@ -69,7 +76,9 @@ def test_smoke_replaces_an_earlier_smoke_run_but_not_a_real_run(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("flags", [("--smoke",), ("--overwrite",)])
-def test_a_run_name_that_is_a_path_writes_nothing_outside_output_dir(tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]) -> None:
+def test_a_run_name_that_is_a_path_writes_nothing_outside_output_dir(
+    tmp_path: Path, toy_recipe_file, flags: tuple[str, ...]
+) -> None:
     elsewhere = _users_files(tmp_path / "elsewhere")
     result = run_cli("run", toy_recipe_file(export=[]), f"run.name={json.dumps(str(elsewhere))}", *flags)
     assert result.exit_code == 2 and "run.name" in result.stderr, result.output
@@ -97,7 +106,9 @@ def test_a_run_name_that_is_a_symlink_out_of_output_dir_is_refused(tmp_path: Pat
 # ---- run.output_dir ------------------------------------------------------------------------------
 
 
-def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(tmp_path: Path, toy_recipe_file) -> None:
+def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     recipe = toy_recipe_file(export=[])
     for command in (("recipe", "check"), ("run",)):
@@ -110,7 +121,9 @@ def test_output_dir_that_is_a_file_is_refused_by_recipe_check_and_run(tmp_path: 
 
 def test_output_dir_under_proc_is_refused(toy_recipe_file) -> None:
     result = run_cli("run", toy_recipe_file(export=[]), 'run.output_dir="/proc/runs"')
-    assert result.exit_code == 2 and "`run.output_dir`" in result.stderr and "kernel" in result.stderr, result.output
+    assert result.exit_code == 2 and "`run.output_dir`" in result.stderr and "kernel" in result.stderr, (
+        result.output
+    )
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only directories")
@@ -121,7 +134,9 @@ def test_a_read_only_output_dir_is_refused(tmp_path: Path, toy_recipe_file) -> N
         result = run_cli("run", toy_recipe_file(export=[]), 'run.output_dir="locked/runs"')
     finally:
         locked.chmod(0o755)
-    assert result.exit_code == 2 and "`run.output_dir`" in result.stderr and "is not writable" in result.stderr, result.output
+    assert (
+        result.exit_code == 2 and "`run.output_dir`" in result.stderr and "is not writable" in result.stderr
+    ), result.output
 
 
 # ---- exports ------------------------------------------------------------------------------------
@@ -147,7 +162,11 @@ def test_export_overwrite_replaces_an_export_but_never_other_files(finished_run:
 
 
 def test_an_export_name_that_leaves_exports_writes_nothing_outside(tmp_path: Path, toy_recipe_file) -> None:
-    recipe = toy_recipe_file(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[{"kind": "toy-weights", "name": "../../../escaped"}])
+    recipe = toy_recipe_file(
+        train={"max_steps": 1},
+        eval={"sample_prompts": []},
+        export=[{"kind": "toy-weights", "name": "../../../escaped"}],
+    )
     result = run_cli("run", recipe)
     assert result.exit_code != 0, result.output
     assert "escaped" in result.stderr

@@ -43,7 +43,14 @@ def resumable(toy_recipe_file):
 
 def cli(*args: str | Path, fault: str | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORAPLUG_FAULT": fault or ""}
-    return subprocess.run([sys.executable, "-m", "loraplug", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "loraplug", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -63,7 +70,9 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path: Path, resumab
         killed = cli("run", recipe, fault=f"kill:micro={kill_at}", cwd=tmp_path)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         run_dir = tmp_path / "runs" / name
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # it could not say otherwise
+        assert (
+            json.loads((run_dir / "run.json").read_text())["status"] == "running"
+        )  # it could not say otherwise
         assert not (run_dir / "adapter").exists()
 
         resumed = run_cli("run", recipe, "--resume")
@@ -98,7 +107,9 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, resum
     assert "step-00000004" in resumed.stdout
 
 
-def test_resume_with_every_checkpoint_damaged_names_them_and_suggests_no_setting_already_set(tmp_path: Path, resumable) -> None:
+def test_resume_with_every_checkpoint_damaged_names_them_and_suggests_no_setting_already_set(
+    tmp_path: Path, resumable
+) -> None:
     recipe = resumable("all-damaged")
     assert cli("run", recipe, fault="kill:micro=13", cwd=tmp_path).returncode == -signal.SIGKILL
     checkpoints = sorted((tmp_path / "runs" / "all-damaged" / "checkpoints").glob("step-*"))
@@ -113,7 +124,9 @@ def test_resume_with_every_checkpoint_damaged_names_them_and_suggests_no_setting
     assert "Traceback" not in result.output
 
 
-def test_a_resumed_runs_summary_and_run_json_start_at_the_step_0_baseline(tmp_path: Path, toy_recipe_file) -> None:
+def test_a_resumed_runs_summary_and_run_json_start_at_the_step_0_baseline(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     recipe = toy_recipe_file(
         run={"name": "evaluated"},
         train={"max_steps": 6, "save_every_n_steps": 2},
@@ -140,7 +153,10 @@ def test_resume_without_checkpoint_or_run_is_a_clear_error(tmp_path: Path, resum
     recipe = resumable("no-checkpoints-yet", save_every_n_steps=100)
     assert cli("run", recipe, fault="kill:micro=3", cwd=tmp_path).returncode == -signal.SIGKILL
     result = run_cli("run", recipe, "--resume")
-    assert result.exit_code == 2 and "stopped before its first checkpoint (train.save_every_n_steps = 100" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "stopped before its first checkpoint (train.save_every_n_steps = 100" in result.stderr
+    )
     assert "set train.save_every_n_steps" not in result.stderr.lower() and "--overwrite" in result.stderr
     recipe = resumable("no-checkpoints", save_every_n_steps=None)
     assert cli("run", recipe, fault="kill:micro=3", cwd=tmp_path).returncode == -signal.SIGKILL
@@ -169,7 +185,9 @@ def test_full_disk_while_saving_keeps_the_last_whole_checkpoint(tmp_path: Path, 
     [(signal.SIGTERM, 1000), (signal.SIGINT, None)],  # SIGINT = Ctrl-C, with periodic checkpoints off
     ids=["SIGTERM", "SIGINT-no-periodic-checkpoints"],
 )
-def test_a_signal_saves_a_checkpoint_and_stops(tmp_path: Path, resumable, stop: signal.Signals, save_every: int | None) -> None:
+def test_a_signal_saves_a_checkpoint_and_stops(
+    tmp_path: Path, resumable, stop: signal.Signals, save_every: int | None
+) -> None:
     recipe = resumable("signalled", max_steps=400, save_every_n_steps=save_every, log_every_n_steps=1)
     env = {**os.environ, "LORAPLUG_FAULT": ""}
     proc = subprocess.Popen([sys.executable, "-m", "loraplug", "run", str(recipe)], cwd=tmp_path, env=env,
@@ -194,6 +212,8 @@ def test_resuming_drops_later_lines_and_a_line_torn_by_the_crash(tmp_path: Path)
 
     metrics = tmp_path / "metrics.jsonl"
     lines = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (2, 4, 6)]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 8, "split": "tr')  # killed mid-write
+    metrics.write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 8, "split": "tr'
+    )  # killed mid-write
     truncate_metrics(metrics, 4)
     assert [json.loads(row) for row in metrics.read_text().splitlines()] == lines[:2]

@@ -47,7 +47,9 @@ def test_finished_run_is_not_overwritten_without_the_flag(tmp_path: Path, toy_re
     assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
 
 
-def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_path: Path, toy_recipe_file, jsonl_file) -> None:
+def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(
+    tmp_path: Path, toy_recipe_file, jsonl_file
+) -> None:
     recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe).exit_code == 0
     run_dir = tmp_path / "runs" / "tiny"
@@ -62,7 +64,9 @@ def test_an_overwrite_that_fails_before_training_puts_the_previous_run_back(tmp_
     assert not list((tmp_path / "runs").glob(".tiny.replaced-*"))
 
 
-def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_aside(tmp_path: Path, toy_recipe_file) -> None:
+def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_aside(
+    tmp_path: Path, toy_recipe_file
+) -> None:
     recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe).exit_code == 0
     # The new run trains step 1, then fails in step 2.
@@ -77,7 +81,9 @@ def test_an_overwrite_that_fails_after_training_started_keeps_the_previous_run_a
     assert status["status"] == "failed" and status["step"] == 1
 
 
-def test_a_run_that_failed_before_training_is_replaced_without_the_flag(tmp_path: Path, toy_recipe_file, jsonl_file) -> None:
+def test_a_run_that_failed_before_training_is_replaced_without_the_flag(
+    tmp_path: Path, toy_recipe_file, jsonl_file
+) -> None:
     empty = jsonl_file("empty.jsonl", [])
     recipe = toy_recipe_file(export=[])
     assert run_cli("run", recipe, f"data.path={json_str(empty)}").exit_code == 2

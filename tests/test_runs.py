@@ -33,7 +33,11 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Pa
     root = tmp_path_factory.mktemp("finished")
     recipe = toy_recipe(
         root,
-        eval={"every_n_steps": 2, "sample_every_n_steps": 2, "sample_prompts": ["0.5, -1, 2", "<0.5> & -1, 2"]},
+        eval={
+            "every_n_steps": 2,
+            "sample_every_n_steps": 2,
+            "sample_prompts": ["0.5, -1, 2", "<0.5> & -1, 2"],
+        },
         export=[{"kind": "toy-weights"}],
     )
     with plugins_installed(toy_site):
@@ -60,13 +64,17 @@ def report_images(page: Path) -> list[dict[str, str]]:
 
 def metric_names(run_dir: Path) -> set[str]:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {f"{line['split']}/{key}" for line in lines for key in line if key not in ("step", "split", "time")}
+    return {
+        f"{line['split']}/{key}" for line in lines for key in line if key not in ("step", "split", "time")
+    }
 
 
 def pixels_near(path: Path, colour: tuple[int, int, int]) -> int:
     with Image.open(path) as image:
         rgb = image.convert("RGB")
-        return sum(1 for pixel in rgb.getdata() if all(abs(a - b) < 40 for a, b in zip(pixel, colour, strict=True)))
+        return sum(
+            1 for pixel in rgb.getdata() if all(abs(a - b) < 40 for a, b in zip(pixel, colour, strict=True))
+        )
 
 
 def test_a_finished_run_has_a_report_with_a_plot_of_every_metric(finished_run: Path) -> None:
@@ -74,7 +82,11 @@ def test_a_finished_run_has_a_report_with_a_plot_of_every_metric(finished_run: P
     text = page.read_text(encoding="utf-8")
     assert 'class="status finished"' in text
 
-    plots = {image["alt"]: finished_run / image["src"] for image in report_images(page) if image["src"].startswith("report/")}
+    plots = {
+        image["alt"]: finished_run / image["src"]
+        for image in report_images(page)
+        if image["src"].startswith("report/")
+    }
     # Every metric of metrics.jsonl is in a plot; training and validation loss share one.
     assert {name for alt in plots for name in alt.split(", ")} == metric_names(finished_run)
     assert {"train/loss", "train/lr", "eval/val_loss"} <= metric_names(finished_run)
@@ -96,7 +108,9 @@ def test_a_finished_run_has_a_report_with_a_plot_of_every_metric(finished_run: P
     assert all(f["path"] in text and f["sha256"][:16] in text for f in manifest["files"])
 
 
-def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_path: Path, finished_run: Path) -> None:
+def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(
+    tmp_path: Path, finished_run: Path
+) -> None:
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_run, run_dir)
     (run_dir / "report.html").unlink()
@@ -107,7 +121,10 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
         metrics.write('{"step": 5, "split": "train", "loss": 1.')  # torn by a crash: skipped
     # Image samples as an image model's plugin leaves them: paths relative to the run directory.
     Image.new("RGB", (16, 16), (0, 128, 0)).save(run_dir / "samples" / "grid 1.png")
-    images = [{"prompt": "a cat", "text": None, "image": "samples/grid 1.png"}, {"prompt": "a dog", "text": None, "image": "samples/gone.png"}]
+    images = [
+        {"prompt": "a cat", "text": None, "image": "samples/grid 1.png"},
+        {"prompt": "a dog", "text": None, "image": "samples/gone.png"},
+    ]
     (run_dir / "samples" / "step-000006.json").write_text(json.dumps(images))
 
     result = run_cli("runs", "show", run_dir)
@@ -128,7 +145,9 @@ def test_runs_show_prints_the_run_and_rewrites_the_report_with_new_metrics(tmp_p
     assert not list(run_dir.glob(".report*")), "no temporary files are left behind"
 
 
-def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path, finished_run: Path, toy_recipe_file, jsonl_file) -> None:
+def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(
+    tmp_path: Path, finished_run: Path, toy_recipe_file, jsonl_file
+) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(finished_run, runs / "tiny")
     shutil.copytree(finished_run, runs / "smoke" / "tiny")
@@ -140,9 +159,19 @@ def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path,
     assert listed.exit_code == 0, listed.output
     by_path = {Path(r["path"]).relative_to(runs).as_posix(): r for r in json.loads(listed.stdout)}
     assert set(by_path) == {"tiny", "smoke/tiny", "broken"}
-    assert by_path["tiny"]["status"] == "finished" and by_path["tiny"]["step"] == 4 and by_path["tiny"]["total_steps"] == 4
-    val_losses = [json.loads(row)["val_loss"] for row in (finished_run / "metrics.jsonl").read_text().splitlines() if "val_loss" in row]
-    assert by_path["tiny"]["best"]["metric"] == "val_loss" and by_path["tiny"]["best"]["value"] == min(val_losses)
+    assert (
+        by_path["tiny"]["status"] == "finished"
+        and by_path["tiny"]["step"] == 4
+        and by_path["tiny"]["total_steps"] == 4
+    )
+    val_losses = [
+        json.loads(row)["val_loss"]
+        for row in (finished_run / "metrics.jsonl").read_text().splitlines()
+        if "val_loss" in row
+    ]
+    assert by_path["tiny"]["best"]["metric"] == "val_loss" and by_path["tiny"]["best"]["value"] == min(
+        val_losses
+    )
     assert by_path["broken"]["status"] == "failed" and by_path["broken"]["best"] is None
 
     table = run_cli("runs", "list", runs)
@@ -157,9 +186,14 @@ def test_runs_list_shows_finished_and_failed_runs_and_smoke_runs(tmp_path: Path,
 
 
 def test_a_killed_run_is_listed_as_interrupted(tmp_path: Path, toy_recipe_file) -> None:
-    recipe = toy_recipe_file(train={"max_steps": 10_000, "log_every_n_steps": 1}, eval={"sample_prompts": []}, export=[])
+    recipe = toy_recipe_file(
+        train={"max_steps": 10_000, "log_every_n_steps": 1}, eval={"sample_prompts": []}, export=[]
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loraplug", "run", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "loraplug", "run", str(recipe)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     try:
@@ -205,11 +239,18 @@ def test_runs_list_of_an_empty_directory_says_so(tmp_path: Path) -> None:
 def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
     warnings: list[str] = []
     assert write_report_or_warn(tmp_path / "gone", warnings.append) is None
-    assert len(warnings) == 1 and "could not write the run report" in warnings[0] and "runs show" in warnings[0]
+    assert (
+        len(warnings) == 1 and "could not write the run report" in warnings[0] and "runs show" in warnings[0]
+    )
 
 
 def test_metrics_whose_names_clash_as_file_names_get_plots_of_their_own() -> None:
-    series = {("train", "loss"): [(1, 1.0)], ("eval", "a/b"): [(1, 1.0)], ("eval", "a_b"): [(1, 2.0)], ("eval", "a b"): [(1, 3.0)]}
+    series = {
+        ("train", "loss"): [(1, 1.0)],
+        ("eval", "a/b"): [(1, 1.0)],
+        ("eval", "a_b"): [(1, 2.0)],
+        ("eval", "a b"): [(1, 3.0)],
+    }
     plots = plan_plots(series)
     assert len({plot.file for plot in plots}) == len(plots) == 4
     assert sorted(key for plot in plots for key in plot.series) == sorted(series)
@@ -227,7 +268,9 @@ def test_each_sample_step_is_logged_once(finished_run: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zero-byte"])
-def test_a_damaged_adapter_is_a_clear_error_for_runs_show_export_and_generate(tmp_path: Path, finished_run: Path, damage: str) -> None:
+def test_a_damaged_adapter_is_a_clear_error_for_runs_show_export_and_generate(
+    tmp_path: Path, finished_run: Path, damage: str
+) -> None:
     run_dir = tmp_path / "runs" / "tiny"
     shutil.copytree(finished_run, run_dir)
     adapter = run_dir / "adapter" / "adapter.safetensors"
@@ -242,12 +285,20 @@ def test_a_damaged_adapter_is_a_clear_error_for_runs_show_export_and_generate(tm
     assert f"The trained weights adapter.safetensors {said}" in shown.stderr and str(adapter) in shown.stderr
     assert 'class="status damaged"' in (run_dir / "report.html").read_text()
     listed = json.loads(run_cli("runs", "list", tmp_path / "runs", "--json").stdout)
-    assert [r["status"] for r in listed] == ["damaged"] and listed[0]["problem"].startswith(f"adapter/adapter.safetensors {said}")
+    assert [r["status"] for r in listed] == ["damaged"] and listed[0]["problem"].startswith(
+        f"adapter/adapter.safetensors {said}"
+    )
 
-    for command in (("export", run_dir, "--kind", "toy-weights", "--name", "again"), ("generate", run_dir, "--prompt", "0.5, -1, 2")):
+    for command in (
+        ("export", run_dir, "--kind", "toy-weights", "--name", "again"),
+        ("generate", run_dir, "--prompt", "0.5, -1, 2"),
+    ):
         result = run_cli(*command)
         assert result.exit_code == 2, result.output
-        assert f"The trained weights adapter.safetensors {said}" in result.stderr and "adapter.safetensors." in result.stderr
+        assert (
+            f"The trained weights adapter.safetensors {said}" in result.stderr
+            and "adapter.safetensors." in result.stderr
+        )
         assert "unexpected error" not in result.output and "Traceback" not in result.output
     assert not (run_dir / "exports" / "again").exists()
 
@@ -271,7 +322,11 @@ def test_an_unreadable_run_json_is_listed_and_hides_no_other_run(tmp_path: Path,
     assert listed["odd"]["status"] == "unreadable" and "holds a JSON list" in listed["odd"]["problem"]
 
     shown = run_cli("runs", "show", runs / "torn")
-    assert shown.exit_code == 2 and "run.json is not valid JSON" in shown.stderr and str(runs / "torn" / "run.json") in shown.stderr
+    assert (
+        shown.exit_code == 2
+        and "run.json is not valid JSON" in shown.stderr
+        and str(runs / "torn" / "run.json") in shown.stderr
+    )
 
 
 def test_runs_list_of_a_directory_that_is_not_there_is_an_error(tmp_path: Path) -> None:

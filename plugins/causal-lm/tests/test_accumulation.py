@@ -17,16 +17,27 @@ import torch
 from loraplug_causal_lm.testing import adapter_for_exactness
 
 
-def adapter_after(tmp_path: Path, lm_recipe, data: Path, name: str, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+def adapter_after(
+    tmp_path: Path, lm_recipe, data: Path, name: str, batch_size: int, accumulation: int
+) -> dict[str, torch.Tensor]:
     # 24 samples: three steps of 8, never crossing an epoch's end. Padded micro-batches of single
     # samples; the packed case is plugins/causal-lm/tests/test_packing.py.
     weights, _ = adapter_for_exactness(
-        tmp_path, lm_recipe, data, name, batch_size=batch_size, accumulation=accumulation, max_steps=3, packing=False
+        tmp_path,
+        lm_recipe,
+        data,
+        name,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        max_steps=3,
+        packing=False,
     )
     return weights
 
 
-def test_micro_batch_2_times_accumulation_4_equals_batch_8(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
+def test_micro_batch_2_times_accumulation_4_equals_batch_8(
+    tmp_path: Path, lm_recipe, jsonl_file, chat_rows
+) -> None:
     rows = chat_rows(24, seed=3)
     lengths = sorted(len(r["response"]) for r in rows)
     assert lengths[-1] > 3 * lengths[0]  # the point: very different target counts per micro-batch

@@ -10,10 +10,15 @@ from loraplug.testing import run_cli
 
 
 def _labelled(jsonl_file, chat_rows, rows: int = 20) -> Path:
-    return jsonl_file("labelled.jsonl", [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(chat_rows(rows))])
+    return jsonl_file(
+        "labelled.jsonl",
+        [{**r, "label": "rare" if i % 5 == 0 else "common"} for i, r in enumerate(chat_rows(rows))],
+    )
 
 
-def test_a_balanced_run_turns_packing_off_and_reports_its_classes(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
+def test_a_balanced_run_turns_packing_off_and_reports_its_classes(
+    tmp_path: Path, lm_recipe, jsonl_file, chat_rows
+) -> None:
     data = _labelled(jsonl_file, chat_rows)
     recipe = lm_recipe(
         data={"path": str(data), "val_fraction": 0.0, "balance_by": "label"},

@@ -30,10 +30,15 @@ def _removed(report: dict, split: str = "train") -> dict[str, int]:
     return {f["name"]: f["removed"] for f in report["splits"][split]["filters"]}
 
 
-def test_every_text_filter_removes_its_samples_and_reports_examples(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
+def test_every_text_filter_removes_its_samples_and_reports_examples(
+    tmp_path: Path, lm_recipe, jsonl_file, chat_rows
+) -> None:
     rows = chat_rows(12)
     rows += [
-        {"prompt": rows[0]["prompt"].upper() + "  ", "response": rows[0]["response"]},  # exact duplicate once normalised
+        {
+            "prompt": rows[0]["prompt"].upper() + "  ",
+            "response": rows[0]["response"],
+        },  # exact duplicate once normalised
         {"prompt": "no answer", "response": "   "},  # empty response
         {"prompt": "visit http://spam.example", "response": "click"},  # excluded by a pattern
         {"prompt": "long " + "word " * 80, "response": "ok"},  # too many characters
@@ -49,11 +54,17 @@ def test_every_text_filter_removes_its_samples_and_reports_examples(tmp_path: Pa
     assert dedup["examples"][0]["id"] == "clean.jsonl:13"
     assert dedup["examples"][0]["reason"] == "same text as clean.jsonl:1"
     # the terminal shows the same as a table, with examples
-    assert "data cleaning" in result.stdout and "clean.jsonl:15" in result.stdout and "removed by cleaning 5" in result.stdout
+    assert (
+        "data cleaning" in result.stdout
+        and "clean.jsonl:15" in result.stdout
+        and "removed by cleaning 5" in result.stdout
+    )
 
 
 def test_token_limits_are_applied_by_the_model_plugin(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(10)] + [{"prompt": "long", "response": "z" * 150}]
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(10)] + [
+        {"prompt": "long", "response": "z" * 150}
+    ]
     result = _run(lm_recipe, jsonl_file, rows, {"max_tokens": 100})
     assert result.exit_code == 0, result.output
     report = _report(tmp_path)

@@ -8,7 +8,9 @@ from pathlib import Path
 from loraplug.testing import run_cli
 
 
-def test_inspect_marks_exactly_the_response_tokens_and_trains_nothing(tmp_path: Path, lm_recipe, jsonl_file) -> None:
+def test_inspect_marks_exactly_the_response_tokens_and_trains_nothing(
+    tmp_path: Path, lm_recipe, jsonl_file
+) -> None:
     rows = [
         {"prompt": "Forecast for Oslo?", "response": "RAIN · 9°C"},
         {"prompt": "Forecast for Rome?", "response": "SUN · 24°C"},
@@ -27,9 +29,16 @@ def test_inspect_marks_exactly_the_response_tokens_and_trains_nothing(tmp_path: 
     assert not (tmp_path / "runs").exists()
 
 
-def test_inspect_shows_the_prompt_learned_with_train_on_prompt_and_takes_overrides(lm_recipe, jsonl_file) -> None:
+def test_inspect_shows_the_prompt_learned_with_train_on_prompt_and_takes_overrides(
+    lm_recipe, jsonl_file
+) -> None:
     data = jsonl_file("inspect.jsonl", [{"prompt": "Forecast?", "response": "RAIN"}])
-    result = run_cli("data", "inspect", lm_recipe(data={"path": str(data), "val_fraction": 0.0}), "model.train_on_prompt=true")
+    result = run_cli(
+        "data",
+        "inspect",
+        lm_recipe(data={"path": str(data), "val_fraction": 0.0}),
+        "model.train_on_prompt=true",
+    )
     assert result.exit_code == 0, result.output
     # with the prompt learned, only the very first token is context (nothing predicts it)
     assert "<|user|>⟦Forecast?</s><|assistant|>RAIN</s>⟧" in result.stdout

@@ -13,15 +13,30 @@ import time
 from pathlib import Path
 
 
-def torchrun(recipe: Path, *args: str, cwd: Path, fault: str = "", cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    recipe: Path, *args: str, cwd: Path, fault: str = "", cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1"}
     if cache is not None:
         env["LORAPLUG_CACHE"] = str(cache)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "loraplug", "run", str(recipe), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "loraplug",
+        "run",
+        str(recipe),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
-def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(tmp_path: Path, lm_recipe) -> None:
+def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
+    tmp_path: Path, lm_recipe
+) -> None:
     # Rank 1 is SIGKILLed in its 7th micro-batch (step 7, after the step-6 checkpoint): a lost node,
     # the OOM killer. The other process must stop, and the run must resume from step 6 to the end.
     recipe = lm_recipe(

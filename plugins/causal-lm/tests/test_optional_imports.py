@@ -30,7 +30,12 @@ def run_program(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -
     """``loraplug ARGS`` in a fresh process; the optional libraries it imported, and its output."""
     code = PROGRAM.format(args=list(args), names=list(OPTIONAL_LIBRARIES))
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **(env or {})}
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -39,7 +44,9 @@ def run_program(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -
 
 
 def test_a_plain_causal_lm_run_imports_no_optional_library(tmp_path: Path, lm_recipe: Any) -> None:
-    recipe = lm_recipe(train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "peft"}, {"kind": "merged"}])
+    recipe = lm_recipe(
+        train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "peft"}, {"kind": "merged"}]
+    )
     loaded, output = run_program(tmp_path, "run", str(recipe))
     assert loaded == set(), output
     assert "gemm_4bit_forward" not in output and "Failed to load" not in output
@@ -58,11 +65,15 @@ def test_a_run_imports_the_optional_libraries_its_recipe_uses(tmp_path: Path, lm
     assert loaded == {"bitsandbytes", "scipy"}, output
 
 
-def test_everything_loads_as_before_on_request_and_in_the_callers_own_process(tmp_path: Path, lm_recipe: Any) -> None:
+def test_everything_loads_as_before_on_request_and_in_the_callers_own_process(
+    tmp_path: Path, lm_recipe: Any
+) -> None:
     from loraplug.testing import run_cli
 
     recipe = lm_recipe(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])
-    loaded, _ = run_program(tmp_path, "run", str(recipe), "--overwrite", env={"LORAPLUG_LOAD_ALL_LIBRARIES": "1"})
+    loaded, _ = run_program(
+        tmp_path, "run", str(recipe), "--overwrite", env={"LORAPLUG_LOAD_ALL_LIBRARIES": "1"}
+    )
     assert "bitsandbytes" in loaded  # peft imports it whenever it is installed
     # A caller running the CLI in its own process keeps its libraries: the decision is the program's.
     assert run_cli("run", recipe, "--overwrite").exit_code == 0

@@ -26,7 +26,9 @@ RECIPES = [r for r in ALL_RECIPES if model_kind(r) == "causal-lm"]
 def test_every_shipped_recipe_is_smoked_by_its_model_plugins_tests() -> None:
     assert RECIPES and ALL_RECIPES
     unsmoked = {r.name: model_kind(r) for r in ALL_RECIPES if model_kind(r) not in SMOKED_KINDS}
-    assert not unsmoked, f"add a tests/test_smoke_recipes.py to the plugin of these recipes' model kinds: {unsmoked}"
+    assert not unsmoked, (
+        f"add a tests/test_smoke_recipes.py to the plugin of these recipes' model kinds: {unsmoked}"
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])

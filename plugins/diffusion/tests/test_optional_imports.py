@@ -28,7 +28,12 @@ def run_program(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -
     """``loraplug ARGS`` in a fresh process; the optional libraries it imported, and its output."""
     code = PROGRAM.format(args=list(args), names=list(OPTIONAL_LIBRARIES))
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **(env or {})}
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -39,7 +44,9 @@ def run_program(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -
 def test_a_plain_stable_diffusion_run_imports_no_optional_library(tmp_path: Path) -> None:
     from loraplug_diffusion.testing import tiny_sd_recipe
 
-    recipe = tiny_sd_recipe(tmp_path, eval={"sample_prompts": ["a teal square"]}, export=[{"kind": "diffusers"}])
+    recipe = tiny_sd_recipe(
+        tmp_path, eval={"sample_prompts": ["a teal square"]}, export=[{"kind": "diffusers"}]
+    )
     loaded, output = run_program(tmp_path, "run", str(recipe))
     assert loaded == set(), output
     assert "gemm_4bit_forward" not in output
