@@ -97,15 +97,20 @@ class ExtraPlugin:
     distribution: str
     version: str = "0"
 
+
 def _kind_json(spec: KindSpec) -> dict[str, Any]:
     """A kind for ``plugins list --json``; what it fits (adapters, produces, accepts) only where declared."""
-    out: dict[str, Any] = {"stage": spec.stage, "kind": spec.name, "models": list(spec.models) if spec.models else None, "summary": spec.summary}
+    out: dict[str, Any] = {
+        "stage": spec.stage,
+        "kind": spec.name,
+        "models": list(spec.models) if spec.models else None,
+        "summary": spec.summary,
+    }
     for name in ("adapters", "produces", "accepts"):
         value = getattr(spec, name)
         if value is not None:
             out[name] = list(value)
     return out
-
 
 
 def _trace_call(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
@@ -151,7 +156,9 @@ class PluginHost:
             pm.add_hookcall_monitoring(_trace_call, lambda *args: None)
         host = cls(pm, KindRegistry(FIRST_PARTY_KINDS), [])
         # The core's own kinds (adamw, the [data.clean] filters) first, through the same path as any plugin.
-        core = PluginRecord(name=builtin.NAME, distribution=builtin.DISTRIBUTION, version=__version__, target=builtin.__name__)
+        core = PluginRecord(
+            name=builtin.NAME, distribution=builtin.DISTRIBUTION, version=__version__, target=builtin.__name__
+        )
         host.records.append(core)
         host._register(core, builtin)
         if entry_points:
@@ -309,7 +316,9 @@ class PluginHost:
 
         section = recipe.data
         served = self.lookup("data", section.kind, recipe.model.kind)
-        return self.call_typed(served, STAGE_HOOKS["data"], DataBundle, kind=section.kind, options=section.options, ctx=ctx)
+        return self.call_typed(
+            served, STAGE_HOOKS["data"], DataBundle, kind=section.kind, options=section.options, ctx=ctx
+        )
 
     def build_model(self, recipe: Recipe, ctx: RunContext) -> ModelBundle:
         """The base model of ``[model]`` (``loraplug_build_model``)."""
@@ -317,7 +326,9 @@ class PluginHost:
 
         section = recipe.model
         served = self.lookup("model", section.kind)
-        return self.call_typed(served, STAGE_HOOKS["model"], ModelBundle, kind=section.kind, options=section.options, ctx=ctx)
+        return self.call_typed(
+            served, STAGE_HOOKS["model"], ModelBundle, kind=section.kind, options=section.options, ctx=ctx
+        )
 
     def wrap_adapter(self, recipe: Recipe, model: ModelBundle, ctx: RunContext) -> ModelBundle:
         """``model`` with ``[adapter]`` attached (``loraplug_wrap_adapter``)."""
@@ -326,16 +337,30 @@ class PluginHost:
         section = recipe.adapter
         served = self.lookup("adapter", section.kind, recipe.model.kind)
         return self.call_typed(
-            served, STAGE_HOOKS["adapter"], ModelBundle, kind=section.kind, options=section.options, model=model, ctx=ctx
+            served,
+            STAGE_HOOKS["adapter"],
+            ModelBundle,
+            kind=section.kind,
+            options=section.options,
+            model=model,
+            ctx=ctx,
         )
 
-    def prepare_data(self, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext) -> PreparedData:
+    def prepare_data(
+        self, recipe: Recipe, model: ModelBundle, data: DataBundle, ctx: RunContext
+    ) -> PreparedData:
         """Records encoded for ``model`` by its plugin (``loraplug_prepare_data``)."""
         from loraplug.bundles import PreparedData
 
         served = self.lookup("model", recipe.model.kind)
         return self.call_typed(
-            served, "loraplug_prepare_data", PreparedData, model=model, options=recipe.model.options, data=data, ctx=ctx
+            served,
+            "loraplug_prepare_data",
+            PreparedData,
+            model=model,
+            options=recipe.model.options,
+            data=data,
+            ctx=ctx,
         )
 
     def train_step(self, model_kind: str) -> Callable[..., StepResult]:
@@ -362,7 +387,13 @@ class PluginHost:
 
         served = self.lookup("model", model.kind)
         answer = self.call_on(
-            served, "loraplug_generate", model=model, options=recipe.model.options, prompts=prompts, out_dir=out_dir, ctx=ctx
+            served,
+            "loraplug_generate",
+            model=model,
+            options=recipe.model.options,
+            prompts=prompts,
+            out_dir=out_dir,
+            ctx=ctx,
         )
         if not isinstance(answer, list | tuple) or not all(isinstance(sample, Sample) for sample in answer):
             raise _wrong_type(answer, "a list of Sample", served, "loraplug_generate")
@@ -418,7 +449,6 @@ def _wrong_type(value: Any, expected: str, served: Served, hook: str) -> PluginE
         f"{served.distribution} returned {type(value).__name__} from {hook}, expected {expected}",
         fix=f"This is a bug in {served.distribution}",
     )
-
 
 
 #: The process's plugins once :func:`load_plugins` has loaded them (tests may set another host here).

@@ -21,8 +21,11 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECTS = [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml")),
-            ROOT / "examples" / "loraplug-csv" / "pyproject.toml"]
+PROJECTS = [
+    ROOT / "pyproject.toml",
+    *sorted(ROOT.glob("plugins/*/pyproject.toml")),
+    ROOT / "examples" / "loraplug-csv" / "pyproject.toml",
+]
 
 # Imports that are reachable only when another distribution is installed, with the reason.
 # (None today: loraplug-onnx imported diffusers for the UNet until the model plugins handed exporters
@@ -74,8 +77,11 @@ def test_every_import_is_a_declared_dependency(project: Path) -> None:
     for line in declared:
         installable |= transitive_requirements(Requirement(line).name)
 
-    package_dirs = [p.parent for p in project.parent.glob("*/__init__.py")
-                    if not p.parent.name.startswith(("tests", "build"))]
+    package_dirs = [
+        p.parent
+        for p in project.parent.glob("*/__init__.py")
+        if not p.parent.name.startswith(("tests", "build"))
+    ]
     assert package_dirs, f"no package found next to {project}"
     own_modules = {p.name for p in package_dirs}
     module_owners = metadata.packages_distributions()

@@ -23,11 +23,27 @@ def test_generation_metrics_are_logged(tmp_path: Path, lm_recipe) -> None:
                              "generate_samples": 3, "every_n_steps": 2})  # fmt: skip
     result = run_cli("run", recipe, "train.max_steps=2")
     assert result.exit_code == 0, result.output
-    evals = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines() if '"eval"' in row]
+    evals = [
+        json.loads(row)
+        for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in row
+    ]
     assert [e["step"] for e in evals] == [0, 2]
     for record in evals:
-        assert {"val_loss", "perplexity", "bleu", "chrf", "rougeL", "distinct_1", "distinct_2", "exact_match"} <= record.keys()
-        assert abs(record["perplexity"] - torch.tensor(record["val_loss"]).exp().item()) < 1e-6 * record["perplexity"]
+        assert {
+            "val_loss",
+            "perplexity",
+            "bleu",
+            "chrf",
+            "rougeL",
+            "distinct_1",
+            "distinct_2",
+            "exact_match",
+        } <= record.keys()
+        assert (
+            abs(record["perplexity"] - torch.tensor(record["val_loss"]).exp().item())
+            < 1e-6 * record["perplexity"]
+        )
         assert 0 <= record["rougeL"] <= 1 and 0 <= record["chrf"] <= 100
 
 
@@ -47,7 +63,14 @@ def test_f1_needs_labels(lm_recipe) -> None:
 
 
 def test_f1_against_labels(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": f"is {i} even?", "response": "yes" if i % 2 == 0 else "no", "label": "yes" if i % 2 == 0 else "no"} for i in range(16)]
+    rows = [
+        {
+            "prompt": f"is {i} even?",
+            "response": "yes" if i % 2 == 0 else "no",
+            "label": "yes" if i % 2 == 0 else "no",
+        }
+        for i in range(16)
+    ]
     data = jsonl_file("labels.jsonl", rows)
     result = run_cli("run", lm_recipe(data={"path": str(data)}, eval={"metrics": ["f1"]}, export=[]))
     assert result.exit_code == 0, result.output
@@ -82,7 +105,9 @@ def test_early_stopping_and_best_weights(tmp_path: Path, lm_recipe) -> None:
 
 
 def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, monkeypatch) -> None:
-    monkeypatch.setenv("LORAPLUG_FAULT", "nan:micro=3")  # read by each run (loraplug.training.faults.from_env)
+    monkeypatch.setenv(
+        "LORAPLUG_FAULT", "nan:micro=3"
+    )  # read by each run (loraplug.training.faults.from_env)
     stopped = run_cli("run", lm_recipe(export=[]))
     assert stopped.exit_code == 2
     assert "The loss became nan at step 3" in stopped.stderr and "train.jsonl:" in stopped.stderr
@@ -91,13 +116,15 @@ def test_nan_loss_stops_with_the_step_and_samples(tmp_path: Path, lm_recipe, mon
     skipped = run_cli("run", lm_recipe(export=[]), "train.on_nan=skip", "--overwrite")
     assert skipped.exit_code == 0, skipped.output
     assert "skipped the update" in skipped.stdout
-    lines = [json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(row) for row in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert any(row.get("skipped_nan_steps") == 1 for row in lines)
 
 
 # --- metrics declare their direction -------------------------------------------------------------
 
-RISING_METRIC = '''
+RISING_METRIC = """
 from loraplug import KindSpec, Options, hookimpl
 
 class NoOptions(Options):
@@ -114,9 +141,9 @@ def loraplug_register_kinds(register):
 def loraplug_evaluate(metrics, model, options, data, scores, ctx):
     calls.append(1)
     return {"loss_score": float(len(calls))}
-'''
+"""
 
-UNDECLARED_METRIC = '''
+UNDECLARED_METRIC = """
 from loraplug import KindSpec, Options, hookimpl
 
 class NoOptions(Options):
@@ -125,19 +152,28 @@ class NoOptions(Options):
 @hookimpl
 def loraplug_register_kinds(register):
     register(KindSpec("metric", "mystery", NoOptions, "no direction declared"))
-'''
+"""
 
 
 def _loraplug(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "loraplug", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "loraplug", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_the_monitored_metric_is_ranked_as_it_declares_not_by_its_name(tmp_path: Path, lm_recipe) -> None:
     from loraplug.runinfo import read_run
     from loraplug.testing import plugin_dist
 
-    site = plugin_dist(tmp_path / "site", distribution="loraplug-rising", module="loraplug_rising", source=RISING_METRIC)
+    site = plugin_dist(
+        tmp_path / "site", distribution="loraplug-rising", module="loraplug_rising", source=RISING_METRIC
+    )
     plugin_dist(site, distribution="loraplug-mystery", module="loraplug_mystery", source=UNDECLARED_METRIC)
     recipe = lm_recipe(
         train={"max_steps": 3}, eval={"every_n_steps": 1, "metrics": ["loss_score"], "monitor": "loss_score", "sample_prompts": []},
@@ -147,7 +183,11 @@ def test_the_monitored_metric_is_ranked_as_it_declares_not_by_its_name(tmp_path:
     assert ran.returncode == 0, ran.stderr
     record = status(tmp_path)
     assert record["monitor"] == {"metric": "loss_score", "lower_is_better": False}
-    assert record["best"] == {"metric": "loss_score", "value": 4.0, "step": 3}  # evaluations at steps 0-3 scored 1-4
+    assert record["best"] == {
+        "metric": "loss_score",
+        "value": 4.0,
+        "step": 3,
+    }  # evaluations at steps 0-3 scored 1-4
 
     # A running run (no best recorded yet) is ranked by the direction it recorded, never by the name.
     run_dir = tmp_path / "runs" / "tiny"

@@ -17,7 +17,12 @@ SCRIPT = ROOT / "bench" / "gpu_check.py"
 def dry_run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--cpu-dry-run", "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=300, check=False
+        [sys.executable, str(SCRIPT), "--cpu-dry-run", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
 
 
@@ -46,7 +51,11 @@ def test_a_mismatch_fails_the_check_and_says_what_failed(tmp_path: Path) -> None
     # Documents packed without their block-diagonal mask attend to each other: part d must catch it.
     proc = dry_run(tmp_path, "--only", "d", "--leak-packing")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "GPU check FAILED" in proc.stderr and "float32: packed logits equal the documents' own" in proc.stderr
+    assert (
+        "GPU check FAILED" in proc.stderr and "float32: packed logits equal the documents' own" in proc.stderr
+    )
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [p["status"] for p in report["parts"]] == ["failed"]
-    assert "✘ FAILED float32: packed logits equal the documents' own" in (tmp_path / "gpu_check.md").read_text()
+    assert (
+        "✘ FAILED float32: packed logits equal the documents' own" in (tmp_path / "gpu_check.md").read_text()
+    )

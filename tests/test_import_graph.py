@@ -190,7 +190,9 @@ def _is_plugin(project: Path) -> bool:
     pyproject = project / "pyproject.toml"
     if not pyproject.is_file():
         return False
-    entry_points = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("entry-points", {})
+    entry_points = (
+        tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("entry-points", {})
+    )
     return "loraplug" in entry_points
 
 
@@ -232,7 +234,9 @@ def test_the_cross_plugin_scan_finds_an_import_at_any_depth(tmp_path: Path) -> N
         ("model", "plugin_model", "import os\nfrom plugin_model import merge\n"),
     ]:
         (tmp_path / project / package).mkdir(parents=True)
-        (tmp_path / project / "pyproject.toml").write_text(f"[project.entry-points.loraplug]\n{package} = \"{package}\"\n")
+        (tmp_path / project / "pyproject.toml").write_text(
+            f'[project.entry-points.loraplug]\n{package} = "{package}"\n'
+        )
         (tmp_path / project / package / "__init__.py").write_text(source)
         (tmp_path / project / "tests").mkdir()
         (tmp_path / project / "tests" / "__init__.py").write_text("import plugin_exporter, plugin_model\n")
@@ -241,13 +245,32 @@ def test_the_cross_plugin_scan_finds_an_import_at_any_depth(tmp_path: Path) -> N
 
 
 #: Libraries of a modality (or its exports) that only plugins may import.
-MODALITY_LIBRARIES = ("transformers", "diffusers", "tokenizers", "webdataset", "onnx", "onnxruntime", "bitsandbytes", "torchao")
+MODALITY_LIBRARIES = (
+    "transformers",
+    "diffusers",
+    "tokenizers",
+    "webdataset",
+    "onnx",
+    "onnxruntime",
+    "bitsandbytes",
+    "torchao",
+)
 
 
 def test_the_core_imports_no_modality_library_not_even_inside_a_function() -> None:
     offenders = []
     for path in sorted((ROOT / "loraplug").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            offenders += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in MODALITY_LIBRARIES]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(ROOT)} imports {n}"
+                for n in names
+                if n.split(".")[0] in MODALITY_LIBRARIES
+            ]
     assert offenders == []

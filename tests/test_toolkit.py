@@ -33,12 +33,17 @@ def test_every_toolkit_name_imports_without_a_modality_library() -> None:
 
 
 def test_the_first_party_plugins_keep_no_copy_of_a_toolkit_helper() -> None:
-    copies = re.compile(r"^(def (locate|pretrained_source|model_load_error|require_package|hold_out)\b|DTYPES\s*=|TOLERANCES\s*=|StepFn\s*=)", re.M)
+    copies = re.compile(
+        r"^(def (locate|pretrained_source|model_load_error|require_package|hold_out)\b|DTYPES\s*=|TOLERANCES\s*=|StepFn\s*=)",
+        re.M,
+    )
     found = [
         f"{path.relative_to(ROOT)}: {match.group(0)}"
         for path in sorted((ROOT / "plugins").glob("*/loraplug_*/*.py"))
         for match in copies.finditer(path.read_text(encoding="utf-8"))
-        if not match.group(0).startswith("def locate")  # a plugin's locate(options, cache_dir) binds its presets
+        if not match.group(0).startswith(
+            "def locate"
+        )  # a plugin's locate(options, cache_dir) binds its presets
     ]
     assert found == []
 
@@ -88,7 +93,10 @@ def test_pretrained_source_and_require_package_fail_validation_with_the_fix(tmp_
     assert _ModelOptions(pretrained=str(tmp_path)).pretrained == str(tmp_path)
     with pytest.raises(ValidationError, match="model directory not found"):
         _ModelOptions(pretrained=str(tmp_path / "absent"))
-    with pytest.raises(ValidationError, match=r"fast needs loraplug_no_such_package, which is not installed: `pip install no-such-package`"):
+    with pytest.raises(
+        ValidationError,
+        match=r"fast needs loraplug_no_such_package, which is not installed: `pip install no-such-package`",
+    ):
         _ModelOptions(pretrained="tiny-test", fast=True)
     with pytest.raises(LoraplugError, match="needs loraplug_no_such_package") as raised:
         toolkit.require_installed("loraplug_no_such_package", "This export", "pip install no-such-package")
@@ -96,14 +104,22 @@ def test_pretrained_source_and_require_package_fail_validation_with_the_fix(tmp_
 
 
 def test_model_load_error_says_what_a_directory_must_hold(tmp_path: Path) -> None:
-    error = toolkit.model_load_error("model", str(tmp_path), tmp_path, OSError("no config"), layout="config.json", preset="tiny-test")
-    assert error.where == "model.pretrained" and "Check that the directory holds config.json" in (error.fix or "")
+    error = toolkit.model_load_error(
+        "model", str(tmp_path), tmp_path, OSError("no config"), layout="config.json", preset="tiny-test"
+    )
+    assert error.where == "model.pretrained" and "Check that the directory holds config.json" in (
+        error.fix or ""
+    )
 
 
 def test_dtype_names_map_to_torch_dtypes_and_back() -> None:
     import torch
 
-    assert [toolkit.torch_dtype(n) for n in toolkit.DTYPE_NAMES] == [torch.float32, torch.bfloat16, torch.float16]
+    assert [toolkit.torch_dtype(n) for n in toolkit.DTYPE_NAMES] == [
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ]
     assert [toolkit.dtype_name(d) for d in (torch.bfloat16, "float16")] == ["bfloat16", "float16"]
     with pytest.raises(ValueError, match="unknown dtype"):
         toolkit.torch_dtype("auto")
@@ -158,10 +174,16 @@ def test_the_toolkit_example_in_docs_plugins_md_runs(tmp_path: Path) -> None:
     match = re.search(r"<!-- example: toolkit -->\n```python\n(.*?)```", text, re.S)
     assert match, "docs/plugins.md lost its toolkit example"
     (tmp_path / "example.py").write_text(match.group(1), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     # Each line the example prints, as its comments promise.
-    promised = [line.split("#", 1)[1].strip() for line in match.group(1).splitlines() if line.lstrip().startswith("print(") and "#" in line]
+    promised = [
+        line.split("#", 1)[1].strip()
+        for line in match.group(1).splitlines()
+        if line.lstrip().startswith("print(") and "#" in line
+    ]
     printed = proc.stdout.splitlines()
     assert len(printed) == len(promised)
     for got, want in zip(printed, promised, strict=True):

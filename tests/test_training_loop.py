@@ -38,7 +38,9 @@ class Recorder(LoopEvents):
 
 
 def test_the_loop_tells_its_events_each_point_in_order(lm_recipe: Any) -> None:
-    path = lm_recipe(export=[], train={"grad_accum_steps": 2, "save_every_n_steps": 2}, eval={"use_best": False})
+    path = lm_recipe(
+        export=[], train={"grad_accum_steps": 2, "save_every_n_steps": 2}, eval={"use_best": False}
+    )
     quiet = Console(quiet=True)
     run = Run(load_recipe(path, load_plugins()), load_plugins(), console=quiet)
     claim = run.claim()

@@ -29,7 +29,11 @@ def model_inputs(module: Any, batch: Batch) -> tuple[dict[str, Any], Any, Any]:
         implementation = attention_implementation(module)
         labels = packed_labels(inputs, implementation)
         real = inputs["segment_ids"] >= 0
-        return packed_model_inputs(inputs, implementation), labels, real if labels.shape == real.shape else real[real][None]
+        return (
+            packed_model_inputs(inputs, implementation),
+            labels,
+            real if labels.shape == real.shape else real[real][None],
+        )
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
     return {"input_ids": inputs["input_ids"], **extra}, inputs["labels"], inputs["attention_mask"].bool()
 
@@ -40,7 +44,9 @@ def forward(module: Any, batch: Batch) -> tuple[Any, Any, Any]:
     return module(**kwargs, use_cache=False).logits, labels, real
 
 
-def loss_sum(module: Any, batch: Batch, chunk_setting: ChunkSetting = 0, warn: Callable[[str], None] | None = None) -> StepResult:
+def loss_sum(
+    module: Any, batch: Batch, chunk_setting: ChunkSetting = 0, warn: Callable[[str], None] | None = None
+) -> StepResult:
     """Cross-entropy summed over target tokens (labels are pre-shifted, so no shift here).
 
     ``chunk_setting`` is ``model.loss_chunk_tokens``: with a number of tokens, or ``"auto"`` on a
@@ -55,7 +61,10 @@ def loss_sum(module: Any, batch: Batch, chunk_setting: ChunkSetting = 0, warn: C
     if chunk:
         head = head_of(module)
         hidden, autocast = last_hidden_state(module, head, kwargs)
-        return StepResult(loss_sum=target_cross_entropy(head, hidden, labels, chunk, autocast), num_targets=int(targets.sum()))
+        return StepResult(
+            loss_sum=target_cross_entropy(head, hidden, labels, chunk, autocast),
+            num_targets=int(targets.sum()),
+        )
     logits = module(**kwargs, use_cache=False).logits
     # Only target positions are upcast, which keeps float32 logits small for long prompts.
     loss = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")
@@ -77,12 +86,16 @@ def _chunk(module: Any, setting: ChunkSetting, positions: int, warn: Callable[[s
             fix='Remove model.loss_chunk_tokens (or set it to "auto"): the loss is then computed on the full logits where chunking is not exact',
         )
     if not head.warned and warn is not None:
-        warn(f"model.loss_chunk_tokens: the loss is computed on the full logits, not in chunks: {head.problem}")
+        warn(
+            f"model.loss_chunk_tokens: the loss is computed on the full logits, not in chunks: {head.problem}"
+        )
     head.warned = True
     return 0
 
 
-def complete(model: ModelBundle, options: CausalLMOptions, conversations: Sequence[list[dict[str, str]]]) -> list[str]:
+def complete(
+    model: ModelBundle, options: CausalLMOptions, conversations: Sequence[list[dict[str, str]]]
+) -> list[str]:
     """Greedy completions of the assistant's next turn, one per conversation."""
     import torch
 
@@ -92,7 +105,9 @@ def complete(model: ModelBundle, options: CausalLMOptions, conversations: Sequen
     device = next(module.parameters()).device
     texts = []
     for messages in conversations:
-        ids = tokenizer(encoder.prompt_text(messages), add_special_tokens=False, return_tensors="pt").to(device)
+        ids = tokenizer(encoder.prompt_text(messages), add_special_tokens=False, return_tensors="pt").to(
+            device
+        )
         with torch.no_grad():
             out = module.generate(
                 **ids,

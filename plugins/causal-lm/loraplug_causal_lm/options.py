@@ -27,10 +27,17 @@ def require_bitsandbytes(value: str | None) -> str | None:
 class JsonlOptions(Options):
     """``[data] kind = "jsonl"``."""
 
-    path: InputFile = Field(description="JSONL file: {prompt, response} or {messages: [{role, content}]} per line.")
+    path: InputFile = Field(
+        description="JSONL file: {prompt, response} or {messages: [{role, content}]} per line."
+    )
     val_path: InputFile | None = Field(None, description="A separate validation file in the same format.")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of `path` for validation (seeded).")
-    on_error: Literal["error", "skip"] = Field("error", description="A malformed line (or one longer than 64 MiB) stops the run, or is skipped and counted.")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this fraction of `path` for validation (seeded)."
+    )
+    on_error: Literal["error", "skip"] = Field(
+        "error",
+        description="A malformed line (or one longer than 64 MiB) stops the run, or is skipped and counted.",
+    )
 
 
 class CausalLMOptions(Options):
@@ -43,8 +50,13 @@ class CausalLMOptions(Options):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="Attention kernel; default: transformers' choice."
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    max_length: PositiveInt = Field(1024, description="Tokens per sample; longer samples are truncated and counted. With packing, also the length of a packed row.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
+    max_length: PositiveInt = Field(
+        1024,
+        description="Tokens per sample; longer samples are truncated and counted. With packing, also the length of a packed row.",
+    )
     packing: bool | None = Field(
         None,
         description="Pack several samples into each row of max_length tokens, each attending only to itself (per-sample "
@@ -52,7 +64,9 @@ class CausalLMOptions(Options):
         "samples, no balance_by/weight_by, and a start-up check that packed logits equal unpacked ones; true makes an "
         "unsupported case an error.",
     )
-    train_on_prompt: bool = Field(False, description="Also learn the prompt tokens (default: only responses).")
+    train_on_prompt: bool = Field(
+        False, description="Also learn the prompt tokens (default: only responses)."
+    )
     loss_chunk_tokens: NonNegativeInt | Literal["auto"] = Field(
         "auto",
         description="Compute the loss this many target tokens at a time: the output head is applied to each chunk "
@@ -85,16 +99,23 @@ class LoraOptions(Options):
     """``[adapter] kind = "lora"`` for causal LMs, through peft's ``LoraConfig``."""
 
     r: PositiveInt = Field(8, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
+    alpha: float = Field(
+        16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or `all-linear` (every linear layer but the output head)."
+        "all-linear",
+        description="Module names to adapt, or `all-linear` (every linear layer but the output head).",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    init: Literal["default", "gaussian"] = Field("default", description="Initialisation of the LoRA A matrix.")
-    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+    init: Literal["default", "gaussian"] = Field(
+        "default", description="Initialisation of the LoRA A matrix."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter."
+    )
 
 
 class LycorisOptions(Options):
@@ -102,12 +123,19 @@ class LycorisOptions(Options):
 
     r: PositiveInt = Field(8, description="Rank of each factor.")
     alpha: float = Field(8.0, gt=0, description="The update is scaled by alpha/r.")
-    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rows of the update during training.")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or `all-linear` (every linear layer but the output head)."
+    rank_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the rows of the update during training."
     )
-    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+    module_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Probability of skipping a layer's whole update during a training step."
+    )
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt, or `all-linear` (every linear layer but the output head).",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter."
+    )
 
 
 class LohaOptions(LycorisOptions):
@@ -117,12 +145,17 @@ class LohaOptions(LycorisOptions):
 class LokrOptions(LycorisOptions):
     """``[adapter] kind = "lokr"`` for causal LMs, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
 
-    decompose_both: bool = Field(False, description="Also factor the small Kronecker matrix W₁ into rank-r factors.")
+    decompose_both: bool = Field(
+        False, description="Also factor the small Kronecker matrix W₁ into rank-r factors."
+    )
     decompose_factor: int = Field(
-        -1, ge=-1, description="Split each dimension as near this factor as divides it; -1: near its square root."
+        -1,
+        ge=-1,
+        description="Split each dimension as near this factor as divides it; -1: near its square root.",
     )
     init: Literal["default", "lycoris"] = Field(
-        "default", description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero)."
+        "default",
+        description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero).",
     )
 
     @field_validator("decompose_factor")
@@ -138,15 +171,20 @@ class PeftExportOptions(Options):
 
     model_card: bool = Field(True, description="Write a README.md model card beside the adapter.")
     check_parity: bool = Field(
-        True, description="Read the written adapter back with peft and compare every tensor with the trained one."
+        True,
+        description="Read the written adapter back with peft and compare every tensor with the trained one.",
     )
 
 
 class MergedExportOptions(Options):
     """``[[export]] kind = "merged"``."""
 
-    dtype: Dtype = Field("auto", description="Dtype of the saved weights; the merge itself is done in float32.")
-    check_parity: bool = Field(True, description="Compare the merged model's logits with the trained model's.")
+    dtype: Dtype = Field(
+        "auto", description="Dtype of the saved weights; the merge itself is done in float32."
+    )
+    check_parity: bool = Field(
+        True, description="Compare the merged model's logits with the trained model's."
+    )
     tolerance: float | None = Field(
         None,
         gt=0,

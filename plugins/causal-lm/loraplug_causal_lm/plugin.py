@@ -32,7 +32,10 @@ MODEL_KIND = "causal-lm"
 #: The records jsonl produces and the causal LM trains on (loraplug.kinds.RECORD_SHAPES).
 RECORD_SHAPE = "chat"
 #: LyCORIS' adapters through peft, beside LoRA: the name is also the options class's (``LohaOptions``).
-LYCORIS = {"loha": "peft LoHa: low-rank Hadamard product (LyCORIS)", "lokr": "peft LoKr: Kronecker product (LyCORIS)"}
+LYCORIS = {
+    "loha": "peft LoHa: low-rank Hadamard product (LyCORIS)",
+    "lokr": "peft LoKr: Kronecker product (LyCORIS)",
+}
 #: The adapter kinds the peft and merged exports handle: all peft tuners, saved and merged by peft itself.
 ADAPTERS = ("lora", *LYCORIS)
 
@@ -69,7 +72,15 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
         )
     )
     for name, summary in LYCORIS.items():
-        register(KindSpec("adapter", name, f"loraplug_causal_lm.options:{name.capitalize()}Options", summary, models=(MODEL_KIND,)))
+        register(
+            KindSpec(
+                "adapter",
+                name,
+                f"loraplug_causal_lm.options:{name.capitalize()}Options",
+                summary,
+                models=(MODEL_KIND,),
+            )
+        )
     register(
         KindSpec(
             "export",

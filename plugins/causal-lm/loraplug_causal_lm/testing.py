@@ -33,7 +33,12 @@ def tiny_lm_recipe(tmp_path: Path, **changes: dict[str, Any]) -> Path:
     recipe: dict[str, Any] = {
         "run": {"name": "tiny", "output_dir": str(tmp_path / "runs"), "seed": 7},
         "data": {"kind": "jsonl", "path": str(data), "val_fraction": 0.25},
-        "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 64, "sample_max_new_tokens": 8},
+        "model": {
+            "kind": "causal-lm",
+            "pretrained": "tiny-llama",
+            "max_length": 64,
+            "sample_max_new_tokens": 8,
+        },
         "adapter": {"kind": "lora", "r": 4, "alpha": 8},
         "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "log_every_n_steps": 2},
         "eval": {"sample_prompts": ["q: rain"]},
@@ -63,7 +68,15 @@ def trained_tiny_run(root: Path, **changes: Any) -> Path:
 
 
 def adapter_for_exactness(
-    tmp_path: Path, lm_recipe: Any, data: Path, name: str, *, batch_size: int, accumulation: int, max_steps: int, packing: bool
+    tmp_path: Path,
+    lm_recipe: Any,
+    data: Path,
+    name: str,
+    *,
+    batch_size: int,
+    accumulation: int,
+    max_steps: int,
+    packing: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train on ``data`` with settings that make any change in how tokens are weighted visible in the
     weights; return the trained parameters and ``run.json``.
@@ -95,4 +108,6 @@ def adapter_for_exactness(
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output  # noqa: S101 — a test helper
     run_dir = tmp_path / "runs" / name
-    return load_file(str(run_dir / "adapter" / "adapter.safetensors")), json.loads((run_dir / "run.json").read_text())
+    return load_file(str(run_dir / "adapter" / "adapter.safetensors")), json.loads(
+        (run_dir / "run.json").read_text()
+    )

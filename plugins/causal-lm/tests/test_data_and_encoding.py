@@ -37,13 +37,17 @@ def test_a_line_that_is_not_utf8_is_a_bad_line_named_by_number(tmp_path: Path, c
     assert len(records) == 3 and skipped == ["line 3: not UTF-8 text (byte 16); save the file as UTF-8"]
 
 
-def test_a_line_over_the_length_limit_is_a_bad_line_read_in_bounded_memory(tmp_path: Path, monkeypatch, lm_recipe, chat_rows) -> None:
+def test_a_line_over_the_length_limit_is_a_bad_line_read_in_bounded_memory(
+    tmp_path: Path, monkeypatch, lm_recipe, chat_rows
+) -> None:
     import tracemalloc
 
     from loraplug_causal_lm import jsonl
     from loraplug_causal_lm.options import JsonlOptions
 
-    assert f"longer than {jsonl.MAX_LINE_BYTES >> 20} MiB" in str(JsonlOptions.model_fields["on_error"].description)  # documented
+    assert f"longer than {jsonl.MAX_LINE_BYTES >> 20} MiB" in str(
+        JsonlOptions.model_fields["on_error"].description
+    )  # documented
     monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 4096)  # 64 MiB in use; a test writes no gigabytes
     rows = [json.dumps(r) for r in chat_rows(12)]
     huge = json.dumps({"prompt": "q", "response": "x" * (16 << 20)})  # valid JSON, 4096 times the limit
@@ -53,7 +57,10 @@ def test_a_line_over_the_length_limit_is_a_bad_line_read_in_bounded_memory(tmp_p
 
     result = run_cli("run", lm_recipe(data={"path": str(path)}))
     assert result.exit_code == 2
-    assert "Line 4 of huge.jsonl is malformed: longer than 4,096 bytes, the most read as one sample" in result.stderr
+    assert (
+        "Line 4 of huge.jsonl is malformed: longer than 4,096 bytes, the most read as one sample"
+        in result.stderr
+    )
     assert f"{path}:4" in result.stderr and 'on_error = "skip"' in result.stderr
 
     tracemalloc.start()
@@ -78,7 +85,10 @@ def test_wrong_shape_line_says_which_keys_it_has(lm_recipe, jsonl_file) -> None:
 
 
 def test_skip_counts_malformed_lines(tmp_path: Path, lm_recipe, jsonl_file, chat_rows) -> None:
-    rows = [json.dumps(r) for r in chat_rows(12)] + ["not json", '{"messages": [{"role": "user", "content": "x"}]}']
+    rows = [json.dumps(r) for r in chat_rows(12)] + [
+        "not json",
+        '{"messages": [{"role": "user", "content": "x"}]}',
+    ]
     data = jsonl_file("mixed.jsonl", rows)
     result = run_cli("run", lm_recipe(data={"path": str(data), "on_error": "skip"}, export=[]))
     assert result.exit_code == 0, result.output
@@ -96,7 +106,13 @@ def test_empty_dataset_is_an_error(lm_recipe, jsonl_file) -> None:
 
 def test_chat_messages_train(lm_recipe, jsonl_file) -> None:
     rows = [
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]}
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"hi {i}"},
+                {"role": "assistant", "content": f"hello {i}"},
+            ]
+        }
         for i in range(10)
     ]
     data = jsonl_file("chat.jsonl", rows)
@@ -122,7 +138,13 @@ def _targets(sample, tokenizer) -> str:
 
 def test_prompt_is_masked_and_the_response_with_its_end_token_is_learned() -> None:
     encoder, tokenizer = _encoder()
-    record = {"id": "x", "messages": [{"role": "user", "content": "Forecast?"}, {"role": "assistant", "content": "RAIN · 9°C"}]}
+    record = {
+        "id": "x",
+        "messages": [
+            {"role": "user", "content": "Forecast?"},
+            {"role": "assistant", "content": "RAIN · 9°C"},
+        ],
+    }
     sample = encoder.encode(record)
     assert _targets(sample, tokenizer) == "RAIN · 9°C</s>"
     assert sample.input_ids[-1] == tokenizer.eos_token_id
@@ -145,12 +167,20 @@ def test_multi_turn_masks_every_user_turn() -> None:
             {"role": "assistant", "content": "TWO"},
         ],
     }
-    assert _targets(encoder.encode(record), tokenizer) == "ONE</s><|assistant|>TWO</s>".replace("<|assistant|>", "")
+    assert _targets(encoder.encode(record), tokenizer) == "ONE</s><|assistant|>TWO</s>".replace(
+        "<|assistant|>", ""
+    )
 
 
-def test_truncation_is_counted_and_samples_without_targets_are_dropped(tmp_path: Path, lm_recipe, jsonl_file) -> None:
-    rows = [{"prompt": "p" * 10, "response": "r" * (100 + i)} for i in range(8)] + [{"prompt": "x" * 300, "response": "y"}]
+def test_truncation_is_counted_and_samples_without_targets_are_dropped(
+    tmp_path: Path, lm_recipe, jsonl_file
+) -> None:
+    rows = [{"prompt": "p" * 10, "response": "r" * (100 + i)} for i in range(8)] + [
+        {"prompt": "x" * 300, "response": "y"}
+    ]
     data = jsonl_file("long.jsonl", rows)
-    result = run_cli("run", lm_recipe(data={"path": str(data), "val_fraction": 0.0}, model={"max_length": 48}, export=[]))
+    result = run_cli(
+        "run", lm_recipe(data={"path": str(data), "val_fraction": 0.0}, model={"max_length": 48}, export=[])
+    )
     assert result.exit_code == 0, result.output
     assert "truncated 9" in result.stdout and "dropped (no target left) 1" in result.stdout

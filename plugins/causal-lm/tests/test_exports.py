@@ -19,7 +19,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("exports")
     os.chdir(root)
-    recipe = tiny_lm_recipe(root, train={"max_steps": 6, "lr": 5e-3}, adapter={"modules_to_save": ["lm_head"]})
+    recipe = tiny_lm_recipe(
+        root, train={"max_steps": 6, "lr": 5e-3}, adapter={"modules_to_save": ["lm_head"]}
+    )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     return root / "runs" / "tiny"
@@ -45,7 +47,9 @@ def test_peft_export_loads_with_peft_and_matches(trained_run: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     export = trained_run / "exports" / "peft"
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "export.json"} <= {p.name for p in export.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "export.json"} <= {
+        p.name for p in export.iterdir()
+    }
     card = (export / "README.md").read_text()
     status = json.loads((trained_run / "run.json").read_text())
     assert f"- train_loss: {round(status['train_loss'], 4)}" in card
@@ -56,14 +60,18 @@ def test_peft_export_loads_with_peft_and_matches(trained_run: Path) -> None:
     with torch.no_grad():
         logits = model(input_ids=PROBE).logits
     torch.testing.assert_close(logits, _trained_logits(trained_run, PROBE), rtol=0, atol=1e-5)
-    untouched = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # from_pretrained adapted `base`
+    untouched = AutoModelForCausalLM.from_pretrained(
+        config["base_model_name_or_path"]
+    )  # from_pretrained adapted `base`
     assert not torch.allclose(logits, untouched(input_ids=PROBE).logits, atol=1e-3)  # the adapter matters
     figures = json.loads((export / "export.json").read_text())["figures"]
     assert figures["max_abs_diff_vs_trained"] == 0.0
     from safetensors import safe_open
 
     with safe_open(export / "adapter_model.safetensors", "pt") as written:
-        assert figures["tensors_checked"] == len(list(written.keys())) > 2  # LoRA A/B pairs and the saved lm_head
+        assert (
+            figures["tensors_checked"] == len(list(written.keys())) > 2
+        )  # LoRA A/B pairs and the saved lm_head
 
 
 def test_peft_export_check_catches_a_tensor_that_differs(trained_run: Path, tmp_path: Path) -> None:
@@ -117,7 +125,10 @@ def test_an_adapter_of_lora_pairs_only_is_lora_only(tmp_path: Path) -> None:
     from loraplug_causal_lm.export import non_lora_tensors
 
     pair = {"lora_A": torch.zeros(2, 8), "lora_B": torch.zeros(8, 2)}
-    save_file({f"base_model.model.model.layers.0.self_attn.q_proj.{k}.weight": v for k, v in pair.items()}, tmp_path / "adapter_model.safetensors")
+    save_file(
+        {f"base_model.model.model.layers.0.self_attn.q_proj.{k}.weight": v for k, v in pair.items()},
+        tmp_path / "adapter_model.safetensors",
+    )
     assert non_lora_tensors(tmp_path / "adapter_model.safetensors") == []
 
 
@@ -127,7 +138,9 @@ def test_merged_export_carries_no_machine_local_loading_keys(trained_run: Path) 
     export = trained_run / "exports" / "merged"
     for name in ("tokenizer_config.json", "config.json", "generation_config.json"):
         written = json.loads((export / name).read_text())
-        assert not {"is_local", "local_files_only", "cache_dir", "_name_or_path", "name_or_path"} & set(written), name
+        assert not {"is_local", "local_files_only", "cache_dir", "_name_or_path", "name_or_path"} & set(
+            written
+        ), name
     assert AutoTokenizer.from_pretrained(export).pad_token == "<pad>"  # still loads, special tokens kept
 
 
@@ -155,7 +168,11 @@ def test_a_bfloat16_base_merges_within_the_tolerance_of_the_dtype_it_computes_in
     from loraplug_causal_lm.testing import trained_tiny_run
 
     run_dir = trained_tiny_run(
-        tmp_path, model={"dtype": "bfloat16"}, train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "merged"}]
+        tmp_path,
+        model={"dtype": "bfloat16"},
+        train={"max_steps": 2},
+        eval={"sample_prompts": []},
+        export=[{"kind": "merged"}],
     )
     figures = json.loads((run_dir / "exports" / "merged" / "export.json").read_text())["figures"]
     assert figures["dtype"] == "bfloat16" and figures["tolerance"] == 6e-2

@@ -28,7 +28,9 @@ def test_tiny_run_exports_peft_and_merged(lm_recipe: Any, tmp_path: Path, kind: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = run_cli("run", lm_recipe(adapter={"kind": kind}, train={"lr": 1e-2}, eval={"sample_prompts": []}))
+    result = run_cli(
+        "run", lm_recipe(adapter={"kind": kind}, train={"lr": 1e-2}, eval={"sample_prompts": []})
+    )
     assert result.exit_code == 0, result.output
     exports = tmp_path / "runs" / "tiny" / "exports"
     peft_figures = json.loads((exports / "peft" / "export.json").read_text())["figures"]
@@ -61,6 +63,8 @@ def test_lycoris_on_a_quantized_base_is_refused_clearly(lm_recipe: Any) -> None:
 
 
 def test_lokr_options_are_checked(lm_recipe: Any) -> None:
-    result = run_cli("recipe", "check", lm_recipe(adapter={"kind": "lokr", "decompose_factor": 0, "dropout": 0.1}))
+    result = run_cli(
+        "recipe", "check", lm_recipe(adapter={"kind": "lokr", "decompose_factor": 0, "dropout": 0.1})
+    )
     assert result.exit_code == 2
     assert "adapter.decompose_factor" in result.stderr and "unknown key `adapter.dropout`" in result.stderr

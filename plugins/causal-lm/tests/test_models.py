@@ -39,5 +39,7 @@ def test_unknown_target_module_names_the_modules_that_exist(lm_recipe) -> None:
 
 
 def test_rslora_and_dora_train(lm_recipe) -> None:
-    result = run_cli("run", lm_recipe(adapter={"use_rslora": True, "use_dora": True}, export=[{"kind": "merged"}]))
+    result = run_cli(
+        "run", lm_recipe(adapter={"use_rslora": True, "use_dora": True}, export=[{"kind": "merged"}])
+    )
     assert result.exit_code == 0, result.output

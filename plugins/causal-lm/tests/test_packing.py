@@ -25,10 +25,20 @@ def _model_and_encoder(attention: str):
 
 
 def _samples(encoder, rows):
-    return [encoder.encode({"id": f"s{i}", "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}) for i, (p, r) in enumerate(rows)]
+    return [
+        encoder.encode(
+            {"id": f"s{i}", "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+        )
+        for i, (p, r) in enumerate(rows)
+    ]
 
 
-ROWS = [("rain?", "yes, rain all day long"), ("wind", "calm"), ("fog over the harbour tonight?", "thick fog, 200 m"), ("sun", "sunny and 24 degrees")]
+ROWS = [
+    ("rain?", "yes, rain all day long"),
+    ("wind", "calm"),
+    ("fog over the harbour tonight?", "thick fog, 200 m"),
+    ("sun", "sunny and 24 degrees"),
+]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -60,7 +70,9 @@ def test_a_sample_does_not_see_the_sample_before_it_in_its_row() -> None:
 
     def second_only(row_first):
         # the loss of the second sample alone: the first sample's labels are masked out
-        masked = type(row_first)(row_first.id, row_first.input_ids, [IGNORE] * len(row_first.labels), False, 0)
+        masked = type(row_first)(
+            row_first.id, row_first.input_ids, [IGNORE] * len(row_first.labels), False, 0
+        )
         with torch.no_grad():
             return float(loss_sum(model, collate([PackedRow([masked, second])])).loss_sum)
 
@@ -68,7 +80,10 @@ def test_a_sample_does_not_see_the_sample_before_it_in_its_row() -> None:
 
 
 def test_packing_is_on_by_default_and_reported(lm_recipe) -> None:
-    result = run_cli("run", lm_recipe(model={"max_length": 256}, train={"max_steps": 1}, export=[], eval={"sample_prompts": []}))
+    result = run_cli(
+        "run",
+        lm_recipe(model={"max_length": 256}, train={"max_steps": 1}, export=[], eval={"sample_prompts": []}),
+    )
     assert result.exit_code == 0, result.output
     match = re.search(r"packing: (\d+) samples in (\d+) rows", result.stdout)
     assert match and int(match[2]) < int(match[1]), result.stdout
@@ -76,16 +91,29 @@ def test_packing_is_on_by_default_and_reported(lm_recipe) -> None:
 
 def test_packing_true_with_balancing_is_an_error(lm_recipe, jsonl_file, chat_rows) -> None:
     rows = [{**r, "label": "a" if i % 4 else "b"} for i, r in enumerate(chat_rows(16))]
-    recipe = lm_recipe(data={"path": str(jsonl_file("l.jsonl", rows)), "balance_by": "label"}, model={"packing": True}, export=[])
+    recipe = lm_recipe(
+        data={"path": str(jsonl_file("l.jsonl", rows)), "balance_by": "label"},
+        model={"packing": True},
+        export=[],
+    )
     result = run_cli("run", recipe)
     assert result.exit_code == 2
     assert "model.packing = true, but data.balance_by" in result.stderr
 
 
-def _packed_adapter(tmp_path: Path, lm_recipe, data: Path, name: str, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+def _packed_adapter(
+    tmp_path: Path, lm_recipe, data: Path, name: str, batch_size: int, accumulation: int
+) -> dict[str, torch.Tensor]:
     # 16 rows: two steps of 8 rows, exactly one epoch
     weights, status = adapter_for_exactness(
-        tmp_path, lm_recipe, data, name, batch_size=batch_size, accumulation=accumulation, max_steps=2, packing=True
+        tmp_path,
+        lm_recipe,
+        data,
+        name,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        max_steps=2,
+        packing=True,
     )
     assert status["data"]["packed rows"] == 16
     return weights

@@ -21,7 +21,10 @@ def nf4_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return trained_tiny_run(
         tmp_path_factory.mktemp("qlora"),
-        model={"quantization": "nf4", "dtype": "float32"},  # the 4-bit layers compute in float32 on every host (auto: bf16 on GPUs)
+        model={
+            "quantization": "nf4",
+            "dtype": "float32",
+        },  # the 4-bit layers compute in float32 on every host (auto: bf16 on GPUs)
         train={"max_steps": 4, "lr": 5e-3},
         export=[{"kind": "peft"}, {"kind": "merged"}],
     )
@@ -57,14 +60,21 @@ def test_merged_export_of_an_nf4_run_is_the_dequantized_base_plus_the_update(nf4
     manifest = json.loads((export / "export.json").read_text())
     assert any("dequantized to float32 before merging" in note for note in manifest["notes"])
     figures = manifest["figures"]
-    assert figures["max_abs_logit_diff_vs_trained"] < 1e-4 and figures["max_abs_logit_diff_vs_dequantized"] < 1e-4
-    assert figures["quantized_kernel_drift"] < 1e-4  # float32 compute dtype, on every CPU (AVX512-BF16 or not)
+    assert (
+        figures["max_abs_logit_diff_vs_trained"] < 1e-4
+        and figures["max_abs_logit_diff_vs_dequantized"] < 1e-4
+    )
+    assert (
+        figures["quantized_kernel_drift"] < 1e-4
+    )  # float32 compute dtype, on every CPU (AVX512-BF16 or not)
     config = json.loads((export / "config.json").read_text())
     assert "quantization_config" not in config  # a plain float checkpoint
     merged = AutoModelForCausalLM.from_pretrained(export).eval()
     assert type(merged.model.layers[0].mlp.up_proj) is torch.nn.Linear
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=PROBE).logits, _trained(nf4_run)(input_ids=PROBE).logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            merged(input_ids=PROBE).logits, _trained(nf4_run)(input_ids=PROBE).logits, rtol=0, atol=1e-4
+        )
 
 
 def test_merging_into_the_quantized_weights_is_refused_with_the_reason(nf4_run: Path) -> None:
@@ -84,7 +94,10 @@ def test_a_4bit_base_computing_in_bfloat16_merges_and_its_kernel_rounding_is_not
     # rounds its activations to bfloat16, which the float32 merge does not, by an amount that depends on
     # the kernel and the host. Compared with the trained model as computed, a correct merge was refused.
     run_dir = trained_tiny_run(
-        tmp_path, model={"quantization": "nf4", "dtype": "bfloat16"}, eval={"sample_prompts": []}, export=[{"kind": "merged"}]
+        tmp_path,
+        model={"quantization": "nf4", "dtype": "bfloat16"},
+        eval={"sample_prompts": []},
+        export=[{"kind": "merged"}],
     )
     figures = json.loads((run_dir / "exports" / "merged" / "export.json").read_text())["figures"]
     assert figures["max_abs_logit_diff_vs_dequantized"] < 1e-4 < figures["quantized_kernel_drift"]
@@ -145,7 +158,13 @@ def test_int8_base_trains_and_merges_within_its_tolerance(tmp_path: Path) -> Non
 
     from loraplug_causal_lm.testing import trained_tiny_run
 
-    run_dir = trained_tiny_run(tmp_path, model={"quantization": "int8"}, train={"max_steps": 2}, eval={"sample_prompts": []}, export=[{"kind": "merged"}])
+    run_dir = trained_tiny_run(
+        tmp_path,
+        model={"quantization": "int8"},
+        train={"max_steps": 2},
+        eval={"sample_prompts": []},
+        export=[{"kind": "merged"}],
+    )
     trained = _trained(run_dir)
     assert isinstance(trained.get_base_model().model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear8bitLt)
     figures = json.loads((run_dir / "exports" / "merged" / "export.json").read_text())["figures"]
@@ -155,8 +174,12 @@ def test_int8_base_trains_and_merges_within_its_tolerance(tmp_path: Path) -> Non
     assert figures["tolerance"] == 1e-3
 
 
-def test_quantization_without_bitsandbytes_fails_at_recipe_check(lm_recipe, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees when it is not installed
+def test_quantization_without_bitsandbytes_fails_at_recipe_check(
+    lm_recipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        sys.modules, "bitsandbytes", None
+    )  # what `import bitsandbytes` sees when it is not installed
     result = run_cli("recipe", "check", lm_recipe(model={"quantization": "nf4"}))
     assert result.exit_code == 2
     assert "`model.quantization` = 'nf4': QLoRA needs bitsandbytes, which is not installed" in result.stderr

@@ -11,7 +11,9 @@ from loraplug.testing import write_recipe
 PALETTE = {"red": (220, 60, 50), "teal": (40, 184, 176), "orange": (236, 128, 44), "navy": (22, 34, 64)}
 
 
-def draw_images(folder: Path, count: int, *, size: tuple[int, int] = (48, 48), seed: int = 0, captions: bool = True) -> list[Path]:
+def draw_images(
+    folder: Path, count: int, *, size: tuple[int, int] = (48, 48), seed: int = 0, captions: bool = True
+) -> list[Path]:
     """``count`` PNGs of a coloured square on a plain background, each with a same-stem .txt caption."""
     from PIL import Image, ImageDraw
 
@@ -22,11 +24,15 @@ def draw_images(folder: Path, count: int, *, size: tuple[int, int] = (48, 48), s
         background, shape = rng.sample(sorted(PALETTE), 2)
         image = Image.new("RGB", size, PALETTE[background])
         left, top = rng.randint(0, size[0] // 2), rng.randint(0, size[1] // 2)
-        ImageDraw.Draw(image).rectangle((left, top, left + size[0] // 3, top + size[1] // 3), fill=PALETTE[shape])
+        ImageDraw.Draw(image).rectangle(
+            (left, top, left + size[0] // 3, top + size[1] // 3), fill=PALETTE[shape]
+        )
         path = folder / f"img-{index:03d}.png"
         image.save(path)
         if captions:
-            path.with_suffix(".txt").write_text(f"a {shape} square, {background} background\n", encoding="utf-8")
+            path.with_suffix(".txt").write_text(
+                f"a {shape} square, {background} background\n", encoding="utf-8"
+            )
         paths.append(path)
     return paths
 
@@ -56,7 +62,9 @@ def tiny_sd_recipe(tmp_path: Path, **changes: Any) -> Path:
         "export": [],
     }
     for section, values in changes.items():
-        if isinstance(values, list) or values.get("kind", recipe[section].get("kind")) != recipe[section].get("kind"):
+        if isinstance(values, list) or values.get("kind", recipe[section].get("kind")) != recipe[section].get(
+            "kind"
+        ):
             recipe[section] = values  # a list ([[export]]) or another kind: replaced, not merged
         else:
             recipe.setdefault(section, {}).update(values)

@@ -70,7 +70,10 @@ def test_transform_covers_the_target_then_crops_and_flips() -> None:
     assert tensor.shape == (3, 32, 48) and tensor.min() >= -1 and tensor.max() <= 1
     flipped = to_tensor(image, (48, 32), crop="center", flip=True, rng=None)
     assert torch.equal(flipped, torch.flip(tensor, dims=[-1]))
-    crops = {tuple(to_tensor(image, (32, 32), crop="random", flip=False, rng=random.Random(s))[2, 0, :4].tolist()) for s in range(8)}
+    crops = {
+        tuple(to_tensor(image, (32, 32), crop="random", flip=False, rng=random.Random(s))[2, 0, :4].tolist())
+        for s in range(8)
+    }
     assert len(crops) > 1  # random crops land in different places
 
 

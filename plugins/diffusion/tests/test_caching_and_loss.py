@@ -14,7 +14,9 @@ from loraplug_diffusion.testing import draw_images, tiny_sd_recipe
 
 def _losses(run_dir: Path) -> tuple[list[float], list[float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["split"] == "train"], [r["val_loss"] for r in rows if r["split"] == "eval"]
+    return [r["loss"] for r in rows if r["split"] == "train"], [
+        r["val_loss"] for r in rows if r["split"] == "eval"
+    ]
 
 
 def test_cached_and_uncached_training_see_the_same_numbers(tmp_path: Path) -> None:
@@ -78,7 +80,9 @@ def test_loss_options_buckets_and_random_augmentations_train(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert 'crop = "random"' in result.output and "shuffle_tags" in result.output  # why the caches are off
     status = json.loads((tmp_path / "runs" / "tiny-sd" / "run.json").read_text())
-    assert status["data"]["buckets"] == 2 and "latents cached" in status["data"]  # validation images still cached
+    assert (
+        status["data"]["buckets"] == 2 and "latents cached" in status["data"]
+    )  # validation images still cached
     assert all(isinstance(loss, float) for _, loss in status["val_losses"])
     # Every injected layer trained — gradient checkpointing included (a reentrant checkpoint would leave
     # the LoRA inside checkpointed blocks without gradients, and its up matrices at zero).
@@ -87,7 +91,9 @@ def test_loss_options_buckets_and_random_augmentations_train(tmp_path: Path) -> 
     weights = load_file(str(tmp_path / "runs" / "tiny-sd" / "adapter" / "adapter.safetensors"))
     ups = {name: tensor for name, tensor in weights.items() if ".lora_B." in name}
     assert any("resnets.0.conv1" in name for name in ups)
-    assert all(tensor.abs().sum() > 0 for tensor in ups.values()), [n for n, t in ups.items() if t.abs().sum() == 0]
+    assert all(tensor.abs().sum() > 0 for tensor in ups.values()), [
+        n for n, t in ups.items() if t.abs().sum() == 0
+    ]
 
 
 def test_min_snr_weights_follow_the_formula() -> None:

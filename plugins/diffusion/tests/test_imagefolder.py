@@ -16,7 +16,9 @@ from loraplug_diffusion.testing import draw_images, tiny_sd_recipe
 
 def _load(path: Path, **options: object) -> tuple[object, list[str]]:
     warnings: list[str] = []
-    bundle = load(ImageFolderOptions.model_validate({"path": str(path), **options}), seed=0, warn=warnings.append)
+    bundle = load(
+        ImageFolderOptions.model_validate({"path": str(path), **options}), seed=0, warn=warnings.append
+    )
     return bundle, warnings
 
 
@@ -35,9 +37,13 @@ def test_metadata_table_gives_image_paths_and_captions(tmp_path: Path, fmt: str)
     draw_images(tmp_path / "d" / "pics", 2, captions=False)
     rows = [("pics/img-000.png", "first caption"), ("pics/img-001.png", "second, with a comma")]
     if fmt == "jsonl":
-        (tmp_path / "d" / "metadata.jsonl").write_text("".join(json.dumps({"image_path": p, "caption": c}) + "\n" for p, c in rows))
+        (tmp_path / "d" / "metadata.jsonl").write_text(
+            "".join(json.dumps({"image_path": p, "caption": c}) + "\n" for p, c in rows)
+        )
     else:
-        (tmp_path / "d" / "metadata.csv").write_text("file_name,text\n" + "".join(f'{p},"{c}"\n' for p, c in rows))
+        (tmp_path / "d" / "metadata.csv").write_text(
+            "file_name,text\n" + "".join(f'{p},"{c}"\n' for p, c in rows)
+        )
     bundle, _ = _load(tmp_path / "d")
     assert [r["caption"] for r in bundle.train] == ["first caption", "second, with a comma"]
 
@@ -50,7 +56,9 @@ def test_missing_caption_policy(tmp_path: Path) -> None:
     bundle, _ = _load(tmp_path / "d", missing_caption="filename")
     assert [r["caption"] for r in bundle.train] == ["img 000", "img 001"]
     bundle, _ = _load(tmp_path / "d", missing_caption="empty")
-    assert [r["caption"] for r in bundle.train] == ["", ""] and bundle.summary["images without a caption"] == 2
+    assert [r["caption"] for r in bundle.train] == ["", ""] and bundle.summary[
+        "images without a caption"
+    ] == 2
 
 
 def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -69,24 +77,36 @@ def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path: Path)
     assert "on_unreadable" in str(info.value)
 
 
-def test_decompression_bombs_are_skipped_and_counted_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decompression_bombs_are_skipped_and_counted_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image
 
     draw_images(tmp_path / "d", 2)  # 48×48 = 2304 pixels each
-    for name, side in (("warned.png", 60), ("refused.png", 100)):  # Pillow warns past the limit, refuses past twice it
+    for name, side in (
+        ("warned.png", 60),
+        ("refused.png", 100),
+    ):  # Pillow warns past the limit, refuses past twice it
         Image.new("RGB", (side, side), (9, 9, 9)).save(tmp_path / "d" / name)
         (tmp_path / "d" / name).with_suffix(".txt").write_text("huge")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     bundle, warnings = _load(tmp_path / "d")
     assert [r["id"] for r in bundle.train] == ["img-000.png", "img-001.png"]
     assert bundle.summary["skipped unreadable images"] == 2
-    assert "refused.png" in bundle.summary["first unreadable"] and "decompression-bomb" in bundle.summary["first unreadable"]
+    assert (
+        "refused.png" in bundle.summary["first unreadable"]
+        and "decompression-bomb" in bundle.summary["first unreadable"]
+    )
     assert any("skipped 2 unreadable" in w for w in warnings)
 
     with pytest.raises(LoraplugError, match="refused.png cannot be read") as info:
         _load(tmp_path / "d", on_unreadable="error")
     message = str(info.value)
-    assert str(tmp_path / "d" / "refused.png") in message and "downscale it" in message and "on_unreadable" in message
+    assert (
+        str(tmp_path / "d" / "refused.png") in message
+        and "downscale it" in message
+        and "on_unreadable" in message
+    )
 
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
@@ -105,7 +125,9 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     ],
     ids=["empty-folder", "only-unreadable"],
 )
-def test_a_folder_without_usable_images_is_one_clear_error(tmp_path: Path, make: object, message: str) -> None:
+def test_a_folder_without_usable_images_is_one_clear_error(
+    tmp_path: Path, make: object, message: str
+) -> None:
     make(tmp_path / "images")  # type: ignore[operator]
     result = run_cli("run", tiny_sd_recipe(tmp_path))
     assert result.exit_code == 2, result.output
@@ -116,4 +138,8 @@ def test_a_folder_without_usable_images_is_one_clear_error(tmp_path: Path, make:
 def test_resolution_must_be_a_multiple_of_8_before_anything_loads(tmp_path: Path) -> None:
     result = run_cli("recipe", "check", tiny_sd_recipe(tmp_path, model={"resolution": 500}))
     assert result.exit_code == 2
-    assert "model.resolution" in result.stderr and "multiple of 8" in result.stderr and "496 or 504" in result.stderr
+    assert (
+        "model.resolution" in result.stderr
+        and "multiple of 8" in result.stderr
+        and "496 or 504" in result.stderr
+    )

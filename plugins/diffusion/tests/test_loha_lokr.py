@@ -72,10 +72,16 @@ CONFIGS = {
         r=1, alpha=5, decompose_both=True, decompose_factor=16, target_modules=["proj", "conv", "point"]
     ),
     # both whole: a rank as large as the factors, where readers apply no alpha at all
-    "lokr-full": lambda: __import__("peft").LoKrConfig(r=16, alpha=3, target_modules=["proj", "conv", "point"]),
+    "lokr-full": lambda: __import__("peft").LoKrConfig(
+        r=16, alpha=3, target_modules=["proj", "conv", "point"]
+    ),
     # alpha/rank per layer through the patterns the adapter's conv_r/conv_alpha use
     "lokr-patterns": lambda: __import__("peft").LoKrConfig(
-        r=2, alpha=3, rank_pattern={"^conv$": 1}, alpha_pattern={"^conv$": 7.0}, target_modules=["proj", "conv", "point"]
+        r=2,
+        alpha=3,
+        rank_pattern={"^conv$": 1},
+        alpha_pattern={"^conv$": 7.0},
+        target_modules=["proj", "conv", "point"],
     ),
 }
 
@@ -97,7 +103,14 @@ def test_lycoris_tensors_rebuild_peft_delta_as_comfyui_reads_them(config: str) -
         if config == "loha":
             assert set(written) == LOHA_KEYS
         else:
-            assert "alpha" in written and set(written) - {"alpha"} <= {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"}
+            assert "alpha" in written and set(written) - {"alpha"} <= {
+                "lokr_w1",
+                "lokr_w1_a",
+                "lokr_w1_b",
+                "lokr_w2",
+                "lokr_w2_a",
+                "lokr_w2_b",
+            }
             assert ("lokr_w1" in written) != ("lokr_w1_a" in written and "lokr_w1_b" in written)
             assert ("lokr_w2" in written) != ("lokr_w2_a" in written and "lokr_w2_b" in written)
             seen_full |= "lokr_w1" in written and "lokr_w2" in written
@@ -105,7 +118,10 @@ def test_lycoris_tensors_rebuild_peft_delta_as_comfyui_reads_them(config: str) -
         expected = layer.get_delta_weight("default").double()
         rebuilt = comfyui_delta(written, layer.get_base_layer().weight.shape)
         assert rebuilt.shape == expected.shape
-        assert torch.allclose(rebuilt, expected, rtol=1e-5, atol=1e-6), (name, float((rebuilt - expected).abs().max()))
+        assert torch.allclose(rebuilt, expected, rtol=1e-5, atol=1e-6), (
+            name,
+            float((rebuilt - expected).abs().max()),
+        )
         assert float(expected.abs().max()) > 1e-3  # a real update, not zeros that match anything
     if config == "lokr-full":
         assert seen_full  # the case whose scale is folded into lokr_w1
@@ -128,7 +144,10 @@ def _run(tmp: Path, kind: str, **adapter: Any) -> tuple[Path, str]:
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_tiny_run_exports_kohya_in_lycoris_layout_and_merged(tmp_path: Path, kind: str) -> None:
     run_dir, output = _run(tmp_path, kind)
-    figures = {name: json.loads((run_dir / "exports" / name / "export.json").read_text())["figures"] for name in ("kohya", "merged")}
+    figures = {
+        name: json.loads((run_dir / "exports" / name / "export.json").read_text())["figures"]
+        for name in ("kohya", "merged")
+    }
     # Each export was loaded back (the kohya file by ComfyUI's formula) and predicts like the trained model.
     for name, figure in figures.items():
         assert figure["max_abs_diff_vs_trained"] <= 1e-3, (name, figure)
@@ -138,11 +157,18 @@ def test_tiny_run_exports_kohya_in_lycoris_layout_and_merged(tmp_path: Path, kin
         keys = list(handle.keys())
     suffixes = {key.split(".", 1)[1] for key in keys}
     assert all(key.startswith(("lora_unet_", "lora_te_text_model_")) for key in keys)
-    assert any(key.startswith("lora_te_") for key in keys) and any("_resnets_" in key for key in keys)  # text encoder, LoCon
+    assert any(key.startswith("lora_te_") for key in keys) and any(
+        "_resnets_" in key for key in keys
+    )  # text encoder, LoCon
     if kind == "loha":
         assert suffixes == LOHA_KEYS
     else:
-        assert "lokr_w1" in suffixes and "alpha" in suffixes and suffixes <= {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}
+        assert (
+            "lokr_w1" in suffixes
+            and "alpha" in suffixes
+            and suffixes
+            <= {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}
+        )
     assert not any("lora_down" in key or "lora_up" in key for key in keys)
     metadata = read_metadata(path)
     assert metadata["ss_network_module"] == "lycoris.kohya"
@@ -160,12 +186,16 @@ def test_tiny_run_exports_kohya_in_lycoris_layout_and_merged(tmp_path: Path, kin
     unet_file = Path("unet") / "diffusion_pytorch_model.safetensors"
     merged = load_file(str(run_dir / "exports" / "merged" / unet_file))
     base = load_file(str(preset_dir("tiny-sd", Path(os.environ["LORAPLUG_CACHE"])) / unet_file))
-    moved = {k for k in base if "to_q" in k or "conv1" in k if float((merged[k] - base[k]).abs().max()) > 1e-4}
+    moved = {
+        k for k in base if "to_q" in k or "conv1" in k if float((merged[k] - base[k]).abs().max()) > 1e-4
+    }
     assert any("to_q" in k for k in moved) and any("conv1" in k for k in moved)
 
 
 def test_diffusers_export_refuses_loha_at_recipe_check(tmp_path: Path) -> None:
-    recipe = tiny_sd_recipe(tmp_path, adapter={"kind": "loha"}, export=[{"kind": "merged"}, {"kind": "diffusers"}])
+    recipe = tiny_sd_recipe(
+        tmp_path, adapter={"kind": "loha"}, export=[{"kind": "merged"}, {"kind": "diffusers"}]
+    )
     result = run_cli("recipe", "check", recipe)
     assert result.exit_code == 2
     assert "`export[1].kind` = 'diffusers'" in result.stderr

@@ -26,7 +26,9 @@ def test_quiet_libraries_turns_transformers_logging_to_errors_unless_debugging(d
         "print(logging.get_verbosity() == std.ERROR, logging.is_progress_bar_enabled())"
     )
     env = {"LORAPLUG_DEBUG": debug, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert out.split() == (["True", "False"] if not debug else ["False", "True"])
 
 

@@ -49,7 +49,11 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_the_trained_model(trained_r
     export = trained_run / "exports" / "onnx"
     manifest = json.loads((export / "export.json").read_text())
     figures = manifest["figures"]
-    assert figures["opset"] == 20 == next(o.version for o in onnx.load(str(export / "model.onnx")).opset_import if o.domain == "")
+    assert (
+        figures["opset"]
+        == 20
+        == next(o.version for o in onnx.load(str(export / "model.onnx")).opset_import if o.domain == "")
+    )
     assert figures["inputs"] == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
     assert figures["parity_shapes"]["input_ids"] != figures["export_shapes"]["input_ids"]
     assert 0 <= figures["max_abs_logit_diff"] < figures["tolerance"] == 1e-4
@@ -60,7 +64,9 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_the_trained_model(trained_r
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :5] = 0
     session = onnxruntime.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+    (logits,) = session.run(
+        ["logits"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+    )
     trained = _trained_logits(trained_run, input_ids, attention_mask)
     real = attention_mask.numpy().astype(bool)  # a padded query's logits are meaningless either way
     assert np.abs(logits[real] - trained[real]).max() < 1e-4
@@ -76,7 +82,10 @@ def test_parity_failure_fails_the_export_and_keeps_the_previous_one(trained_run:
     assert "Traceback" not in result.output
     assert {name: _digests(trained_run / "exports" / name) for name in ("peft", "onnx")} == before
     assert (trained_run / "adapter" / "adapter.safetensors").read_bytes() == adapter
-    assert sorted(p.name for p in (trained_run / "exports").iterdir()) == ["onnx", "peft"]  # no temporary left
+    assert sorted(p.name for p in (trained_run / "exports").iterdir()) == [
+        "onnx",
+        "peft",
+    ]  # no temporary left
     status = json.loads((trained_run / "run.json").read_text())
     assert any(e["name"] == "onnx" and not e["ok"] for e in status["exports"])
 
@@ -88,7 +97,9 @@ def test_unsupported_family_is_refused_and_the_run_keeps_its_other_exports(tmp_p
     from loraplug_causal_lm.testing import tiny_lm_recipe
 
     tokenizer = AutoTokenizer.from_pretrained(preset_dir("tiny-llama", Path(os.environ["LORAPLUG_CACHE"])))
-    config = BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=1, n_head=2, pad_token_id=tokenizer.pad_token_id)
+    config = BloomConfig(
+        vocab_size=len(tokenizer), hidden_size=32, n_layer=1, n_head=2, pad_token_id=tokenizer.pad_token_id
+    )
     BloomForCausalLM(config).save_pretrained(tmp_path / "tiny-bloom")
     tokenizer.save_pretrained(tmp_path / "tiny-bloom")
     recipe = tiny_lm_recipe(
@@ -100,7 +111,9 @@ def test_unsupported_family_is_refused_and_the_run_keeps_its_other_exports(tmp_p
     )
     result = run_cli("run", recipe)
     assert result.exit_code == 2
-    assert "does not support the model family 'bloom'" in result.stderr and "any_family = true" in result.stderr
+    assert (
+        "does not support the model family 'bloom'" in result.stderr and "any_family = true" in result.stderr
+    )
     run_dir = tmp_path / "runs" / "tiny"
     assert f"`loraplug export {run_dir} --kind onnx`" in result.stderr  # how to retry without retraining
     assert (run_dir / "adapter" / "adapter.safetensors").exists()

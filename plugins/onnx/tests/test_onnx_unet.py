@@ -39,7 +39,9 @@ def tiny_unet(**config: Any) -> Any:
         **config,
     )
     # Attention projections and the resnets' 3×3 convs, as the diffusion plugin adapts them.
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    )
     with torch.no_grad():  # a trained adapter: B is no longer zero
         for name, param in unet.named_parameters():
             if "lora_B" in name:
@@ -54,7 +56,13 @@ def export(unet: Any, out_dir: Path, **options: Any) -> Any:
     bundle = ModelBundle(kind="stable-diffusion", module=unet, components={"unet": unet}, base="tiny-unet")
     out_dir.mkdir()
     return host.call_stage(
-        "export", "onnx", "stable-diffusion", options=OnnxExportOptions(**options), model=bundle, out_dir=out_dir, ctx=ctx
+        "export",
+        "onnx",
+        "stable-diffusion",
+        options=OnnxExportOptions(**options),
+        model=bundle,
+        out_dir=out_dir,
+        ctx=ctx,
     )
 
 
@@ -81,8 +89,13 @@ def test_merged_unet_runs_in_onnxruntime_like_the_trained_unet(tmp_path: Path) -
     sample = torch.randn(1, 4, 10, 6, generator=generator)
     timestep = torch.tensor([321.0])
     context = torch.randn(1, 5, 16, generator=generator)
-    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    (noise,) = session.run(["noise_pred"], {"sample": sample.numpy(), "timestep": timestep.numpy(), "encoder_hidden_states": context.numpy()})
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (noise,) = session.run(
+        ["noise_pred"],
+        {"sample": sample.numpy(), "timestep": timestep.numpy(), "encoder_hidden_states": context.numpy()},
+    )
     with torch.no_grad():
         trained = unet.eval()(sample, timestep, context).sample.numpy()
         unet.disable_adapters()

@@ -62,8 +62,12 @@ def _check_figures(export: Path, run_dir: Path, reloaded: torch.nn.Module) -> di
     measured = drift(deployable, merged, reloaded, evalset)
     assert figures["max_abs_logit_drift"] == pytest.approx(measured["max_abs_logit_drift"], rel=1e-4)
     assert 0 < figures["mean_abs_logit_drift"] <= figures["max_abs_logit_drift"]
-    assert figures["perplexity_quantized"] == pytest.approx(deployable.score(reloaded, evalset.batches)["perplexity"], rel=1e-4)
-    assert figures["perplexity_unquantized"] == pytest.approx(deployable.score(merged, evalset.batches)["perplexity"], rel=1e-4)
+    assert figures["perplexity_quantized"] == pytest.approx(
+        deployable.score(reloaded, evalset.batches)["perplexity"], rel=1e-4
+    )
+    assert figures["perplexity_unquantized"] == pytest.approx(
+        deployable.score(merged, evalset.batches)["perplexity"], rel=1e-4
+    )
     change = 100 * (figures["perplexity_quantized"] / figures["perplexity_unquantized"] - 1)
     assert figures["perplexity_change_pct"] == pytest.approx(change)
     return figures
@@ -83,14 +87,26 @@ def test_bnb_4bit_export_reloads_as_4bit_and_its_figures_hold(trained_run: Path)
 
 
 def test_reexport_bnb_4bit_fp4_without_double_quant(trained_run: Path) -> None:
-    result = run_cli("export", trained_run, "--kind", "bnb-4bit", "quant_type=fp4", "double_quant=false", "--name", "bnb-fp4")
+    result = run_cli(
+        "export",
+        trained_run,
+        "--kind",
+        "bnb-4bit",
+        "quant_type=fp4",
+        "double_quant=false",
+        "--name",
+        "bnb-fp4",
+    )
     assert result.exit_code == 0, result.output
     assert "bnb-fp4" in result.stdout and "size_ratio" in result.stdout and "loads with" in result.stdout
     export = trained_run / "exports" / "bnb-fp4"
     quantization = json.loads((export / "config.json").read_text())["quantization_config"]
     assert quantization["bnb_4bit_quant_type"] == "fp4" and quantization["bnb_4bit_use_double_quant"] is False
     manifest = _manifest(export)
-    assert manifest["adapter"]["path"] == "adapter/adapter.safetensors" and len(manifest["adapter"]["sha256"]) == 64
+    assert (
+        manifest["adapter"]["path"] == "adapter/adapter.safetensors"
+        and len(manifest["adapter"]["sha256"]) == 64
+    )
 
 
 def test_bnb_8bit_export_reloads_as_int8(trained_run: Path) -> None:
@@ -115,16 +131,25 @@ def test_torchao_int8_export_reloads_with_int8_weights(trained_run: Path) -> Non
     reloaded = AutoModelForCausalLM.from_pretrained(export, device_map={"": "cpu"}).eval()
     weight = reloaded.model.layers[0].mlp.up_proj.weight
     assert type(weight).__module__.startswith("torchao") and "Int8" in type(weight).__name__
-    assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_method"] == "torchao"
+    assert (
+        json.loads((export / "config.json").read_text())["quantization_config"]["quant_method"] == "torchao"
+    )
     figures = _check_figures(export, trained_run, reloaded)
     assert abs(figures["perplexity_change_pct"]) < 5  # weight-only int8 barely moves a model
 
 
-def test_missing_bitsandbytes_is_one_paragraph_and_changes_nothing(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_bitsandbytes_is_one_paragraph_and_changes_nothing(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = sorted(p.name for p in (trained_run / "exports").iterdir())
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees when it is not installed
+    monkeypatch.setitem(
+        sys.modules, "bitsandbytes", None
+    )  # what `import bitsandbytes` sees when it is not installed
     result = run_cli("export", trained_run, "--kind", "bnb-8bit", "--name", "no-bnb")
     assert result.exit_code == 2
-    assert "needs bitsandbytes, which is not installed" in result.stderr and "pip install 'bitsandbytes>=0.45'" in result.stderr
+    assert (
+        "needs bitsandbytes, which is not installed" in result.stderr
+        and "pip install 'bitsandbytes>=0.45'" in result.stderr
+    )
     assert "Traceback" not in result.output
     assert sorted(p.name for p in (trained_run / "exports").iterdir()) == before

@@ -41,18 +41,35 @@ def offline_run(wandb_dir: Path) -> Path:
 
 def inspect(run: Path, *, summary: bool = False) -> Any:
     """The run's records (or its summary) as wandb's reader of .wandb files prints them."""
-    args = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", *(["--summary"] if summary else []), str(run)]
+    args = [
+        sys.executable,
+        "-m",
+        "wandb",
+        "leet",
+        "inspect",
+        "--json",
+        *(["--summary"] if summary else []),
+        str(run),
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(proc.stdout) if summary else [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return (
+        json.loads(proc.stdout)
+        if summary
+        else [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    )
 
 
 def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r["history"]["item"] for r in records if r["type"] == "history"]
 
 
-def test_a_run_logs_the_same_scalars_the_recipe_and_the_sample_texts(tmp_path: Path, lm_recipe, monkeypatch) -> None:
+def test_a_run_logs_the_same_scalars_the_recipe_and_the_sample_texts(
+    tmp_path: Path, lm_recipe, monkeypatch
+) -> None:
     monkeypatch.setenv("LORAPLUG_WANDB", "1")
-    recipe = lm_recipe(train={"max_steps": 4}, eval={"every_n_steps": 2, "sample_prompts": ["q: rain", "q: sun"]}, export=[])
+    recipe = lm_recipe(
+        train={"max_steps": 4}, eval={"every_n_steps": 2, "sample_prompts": ["q: rain", "q: sun"]}, export=[]
+    )
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
@@ -60,7 +77,12 @@ def test_a_run_logs_the_same_scalars_the_recipe_and_the_sample_texts(tmp_path: P
     records = inspect(run)
 
     # Every scalar of metrics.jsonl, under split/name at its step.
-    logged = {(row["step"], key): value for row in history(records) for key, value in row.items() if key.startswith(("train/", "eval/"))}
+    logged = {
+        (row["step"], key): value
+        for row in history(records)
+        for key, value in row.items()
+        if key.startswith(("train/", "eval/"))
+    }
     expected = {
         (line["step"], f"{line['split']}/{key}"): value
         for line in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
@@ -110,7 +132,9 @@ def test_images_and_a_failed_status_reach_the_run(tmp_path: Path, lm_recipe, mon
     assert inspect(run, summary=True)["exit_code"] == 1
 
 
-def test_audio_and_table_samples_reach_the_run_as_their_own_media(tmp_path: Path, lm_recipe, monkeypatch) -> None:
+def test_audio_and_table_samples_reach_the_run_as_their_own_media(
+    tmp_path: Path, lm_recipe, monkeypatch
+) -> None:
     import wave
 
     monkeypatch.setenv("LORAPLUG_WANDB", "1")
@@ -122,7 +146,12 @@ def test_audio_and_table_samples_reach_the_run_as_their_own_media(tmp_path: Path
     sink = plugin.loraplug_metric_sinks(ctx)
     assert sink is not None
     sink.log_sample(2, "samples/0", "say hi", Artifact("audio", sound))
-    sink.log_sample(2, "samples/1", "score it", Artifact("table", [{"label": "rain", "p": 0.75}, {"label": "sun", "p": 0.25}]))
+    sink.log_sample(
+        2,
+        "samples/1",
+        "score it",
+        Artifact("table", [{"label": "rain", "p": 0.75}, {"label": "sun", "p": 0.25}]),
+    )
     sink.close("finished")
 
     rows = history(inspect(offline_run(ctx.run_dir / "wandb")))
