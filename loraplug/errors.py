@@ -63,6 +63,21 @@ def model_load_error(
     )
 
 
+def path_error(exc: OSError) -> LoraplugError:
+    """A filesystem refusal on a path the user gave or pointed loraplug at (a name too long, no
+    permission, a full disk, a path through a file): the system's own reason, with the path.
+
+    The CLI turns every :class:`OSError` that names a file into this paragraph, so no path a user can
+    type ends in "unexpected error"; one that names no file is still reported as a bug.
+    """
+    name = exc.filename if exc.filename2 is None else f"{exc.filename} → {exc.filename2}"
+    return LoraplugError(
+        f"The system refused a file operation: {exc.strerror or exc}",
+        where=str(name),
+        fix="Check that path: its length, that each part of it is a directory, its permissions, and the free space on its disk",
+    )
+
+
 class RecipeError(LoraplugError):
     """A recipe that does not validate; carries every problem found, not just the first."""
 

@@ -148,7 +148,7 @@ def unreadable_reason(path: Path, what: str = "file") -> str | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return f"{path} is a symbolic link loop (following its links never reaches a {what})"
-        if path.is_symlink():
+        if exc.errno == errno.ENOENT and path.is_symlink():
             return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
         if exc.errno == errno.ENOENT:
             return f"{what} not found: {path}"
@@ -234,7 +234,7 @@ def pretrained_source(presets: Sequence[str]) -> Callable[[str, ValidationInfo],
             else [p for p in (Path(base) / path if base else None, Path.cwd() / path) if p]
         )
         for candidate in candidates:
-            if candidate.is_dir():
+            if unreadable_reason(candidate, "directory") is None and candidate.is_dir():
                 return str(candidate.absolute())
         looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
         if looks_local:

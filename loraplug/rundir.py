@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -108,6 +109,24 @@ def _build_in_subprocess(build: Callable[[Path], None], target: Path) -> None:
         )
 
 
+#: What a run writes at the top of its directory (report.py's page and its folder, TensorBoard's events).
+RUN_WRITES = frozenset(
+    {
+        RECIPE_FILE,
+        STATUS_FILE,
+        METRICS_FILE,
+        SAMPLES_DIR,
+        CHECKPOINTS_DIR,
+        ADAPTER_DIR,
+        EXPORTS_DIR,
+        "tb",
+        "report",
+        "report.html",
+    }
+)
+_ATOMIC_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # loraplug.atomic's name for a file being written
+
+
 def _failed_before_training(run_dir: Path, status: RunStatus | None) -> bool:
     return (
         status is not None
@@ -116,6 +135,11 @@ def _failed_before_training(run_dir: Path, status: RunStatus | None) -> bool:
         and not status.resumed_at_step
         and not any((run_dir / CHECKPOINTS_DIR).glob("step-*"))
         and not (run_dir / ADAPTER_DIR).exists()
+        # Deleted without a flag only while it holds nothing but what the run wrote: a file the user put
+        # beside it makes it a directory to replace with --overwrite, like any other run.
+        and all(
+            entry.name in RUN_WRITES or _ATOMIC_TEMPORARY.match(entry.name) for entry in run_dir.iterdir()
+        )
     )
 
 

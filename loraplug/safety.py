@@ -122,7 +122,13 @@ def output_dir_problem(path: Path) -> str | None:
 
     Checked when the recipe is, so `recipe check` refuses it before anything loads.
     """
-    target = path.expanduser().resolve()
+    try:
+        return _output_dir_problem(path.expanduser().resolve())
+    except OSError as exc:  # a name too long for the filesystem, a path through a loop of links
+        return f"{path} cannot be used as a directory: {exc.strerror or exc}"
+
+
+def _output_dir_problem(target: Path) -> str | None:
     if any(target == kernel or target.is_relative_to(kernel) for kernel in _KERNEL_FILESYSTEMS):
         return f"{target} is in a filesystem of the kernel ({target.parts[1]}), where no run can be written"
     existing = next((p for p in (target, *target.parents) if p.exists()), None)

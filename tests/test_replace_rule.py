@@ -139,6 +139,34 @@ def test_a_read_only_output_dir_is_refused(tmp_path: Path, toy_recipe_file) -> N
     ), result.output
 
 
+def test_an_output_dir_the_system_cannot_create_is_a_clear_error_naming_the_key(
+    tmp_path: Path, toy_recipe_file
+) -> None:
+    # Runs as root too (CI does, where a read-only directory is still writable): a name longer than the
+    # filesystem allows. It was "unexpected error … this is a bug" from recipe check.
+    too_long = f'run.output_dir="{"a" * 300}/runs"'
+    for command in ("recipe check", "run"):
+        result = run_cli(*command.split(), toy_recipe_file(export=[]), too_long)
+        assert result.exit_code == 2 and "`run.output_dir`" in result.stderr, result.output
+        assert "File name too long" in result.stderr and "unexpected" not in result.output
+
+
+def test_a_failed_run_is_replaced_without_the_flag_only_while_it_holds_nothing_but_its_own_files(
+    tmp_path: Path, toy_recipe_file, jsonl_file
+) -> None:
+    recipe = toy_recipe_file(export=[])
+    empty = json.dumps(str(jsonl_file("empty.jsonl", [])))
+    assert run_cli("run", recipe, f"data.path={empty}").exit_code == 2  # failed before its first step
+    run_dir = tmp_path / "runs" / "tiny"
+    (run_dir / "thesis.txt").write_text("years of work")  # the user's file, put beside the failed run
+
+    refused = run_cli("run", recipe)
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr, refused.output
+    assert (run_dir / "thesis.txt").read_text() == "years of work"
+    replaced = run_cli("run", recipe, "--overwrite")  # asked for: the run and what was put in it go
+    assert replaced.exit_code == 0, replaced.output
+
+
 # ---- exports ------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from loraplug.cli import render
 from loraplug.cli import runs as runs_commands
 from loraplug.cli.export import export as export_command
 from loraplug.cli.shared import console, err_console, host, warn_broken_plugins
-from loraplug.errors import LoraplugError
+from loraplug.errors import LoraplugError, path_error
 from loraplug.optional import decide_for_this_process, keep_out_unused
 from loraplug.plugins import FIRST_PARTY
 from loraplug.quiet import debugging
@@ -252,20 +252,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except LoraplugError as exc:
+    except (LoraplugError, OSError) as raised:
+        if isinstance(raised, OSError) and raised.filename is None:
+            return _unexpected(raised, debug)
         if debug:
             err_console.print(traceback.format_exc(), markup=False)
+        exc = raised if isinstance(raised, LoraplugError) else path_error(raised)
         err_console.print(f"[bold red]error:[/] {render.escape(exc.paragraph())}")
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 — anything else is a bug: say so, briefly
-        if debug:
-            err_console.print(traceback.format_exc(), markup=False)
-        err_console.print(
-            f"[bold red]unexpected error:[/] {render.escape(f'{type(exc).__name__}: {exc}')}. "
-            "This is a bug in loraplug or a plugin; run again with --debug for the traceback and report it."
-        )
-        return 1
+        return _unexpected(exc, debug)
     return 0
+
+
+def _unexpected(exc: Exception, debug: bool) -> int:
+    if debug:
+        err_console.print(traceback.format_exc(), markup=False)
+    err_console.print(
+        f"[bold red]unexpected error:[/] {render.escape(f'{type(exc).__name__}: {exc}')}. "
+        "This is a bug in loraplug or a plugin; run again with --debug for the traceback and report it."
+    )
+    return 1
 
 
 if __name__ == "__main__":
