@@ -7,15 +7,21 @@ loraplug.training.faults are addressed by.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from loraplug import StepResult, load_plugins
 from loraplug.recipe import load_recipe
-from loraplug.run import Run
+from loraplug.run import Run, Setup
+from loraplug.testing import run_cli
 from loraplug.training.events import LoopEvents
-from loraplug.training.loop import train
+from loraplug.training.loop import Interrupted, TrainResult, train
 from loraplug.training.progress import ProgressDisplay
 
 
@@ -37,28 +43,38 @@ class Recorder(LoopEvents):
         self.seen.append(("checkpoint", save))
 
 
-def test_the_loop_tells_its_events_each_point_in_order(lm_recipe: Any) -> None:
-    path = lm_recipe(
-        export=[], train={"grad_accum_steps": 2, "save_every_n_steps": 2}, eval={"use_best": False}
-    )
+def _set_up(recipe_path: Path) -> tuple[Run, Setup]:
+    """A run set up through Run's own phases, ready for its training loop."""
     quiet = Console(quiet=True)
-    run = Run(load_recipe(path, load_plugins()), load_plugins(), console=quiet)
+    run = Run(load_recipe(recipe_path, load_plugins()), load_plugins(), console=quiet)
     claim = run.claim()
-    setup = run.setup(run.start(claim), claim)
+    return run, run.setup(run.start(claim), claim)
+
+
+def _train(run: Run, setup: Setup, events: LoopEvents) -> TrainResult:
+    """The set-up run's training loop, told ``events``."""
+    quiet = Console(quiet=True)
+    return train(
+        accelerator=run.accelerator,
+        step_fn=setup.step_fn,
+        model=setup.model,
+        prepared=setup.prepared,
+        recipe=setup.ctx.recipe,
+        ctx=setup.ctx,
+        sinks=run.sinks,
+        evaluate=setup.evaluator,
+        display=lambda total, start: ProgressDisplay(quiet, total, enabled=False, start_step=start),
+        events=events,
+    )
+
+
+def test_the_loop_tells_its_events_each_point_in_order(lm_recipe: Any) -> None:
+    run, setup = _set_up(
+        lm_recipe(export=[], train={"grad_accum_steps": 2, "save_every_n_steps": 2}, eval={"use_best": False})
+    )
     events = Recorder()
     try:
-        result = train(
-            accelerator=run.accelerator,
-            step_fn=setup.step_fn,
-            model=setup.model,
-            prepared=setup.prepared,
-            recipe=setup.ctx.recipe,
-            ctx=setup.ctx,
-            sinks=run.sinks,
-            evaluate=setup.evaluator,
-            display=lambda total, start: ProgressDisplay(quiet, total, enabled=False, start_step=start),
-            events=events,
-        )
+        result = _train(run, setup, events)
     finally:
         run.sinks.close("finished")
     assert result.steps == 4
@@ -71,3 +87,42 @@ def test_the_loop_tells_its_events_each_point_in_order(lm_recipe: Any) -> None:
             expected.append(("checkpoint", step // 2))
     assert events.seen == expected
     assert (run.run_dir / "checkpoints" / "step-00000004").is_dir()
+
+
+def test_a_skipped_last_step_is_still_the_runs_last_step(
+    tmp_path: Path, toy_recipe_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's step counts a step whose update a NaN loss skipped: the final evaluation, the last
+    checkpoint and run.json name step 4 of 4, not the last step that updated the weights."""
+    monkeypatch.setenv("LORAPLUG_FAULT", "nan:micro=4")  # one micro-batch a step: step 4's loss is NaN
+    recipe = toy_recipe_file(train={"max_steps": 4, "on_nan": "skip", "save_every_n_steps": 2}, export=[])
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "The loss became nan at step 4" in result.stdout
+    status = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 4
+    assert [e["step"] for e in status["evaluations"]] == [0, 4]
+    checkpoints = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-00000002", "step-00000004"]
+
+
+class NanAndSignal(LoopEvents):
+    """Micro-batch ``micro``'s loss is NaN, and SIGTERM arrives while it is computed."""
+
+    def __init__(self, micro: int) -> None:
+        self.micro = micro
+
+    def after_forward(self, micro: int, rank: int, out: Any) -> None:
+        if micro == self.micro:
+            out.loss_sum = out.loss_sum * float("nan")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_during_a_skipped_step_stops_at_that_step(toy_recipe_file: Any) -> None:
+    run, setup = _set_up(toy_recipe_file(train={"max_steps": 4, "on_nan": "skip"}, export=[]))
+    try:
+        with pytest.raises(Interrupted, match="Stopped by SIGTERM at step 2"):
+            _train(run, setup, NanAndSignal(micro=2))
+    finally:
+        run.sinks.close("interrupted")
+    assert [p.name for p in (run.run_dir / "checkpoints").glob("step-*")] == ["step-00000002"]

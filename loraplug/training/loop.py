@@ -6,10 +6,13 @@ checkpoint when resuming), then each optimizer step is a few named steps —
 all processes), :meth:`~TrainingLoop.forward_backward` (each micro-batch's *summed* loss divided by that
 total, so the gradient is exactly that of one large batch however the samples are split into
 micro-batches and processes, and whatever their lengths — averaging per micro-batch instead is the
-accumulation bug that hit HF Trainer), :meth:`~TrainingLoop.optimizer_step`, :meth:`~TrainingLoop.report`,
+accumulation bug that hit HF Trainer), :meth:`~TrainingLoop.optimizer_step` (or
+:meth:`~TrainingLoop.skip_update` for a NaN loss), :meth:`~TrainingLoop.report`,
 :meth:`~TrainingLoop.maybe_evaluate`, :meth:`~TrainingLoop.maybe_checkpoint` — and it stops early or on
 a signal. What changes from step to step is one :class:`TrainState`; everything else is fixed when the
-loop is built. Test-only fault injection is not in here: it is a :class:`LoopEvents` the tests install.
+loop is built. Its ``progress.step`` is the one step counter: a step counts once its update is applied
+or skipped, and checkpoints, the final evaluation and the result all read it. Test-only fault injection
+is not in here: it is a :class:`LoopEvents` the tests install.
 
 accelerate owns devices, mixed precision and processes, so the same code runs under
 ``accelerate launch`` and ``torchrun``.
@@ -180,15 +183,16 @@ def train(
     loop = TrainingLoop(
         accelerator=accelerator, step_fn=step_fn, model=model, prepared=prepared, recipe=recipe, ctx=ctx,
         sinks=sinks, evaluate=evaluate, make_optimizer=make_optimizer, events=events or LoopEvents(),
+        resume_from=resume_from,
     )  # fmt: skip
-    return loop.run(display=display, on_step_end=on_step_end, resume_from=resume_from)
+    return loop.run(display=display, on_step_end=on_step_end)
 
 
 class TrainingLoop:
     """One training run's fixed parts (the prepared module, optimizer, schedule, checkpoints…), and the
     named steps of the loop over them. The state that changes is :attr:`state`."""
 
-    #: What changes from step to step; made by :meth:`start` when the loop runs.
+    #: What changes from step to step: fresh, or restored from ``resume_from`` when the loop is built.
     state: TrainState
 
     def __init__(
@@ -204,6 +208,7 @@ class TrainingLoop:
         evaluate: Callable[[Any], dict[str, float]],
         make_optimizer: OptimizerMaker | None,
         events: LoopEvents,
+        resume_from: Path | None = None,
     ) -> None:
         cfg = self.cfg = recipe.train
         self.accelerator, self.step_fn, self.model, self.recipe, self.ctx = (
@@ -233,6 +238,12 @@ class TrainingLoop:
         self.checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events)
         self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
         self.live: ProgressDisplay | None = None  # the progress display, while the loop runs
+        self.state = self.start(resume_from)
+
+    @property
+    def step(self) -> int:
+        """The last step done, its update applied or skipped (the resumed step before the first)."""
+        return self.state.progress.step
 
     # -- the loop, top to bottom -------------------------------------------------------------------
 
@@ -241,27 +252,30 @@ class TrainingLoop:
         *,
         display: Callable[[int, int], ProgressDisplay],
         on_step_end: Callable[[int], None] | None,
-        resume_from: Path | None,
     ) -> TrainResult:
-        self.state = state = self.start(resume_from)
+        state = self.state
         self.module.train()
-        with stop_signals() as signals, display(self.steps, state.progress.step) as self.live:
-            if resume_from is None:
+        with stop_signals() as signals, display(self.steps, self.step) as self.live:
+            if state.result.resumed_from is None:
                 self.evaluate_now(0)  # the baseline every later evaluation is compared with
-            while state.progress.step < self.steps:
-                step = state.progress.step + 1
+            while self.step < self.steps:
+                step = self.step + 1
                 batches = self.take_micro_batches(step)
                 step_loss = self.forward_backward(batches)
-                state.progress.position, state.progress.step = batches.position, step
                 loss = float(step_loss) / batches.targets
-                if not math.isfinite(loss):
+                updated = math.isfinite(loss)
+                if updated:
+                    self.optimizer_step(step)
+                else:
                     self.skip_update(step, batches, loss)
-                    continue
-                self.optimizer_step(step)
-                self.report(step, batches, step_loss)
-                stop = self.maybe_evaluate(step)
-                if on_step_end is not None:
-                    on_step_end(step)
+                # The step is done either way: checkpoints, evaluations and the result count it.
+                state.progress.position, state.progress.step = batches.position, step
+                stop = False
+                if updated:
+                    self.report(step, batches, step_loss)
+                    stop = self.maybe_evaluate(step)
+                    if on_step_end is not None:
+                        on_step_end(step)
                 interrupted = _agreed(self.accelerator, bool(signals))
                 self.maybe_checkpoint(step, interrupted=interrupted)
                 if interrupted:
@@ -282,7 +296,10 @@ class TrainingLoop:
                 resume_from, module=self.model.module, optimizer=self.optimizer, scheduler=self.scheduler
             )
         result = TrainResult(
-            steps=progress.step, seconds=0.0, tokens=0, resumed_from=progress.step if resume_from else None
+            steps=progress.step,
+            seconds=0.0,
+            tokens=0,
+            resumed_from=progress.step if resume_from is not None else None,
         )
         window = Window(loss=torch.zeros((), dtype=torch.float64, device=self.accelerator.device))
         return TrainState(
@@ -369,7 +386,6 @@ class TrainingLoop:
         window.targets += batches.targets
         window.tokens += batches.tokens
         state.result.tokens += batches.tokens
-        state.result.steps = step
         log_now = step % self.cfg.log_every_n_steps == 0 or step == self.steps
         elapsed = time.monotonic() - window.start
         rate = window.tokens / elapsed if elapsed > 0 else 0.0
@@ -425,6 +441,7 @@ class TrainingLoop:
     def finish(self) -> TrainResult:
         """The last evaluation and checkpoint, the best weights restored (``eval.use_best``), the figures."""
         state, result, progress = self.state, self.state.result, self.state.progress
+        result.steps = progress.step
         if not result.stopped_early or not result.evaluations or result.evaluations[-1][0] != result.steps:
             self.evaluate_now(result.steps)
         if self.cfg.save_every_n_steps and not (self.checkpoints.root / step_name(result.steps)).exists():
