@@ -94,7 +94,9 @@ class KindSpec:
     :param adapters: for export kinds, the adapter kinds it handles (``None``: any). ``recipe check``
         refuses an export of an adapter kind it does not name.
     :param produces: for data kinds, the record shapes it produces (:data:`RECORD_SHAPES` names the
-        well-known ones; more than one when an option picks). ``None``: undeclared, never checked.
+        well-known ones; more than one when an option picks, and then its options model may narrow them
+        with a method ``produces(self) -> tuple[str, ...]``, which ``recipe check`` consults). ``None``:
+        undeclared, never checked.
     :param accepts: for model kinds, the record shapes it trains on (``None``: undeclared, never
         checked). ``recipe check`` refuses a data kind that produces none of them. For filter kinds, the
         record shapes it can read (an image filter: ``caption-image``); ``recipe check`` refuses it on a
@@ -178,6 +180,22 @@ class KindSpec:
     def label(self) -> str:
         scope = "" if self.models is None else f" (for {', '.join(self.models)})"
         return f"{self.stage}:{self.name}{scope}"
+
+
+def declarations(spec: KindSpec, separator: str = " ") -> list[str]:
+    """What ``spec`` declares besides its model kinds, only where declared, as ``plugins list`` and
+    ``recipe keys`` show it: ``produces chat``, ``needs deployable``, ``provides nothing`` (``()``),
+    ``streams``, ``higher is better``; ``separator`` goes between a field's name and its values."""
+    shown = [
+        f"{name}{separator}{', '.join(value) or 'nothing'}"
+        for name in ("produces", "accepts", "adapters", "needs", "provides")
+        if (value := getattr(spec, name)) is not None
+    ]
+    if spec.streams:
+        shown.append("streams")
+    if spec.higher_is_better is not None:
+        shown.append(f"{'higher' if spec.higher_is_better else 'lower'} is better")
+    return shown
 
 
 @dataclass(frozen=True)

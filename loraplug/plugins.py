@@ -99,17 +99,22 @@ class ExtraPlugin:
 
 
 def _kind_json(spec: KindSpec) -> dict[str, Any]:
-    """A kind for ``plugins list --json``; what it fits (adapters, produces, accepts) only where declared."""
+    """A kind for ``plugins list --json``; what it declares (adapters, produces, accepts, needs, provides,
+    streams, higher_is_better) only where declared."""
     out: dict[str, Any] = {
         "stage": spec.stage,
         "kind": spec.name,
         "models": list(spec.models) if spec.models else None,
         "summary": spec.summary,
     }
-    for name in ("adapters", "produces", "accepts"):
+    for name in ("adapters", "produces", "accepts", "needs", "provides"):
         value = getattr(spec, name)
         if value is not None:
-            out[name] = list(value)
+            out[name] = list(value)  # provides: [] declares "nothing", unlike an absent key
+    if spec.streams:
+        out["streams"] = True
+    if spec.higher_is_better is not None:
+        out["higher_is_better"] = spec.higher_is_better
     return out
 
 

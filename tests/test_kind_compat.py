@@ -104,6 +104,71 @@ def test_undeclared_kinds_are_never_checked(lm_recipe: Any, with_plugin: Any) ->
     assert result.exit_code == 0, result.output
 
 
+ROOT = Path(__file__).parents[1]
+SHARD = ROOT / "recipes" / "data" / "shapes-shards" / "shard-000000.tar"
+
+
+def test_webdataset_options_narrow_the_shape_it_produces_for_stable_diffusion() -> None:
+    """webdataset declares both shapes; `samples = "text"` produces chat only, which Stable Diffusion refuses."""
+    recipe = ROOT / "recipes" / "tiny_sd_style_webdataset.toml"
+    text = run_cli("recipe", "check", recipe, "data.samples=text")
+    assert text.exit_code == 2, text.output
+    message = " ".join(text.stderr.split())
+    assert "`data.kind` = 'webdataset' (" in message
+    assert (
+        "the data kind 'webdataset' (loraplug-webdataset) produces chat records with its options as set "
+        "(other options produce caption-image), but the model kind 'stable-diffusion' (loraplug-diffusion) "
+        "trains on caption-image records" in message
+    )
+    for fits in ("data.samples=image", "data.samples=auto"):
+        assert run_cli("recipe", "check", recipe, fits).exit_code == 0, fits
+
+
+def test_webdataset_of_images_for_a_causal_lm_is_refused(lm_recipe: Any) -> None:
+    data = {"kind": "webdataset", "urls": str(SHARD), "samples": "image"}
+    result = run_cli("recipe", "check", lm_recipe_with_data(lm_recipe, data))
+    assert result.exit_code == 2
+    assert "produces caption-image records with its options as set (other options produce chat)" in " ".join(
+        result.stderr.split()
+    )
+    text = run_cli("recipe", "check", lm_recipe_with_data(lm_recipe, {**data, "samples": "text"}))
+    assert text.exit_code == 0, text.output
+
+
+def test_an_image_filter_on_webdataset_text_samples_is_refused(lm_recipe: Any) -> None:
+    """The filters are held against the shapes the options narrow to, not every shape the kind declares."""
+    data = {"kind": "webdataset", "urls": str(SHARD), "samples": "text", "clean": {"min_resolution": 16}}
+    result = run_cli("recipe", "check", lm_recipe_with_data(lm_recipe, data))
+    assert result.exit_code == 2
+    assert (
+        "the min_resolution filter (loraplug) reads caption-image records, and the data kind 'webdataset' "
+        "(loraplug-webdataset) produces chat records" in " ".join(result.stderr.split())
+    )
+
+
+class WrongShapeOptions(Options):
+    def produces(self) -> tuple[str, ...]:
+        return ("labelled-text",)  # not among the shapes its KindSpec declares
+
+
+def test_options_that_name_a_shape_their_kind_does_not_declare_are_the_plugins_bug(
+    lm_recipe: Any, with_plugin: Any
+) -> None:
+    with_plugin(
+        KindSpec(
+            "data", "liar", WrongShapeOptions, "declares chat, its options say otherwise", produces="chat"
+        )
+    )
+    result = run_cli("recipe", "check", lm_recipe_with_data(lm_recipe, {"kind": "liar"}))
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert (
+        "The options of the data kind 'liar' (loraplug-thirdparty) say it produces ('labelled-text',)"
+        in message
+    )
+    assert "bug in the plugin" in message
+
+
 def test_an_export_refuses_an_adapter_kind_it_does_not_declare(lm_recipe: Any, with_plugin: Any) -> None:
     with_plugin(
         KindSpec(
@@ -201,7 +266,10 @@ def test_one_name_is_a_tuple_of_one() -> None:
 def test_plugins_list_shows_what_each_kind_fits() -> None:
     host = PluginHost.load()
     lines = {render.kind_line(s.spec) for s in host.registry.all()}
-    assert {"data: jsonl (produces chat)", "model: causal-lm (accepts chat)"} <= lines
+    assert {
+        "data: jsonl (produces chat)",
+        "model: causal-lm (accepts chat; provides from_pretrained)",
+    } <= lines
     assert "export: diffusers (stable-diffusion; adapters lora)" in lines
     table = run_cli("plugins", "list")
     assert table.exit_code == 0 and "produces" in table.stdout and "accepts" in table.stdout
@@ -219,6 +287,38 @@ def test_plugins_list_shows_what_each_kind_fits() -> None:
     assert "produces" not in listed["loraplug-causal-lm", "adapter", "lora"]  # only what a kind declares
 
 
+def test_plugins_list_shows_needs_provides_streams_and_direction() -> None:
+    """Every declaration, not only the shapes: what an export needs, what a model provides (``()``:
+    nothing), a data kind that streams, a metric's direction — in the table and in --json, where declared."""
+    lines = {render.kind_line(s.spec) for s in PluginHost.load().registry.all()}
+    assert {
+        "data: webdataset (produces caption-image, chat; streams)",
+        "model: causal-lm (accepts chat; provides from_pretrained)",
+        "model: stable-diffusion (accepts caption-image; provides nothing)",
+        "export: onnx (needs deployable)",
+        "export: bnb-8bit (needs deployable, from_pretrained)",
+        "metric: bleu (causal-lm; higher is better)",
+        "metric: perplexity (causal-lm; lower is better)",
+    } <= lines
+    table = " ".join(run_cli("plugins", "list").stdout.split())
+    for word in ("needs", "provides", "streams", "better"):  # the table wraps "lower is better"
+        assert word in table, word
+    listed = {
+        (p["distribution"], k["stage"], k["kind"]): k
+        for p in json.loads(run_cli("plugins", "list", "--json").stdout)
+        for k in p["kinds"]
+    }
+    assert listed["loraplug-onnx", "export", "onnx"]["needs"] == ["deployable"]
+    assert listed["loraplug-quant", "export", "bnb-4bit"]["needs"] == ["deployable", "from_pretrained"]
+    assert listed["loraplug-causal-lm", "model", "causal-lm"]["provides"] == ["from_pretrained"]
+    assert listed["loraplug-diffusion", "model", "stable-diffusion"]["provides"] == []  # declared: nothing
+    assert listed["loraplug-webdataset", "data", "webdataset"]["streams"] is True
+    assert listed["loraplug-causal-lm", "metric", "bleu"]["higher_is_better"] is True
+    assert listed["loraplug-causal-lm", "metric", "perplexity"]["higher_is_better"] is False
+    jsonl = listed["loraplug-causal-lm", "data", "jsonl"]  # undeclared: absent, not null or false
+    assert not {"streams", "needs", "provides", "higher_is_better"} & set(jsonl)
+
+
 def test_recipe_keys_notes_what_each_kind_fits() -> None:
     result = run_cli("recipe", "keys", "--markdown")
     assert result.exit_code == 0
@@ -227,6 +327,10 @@ def test_recipe_keys_notes_what_each_kind_fits() -> None:
         and "(produces: chat)" in result.stdout
         and "(accepts: caption-image)" in result.stdout
     )
+    assert "(produces: caption-image, chat; streams)" in result.stdout
+    assert "(accepts: caption-image; provides: nothing)" in result.stdout
+    assert "(accepts: chat; provides: from_pretrained)" in result.stdout
+    assert "parity checked (needs: deployable)" in result.stdout
 
 
 def test_the_declaring_fit_example_in_docs_plugins_md_runs(tmp_path: Path) -> None:

@@ -113,3 +113,53 @@ def test_two_plugins_serving_one_kind_is_an_error_naming_both(tmp_path: Path) ->
     assert proc.returncode == 2
     assert "loraplug-clash" in proc.stderr and "loraplug-toy" in proc.stderr
     assert "more than one plugin" in proc.stderr
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_train_optimizer_help_names_no_plugins_kinds_and_recipe_keys_lists_the_installed_ones() -> None:
+    """The core's [train] help says `adamw` and where to look; the installed optimizer kinds come from
+    the plugins (`recipe keys`' optimizer table), as eval.metrics' names do."""
+    from loraplug.plugins import PluginHost
+    from loraplug.recipe.sections import TrainSection
+    from loraplug.testing import run_cli
+
+    plugins_kinds = [
+        s.spec.name
+        for s in PluginHost.load().registry.all()
+        if s.spec.stage == "optimizer" and s.distribution != "loraplug"
+    ]
+    assert plugins_kinds, "no optimizer plugin installed: nothing to check"
+    for key in ("optimizer", "lr", "betas", "eps"):
+        help_text = TrainSection.model_fields[key].description or ""
+        named = [kind for kind in plugins_kinds if kind in help_text.lower()]
+        assert not named, f"train.{key}'s help names plugin kinds {named}: {help_text}"
+    assert "`adamw`" in (TrainSection.model_fields["optimizer"].description or "")
+
+    keys = run_cli("recipe", "keys")
+    assert keys.exit_code == 0
+    listed = keys.stdout[keys.stdout.index("train.optimizer  the optimizer kinds") :]
+    for kind in ("adamw", *plugins_kinds):
+        assert f"│ {kind} " in listed, kind
+    markdown = run_cli("recipe", "keys", "--markdown").stdout
+    table = markdown[markdown.index("### Optimizers for `train.optimizer`") :]
+    assert "| `adamw` | any | loraplug |" in table
+    assert all(f"| `{kind}` |" in table for kind in plugins_kinds)
+
+
+def test_docs_plugins_md_toolkit_tables_name_every_public_toolkit_name() -> None:
+    import re
+
+    import loraplug.toolkit
+
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text[text.index("## Toolkit") : text.index("<!-- example: toolkit -->")]
+    # A name in backticks in a row of its tables (`require_package`'s row names BITSANDBYTES_INSTALL).
+    documented = {
+        name
+        for row in re.findall(r"^\|.*\|$", section, re.M)
+        for name in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)", row)
+    }
+    missing = sorted(set(loraplug.toolkit.__all__) - documented)
+    assert not missing, f"docs/plugins.md's toolkit table lacks {missing}"

@@ -144,7 +144,10 @@ def recipe_keys(markdown: bool, first_party: bool) -> None:
         click.echo(reference.markdown(loaded.registry, dists), nl=False)
     else:
         render.key_tables(
-            console, reference.sections(loaded.registry, dists), reference.metrics(loaded.registry, dists)
+            console,
+            reference.sections(loaded.registry, dists),
+            reference.metrics(loaded.registry, dists),
+            reference.optimizers(loaded.registry, dists),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 from loraplug.bundles import Artifact, Sample
-from loraplug.kinds import KindSpec
+from loraplug.kinds import KindSpec, declarations
 from loraplug.plugins import PluginHost
 from loraplug.runinfo import RunInfo, human_size
 
@@ -56,11 +56,10 @@ def plugin_table(console: Console, host: PluginHost) -> None:
 
 
 def kind_line(spec: KindSpec) -> str:
-    """``export: kohya (stable-diffusion; adapters lora, loha)``, ``data: jsonl (produces chat)``: a kind and what it fits."""
+    """``export: kohya (stable-diffusion; adapters lora, loha)``, ``data: webdataset (produces caption-image,
+    chat; streams)``: a kind and everything it declares (:func:`loraplug.kinds.declarations`)."""
     parts = [", ".join(spec.models)] if spec.models else []
-    for word, value in (("produces", spec.produces), ("accepts", spec.accepts), ("adapters", spec.adapters)):
-        if value:
-            parts.append(f"{word} {', '.join(value)}")
+    parts += declarations(spec)
     return f"{spec.stage}: {spec.name}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
@@ -152,6 +151,7 @@ def key_tables(
     console: Console,
     sections: Iterable[tuple[str, str, type[BaseModel]]],
     metrics: list[tuple[str, str, str, str, str]],
+    optimizers: Sequence[tuple[str, str, str, str]] = (),
 ) -> None:
     from loraplug.recipe.reference import keys_of
 
@@ -170,6 +170,16 @@ def key_tables(
     console.print(
         "Every [[export]] also takes `name` (its directory under exports/; default: the kind).", markup=False
     )
+    if optimizers:
+        table = Table(
+            title=f"train.optimizer  [dim]the optimizer kinds a recipe can name (options in {escape('[optimizer]')})[/]",
+            title_justify="left",
+        )
+        for column in ("optimizer", "model kinds", "distribution", "meaning"):
+            table.add_column(column, overflow="fold")
+        for optimizer in optimizers:
+            table.add_row(*(escape(cell) for cell in optimizer))
+        console.print(table)
     table = Table(
         title="eval.metrics  [dim]names a recipe can list (val_loss is the core's own: lower is better)[/]",
         title_justify="left",

@@ -19,7 +19,7 @@ from pydantic_core import PydanticUndefined
 
 from loraplug import options
 from loraplug.data.options import CleanOptions, DataCoreOptions
-from loraplug.kinds import KindRegistry, KindSpec
+from loraplug.kinds import KindRegistry, KindSpec, declarations
 from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
 
 BEGIN = "<!-- BEGIN GENERATED: loraplug recipe keys --markdown -->"
@@ -153,16 +153,9 @@ def sections(
 
 
 def fits(spec: KindSpec) -> str:
-    """What a kind declares it fits, for its heading's note: `` (produces: chat)``, `` (adapters: lora, loha)``."""
-    declared = [
-        f"{word}: {', '.join(value)}"
-        for word, value in (
-            ("produces", spec.produces),
-            ("accepts", spec.accepts),
-            ("adapters", spec.adapters),
-        )
-        if value
-    ]
+    """What a kind declares, for its heading's note: `` (produces: chat)``, `` (adapters: lora, loha;
+    needs: deployable)``, `` (produces: caption-image, chat; streams)`` (:func:`loraplug.kinds.declarations`)."""
+    declared = declarations(spec, separator=": ")
     return f" ({'; '.join(declared)})" if declared else ""
 
 
@@ -184,6 +177,26 @@ def metrics(
     )
 
 
+def optimizers(
+    registry: KindRegistry, distributions: set[str] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """``(name, model kinds, distribution, summary)`` of every optimizer kind ``train.optimizer`` can name,
+    the built-in ``adamw`` first."""
+    return sorted(
+        (
+            (
+                s.spec.name,
+                ", ".join(s.spec.models) if s.spec.models else "any",
+                s.distribution,
+                s.spec.summary,
+            )
+            for s in registry.all()
+            if s.spec.stage == "optimizer" and (distributions is None or s.distribution in distributions)
+        ),
+        key=lambda row: (row[2] != "loraplug", row[2], row[0]),
+    )
+
+
 def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> str:
     out = []
     for heading, note, model in sections(registry, distributions):
@@ -195,6 +208,14 @@ def markdown(registry: KindRegistry, distributions: set[str] | None = None) -> s
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key in keys_of(model):
             out.append(f"| `{key.name}` | {key.type} | `{key.default}` | {key.description} |")
+        out.append("")
+    kinds = optimizers(registry, distributions)
+    if kinds:
+        out.append(
+            "### Optimizers for `train.optimizer`\n\nEach kind's own options go in `[optimizer]` (its table above).\n\n"
+            "| name | model kinds | plugin | meaning |\n|---|---|---|---|"
+        )
+        out.extend(f"| `{name}` | {models} | {dist} | {summary} |" for name, models, dist, summary in kinds)
         out.append("")
     rows = metrics(registry, distributions)
     if rows:

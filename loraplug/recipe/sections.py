@@ -53,22 +53,25 @@ class TrainSection(Options):
 
     optimizer: str = Field(
         "adamw",
-        description="The optimizer kind (`loraplug plugins list` shows the installed ones: adamw; with loraplug-optimizers "
-        "adamw8bit, lion, prodigy, adafactor). Its own options go in the [optimizer] table.",
+        description="The optimizer kind: the built-in `adamw`, or one an installed plugin serves (`loraplug plugins list` "
+        "and `loraplug recipe keys` list them). Its own options go in the [optimizer] table.",
     )
     lr: LearningRate = Field(
         2e-4,
-        description="Peak learning rate (AdamW and Lion train LoRA at 1e-5 to 1e-3; Prodigy estimates the step size itself: lr = 1.0).",
+        description="Peak learning rate (AdamW trains LoRA at 1e-5 to 1e-3; an optimizer kind that wants another scale "
+        "says so in its summary).",
     )
     betas: tuple[Beta, Beta] | None = Field(
         None,
-        description="Deprecated: write `betas` in [optimizer] (AdamW's betas; still read for adamw and adamw8bit).",
+        description="Deprecated: write `betas` in [optimizer] (AdamW's betas; still read for an optimizer kind with a "
+        "`betas` option).",
     )
     eps: float | None = Field(
         None,
         gt=0,
         le=1,
-        description="Deprecated: write `eps` in [optimizer] (AdamW's epsilon; still read for adamw and adamw8bit).",
+        description="Deprecated: write `eps` in [optimizer] (AdamW's epsilon; still read for an optimizer kind with an "
+        "`eps` option).",
     )
     weight_decay: float = Field(
         0.0,

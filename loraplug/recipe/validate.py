@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 from loraplug.data.clean import plan_filters
 from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
-from loraplug.errors import LoraplugError, RecipeError
+from loraplug.errors import LoraplugError, PluginError, RecipeError
 from loraplug.kinds import DEPLOYABLE, EXPORT_NEEDS, Served, Stage
 from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
@@ -259,10 +259,40 @@ def needs_misfit(
     )
 
 
-def _filter_misfits(host: PluginHost, data: DataSection, model_kind: str | None) -> list[tuple[KeyPath, str]]:
+def produced_shapes(data: Served, options: BaseModel | None) -> tuple[str, ...] | None:
+    """The record shapes the data kind ``data`` produces with ``options``: what its options model narrows
+    them to (an optional method ``produces(self) -> tuple[str, ...]``, e.g. webdataset's ``samples``),
+    else what its ``KindSpec.produces`` declares (``None``: undeclared, never checked).
+
+    :param options: the data kind's validated options; ``None`` when they failed (the declaration holds).
+    :raises PluginError: the options name a shape outside the kind's declaration, or no shape at all.
+    """
+    declared = data.spec.produces
+    narrow = getattr(options, "produces", None)
+    if options is None or not callable(narrow):
+        return declared
+    shapes = narrow()
+    shapes = (shapes,) if isinstance(shapes, str) else shapes
+    if (
+        not isinstance(shapes, tuple | list)
+        or not shapes
+        or not all(isinstance(shape, str) and shape for shape in shapes)
+        or (declared is not None and not set(shapes) <= set(declared))
+    ):
+        raise PluginError(
+            f"The options of the data kind {data.spec.name!r} ({data.distribution}) say it produces {shapes!r}, "
+            f"which is not a non-empty tuple of the shapes its KindSpec declares ({', '.join(declared or ()) or 'any'})",
+            fix="This is a bug in the plugin that declared the kind; report it to its authors",
+        )
+    return tuple(shapes)
+
+
+def _filter_misfits(
+    host: PluginHost, data: DataSection, produces: tuple[str, ...] | None, model_kind: str | None
+) -> list[tuple[KeyPath, str]]:
     """The ``[data.clean]`` filters that cannot read the records the data kind produces: where each was
-    asked for, and why (a filter kind's ``accepts`` against the data kind's ``produces``)."""
-    produces = data.served.spec.produces
+    asked for, and why (a filter kind's ``accepts`` against ``produces``, the data kind's shapes as its
+    options are set)."""
     if produces is None:
         return []
     misfits = []
@@ -271,7 +301,7 @@ def _filter_misfits(host: PluginHost, data: DataSection, model_kind: str | None)
             served = host.lookup("filter", planned.kind, model_kind)
         except LoraplugError:
             continue  # reported with the filter's own table
-        if served.spec.accepts is None or data.served.spec.fits_shapes(served.spec.accepts):
+        if served.spec.accepts is None or set(produces) & set(served.spec.accepts):
             continue
         # The plan's key: "data.clean.min_resolution", "data.clean.filters[2]", "data.clean.min_chars / max_chars".
         first = planned.key.split(" ")[0].replace("]", "").replace("[", ".")
@@ -287,15 +317,21 @@ def _filter_misfits(host: PluginHost, data: DataSection, model_kind: str | None)
     return misfits
 
 
-def _shape_misfit(host: PluginHost, data: Served, model: Served) -> str | None:
-    """Why ``model`` cannot train on the records ``data`` produces (None when it can, or either is undeclared)."""
-    produces, accepts = data.spec.produces, model.spec.accepts
-    if produces is None or accepts is None or data.spec.fits_shapes(accepts):
+def _shape_misfit(
+    host: PluginHost, data: Served, produces: tuple[str, ...] | None, model: Served
+) -> str | None:
+    """Why ``model`` cannot train on the records ``data`` produces — ``produces``, as its options are set —
+    (None when it can, or either is undeclared)."""
+    accepts = model.spec.accepts
+    if produces is None or accepts is None or set(produces) & set(accepts):
         return None
     fitting = ", ".join(host.registry.data_kinds_for(accepts)) or "none installed"
+    # A data kind whose options picked the shape may produce a fitting one with other options: say so.
+    others = [shape for shape in data.spec.produces or () if shape not in produces]
+    by_options = f" with its options as set (other options produce {' or '.join(others)})" if others else ""
     return (
-        f"the data kind {data.spec.name!r} ({data.distribution}) produces {' or '.join(produces)} records, but the "
-        f"model kind {model.spec.name!r} ({model.distribution}) trains on {' or '.join(accepts)} records; "
+        f"the data kind {data.spec.name!r} ({data.distribution}) produces {' or '.join(produces)} records{by_options}, "
+        f"but the model kind {model.spec.name!r} ({model.distribution}) trains on {' or '.join(accepts)} records; "
         f"data kinds that produce them: {fitting}"
     )
 
@@ -345,14 +381,16 @@ def load_recipe(
         else None
     )
     data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
+    # What the data produces as its options are set (`samples = "text"`), else as its kind declares.
+    produces = produced_shapes(data_served, data.options if data else None) if data_served else None
     if data_served is not None and model_served is not None:
         # Checked here, not when the model meets its first batch after minutes of loading.
-        if (misfit := _shape_misfit(host, data_served, model_served)) is not None:
+        if (misfit := _shape_misfit(host, data_served, produces, model_served)) is not None:
             checker.problems.append(
                 f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}"
             )
     if isinstance(data, DataSection):
-        for asked_at, misfit in _filter_misfits(host, data, model_kind):
+        for asked_at, misfit in _filter_misfits(host, data, produces, model_kind):
             checker.problems.append(f"`{dotted(asked_at)}` ({source.where(asked_at)}): {misfit}")
 
     exports: list[ExportSection] = []

@@ -82,3 +82,8 @@ class WebDatasetOptions(Options):
     @classmethod
     def _val(cls, value: str | list[str] | None, info: ValidationInfo) -> list[str] | None:
         return None if value is None else expand_shards(value, info)
+
+    def produces(self) -> tuple[str, ...]:
+        """The record shapes ``samples`` lets through, narrowing the kind's declared ones: recipe check
+        refuses ``samples = "text"`` for a model kind that trains on images (and the reverse)."""
+        return {"image": ("caption-image",), "text": ("chat",)}.get(self.samples, ("caption-image", "chat"))
