@@ -27,8 +27,12 @@ from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import torch
+    from pydantic import BaseModel
+
     from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
     from loraplug.context import RunContext
+    from loraplug.data.filters import Filter
     from loraplug.deploy import Deployable
     from loraplug.recipe.model import ExportSection, Recipe
     from loraplug.training.sinks import MetricSink
@@ -325,6 +329,15 @@ class PluginHost:
             served, STAGE_HOOKS["data"], DataBundle, kind=section.kind, options=section.options, ctx=ctx
         )
 
+    def build_filter(self, kind: str, options: BaseModel, model_kind: str, ctx: RunContext) -> Filter:
+        """One cleaning filter of ``kind`` (``loraplug_build_filter``): an object with ``reason(record)``."""
+        hook = "loraplug_build_filter"
+        served = self.lookup("filter", kind, model_kind)
+        made: Filter = self.call_on(served, hook, kind=kind, options=options, ctx=ctx)
+        if not callable(getattr(made, "reason", None)):
+            raise _wrong_type(made, "a filter with a reason(record) method", served, hook)
+        return made
+
     def build_model(self, recipe: Recipe, ctx: RunContext) -> ModelBundle:
         """The base model of ``[model]`` (``loraplug_build_model``)."""
         from loraplug.bundles import ModelBundle
@@ -383,6 +396,48 @@ class PluginHost:
             return _checked(call(**kwargs), StepResult, served, "loraplug_train_step")
 
         return step
+
+    def build_optimizer(
+        self, recipe: Recipe, param_groups: list[dict[str, Any]], ctx: RunContext
+    ) -> torch.optim.Optimizer:
+        """The optimizer of ``train.optimizer`` over ``param_groups`` (``loraplug_build_optimizer``)."""
+        import torch
+
+        section = recipe.optimizer
+        return self.call_typed(
+            section.served, "loraplug_build_optimizer", torch.optim.Optimizer, kind=section.kind,
+            options=section.options, param_groups=param_groups, ctx=ctx,
+        )  # fmt: skip
+
+    def evaluate(
+        self,
+        served: Served,
+        *,
+        metrics: list[str],
+        model: ModelBundle,
+        options: BaseModel,
+        data: DataBundle,
+        scores: dict[str, float],
+        ctx: RunContext,
+    ) -> dict[str, float]:
+        """The scores of ``metrics``, all declared by ``served``'s plugin (``loraplug_evaluate``): a dict of
+        metric name to number, each value a ``float`` here (numpy's and ints too; a tensor or text is refused)."""
+        import numbers
+
+        hook = "loraplug_evaluate"
+        answer = self.call_on(
+            served, hook, metrics=metrics, model=model, options=options, data=data, scores=scores, ctx=ctx
+        )
+        if not isinstance(answer, Mapping) or not all(isinstance(name, str) for name in answer):
+            raise _wrong_type(answer, "a dict of metric name to number", served, hook)
+        for name, value in answer.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise PluginError(
+                    f"{served.distribution} returned {name} = {value!r} ({type(value).__name__}) from {hook}, "
+                    "expected a number",
+                    fix=f"This is a bug in {served.distribution}",
+                )
+        return {name: float(value) for name, value in answer.items()}
 
     def generate(
         self, recipe: Recipe, model: ModelBundle, prompts: list[str], out_dir: Path, ctx: RunContext

@@ -26,7 +26,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +66,7 @@ from loraplug.rundir import (
 from loraplug.status import FAILED, FINISHED, INTERRUPTED, RUNNING, RunStatus
 
 if TYPE_CHECKING:
+    from loraplug.kinds import Served
     from loraplug.toolkit import StepFn
     from loraplug.training.evaluation import Evaluator
     from loraplug.training.loop import TrainResult
@@ -474,12 +477,13 @@ class Run:
         )
         return Sinks([JsonlSink(self.run_dir / METRICS_FILE), board, *self.host.metric_sinks(ctx)])
 
-    def metric_calls(self, recipe: Recipe) -> list[tuple[Any, list[str]]]:
-        """``eval.metrics`` grouped by the plugin that serves them: one ``loraplug_evaluate`` call each."""
-        by_plugin: dict[int, tuple[Any, list[str]]] = {}
+    def metric_calls(self, recipe: Recipe) -> list[tuple[Callable[..., dict[str, float]], list[str]]]:
+        """``eval.metrics`` grouped by the plugin that serves them: one ``loraplug_evaluate`` call each,
+        its answer checked by the host's facade (:meth:`PluginHost.evaluate`)."""
+        by_plugin: dict[int, tuple[Served, list[str]]] = {}
         for name, served in recipe.metrics.items():
             by_plugin.setdefault(id(served.plugin), (served, []))[1].append(name)
-        return [(self.host.bind(served, "loraplug_evaluate"), names) for served, names in by_plugin.values()]
+        return [(partial(self.host.evaluate, served), names) for served, names in by_plugin.values()]
 
     def samples(self, ctx: RunContext, model: ModelBundle) -> list[Sample]:
         """The model's outputs for ``eval.sample_prompts``, written under samples/."""

@@ -170,6 +170,10 @@ class OddModelPlugin:
         from loraplug import KindSpec, Options
 
         register(KindSpec("model", "odd", Options, "answers with the wrong types"))
+        register(KindSpec("filter", "odd-filter", Options, "a filter without reason(record)"))
+        register(KindSpec("optimizer", "odd-adam", Options, "an optimizer that is a dict"))
+        for metric in ("odd_list", "odd_text"):
+            register(KindSpec("metric", metric, Options, "a score that is no number", higher_is_better=True))
 
     @hookspecs.hookimpl
     def loraplug_build_model(self, kind: str, options: Any, ctx: Any) -> Any:
@@ -182,6 +186,20 @@ class OddModelPlugin:
     @hookspecs.hookimpl
     def loraplug_generate(self, model: Any, options: Any, prompts: list[str], out_dir: Path, ctx: Any) -> Any:
         return [f"a reply to {p}" for p in prompts]
+
+    @hookspecs.hookimpl
+    def loraplug_build_filter(self, kind: str, options: Any, ctx: Any) -> Any:
+        return "drop short rows"
+
+    @hookspecs.hookimpl
+    def loraplug_build_optimizer(self, kind: str, options: Any, param_groups: Any, ctx: Any) -> Any:
+        return {"lr": 1e-3}
+
+    @hookspecs.hookimpl
+    def loraplug_evaluate(
+        self, metrics: list[str], model: Any, options: Any, data: Any, scores: Any, ctx: Any
+    ) -> Any:
+        return [0.5] if metrics == ["odd_list"] else {"odd_text": "high"}
 
 
 def test_the_typed_facade_checks_each_hooks_answer_and_names_the_plugin(tmp_path: Path) -> None:
@@ -204,6 +222,68 @@ def test_the_typed_facade_checks_each_hooks_answer_and_names_the_plugin(tmp_path
     assert raised.value.fix == "This is a bug in loraplug-odd"
     with pytest.raises(PluginError, match="returned list from loraplug_generate, expected a list of Sample"):
         host.generate(recipe, SimpleNamespace(kind="odd"), ["q: rain"], tmp_path, ctx=None)  # type: ignore[arg-type]
+
+
+def test_the_facade_checks_filters_optimizers_and_metrics(tmp_path: Path) -> None:
+    """host.build_filter / build_optimizer / evaluate: a wrong answer is a PluginError naming the plugin
+    here, not an AttributeError in the cleaning or a TypeError when metrics.jsonl is written."""
+    from loraplug.errors import PluginError
+    from loraplug.plugins import ExtraPlugin, PluginHost
+
+    host = PluginHost.load(entry_points=False, extra=[ExtraPlugin(OddModelPlugin(), "loraplug-odd")])
+    with pytest.raises(
+        PluginError,
+        match="loraplug-odd returned str from loraplug_build_filter, expected a filter with a reason",
+    ):
+        host.build_filter("odd-filter", None, "odd", ctx=None)  # type: ignore[arg-type]
+    served = host.lookup("optimizer", "odd-adam")
+    recipe: Any = SimpleNamespace(optimizer=SimpleNamespace(kind="odd-adam", options=None, served=served))
+    with pytest.raises(
+        PluginError, match="loraplug-odd returned dict from loraplug_build_optimizer, expected Optimizer"
+    ):
+        host.build_optimizer(recipe, [], ctx=None)  # type: ignore[arg-type]
+    metric = host.lookup("metric", "odd_list")
+    scores: dict[str, Any] = {"model": None, "options": None, "data": None, "scores": {}, "ctx": None}
+    with pytest.raises(
+        PluginError, match="loraplug-odd returned list from loraplug_evaluate, expected a dict of metric name"
+    ):
+        host.evaluate(metric, metrics=["odd_list"], **scores)
+    with pytest.raises(
+        PluginError, match="returned odd_text = 'high' \\(str\\) from loraplug_evaluate, expected a number"
+    ) as raised:
+        host.evaluate(metric, metrics=["odd_text"], **scores)
+    assert raised.value.fix == "This is a bug in loraplug-odd"
+
+
+TEXT_METRIC_PLUGIN = """
+from loraplug import KindSpec, hookimpl
+
+@hookimpl
+def loraplug_register_kinds(register):
+    register(KindSpec("metric", "mood", "loraplug.options:NoOptions", "a score in words", higher_is_better=True))
+
+@hookimpl
+def loraplug_evaluate(metrics, model, options, data, scores, ctx):
+    return {"mood": "cheerful"}
+"""
+
+
+def test_a_metric_that_is_no_number_fails_the_run_naming_its_plugin(
+    tmp_path: Path, toy_recipe_file: Any
+) -> None:
+    from loraplug.testing import plugin_dist, plugins_installed, run_cli
+
+    site = plugin_dist(
+        tmp_path / "site", distribution="loraplug-mood", module="mood", source=TEXT_METRIC_PLUGIN
+    )
+    with plugins_installed(site):
+        ran = run_cli("run", toy_recipe_file(eval={"metrics": ["mood"]}, export=[]))
+    assert ran.exit_code != 0
+    assert (
+        "loraplug-mood returned mood = 'cheerful' (str) from loraplug_evaluate, expected a number"
+        in ran.stderr
+    )
+    assert "Traceback" not in ran.output
 
 
 METRIC_PLUGIN = """

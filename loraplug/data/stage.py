@@ -17,7 +17,7 @@ from loraplug.data.balance import record_weights
 from loraplug.data.clean import TOKEN_FILTER, FilterBuilder, clean, plan_filters
 from loraplug.data.filters import Filter
 from loraplug.data.report import DataReport
-from loraplug.errors import LoraplugError, PluginError
+from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 
 if TYPE_CHECKING:
@@ -29,15 +29,7 @@ def filter_builder(host: PluginHost, recipe: Recipe, ctx: RunContext) -> FilterB
     """Builds each filter through ``loraplug_build_filter``, on the one plugin serving its kind."""
 
     def build(kind: str, options: Any) -> Filter:
-        served = host.lookup("filter", kind, recipe.model.kind)
-        made: Filter = host.call_on(served, "loraplug_build_filter", kind=kind, options=options, ctx=ctx)
-        if not callable(getattr(made, "reason", None)):
-            raise PluginError(
-                f"{served.distribution} returned {type(made).__name__} from loraplug_build_filter for {kind!r}, "
-                "which has no reason(record) method",
-                fix=f"This is a bug in {served.distribution}",
-            )
-        return made
+        return host.build_filter(kind, options, recipe.model.kind, ctx)
 
     return build
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraplug.errors import LoraplugError, PluginError
+from loraplug.errors import LoraplugError
 from loraplug.recipe.sections import AdamWOptions, TrainSection
 
 if TYPE_CHECKING:
@@ -86,18 +86,9 @@ def build_optimizer(
 
 def optimizer_maker(host: PluginHost, recipe: Recipe, ctx: RunContext) -> OptimizerMaker:
     """Builds the recipe's optimizer kind through ``loraplug_build_optimizer``, on the plugin serving it."""
-    section = recipe.optimizer
-    call = host.bind(section.served, "loraplug_build_optimizer")
 
     def make(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-        optimizer = call(kind=section.kind, options=section.options, param_groups=groups, ctx=ctx)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise PluginError(
-                f"{section.served.distribution} returned {type(optimizer).__name__} from loraplug_build_optimizer "
-                f"for {section.kind!r}, not a torch.optim.Optimizer",
-                fix=f"This is a bug in {section.served.distribution}",
-            )
-        return optimizer
+        return host.build_optimizer(recipe, groups, ctx)
 
     return make
 
