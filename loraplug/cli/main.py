@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             return _unexpected(raised, debug)
         if debug:
             err_console.print(traceback.format_exc(), markup=False)
-        exc = raised if isinstance(raised, LoraplugError) else path_error(raised)
-        err_console.print(f"[bold red]error:[/] {render.escape(exc.paragraph())}")
-        return exc.exit_code
+        error = raised if isinstance(raised, LoraplugError) else path_error(raised)
+        err_console.print(f"[bold red]error:[/] {render.escape(error.paragraph())}")
+        return error.exit_code
     except Exception as exc:  # noqa: BLE001 — anything else is a bug: say so, briefly
         return _unexpected(exc, debug)
     return 0
