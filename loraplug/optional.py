@@ -49,10 +49,10 @@ def decide_for_this_process() -> None:
     _may_decide = True
 
 
-def used_by(recipe: Any) -> set[str] | None:
+def used_by(recipe: Any, *extra: Any) -> set[str] | None:
     """The optional libraries ``recipe`` imports, or ``None`` when one of its kinds does not say."""
     used: set[str] = set()
-    for options, served in _options_of(recipe):
+    for options, served in _options_of(recipe, *extra):
         declare = getattr(options, "optional_libraries", None)
         if declare is not None:
             used.update(declare())
@@ -61,7 +61,7 @@ def used_by(recipe: Any) -> set[str] | None:
     return used
 
 
-def keep_out_unused(recipe: Any) -> tuple[str, ...]:
+def keep_out_unused(recipe: Any, *extra: Any) -> tuple[str, ...]:
     """Mark each optional library ``recipe`` does not use as not installed, where this process may decide.
 
     Returns the libraries kept out (none: not the ``loraplug`` program, torch already loaded,
@@ -69,7 +69,7 @@ def keep_out_unused(recipe: Any) -> tuple[str, ...]:
     """
     if not _may_decide or "torch" in sys.modules or os.environ.get(LOAD_ALL_VARIABLE, "") not in ("", "0"):
         return ()
-    used = used_by(recipe)
+    used = used_by(recipe, *extra)
     if used is None:
         return ()
     kept_out = tuple(name for name in OPTIONAL_LIBRARIES if name not in used and name not in sys.modules)
@@ -78,7 +78,7 @@ def keep_out_unused(recipe: Any) -> tuple[str, ...]:
     return kept_out
 
 
-def _options_of(recipe: Any) -> Iterator[tuple[Any, Served | None]]:
+def _options_of(recipe: Any, *extra: Any) -> Iterator[tuple[Any, Served | None]]:
     """Every options model in ``recipe`` with the kind it configures (``None`` for the core's own)."""
     from loraplug.recipe.model import KindSection
 
@@ -101,5 +101,5 @@ def _options_of(recipe: Any) -> Iterator[tuple[Any, Served | None]]:
             for name in type(value).model_fields:
                 yield from walk(getattr(value, name))
 
-    for value in vars(recipe).values():
+    for value in (*vars(recipe).values(), *extra):
         yield from walk(value)

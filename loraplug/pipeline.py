@@ -252,6 +252,17 @@ def _cap(data: DataBundle, limit: int) -> DataBundle:
     return replace(data, train=train, val=val, summary={**data.summary, "smoke cap": limit})
 
 
+def run_recipe(run_dir: Path, host: PluginHost) -> Recipe:
+    """The recipe a run was trained with (its ``recipe.toml``), checked without its data files."""
+    recipe_path = run_dir / RECIPE_FILE
+    if not recipe_path.exists():
+        raise LoraplugError(
+            f"{run_dir} is not a loraplug run directory (no {RECIPE_FILE})",
+            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart",
+        )
+    return load_recipe(recipe_path, host, check_files=False)
+
+
 def load_run(
     run_dir: Path,
     host: PluginHost,
@@ -259,24 +270,20 @@ def load_run(
     *,
     with_adapter: bool = True,
     adapter_path: Path | None = None,
+    recipe: Recipe | None = None,
 ) -> tuple[Recipe, RunContext, ModelBundle]:
     """Rebuild a finished run's model with its trained adapter (for ``generate`` and re-exports).
 
     :param with_adapter: load the trained weights; without, the adapter keeps its initialisation,
         which leaves the base model's behaviour unchanged.
     :param adapter_path: the weights to load (a checkpoint's); default: the run's final adapter.
+    :param recipe: the run's recipe when the caller has read it already (:func:`run_recipe`).
     """
     from functools import cache
 
     from loraplug.training.weights import load_trainable
 
-    recipe_path = run_dir / RECIPE_FILE
-    if not recipe_path.exists():
-        raise LoraplugError(
-            f"{run_dir} is not a loraplug run directory (no {RECIPE_FILE})",
-            fix="Pass the directory `loraplug run` printed, e.g. runs/quickstart",
-        )
-    recipe = load_recipe(recipe_path, host, check_files=False)
+    recipe = recipe or run_recipe(run_dir, host)
     status = RunStatus.load(run_dir) or RunStatus()
     ctx = RunContext(
         recipe=recipe,

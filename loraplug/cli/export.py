@@ -101,6 +101,7 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     """
     from loraplug.cli.render import export_manifest_table
     from loraplug.cli.shared import console, host, warn_broken_plugins
+    from loraplug.optional import keep_out_unused
     from loraplug.pipeline import load_run, run_export
     from loraplug.recipe import load_recipe
     from loraplug.recipe.validate import export_section
@@ -132,8 +133,13 @@ def export(run_dir: Path, settings: tuple[str, ...], kind: str, name: str | None
     )
 
     # A checkpoint's weights load as such; the finished run's own adapter keeps its final metrics (model cards).
+    keep_out_unused(recipe, section)  # as `run` does; the export's own kind may need one of them
     recipe, ctx, model = load_run(
-        source.run_dir, plugins, console, adapter_path=source.adapter if source.checkpoint else None
+        source.run_dir,
+        plugins,
+        console,
+        adapter_path=source.adapter if source.checkpoint else None,
+        recipe=recipe,
     )
     # replace=True: what is there (nothing, an empty directory, or an export with --overwrite) was agreed to above.
     outcome = run_export(plugins, section, model, recipe, ctx, replace=True, adapter_path=source.adapter)

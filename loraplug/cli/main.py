@@ -178,11 +178,13 @@ def plugins_list(as_json: bool) -> None:
 def generate(run_dir: Path, prompts: tuple[str, ...], base: bool) -> None:
     """Load a run's base model with its trained adapter and generate from PROMPTs."""
     from loraplug.pipeline import generate as run_generate
-    from loraplug.pipeline import load_run
+    from loraplug.pipeline import load_run, run_recipe
     from loraplug.rundir import SAMPLES_DIR
 
     warn_broken_plugins()
-    recipe_, ctx, model = load_run(run_dir, host(), console, with_adapter=not base)
+    recipe = run_recipe(run_dir, host())
+    keep_out_unused(recipe)  # as `run` does: no bitsandbytes, torchao, scipy unless the recipe uses them
+    recipe_, ctx, model = load_run(run_dir, host(), console, with_adapter=not base, recipe=recipe)
     samples = run_generate(host(), model, recipe_, list(prompts), run_dir / SAMPLES_DIR / "generate", ctx)
     render.samples(console, samples)
 

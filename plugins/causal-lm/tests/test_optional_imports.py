@@ -52,6 +52,20 @@ def test_a_plain_causal_lm_run_imports_no_optional_library(tmp_path: Path, lm_re
     assert "gemm_4bit_forward" not in output and "Failed to load" not in output
 
 
+def test_generate_and_export_of_a_plain_run_import_no_optional_library(
+    tmp_path: Path, lm_recipe: Any
+) -> None:
+    # The README's next steps after `make demo`: they printed bitsandbytes' warning though nothing is quantized.
+    recipe = lm_recipe(train={"max_steps": 2}, eval={"sample_prompts": []}, export=[])
+    run_program(tmp_path, "run", str(recipe))
+    run_dir = str(tmp_path / "runs" / "tiny")
+    for command in (("generate", run_dir, "--prompt", "hi"), ("export", run_dir, "--kind", "merged")):
+        loaded, output = run_program(tmp_path, *command)
+        assert loaded == set() and "gemm_4bit_forward" not in output, output
+    loaded, output = run_program(tmp_path, "export", run_dir, "--kind", "int8")  # the export's kind uses one
+    assert loaded == {"torchao"}, output
+
+
 def test_a_run_imports_the_optional_libraries_its_recipe_uses(tmp_path: Path, lm_recipe: Any) -> None:
     # QLoRA needs bitsandbytes, near-duplicate cleaning scipy (datasketch); torchao stays out.
     recipe = lm_recipe(
