@@ -97,18 +97,19 @@ def loraplug_metric_sinks(ctx: RunContext) -> MetricSink | None:
     each answer that is not ``None`` is a sink of the run.
 
     ``metrics.jsonl`` and TensorBoard are the core's own sinks; wandb, mlflow… are plugins. A sink
-    (:class:`loraplug.MetricSink`) has four methods, and a fifth that it should have:
+    (:class:`loraplug.MetricSink`) has three methods:
 
     * ``log(step, metrics, *, split)`` — ``split`` is ``"train"`` (loss, lr, tokens_per_s) or ``"eval"``;
-    * ``log_text(step, name, text)`` — a generated text sample;
-    * ``log_image(step, name, path)`` — a PNG written by the model's plugin (sample grids);
-    * ``close(status)`` — ``"finished"``, ``"failed"`` or ``"interrupted"``;
     * ``log_sample(step, name, prompt, artifact)`` — each output of a generated sample as a typed
       :class:`loraplug.Artifact`: ``artifact.type`` is ``"text"`` (``value`` a string), ``"image"`` or
       ``"audio"`` (``value`` the path of a PNG/JPEG or WAV file) or ``"table"`` (``value`` a list of row
-      dicts). Render each type as your tracker shows it, so a new modality's samples need no change in
-      any sink. A sink without ``log_sample`` gets images through ``log_image`` and everything else as
-      Markdown through ``log_text``.
+      dicts). Render each type as your tracker shows it and ignore the rest (a sink that keeps scalars
+      only does nothing here), so a new modality's samples need no change in any sink;
+    * ``close(status)`` — ``"finished"``, ``"failed"`` or ``"interrupted"``.
+
+    A sink written before samples were typed may have ``log_text(step, name, text)`` and
+    ``log_image(step, name, path)`` instead of ``log_sample``: it gets images through ``log_image`` and
+    everything else as Markdown through ``log_text``, each only if it has it.
 
     :param ctx: the run context (the resolved recipe is ``ctx.recipe``).
     :returns: a sink, or ``None``.

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from loraplug import Artifact, Sample
-from loraplug.pipeline import _write_samples
+from loraplug.pipeline import _write_samples as write_samples
 from loraplug.report import write_report
 from loraplug.training.sinks import Sinks, TensorBoardSink
 
@@ -62,7 +62,7 @@ def test_audio_and_table_samples_reach_tensorboard_the_report_and_older_sinks(tm
     ]
     board, older = TensorBoardSink(run_dir / "tb"), TextOnlySink()
     sinks = Sinks([board, older])
-    _write_samples(run_dir, 3, samples, sinks)
+    write_samples(run_dir, 3, samples, sinks)
     sinks.close("finished")
 
     # samples/step-N.json: every output with its type (files relative to the run directory)
@@ -116,3 +116,45 @@ def test_the_terminal_shows_every_output_of_a_sample(tmp_path: Path) -> None:
     )
     text = out.getvalue()
     assert "say it" in text and "say.wav" in text and "(a table of 2 rows)" in text and "None" not in text
+
+
+class TextLog:
+    """A sink written before samples were typed that shows text only: no ``log_image``, no ``log_sample``."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def log(self, step: int, metrics: dict[str, float], *, split: str) -> None: ...
+
+    def log_text(self, step: int, name: str, text: str) -> None:
+        self.texts.append(text)
+
+    def close(self, status: str) -> None: ...
+
+
+class SampleLog:
+    """A sink as MetricSink declares it: ``log``, ``log_sample`` and ``close``, nothing else."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str, str]] = []
+
+    def log(self, step: int, metrics: dict[str, float], *, split: str) -> None: ...
+
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
+        self.seen.append((step, name, artifact.type))
+
+    def close(self, status: str) -> None: ...
+
+
+def test_a_sink_renders_what_it_can_and_needs_no_stubs_for_the_rest(tmp_path: Path) -> None:
+    """log_text and log_image are optional: a sink with log_sample needs neither, and an older sink
+    with log_text alone gets the text while an image passes it by."""
+    image = tmp_path / "grid.png"
+    Image.new("RGB", (4, 4), (0, 120, 0)).save(image)
+    samples = [Sample(prompt="draw it", image_path=image), Sample(prompt="say it", text="rain")]
+    typed, older = SampleLog(), TextLog()
+    sinks = Sinks([typed, older])
+    write_samples(tmp_path, 2, samples, sinks)
+    sinks.close("finished")
+    assert typed.seen == [(2, "samples/0", "image"), (2, "samples/1", "text")]
+    assert older.texts == ["**say it**\n\nrain"]

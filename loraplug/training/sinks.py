@@ -2,8 +2,8 @@
 
 Generated samples reach sinks as typed artifacts (:class:`loraplug.Artifact`: text, image, audio,
 table) through ``log_sample``, and each sink renders them by type, so a new modality's samples need
-no change here. A sink written before ``log_sample`` existed still gets text and images through
-``log_text`` / ``log_image``, and audio and tables as text.
+no change here. A sink written before ``log_sample`` existed still gets images through ``log_image``
+and everything else as text through ``log_text`` — each only if it has it.
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ if TYPE_CHECKING:
 class MetricSink(Protocol):
     """Receives every logged metric and generated sample; plugins add their own sinks.
 
-    ``split`` is ``"train"`` or ``"eval"``. ``log_sample`` gets each output of a sample as a typed
-    :class:`loraplug.Artifact` (``name`` is ``samples/<index>``, ``prompt`` what it was generated
-    from); a sink without it gets text through ``log_text`` and images through ``log_image``.
-    ``close`` gets the run's final status: ``"finished"``, ``"failed"`` or ``"interrupted"``.
+    ``log`` gets the metrics of a step; ``split`` is ``"train"`` or ``"eval"``. ``log_sample`` gets each
+    output of a sample as a typed :class:`loraplug.Artifact` (``name`` is ``samples/<index>``, ``prompt``
+    what it was generated from): render the types your tracker shows and ignore the rest (a sink that
+    keeps scalars only does nothing there). ``close`` gets the run's final status: ``"finished"``,
+    ``"failed"`` or ``"interrupted"``.
+
+    A sink written before samples were typed may have ``log_text(step, name, text)`` and
+    ``log_image(step, name, path)`` instead of ``log_sample``: the core then sends it images through
+    ``log_image`` and everything else as Markdown through ``log_text``, each only if it has it.
     """
 
     def log(self, step: int, metrics: dict[str, float], *, split: str) -> None: ...
 
-    def log_text(self, step: int, name: str, text: str) -> None: ...
-
-    def log_image(self, step: int, name: str, path: Path) -> None: ...
+    def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None: ...
 
     def close(self, status: str) -> None: ...
 
@@ -84,12 +87,6 @@ class JsonlSink:
         record: dict[str, Any] = {"step": step, "split": split, "time": round(time.time(), 3), **metrics}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-
-    def log_text(self, step: int, name: str, text: str) -> None:
-        pass
-
-    def log_image(self, step: int, name: str, path: Path) -> None:
-        pass
 
     def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
         pass  # samples/step-N.json holds them
@@ -150,28 +147,27 @@ class Sinks:
         for sink in self.sinks:
             sink.log(step, metrics, split=split)
 
-    def log_text(self, step: int, name: str, text: str) -> None:
-        for sink in self.sinks:
-            sink.log_text(step, name, text)
-
-    def log_image(self, step: int, name: str, path: Path) -> None:
-        for sink in self.sinks:
-            sink.log_image(step, name, path)
-
     def log_sample(self, step: int, name: str, prompt: str, artifact: Artifact) -> None:
-        """One output of a generated sample, to each sink by its ``log_sample`` — or, for a sink that
-        has none, images to ``log_image`` and everything else as text to ``log_text``."""
+        """One output of a generated sample, to each sink by its ``log_sample`` — or, for a sink written
+        before samples were typed, images to its ``log_image`` and everything else as text to its
+        ``log_text``, where it has them."""
         for sink in self.sinks:
-            log_sample = getattr(sink, "log_sample", None)
-            if log_sample is not None:
-                log_sample(step, name, prompt, artifact)
+            if hasattr(sink, "log_sample"):
+                sink.log_sample(step, name, prompt, artifact)
             elif artifact.type == "image":
-                sink.log_image(step, name, artifact.value)
+                _call_if_present(sink, "log_image", step, name, artifact.value)
             else:
-                sink.log_text(step, name, artifact_as_text(prompt, artifact))
+                _call_if_present(sink, "log_text", step, name, artifact_as_text(prompt, artifact))
 
     def close(self, status: str) -> None:
         """Close every sink once; later calls do nothing."""
         closing, self.sinks = self.sinks, []
         for sink in closing:
             sink.close(status)
+
+
+def _call_if_present(sink: object, method: str, *args: Any) -> None:
+    """An older sink's ``log_text`` / ``log_image``: neither is required (a sink renders what it can)."""
+    render = getattr(sink, method, None)
+    if render is not None:
+        render(*args)
