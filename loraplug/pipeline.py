@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -39,6 +39,9 @@ from loraplug.rundir import (
 )
 from loraplug.safety import confine
 from loraplug.status import RunStatus
+
+if TYPE_CHECKING:
+    from loraplug.training.sinks import Sinks
 
 #: Libraries whose versions go into every export manifest, when installed.
 MANIFEST_LIBRARIES = (
@@ -133,8 +136,9 @@ def generate(
         module.train(was_training)
 
 
-def _write_samples(run_dir: Path, step: int, samples: list[Sample], sinks: Any) -> None:
-    # Each output goes to the sinks as a typed artifact (text, image, audio, table), rendered by type.
+def write_samples(run_dir: Path, step: int, samples: list[Sample], sinks: Sinks) -> None:
+    """A step's samples into ``samples/step-N.json``, and each output to the sinks as a typed artifact
+    (text, image, audio, table) that each renders by its type, as ``samples/<index>``."""
     for index, sample in enumerate(samples):
         for artifact in sample.outputs():
             sinks.log_sample(step, f"samples/{index}", sample.prompt, artifact)

@@ -3,21 +3,23 @@
 ::
 
     Run(recipe, host, console=console).execute()
-      claim()    the run directory for a new run, or the checkpoint a --resume continues
-      start()    the recipe and run.json written: the run is "running"
-      setup()    data, model + adapter, encoded samples, samples before training, the batch size
-      train()    the training loop; the trained adapter saved
-      finish()   samples after training, the exports
-      close()    run.json says "finished", the report is written, a replaced run is deleted
+      claim()          the run directory for a new run, or the checkpoint a --resume continues
+      start()          the recipe and run.json written: the run is "running"
+      setup()          data, model + adapter, encoded samples, samples before training, the batch size
+      training_loop()  the optimizer and schedule built, a checkpoint restored
+      train()          the training loop run; the trained adapter saved
+      finish()         samples after training, the exports
+      close()          run.json says "finished", the report is written, a replaced run is deleted
 
-Each phase returns what it made as a typed value (:class:`Claim`, :class:`Setup`, :class:`Trained`,
-:class:`Finished`) that the next phase takes; the run's context is never changed in place — set-up
-derives the training context (batch size resolved, prepared data attached) and finishing derives
-the exporters' (final metrics).
+Each phase returns what it made as a typed value (:class:`Claim`, :class:`Setup`, the
+:class:`~loraplug.training.loop.TrainingLoop`, :class:`Trained`, :class:`Finished`) that the next phase
+takes; the run's context is never changed in place — set-up derives the training context (batch size
+resolved, prepared data attached) and finishing derives the exporters' (final metrics).
 
 A failure after start() is recorded in ``run.json`` — ``failed``, or ``interrupted`` for Ctrl-C and
-SIGTERM — with the report; when nothing was trained yet, the run an ``--overwrite`` replaced is put
-back instead. Only the main process writes; every process runs every phase.
+SIGTERM — with the step the training loop reached and the report; when nothing was trained yet, the
+run an ``--overwrite`` replaced is put back instead. Only the main process writes; every process runs
+every phase.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from loraplug.context import RunContext
 from loraplug.errors import LoraplugError
 from loraplug.pipeline import (
     ExportOutcome,
-    _write_samples,
     build_stages,
     cache_dir,
     final_metrics,
@@ -50,6 +51,7 @@ from loraplug.pipeline import (
     prepare_data,
     run_dir_of,
     run_export,
+    write_samples,
 )
 from loraplug.plugins import PluginHost
 from loraplug.recipe import Recipe
@@ -63,13 +65,13 @@ from loraplug.rundir import (
     atomic_write_text,
     claim_run_dir,
 )
-from loraplug.status import FAILED, FINISHED, INTERRUPTED, RUNNING, RunStatus
+from loraplug.status import EXPORTING, FAILED, FINISHED, INTERRUPTED, RUNNING, RunStatus
 
 if TYPE_CHECKING:
     from loraplug.kinds import Served
     from loraplug.toolkit import StepFn
     from loraplug.training.evaluation import Evaluator
-    from loraplug.training.loop import TrainResult
+    from loraplug.training.loop import TrainingLoop, TrainResult
     from loraplug.training.sinks import Sinks
 
 
@@ -132,6 +134,9 @@ class Trained:
 
     result: TrainResult
     adapter_path: Path
+    #: The periodic samples (``eval.sample_every_n_steps``) of the last step, when that step was
+    #: sampled: :meth:`Run.finish` does not generate and write them twice.
+    last_step_samples: list[Sample] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,12 +173,6 @@ class Run:
         self.run_dir = run_dir_of(recipe)
         # Open from set-up on (main process), closed once with the run's final status.
         self.sinks: Sinks = Sinks([])
-        # The last optimizer step done, for the failure record: a failure before step 1 puts a
-        # replaced run back.
-        self.steps_done = 0
-        # The periodic samples of the last step, so the final ones are not generated and written
-        # twice when eval.sample_every_n_steps divides the step count.
-        self.sampled: dict[int, list[Sample]] = {}
 
     # -- the run, top to bottom --------------------------------------------------------------------
 
@@ -181,14 +180,16 @@ class Run:
         """Run the recipe end to end — or continue it from its newest checkpoint — and report."""
         claim = self.claim()
         ctx = self.start(claim)
-        status = FAILED
+        status, loop = FAILED, None
         try:
             setup = self.setup(ctx, claim)
-            trained = self.train(setup, claim)
+            loop = self.training_loop(setup, claim)
+            trained = self.train(setup, claim, loop)
             finished = self.finish(setup, trained)
             status = FINISHED
         except BaseException as exc:
-            status = self.fail(claim, exc)
+            # The failure record's step: the last one the loop did, or where the run started.
+            status = self.fail(claim, exc, step=claim.resumed_step if loop is None else loop.step)
             raise
         finally:
             self.sinks.close(status)
@@ -247,7 +248,6 @@ class Run:
             info=self.info,
             warn=self.warn,
         )
-        self.steps_done = claim.resumed_step
         if not self.main:
             return ctx
         if claim.checkpoint is None:
@@ -297,7 +297,7 @@ class Run:
 
         before = self.samples(ctx, model) if self.main and claim.checkpoint is None else []
         if before:
-            _write_samples(self.run_dir, 0, before, self.sinks)
+            write_samples(self.run_dir, 0, before, self.sinks)
 
         step_fn = host.train_step(recipe.model.kind)
         previous = (RunStatus.load(self.run_dir) or RunStatus()).auto_batch if claim.checkpoint else None
@@ -326,17 +326,16 @@ class Run:
             evaluator=evaluator,
         )
 
-    def train(self, setup: Setup, claim: Claim) -> Trained:
-        """The training loop (loraplug.training.loop), then the adapter saved."""
-        from loraplug.resume import logged_evaluations
+    def training_loop(self, setup: Setup, claim: Claim) -> TrainingLoop:
+        """The training loop (loraplug.training.loop) over the set-up model and data: the recipe's
+        optimizer and schedule built, and restored from the checkpoint a ``--resume`` continues."""
         from loraplug.training import faults
-        from loraplug.training.loop import train
+        from loraplug.training.events import LoopEvents
+        from loraplug.training.loop import TrainingLoop
         from loraplug.training.optim import optimizer_maker
-        from loraplug.training.progress import ProgressDisplay
-        from loraplug.training.weights import save_trainable
 
-        ctx, main, unit = setup.ctx, self.main, setup.prepared.unit
-        result = train(
+        ctx = setup.ctx
+        return TrainingLoop(
             accelerator=self.accelerator,
             step_fn=setup.step_fn,
             model=setup.model,
@@ -345,14 +344,25 @@ class Run:
             ctx=ctx,
             sinks=self.sinks,
             evaluate=setup.evaluator,
+            make_optimizer=optimizer_maker(self.host, ctx.recipe, ctx),
+            # LORAPLUG_FAULT: the failure tests' faults, told at the loop's points (nothing when unset).
+            events=faults.from_env() or LoopEvents(),
+            resume_from=claim.checkpoint,
+        )
+
+    def train(self, setup: Setup, claim: Claim, loop: TrainingLoop) -> Trained:
+        """The training loop run to its end, then the adapter saved."""
+        from loraplug.resume import logged_evaluations
+        from loraplug.training.progress import ProgressDisplay
+        from loraplug.training.weights import save_trainable
+
+        ctx, main, unit = setup.ctx, self.main, setup.prepared.unit
+        after_step = AfterEachStep(self, setup)
+        result = loop.run(
             display=lambda total, start: ProgressDisplay(
                 self.console, total, enabled=main, start_step=start, unit=unit
             ),
-            on_step_end=lambda step: self.after_step(setup, step),
-            resume_from=claim.checkpoint,
-            make_optimizer=optimizer_maker(self.host, ctx.recipe, ctx),
-            # LORAPLUG_FAULT: the failure tests' faults, told at the loop's points (nothing when unset).
-            events=faults.from_env(),
+            on_step_end=after_step,
         )
         if (
             claim.checkpoint is not None and main
@@ -363,28 +373,19 @@ class Run:
             save_trainable(
                 setup.model.module, adapter_path, metadata={"loraplug.recipe_hash": ctx.recipe.hash()}
             )
-        return Trained(result=result, adapter_path=adapter_path)
-
-    def after_step(self, setup: Setup, step: int) -> None:
-        """After each optimizer step: the periodic samples, and the step in ``run.json``."""
-        self.steps_done = step
-        recipe = setup.ctx.recipe
-        every = recipe.eval.sample_every_n_steps
-        if self.main and every and step % every == 0:
-            self.sampled = {step: self.samples(setup.ctx, setup.model)}
-            _write_samples(self.run_dir, step, self.sampled[step], self.sinks)
-        if step % recipe.train.log_every_n_steps == 0:
-            self.record(step=step)
+        return Trained(
+            result=result, adapter_path=adapter_path, last_step_samples=after_step.samples_of(result.steps)
+        )
 
     def finish(self, setup: Setup, trained: Trained) -> Finished:
         """The samples after training, what reading a stream found, and the exports."""
         result, ctx = trained.result, setup.ctx
         # Best weights restored at the end change the model after the last periodic sample.
-        after = self.sampled.get(result.steps) if not result.restored_best else None
+        after = trained.last_step_samples if not result.restored_best else None
         if after is None:
             after = self.samples(ctx, setup.model) if self.main else []
             if after:
-                _write_samples(self.run_dir, result.steps, after, self.sinks)
+                write_samples(self.run_dir, result.steps, after, self.sinks)
         summary = dict(setup.summary)
         if setup.data.final_summary is not None:  # streams: what reading them found (corrupt samples skipped)
             as_read = setup.data.final_summary()
@@ -398,7 +399,7 @@ class Run:
                 result.train_loss, result.evaluations, result.best if result.restored_best else None
             ),
         )
-        self.record(status="exporting", step=result.steps)
+        self.record(status=EXPORTING, step=result.steps)
         exports = (
             [
                 run_export(
@@ -441,14 +442,15 @@ class Run:
         if claim.aside is not None:
             shutil.rmtree(claim.aside, ignore_errors=True)
 
-    def fail(self, claim: Claim, exc: BaseException) -> str:
-        """Record why the run stopped; returns the status (``interrupted`` for a signal, else ``failed``)."""
+    def fail(self, claim: Claim, exc: BaseException, *, step: int) -> str:
+        """Record why the run stopped, at ``step`` (the last step done); returns the status
+        (``interrupted`` for a signal, else ``failed``)."""
         from loraplug.training.loop import Interrupted
 
         status = INTERRUPTED if isinstance(exc, KeyboardInterrupt | Interrupted) else FAILED
         if not self.main:
             return status
-        if claim.aside is not None and self.steps_done == 0:
+        if claim.aside is not None and step == 0:
             # Nothing was trained (bad data, a model that would not load): the replaced run goes back in
             # place, so a typo with --overwrite costs nothing.
             self.sinks.close(status)
@@ -457,7 +459,7 @@ class Run:
             self.warn(f"this run failed before its first step: the previous run is back in {self.run_dir}")
             return status
         error = exc.paragraph() if isinstance(exc, LoraplugError) else f"{type(exc).__name__}: {exc}"
-        self.record(status=status, error=error, step=self.steps_done)
+        self.record(status=status, error=error, step=step)
         write_report_or_warn(self.run_dir, self.warn)
         if claim.aside is not None:
             self.warn(f"the run you asked to overwrite is kept at {claim.aside}")
@@ -508,6 +510,30 @@ class Run:
     def warn(self, message: str) -> None:
         if self.main:
             self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+class AfterEachStep:
+    """What a run does after each optimizer step that updated the weights (the loop's ``on_step_end``):
+    the periodic samples of ``eval.sample_every_n_steps``, and the step in ``run.json``. It keeps the
+    last samples it took, which :meth:`Run.finish` reuses when they are the last step's."""
+
+    def __init__(self, run: Run, setup: Setup) -> None:
+        self.run, self.setup = run, setup
+        self.last: tuple[int, list[Sample]] | None = None
+
+    def __call__(self, step: int) -> None:
+        run, recipe = self.run, self.setup.ctx.recipe
+        every = recipe.eval.sample_every_n_steps
+        if run.main and every and step % every == 0:
+            samples = run.samples(self.setup.ctx, self.setup.model)
+            write_samples(run.run_dir, step, samples, run.sinks)
+            self.last = (step, samples)
+        if step % recipe.train.log_every_n_steps == 0:
+            run.record(step=step)
+
+    def samples_of(self, step: int) -> list[Sample] | None:
+        """The periodic samples of ``step``, if it was the last step sampled."""
+        return self.last[1] if self.last is not None and self.last[0] == step else None
 
 
 def execute(

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from loraplug import Artifact, Sample
-from loraplug.pipeline import _write_samples as write_samples
+from loraplug.pipeline import write_samples
 from loraplug.report import write_report
 from loraplug.training.sinks import Sinks, TensorBoardSink
 
