@@ -126,3 +126,42 @@ def test_a_signal_during_a_skipped_step_stops_at_that_step(toy_recipe_file: Any)
     finally:
         run.sinks.close("interrupted")
     assert [p.name for p in (run.run_dir / "checkpoints").glob("step-*")] == ["step-00000002"]
+
+
+class NanOnSteps(LoopEvents):
+    """The loss of each micro-batch in ``micros`` is NaN (one micro-batch a step: micro N is step N)."""
+
+    def __init__(self, micros: set[int]) -> None:
+        self.micros = micros
+
+    def after_forward(self, micro: int, rank: int, out: Any) -> None:
+        if micro in self.micros:
+            out.loss_sum = out.loss_sum * float("nan")
+
+
+def test_skipped_steps_stop_a_run_only_when_too_many_come_in_a_row(toy_recipe_file: Any) -> None:
+    # MAX_SKIPPED_IN_A_ROW is 10: twelve NaN steps, never two in a row, are twelve skips and a finished run
+    # (the count was of every skip, so the eleventh stopped it) ...
+    recipe = toy_recipe_file(
+        train={"max_steps": 24, "on_nan": "skip", "batch_size": 2}, export=[], eval={"sample_prompts": []}
+    )
+    run, setup = _set_up(recipe)
+    try:
+        result = _train(run, setup, NanOnSteps({2 * k for k in range(1, 13)}))
+    finally:
+        run.sinks.close("finished")
+    assert result.steps == 24
+    # ... while eleven in a row stop it, naming the limit.
+    run, setup = _set_up(
+        toy_recipe_file(
+            train={"max_steps": 24, "on_nan": "skip", "batch_size": 2},
+            export=[],
+            eval={"sample_prompts": []},
+            run={"name": "again"},
+        )
+    )
+    try:
+        with pytest.raises(Exception, match="10 steps in a row skipped before"):
+            _train(run, setup, NanOnSteps(set(range(3, 14))))
+    finally:
+        run.sinks.close("failed")

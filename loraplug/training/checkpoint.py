@@ -36,7 +36,8 @@ class Progress:
     position: Position = field(default_factory=Position)
     best: dict[str, Any] | None = None  # {"metric", "value", "step"}
     stale_evals: int = 0
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # all the run skipped (logged as skipped_nan_steps)
+    skipped_in_a_row: int = 0  # since the last applied update: train.on_nan = "skip" stops past a limit
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -51,6 +52,7 @@ class Progress:
             best=data.get("best"),
             stale_evals=data.get("stale_evals", 0),
             skipped_steps=data.get("skipped_steps", 0),
+            skipped_in_a_row=data.get("skipped_in_a_row", 0),
         )
 
 

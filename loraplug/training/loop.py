@@ -356,16 +356,21 @@ class TrainingLoop:
         in a row), or drop this step's gradients and go on."""
         progress = self.state.progress
         message = f"The loss became {loss} at step {step}"
-        if self.cfg.on_nan == "stop" or progress.skipped_steps >= MAX_SKIPPED_IN_A_ROW:
+        if self.cfg.on_nan == "stop" or progress.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             kept = self.checkpoints.newest()
             raise LoraplugError(
                 message
-                + (f" ({progress.skipped_steps} steps skipped before)" if progress.skipped_steps else ""),
+                + (
+                    f" ({progress.skipped_in_a_row} steps in a row skipped before)"
+                    if progress.skipped_in_a_row
+                    else ""
+                ),
                 where=f"samples {', '.join(_ids(batches.group, 8))}",
                 fix="Lower train.lr, use bf16 instead of fp16, or inspect those samples"
                 + (f"; the last good checkpoint is {kept}" if kept else ""),
             )
         progress.skipped_steps += 1
+        progress.skipped_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.note(f"warning: {message}; skipped the update (samples {', '.join(_ids(batches.group, 4))})")
         self.sinks.log(step, {"skipped_nan_steps": progress.skipped_steps}, split="train")
@@ -377,6 +382,7 @@ class TrainingLoop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.state.progress.skipped_in_a_row = 0  # an update went in: the next NaN starts a new count
         self.events.after_step(step, self.rank)
 
     def report(self, step: int, batches: StepBatches, step_loss: torch.Tensor) -> None:
