@@ -9,6 +9,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from loraplug import InputFile, Options
 from loraplug.options import NoOptions as NoOptions  # named by path in plugin.py
 from loraplug.toolkit import BITSANDBYTES_INSTALL, pretrained_source, require_package
+from loraplug_hf.peft_options import LokrSettings
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-llama",)
@@ -142,28 +143,8 @@ class LohaOptions(LycorisOptions):
     """``[adapter] kind = "loha"`` for causal LMs, through peft's ``LoHaConfig``: ΔW = (A₁B₁) ⊙ (A₂B₂) · alpha/r."""
 
 
-class LokrOptions(LycorisOptions):
+class LokrOptions(LokrSettings, LycorisOptions):
     """``[adapter] kind = "lokr"`` for causal LMs, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
-
-    decompose_both: bool = Field(
-        False, description="Also factor the small Kronecker matrix W₁ into rank-r factors."
-    )
-    decompose_factor: int = Field(
-        -1,
-        ge=-1,
-        description="Split each dimension as near this factor as divides it; -1: near its square root.",
-    )
-    init: Literal["default", "lycoris"] = Field(
-        "default",
-        description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero).",
-    )
-
-    @field_validator("decompose_factor")
-    @classmethod
-    def _not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("must be -1 (near the square root) or a positive factor")
-        return value
 
 
 class PeftExportOptions(Options):

@@ -9,6 +9,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from loraplug import InputDir, InputFile, Options
 from loraplug.options import LearningRate
 from loraplug.toolkit import pretrained_source
+from loraplug_hf.peft_options import LokrSettings
 
 #: Presets built from a config and cached locally; see presets.py.
 PRESETS = ("tiny-sd",)
@@ -226,28 +227,8 @@ class SdLohaOptions(SdLycorisOptions):
     """``[adapter] kind = "loha"`` for Stable Diffusion, through peft's ``LoHaConfig``: ΔW = (A₁B₁) ⊙ (A₂B₂) · alpha/r."""
 
 
-class SdLokrOptions(SdLycorisOptions):
+class SdLokrOptions(LokrSettings, SdLycorisOptions):
     """``[adapter] kind = "lokr"`` for Stable Diffusion, through peft's ``LoKrConfig``: ΔW = W₁ ⊗ (A₂B₂) · alpha/r."""
-
-    decompose_both: bool = Field(
-        False, description="Also factor the small Kronecker matrix W₁ into rank-r factors."
-    )
-    decompose_factor: int = Field(
-        -1,
-        ge=-1,
-        description="Split each dimension as near this factor as divides it; -1: near its square root.",
-    )
-    init: Literal["default", "lycoris"] = Field(
-        "default",
-        description="`default`: peft's (W₁ starts at zero); `lycoris`: LyCORIS' (the W₂ factor starts at zero).",
-    )
-
-    @field_validator("decompose_factor")
-    @classmethod
-    def _not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("must be -1 (near the square root) or a positive factor")
-        return value
 
 
 class ParityOptions(Options):
