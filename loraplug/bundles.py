@@ -54,7 +54,7 @@ class DataBundle:
     :param val: the validation records, if the recipe asked for a split.
     :param summary: counts shown to the user and written to ``run.json`` (``{"skipped lines": 2}``).
     :param report: set by the core after ``[data.clean]`` ran: what each filter removed. A model plugin
-        passes the bundle to :func:`loraplug.data.token_limit` to apply the token-length filter.
+        passes the bundle to :func:`loraplug.toolkit.token_limit` to apply the token-length filter.
     :param weights: set by the core from ``data.balance_by`` / ``data.weight_by``: one drawing weight
         per training record. A model plugin that drops samples must hand them on as
         ``PreparedData.sample_weights``, one per encoded sample, and must not pack samples together.

@@ -170,7 +170,7 @@ def loraplug_build_filter(kind: str, options: BaseModel, ctx: RunContext) -> Fil
     :returns: an object with ``description`` (a phrase for the cleaning report: what it removes) and
         ``reason(record)``: ``None`` to keep the record, or a short reason to drop it, which the report
         shows. Read a record's text with :func:`loraplug.record_text` (or
-        ``loraplug.data.require_text(record, name)``, which raises the standard error); a record the
+        ``loraplug.toolkit.require_text(record, name)``, which raises the standard error); a record the
         filter cannot read (no text, no image) must raise :class:`loraplug.LoraplugError` naming the
         sample, never be kept silently — the core adds the recipe key that asked for the filter.
     """
@@ -261,7 +261,7 @@ def loraplug_prepare_data(
 
     ``data`` arrives cleaned. Two of its fields are the core's, for you to honour:
 
-    * ``data.report`` — pass ``data`` to ``loraplug.data.token_limit(data, "train")`` (and ``"val"``)
+    * ``data.report`` — pass ``data`` to ``loraplug.toolkit.token_limit(data, "train")`` (and ``"val"``)
       before encoding; when the recipe sets ``data.clean.min_tokens`` / ``max_tokens`` it returns a
       limit whose ``keep(record, token_count)`` drops a sample and records it in the cleaning report.
       Count the tokens the model will see, before truncation.

@@ -39,6 +39,7 @@ from loraplug.rundir import (
 )
 from loraplug.safety import confine
 from loraplug.status import RunStatus
+from loraplug.toolkit import cache_dir as cache_dir  # public there; run.py and the CLI get it here
 
 if TYPE_CHECKING:
     from loraplug.training.sinks import Sinks
@@ -59,10 +60,6 @@ class ExportOutcome:
     loads_with: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LORAPLUG_CACHE", Path.home() / ".cache" / "loraplug")).expanduser()
 
 
 def run_dir_of(recipe: Recipe) -> Path:

@@ -1,4 +1,5 @@
-"""What a model plugin needs besides the hooks: presets, loading, dtypes, parity, optional packages, quiet libraries.
+"""What a plugin needs besides the hooks: presets, loading, dtypes, parity, optional packages, quiet libraries,
+files written atomically, the replace rule, the token-length filter.
 
 loraplug's own plugins use these and nothing else of the kind, so a third-party plugin written from
 docs/plugins.md ("Toolkit") needs no helper copied out of them. Importing this module imports no torch
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +20,16 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from loraplug.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from loraplug.bundles import StepResult
+from loraplug.data.clean import TokenLimit, token_limit
+from loraplug.data.filters import require_text
 from loraplug.errors import LoraplugError, model_load_error
+from loraplug.options import LearningRate
 from loraplug.quiet import debugging, silence_warnings
-from loraplug.rundir import build_once
+from loraplug.rundir import build_once, sha256_file
+from loraplug.safety import confine, may_replace
+from loraplug.training.sinks import artifact_as_text
 
 if TYPE_CHECKING:
     import torch
@@ -34,25 +42,44 @@ __all__ = [
     "DTYPE_NAMES",
     "PARITY_TOLERANCES",
     "TORCHAO_INSTALL",
+    "LearningRate",
     "Preset",
     "StepFn",
+    "TokenLimit",
+    "artifact_as_text",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "build_once",
+    "cache_dir",
+    "confine",
     "debugging",
     "dtype_name",
     "hold_out",
     "locate",
     "local_dir",
+    "may_replace",
     "model_load_error",
     "parity_tolerance",
     "pretrained_source",
     "quiet_libraries",
     "require_installed",
     "require_package",
+    "require_text",
+    "sha256_file",
     "silence_warnings",
+    "token_limit",
     "torch_dtype",
 ]
 
 # ---------------------------------------------------------------------------------------------- presets
+
+
+def cache_dir() -> Path:
+    """loraplug's cache (presets, prepared data): ``$LORAPLUG_CACHE``, else ``~/.cache/loraplug``.
+    In a hook use ``ctx.cache_dir``; this is for code that runs outside a run (a command of your own)."""
+    return Path(os.environ.get("LORAPLUG_CACHE", Path.home() / ".cache" / "loraplug")).expanduser()
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,77 @@ def test_the_cross_plugin_scan_finds_an_import_at_any_depth(tmp_path: Path) -> N
     assert offenders == [f"{tmp_path.name}/exporter/plugin_exporter/__init__.py imports plugin_model.merge"]
 
 
+# -- first-party plugins use only loraplug's public API ------------------------------------------
+
+#: The modules of loraplug a plugin's shipped code may import (docs/plugins.md): the top level, the toolkit,
+#: and loraplug.testing from a module named testing.py (a plugin's test helpers). loraplug_hf is a library.
+PUBLIC_MODULES = ("loraplug", "loraplug.toolkit")
+
+
+def private_imports(roots: Iterable[Path], public_names: Iterable[str]) -> list[str]:
+    """``file imports name`` for every import, at any depth, by a plugin's shipped code of a part of loraplug
+    that is not its public API: a module other than :data:`PUBLIC_MODULES` (``loraplug.testing`` allowed in
+    testing.py), or a name from ``loraplug`` that is not in ``public_names`` (its ``__all__``, plus the public
+    submodules), e.g. ``from loraplug import rundir``."""
+    public = set(public_names) | {"toolkit"}
+    offenders = []
+    for name, project in plugin_packages(roots).items():
+        for path in sorted((project / name).rglob("*.py")):
+            helpers = path.name == "testing.py"
+            allowed = {*PUBLIC_MODULES, "loraplug.testing"} if helpers else set(PUBLIC_MODULES)
+            names = public | {"testing"} if helpers else public
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported = [node.module]
+                    if node.module == CORE:  # `from loraplug import rundir` imports a private module
+                        imported += [f"{CORE}.{a.name}" for a in node.names if a.name not in names]
+                else:
+                    continue
+                offenders += [
+                    f"{path.relative_to(project.parent.parent)} imports {module}"
+                    for module in imported
+                    if module.split(".")[0] == CORE and module not in allowed
+                ]
+    return offenders
+
+
+def test_first_party_plugins_import_only_loraplugs_public_api() -> None:
+    """A plugin author's new model kind needs no copied helper and no private module: loraplug's own
+    plugins and the example plugin get by with what docs/plugins.md documents."""
+    import loraplug
+
+    assert private_imports([ROOT / "plugins", ROOT / "examples"], loraplug.__all__) == []
+
+
+def test_the_public_api_scan_finds_a_private_import(tmp_path: Path) -> None:
+    """The rule above can fail: private modules and names are found at any depth; the public ones and
+    loraplug.testing in testing.py pass."""
+    sources = {
+        "__init__.py": "from loraplug import Options, toolkit\nfrom loraplug.toolkit import cache_dir\n",
+        "write.py": "def write():\n    from loraplug.rundir import atomic_dir\n    import loraplug.safety\n",
+        "names.py": "from loraplug import Options, rundir\n",
+        "testing.py": "from loraplug.testing import run_cli\nfrom loraplug import testing\n",
+        "helpers.py": "from loraplug.testing import run_cli\n",
+    }
+    package = tmp_path / "model" / "plugin_model"
+    package.mkdir(parents=True)
+    (tmp_path / "model" / "pyproject.toml").write_text(
+        '[project.entry-points.loraplug]\nm = "plugin_model"\n'
+    )
+    for file, source in sources.items():
+        (package / file).write_text(source)
+    where = f"{tmp_path.name}/model/plugin_model"
+    assert sorted(private_imports([tmp_path], ["Options"])) == [
+        f"{where}/helpers.py imports loraplug.testing",
+        f"{where}/names.py imports loraplug.rundir",
+        f"{where}/write.py imports loraplug.rundir",
+        f"{where}/write.py imports loraplug.safety",
+    ]
+
+
 #: Libraries of a modality (or its exports) that only plugins may import.
 MODALITY_LIBRARIES = (
     "transformers",

@@ -86,7 +86,7 @@ def finish_prepared(
         if not any(c.name == TOKEN_FILTER for c in report.split("train").filters):
             report.notes.append(
                 f"data.clean.min_tokens / max_tokens were not applied: {model_distribution} does not count tokens "
-                "(it does not call loraplug.data.token_limit)"
+                "(it does not call loraplug.toolkit.token_limit)"
             )
     if data.weights is None:
         return prepared

@@ -24,8 +24,7 @@ from loraplug import (
     Sample,
     StepResult,
 )
-from loraplug.data import token_limit
-from loraplug.toolkit import Preset, local_dir, locate, model_load_error, torch_dtype
+from loraplug.toolkit import Preset, local_dir, locate, model_load_error, token_limit, torch_dtype
 from loraplug_csv.options import ClassifierOptions, LoraOptions
 from loraplug_hf import byte_level_tokenizer, quiet_libraries
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplug import Batch, LoraplugError, Record
-from loraplug.data import TokenLimit
+from loraplug.toolkit import TokenLimit
 
 IGNORE = -100
 

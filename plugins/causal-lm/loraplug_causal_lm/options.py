@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from loraplug import InputFile, Options
-from loraplug.options import NoOptions as NoOptions  # named by path in plugin.py
+from loraplug import NoOptions as NoOptions  # named by path in plugin.py
 from loraplug.toolkit import BITSANDBYTES_INSTALL, pretrained_source, require_package
 from loraplug_hf.peft_options import LokrSettings
 

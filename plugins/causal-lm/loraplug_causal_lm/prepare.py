@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from loraplug import DataBundle, LoraplugError, ModelBundle, PreparedData, Record, RunContext
-from loraplug.data import TokenLimit, token_limit
+from loraplug.toolkit import TokenLimit, token_limit
 from loraplug_causal_lm.encode import Encoded, Encoder, PadCollator, encode_all
 from loraplug_causal_lm.options import CausalLMOptions
 from loraplug_causal_lm.pack import PackedCollator, PackedRow, pack, packs_exactly

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from loraplug.rundir import atomic_write_bytes, sha256_file
+from loraplug.toolkit import atomic_write_bytes, sha256_file
 
 
 def fingerprint(model: torch.nn.Module, config: Any) -> str:

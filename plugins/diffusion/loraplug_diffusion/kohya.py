@@ -27,8 +27,7 @@ import torch
 from safetensors.torch import save
 
 from loraplug import LoraplugError, ModelBundle, RunContext, RunStatus, __version__
-from loraplug.rundir import atomic_write_bytes
-from loraplug.toolkit import torch_dtype
+from loraplug.toolkit import atomic_write_bytes, torch_dtype
 from loraplug_diffusion.lycoris import algo, layer_tensors
 from loraplug_diffusion.model import canonical_text_encoder_path, trains_text_encoder
 from loraplug_diffusion.options import (

@@ -7,8 +7,7 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from loraplug import InputDir, InputFile, Options
-from loraplug.options import LearningRate
-from loraplug.toolkit import pretrained_source
+from loraplug.toolkit import LearningRate, pretrained_source
 from loraplug_hf.peft_options import LokrSettings
 
 #: Presets built from a config and cached locally; see presets.py.

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loraplug import ModelBundle, RunContext, Sample
-from loraplug.rundir import atomic_write_bytes
+from loraplug.toolkit import atomic_write_bytes
 from loraplug_diffusion.options import StableDiffusionOptions
 from loraplug_diffusion.quiet import quiet_libraries
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from loraplug import KindSpec, RunContext, hookimpl
-from loraplug.options import Options
+from loraplug import KindSpec, Options, RunContext, hookimpl
 
 #: kind → (options model, summary)
 KINDS: dict[str, tuple[str, str]] = {

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug import Artifact, LoraplugError, RunContext
-from loraplug.rundir import atomic_write_text
-from loraplug.training.sinks import artifact_as_text
+from loraplug.toolkit import artifact_as_text, atomic_write_text
 
 #: The W&B run id, kept in the run directory so that a resumed loraplug run continues the same W&B run.
 RUN_ID_FILE = "wandb-run-id"

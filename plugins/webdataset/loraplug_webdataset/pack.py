@@ -71,7 +71,7 @@ def check_out(out: Path, source: Path, *, overwrite: bool) -> None:
     Checked before the records load. loraplug's one replace rule (:func:`loraplug.safety.may_replace`):
     ``--overwrite`` replaces a directory of shards this command wrote, never the user's files.
     """
-    from loraplug.safety import may_replace
+    from loraplug.toolkit import may_replace
 
     shards_only = out.is_dir() and all(p.is_file() and fnmatch(p.name, "shard-*.tar") for p in out.iterdir())
     may_replace(
@@ -95,7 +95,7 @@ def write_shards(data: DataBundle, out: Path, *, maxcount: int) -> tuple[int, li
 
     from webdataset import ShardWriter
 
-    from loraplug.rundir import atomic_dir
+    from loraplug.toolkit import atomic_dir
 
     count = 0
     with atomic_dir(out, replace=True) as tmp:
@@ -135,9 +135,8 @@ def load_records(kind: str, source: Path, settings: tuple[str, ...]) -> DataBund
     import click
     from pydantic import ValidationError
 
-    from loraplug import load_plugins
-    from loraplug.context import RunContext
-    from loraplug.pipeline import cache_dir
+    from loraplug import RunContext, load_plugins
+    from loraplug.toolkit import cache_dir
 
     plugins = load_plugins()
     plugins.warn_broken(lambda message: click.echo(f"warning: {message}", err=True))
