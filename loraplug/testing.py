@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,45 @@ def run_cli(*args: str | Path) -> CliResult:
             shared.console.file = None  # type: ignore[assignment]
             shared.err_console.file = None  # type: ignore[assignment]
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+#: The `loraplug` program as a user starts it (``main()`` reading sys.argv), then what it had imported.
+_PROGRAM = """
+import json, sys
+sys.argv = ["loraplug", *{args!r}]
+from loraplug.cli.main import main
+code = main()
+print("LOADED=" + json.dumps(sorted(name for name in {names!r} if sys.modules.get(name) is not None)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_program(
+    cwd: Path, *args: str, watch: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[set[str], str]:
+    """``loraplug ARGS`` in a fresh process, started as a user starts it (working directory ``cwd``):
+    which modules of ``watch`` it had imported when it ended, and its output. It must exit 0.
+
+    Unlike :func:`run_cli`, this is the program itself, so process-wide decisions it makes (which
+    optional libraries to keep out, loraplug.optional) are the ones a user's run makes.
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = _PROGRAM.format(args=list(args), names=list(watch))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    loaded = json.loads(proc.stderr.rsplit("LOADED=", 1)[1].splitlines()[0])
+    return set(loaded), output
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
