@@ -98,6 +98,32 @@ def run_program(
     return set(loaded), output
 
 
+def torchrun(
+    recipe: Path, *args: str, cwd: Path, fault: str = "", env: Mapping[str, str] | None = None
+) -> Any:
+    """``loraplug run RECIPE ARGS`` in 2 processes under torchrun (gloo on CPUs), one thread each;
+    ``fault`` is a test-only fault (``LORAPLUG_FAULT``, loraplug.training.faults). Returns the
+    ``subprocess.CompletedProcess`` with its output captured."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "loraplug",
+        "run",
+    ]
+    environment = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [*command, str(recipe), *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=600
+    )
+
+
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     """Write ``recipe`` (section name → table; ``export`` → list of tables) as TOML to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

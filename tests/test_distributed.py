@@ -9,9 +9,6 @@ of the whole step across processes, so the adapters agree to float rounding (mea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,28 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import run_cli
+from loraplug.testing import run_cli, torchrun
 
 pytestmark = pytest.mark.usefixtures("toy")  # installed for torchrun's processes too (PYTHONPATH)
 
 TOLERANCE = 1e-6
-
-
-def torchrun(recipe: Path, *args: str, cwd: Path, fault: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "loraplug",
-        "run",
-        str(recipe),
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, toy_recipe_file) -> None:

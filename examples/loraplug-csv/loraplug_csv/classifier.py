@@ -26,7 +26,7 @@ from loraplug import (
 )
 from loraplug.toolkit import Preset, local_dir, locate, model_load_error, token_limit, torch_dtype
 from loraplug_csv.options import ClassifierOptions, LoraOptions
-from loraplug_hf import byte_level_tokenizer, quiet_libraries
+from loraplug_hf import attach_peft, byte_level_tokenizer, quiet_libraries
 
 MODEL_KIND = "text-classifier"
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
@@ -108,7 +108,7 @@ def build(options: ClassifierOptions, ctx: RunContext) -> ModelBundle:
 def wrap(options: LoraOptions, model: ModelBundle) -> ModelBundle:
     """LoRA on ``options.target_modules``; peft trains the new classification head in full beside it."""
     quiet_libraries(*LIBRARIES)
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -117,16 +117,7 @@ def wrap(options: LoraOptions, model: ModelBundle) -> ModelBundle:
         lora_dropout=options.dropout,
         target_modules=list(options.target_modules),
     )
-    try:
-        module = get_peft_model(model.module, config)
-    except ValueError as exc:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.module.named_modules() if name})
-        raise LoraplugError(
-            f"LoRA could not be attached: {str(exc).splitlines()[0]}",
-            where="adapter.target_modules",
-            fix=f"Name modules this model has; its module names include: {', '.join(names[:30])}",
-        ) from exc
-    return replace(model, module=module)
+    return replace(model, module=attach_peft(model.module, config))
 
 
 def label_index(record: Record, labels: Sequence[str]) -> int:

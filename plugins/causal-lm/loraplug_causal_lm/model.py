@@ -139,7 +139,7 @@ def lycoris_config(options: LycorisOptions) -> Any:
 
 
 def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBundle:
-    from peft import get_peft_model
+    from loraplug_hf import attach_peft
 
     config = lora_config(options) if isinstance(options, LoraOptions) else lycoris_config(options)
     what = "LoRA" if isinstance(options, LoraOptions) else type(config).__name__.removesuffix("Config")
@@ -153,15 +153,7 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
             where="adapter.kind",
             fix='Use kind = "lora" for QLoRA, or remove model.quantization to train LoHa/LoKr on the full-precision base',
         )
-    try:
-        peft_model = get_peft_model(bundle.module, config)
-    except ValueError as exc:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in bundle.module.named_modules() if name})
-        raise LoraplugError(
-            f"{what} could not be attached: {str(exc).splitlines()[0]}",
-            where="adapter.target_modules",
-            fix=f'Name modules this model has, or use "all-linear". Its module names include: {", ".join(names[:30])}',
-        ) from exc
+    peft_model = attach_peft(bundle.module, config, what=what)
     return ModelBundle(
         kind=bundle.kind,
         module=peft_model,

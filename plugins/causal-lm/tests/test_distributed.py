@@ -6,32 +6,10 @@ checkpoint, from which it resumes. (The core's side, on the toy regressor: tests
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def torchrun(
-    recipe: Path, *args: str, cwd: Path, fault: str = "", cache: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1"}
-    if cache is not None:
-        env["LORAPLUG_CACHE"] = str(cache)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "loraplug",
-        "run",
-        str(recipe),
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+from loraplug.testing import torchrun
 
 
 def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
@@ -47,7 +25,12 @@ def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
     started = time.monotonic()
     # A fresh cache: both ranks build the tiny-llama preset at once. (transformers' save_pretrained
     # writes nothing on rank 1 of an initialised process group; a preset built there had no weights.)
-    killed = torchrun(recipe, cwd=tmp_path, fault="kill:micro=7:rank=1", cache=tmp_path / "fresh-cache")
+    killed = torchrun(
+        recipe,
+        cwd=tmp_path,
+        fault="kill:micro=7:rank=1",
+        env={"LORAPLUG_CACHE": str(tmp_path / "fresh-cache")},
+    )
     assert "Could not load the model" not in killed.stderr, killed.stderr[-3000:]
     assert killed.returncode != 0
     assert time.monotonic() - started < 300

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from loraplug import toolkit
+from loraplug import LoraplugError, toolkit
 
-__all__ = ["byte_level_tokenizer", "quiet_libraries"]
+__all__ = ["attach_peft", "byte_level_tokenizer", "quiet_libraries"]
 
 
 def byte_level_tokenizer(
@@ -68,3 +68,22 @@ def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
 
         diffusers_logging.disable_progress_bar()
         diffusers_logging.set_verbosity_error()
+
+
+def attach_peft(module: Any, config: Any, *, what: str = "LoRA") -> Any:
+    """``peft.get_peft_model(module, config)``, or the error a user can act on when the config's
+    ``target_modules`` name nothing in the model: the module names it does have.
+
+    :param what: the adapter, as the error names it ("LoRA", "LoHa"…).
+    """
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(module, config)
+    except ValueError as exc:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in module.named_modules() if name})
+        raise LoraplugError(
+            f"{what} could not be attached: {str(exc).splitlines()[0]}",
+            where="adapter.target_modules",
+            fix=f'Name modules this model has, or use "all-linear". Its module names include: {", ".join(names[:30])}',
+        ) from exc

@@ -36,3 +36,22 @@ def test_importing_it_imports_no_modality_library() -> None:
     code = "import sys, loraplug_hf; print(sorted(m for m in ('torch', 'transformers', 'diffusers', 'tokenizers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_attach_peft_names_the_models_modules_when_the_targets_match_none() -> None:
+    import torch
+    from peft import LoraConfig
+
+    from loraplug import LoraplugError
+
+    model = torch.nn.Sequential()
+    model.add_module("encoder", torch.nn.Linear(4, 4))
+    with pytest.raises(LoraplugError) as caught:
+        loraplug_hf.attach_peft(model, LoraConfig(target_modules=["q_proj"]), what="LoHa")
+    assert (
+        caught.value.what.startswith("LoHa could not be attached")
+        and caught.value.where == "adapter.target_modules"
+    )
+    assert "encoder" in (caught.value.fix or "")
+    attached = loraplug_hf.attach_peft(model, LoraConfig(target_modules=["encoder"]))
+    assert any("lora_A" in name for name, _ in attached.named_parameters())
