@@ -28,12 +28,16 @@ from loraplug.errors import LoraplugError, model_load_error
 from loraplug.options import LearningRate
 from loraplug.quiet import debugging, silence_warnings
 from loraplug.rundir import build_once, sha256_file
+from loraplug.runinfo import RunInfo, human_size, metric_series, read_run, read_runs
 from loraplug.safety import confine, may_replace
 from loraplug.training.sinks import artifact_as_text
 
 if TYPE_CHECKING:
     import torch
-    from pydantic import ValidationInfo
+    from pydantic import BaseModel, ValidationInfo
+
+    from loraplug.plugins import PluginHost
+    from loraplug.recipe.model import Recipe
 
 R = TypeVar("R")
 
@@ -44,6 +48,7 @@ __all__ = [
     "TORCHAO_INSTALL",
     "LearningRate",
     "Preset",
+    "RunInfo",
     "StepFn",
     "TokenLimit",
     "artifact_as_text",
@@ -53,17 +58,23 @@ __all__ = [
     "atomic_write_text",
     "build_once",
     "cache_dir",
+    "check_recipe",
     "confine",
+    "core_sections",
     "debugging",
     "dtype_name",
     "hold_out",
+    "human_size",
     "locate",
     "local_dir",
     "may_replace",
+    "metric_series",
     "model_load_error",
     "parity_tolerance",
     "pretrained_source",
     "quiet_libraries",
+    "read_run",
+    "read_runs",
     "require_installed",
     "require_package",
     "require_text",
@@ -246,3 +257,34 @@ def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
 #: What the core calls for one micro-batch: ``loraplug_train_step`` bound to its plugin, returning the
 #: summed loss and the number of targets.
 StepFn = Callable[..., StepResult]
+
+
+# ---------------------------------------------------------------------------------------------- clients
+# What a program that drives loraplug from outside a run (the studio) reads recipes and runs with: the
+# validation of `recipe check` and the run readers of `runs list`/`runs show`, so it never copies them.
+
+
+def check_recipe(
+    path: Path, host: PluginHost, overrides: Sequence[str] = (), *, smoke: bool = False
+) -> Recipe:
+    """What ``loraplug recipe check PATH OVERRIDES [--smoke]`` checks, with the same messages: the recipe,
+    validated; a recipe with problems raises ``RecipeError`` (a :class:`~loraplug.LoraplugError` whose
+    ``problems`` lists each one)."""
+    from loraplug.recipe import load_recipe
+
+    return load_recipe(path, host, tuple(overrides), smoke=smoke)
+
+
+def core_sections() -> dict[str, type[BaseModel]]:
+    """The options models of the recipe sections the core owns, by table: ``run``, ``train``, ``eval``, and
+    ``data`` (the keys every data kind has beside its own, ``clean`` among them). A kind's options are its
+    :meth:`KindSpec.options_model`."""
+    from loraplug.data.options import DataCoreOptions
+    from loraplug.recipe.sections import EvalSection, RunSection, TrainSection
+
+    return {
+        "run": RunSection,
+        "train": TrainSection,
+        "eval": EvalSection,
+        "data": DataCoreOptions,
+    }
