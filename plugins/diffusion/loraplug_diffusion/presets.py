@@ -176,12 +176,36 @@ def _set_vae_weights(vae: Any, channels: int) -> None:
         decoder.conv_out.bias.fill_(-_SHIFT)
 
 
+def colour_vae(levels: int, channels: int) -> Any:
+    """The hand-set 4-channel colour VAE (see _set_vae_weights), ``levels`` halvings, ``channels`` wide.
+
+    Built from torch's current random state (the weights _set_vae_weights leaves are never used).
+    """
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        block_out_channels=[channels] * levels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=channels // 4,
+        sample_size=64,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+    )
+    _set_vae_weights(vae, channels)
+    return vae
+
+
 def _build(target: Path) -> None:
     from loraplug_diffusion.quiet import quiet_libraries
 
     quiet_libraries()
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _build_tokenizer()
@@ -200,20 +224,7 @@ def _build(target: Path) -> None:
                 **TINY_SD["text_encoder"],
             )
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * levels,
-            up_block_types=["UpDecoderBlock2D"] * levels,
-            block_out_channels=[channels] * levels,
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=channels // 4,
-            sample_size=64,
-            scaling_factor=1.0,
-            mid_block_add_attention=False,
-        )
-    _set_vae_weights(vae, channels)
+        vae = colour_vae(levels, channels)
     # SD 1.x's noise schedule.
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,
