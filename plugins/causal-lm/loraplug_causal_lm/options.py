@@ -48,8 +48,11 @@ class CausalLMOptions(Options):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Dtype = Field("auto", description="Weights dtype; `auto` keeps the checkpoint's.")
     trust_remote_code: bool = Field(False, description="Run the model repository's own Python code.")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
-        None, description="Attention kernel; default: transformers' choice."
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] | None = Field(
+        None,
+        description="Attention kernel; default: transformers' choice (sdpa). With packing, flex_attention skips the "
+        "masked blocks of each packed row (CUDA only: PyTorch has no FlexAttention backward on the CPU); "
+        "see docs/performance.md for when it pays.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory."
@@ -61,7 +64,7 @@ class CausalLMOptions(Options):
     packing: bool | None = Field(
         None,
         description="Pack several samples into each row of max_length tokens, each attending only to itself (per-sample "
-        "position ids, block-diagonal mask). Default: on where supported — sdpa, eager or flash-attention, a list of "
+        "position ids, block-diagonal mask). Default: on where supported — sdpa, eager, flex or flash-attention, a list of "
         "samples, no balance_by/weight_by, and a start-up check that packed logits equal unpacked ones; true makes an "
         "unsupported case an error.",
     )

@@ -7,6 +7,10 @@ model's attention is then restricted to the token's own sample:
 * ``sdpa``: a 4-D boolean block-diagonal causal mask ``(batch, 1, length, length)``, True = attend;
 * ``eager``: the same mask as 0 / most-negative float, because eager attention *adds* the mask to the
   scores (a boolean mask would be added as 0/1 and silently leak);
+* ``flex_attention``: a ``BlockMask`` built from the segment ids (same sample and causal), which
+  PyTorch's FlexAttention uses to skip every 128×128 block of the score matrix that is wholly masked —
+  attention then costs what each sample needs instead of ``length²`` per row. PyTorch has no
+  FlexAttention backward on the CPU, so it trains on CUDA only (:func:`flex_training_blocker`);
 * ``flash_attention_2/3``: no mask at all: the micro-batch is flattened into one row without padding
   and transformers derives the varlen ``cu_seqlens`` from the restarting ``position_ids``.
 
@@ -29,6 +33,7 @@ from loraplug_causal_lm.encode import IGNORE, Encoded
 
 #: Attention implementations packing works with, and how each receives the sample boundaries.
 MASK_ATTENTION = ("sdpa", "eager")
+BLOCK_MASK_ATTENTION = ("flex_attention",)
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
@@ -125,6 +130,12 @@ def packed_model_inputs(inputs: dict[str, Any], implementation: str) -> dict[str
     if implementation in VARLEN_ATTENTION:
         real = segments >= 0
         return {"input_ids": inputs["input_ids"][real][None], "position_ids": positions[real][None]}
+    if implementation in BLOCK_MASK_ATTENTION:
+        return {
+            "input_ids": inputs["input_ids"],
+            "position_ids": positions,
+            "attention_mask": block_mask(segments),
+        }
     length = segments.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     # Padding (segment -1) attends to padding only, so no row of the mask is empty (an empty row is NaN).
@@ -135,6 +146,34 @@ def packed_model_inputs(inputs: dict[str, Any], implementation: str) -> dict[str
             ~mask, torch.finfo(torch.float32).min
         )
     return {"input_ids": inputs["input_ids"], "position_ids": positions, "attention_mask": mask}
+
+
+def block_mask(segments: Any) -> Any:
+    """FlexAttention's ``BlockMask`` for packed rows: a token attends to earlier tokens of its own sample.
+
+    Padding (segment -1) attends to padding only, as in the dense mask. Building it evaluates the rule
+    once per 128×128 block plus the partly masked blocks' elements; the dense ``length²`` mask is never
+    kept.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_sample_causal(batch: Any, head: Any, query: Any, key: Any) -> Any:
+        return (segments[batch, query] == segments[batch, key]) & (query >= key)
+
+    rows, length = segments.shape
+    return create_block_mask(same_sample_causal, rows, None, length, length, device=segments.device)
+
+
+def flex_training_blocker(module: Any) -> str | None:
+    """Why this model cannot train with FlexAttention here, or ``None`` (it can, or it does not use it).
+
+    The loop trains on CUDA when there is a GPU and on the CPU otherwise (``pipeline.accelerator``).
+    """
+    import torch
+
+    if attention_implementation(module) not in BLOCK_MASK_ATTENTION or torch.cuda.is_available():
+        return None
+    return f"PyTorch {torch.__version__} has no FlexAttention backward on the CPU (it trains on CUDA GPUs)"
 
 
 def packed_labels(inputs: dict[str, Any], implementation: str) -> Any:
@@ -154,8 +193,8 @@ def packs_exactly(module: Any) -> str | None:
     import torch
 
     implementation = attention_implementation(module)
-    if implementation not in (*MASK_ATTENTION, *VARLEN_ATTENTION):
-        return f"the attention implementation {implementation!r} takes no block-diagonal mask (sdpa, eager and flash-attention do)"
+    if implementation not in (*MASK_ATTENTION, *BLOCK_MASK_ATTENTION, *VARLEN_ATTENTION):
+        return f"the attention implementation {implementation!r} takes no block-diagonal mask (sdpa, eager, flex and flash-attention do)"
     parameter = next(module.parameters())
     first, second = torch.arange(3, 10), torch.arange(11, 15)
     row = PackedCollator(0)([PackedRow([_probe(first), _probe(second)])])

@@ -11,7 +11,7 @@ from loraplug import DataBundle, LoraplugError, ModelBundle, PreparedData, Recor
 from loraplug.toolkit import TokenLimit, token_limit
 from loraplug_causal_lm.encode import Encoded, Encoder, PadCollator, encode_all
 from loraplug_causal_lm.options import CausalLMOptions
-from loraplug_causal_lm.pack import PackedCollator, PackedRow, pack, packs_exactly
+from loraplug_causal_lm.pack import PackedCollator, PackedRow, flex_training_blocker, pack, packs_exactly
 
 STREAM_BLOCKER = "the training data is a stream (rows are planned over the whole list of samples)"
 
@@ -52,6 +52,13 @@ def packing_blocker(model: ModelBundle, data: DataBundle) -> str | None:
 
 
 def prepare(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext) -> PreparedData:
+    flex_blocker = flex_training_blocker(model.module)
+    if flex_blocker:
+        raise LoraplugError(
+            f'model.attn_implementation = "flex_attention" cannot train on this machine: {flex_blocker}',
+            where="model.attn_implementation",
+            fix='Use "sdpa" (the default) to train on the CPU; keep "flex_attention" for CUDA GPUs',
+        )
     tokenizer = model.components["tokenizer"]
     encoder = Encoder(tokenizer, max_length=options.max_length, train_on_prompt=options.train_on_prompt)
     summary: dict[str, Any] = {}

@@ -41,7 +41,11 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+# flex_attention runs forward-only here (PyTorch has no FlexAttention backward on the CPU); its first
+# call compiles the kernel (~15 s).
+@pytest.mark.parametrize(
+    "attention", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]
+)
 def test_packed_loss_equals_padded_loss(attention: str) -> None:
     from loraplug_causal_lm.compute import loss_sum
     from loraplug_causal_lm.encode import PadCollator
@@ -87,6 +91,16 @@ def test_packing_is_on_by_default_and_reported(lm_recipe) -> None:
     assert result.exit_code == 0, result.output
     match = re.search(r"packing: (\d+) samples in (\d+) rows", result.stdout)
     assert match and int(match[2]) < int(match[1]), result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FlexAttention trains on CUDA")
+def test_flex_attention_on_the_cpu_is_refused_before_training(lm_recipe) -> None:
+    recipe = lm_recipe(model={"attn_implementation": "flex_attention"}, train={"max_steps": 1}, export=[])
+    result = run_cli("run", recipe)
+    assert result.exit_code == 2, result.output
+    assert 'model.attn_implementation = "flex_attention" cannot train on this machine' in result.stderr
+    assert "no FlexAttention backward on the CPU" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_packing_true_with_balancing_is_an_error(lm_recipe, jsonl_file, chat_rows) -> None:
