@@ -1,6 +1,6 @@
 """The core's own kinds, served through the same hooks as any plugin's (as tox's built-in plugins are).
 
-The optimizer ``adamw`` and the cleaning filters behind the ``[data.clean]`` keys are kinds like a
+The optimizer ``adamw``, the objective ``sft`` (the model kind's own loss) and the cleaning filters behind the ``[data.clean]`` keys are kinds like a
 plugin's: ``loraplug plugins list`` shows them, ``loraplug recipe keys`` documents their options, a
 recipe's ``[optimizer]`` table is checked against them, and the pipeline builds them through
 ``loraplug_build_optimizer`` / ``loraplug_build_filter`` — the one path a third party's optimizer or
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loraplug.hookspecs import hookimpl
-from loraplug.kinds import KindSpec
+from loraplug.kinds import DEFAULT_OBJECTIVE, KindSpec
 
 if TYPE_CHECKING:
     from loraplug.context import RunContext
@@ -51,6 +51,14 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "adamw",
             "loraplug.recipe.sections:AdamWOptions",
             "torch.optim.AdamW, fused on CUDA (the default)",
+        )
+    )
+    register(
+        KindSpec(
+            "objective",
+            DEFAULT_OBJECTIVE,
+            "loraplug.options:NoOptions",
+            "the model kind's own loss, computed by the model's plugin (the default)",
         )
     )
     for kind, options, summary in BUILTIN_FILTERS:

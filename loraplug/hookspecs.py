@@ -290,12 +290,20 @@ def loraplug_prepare_data(
 def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
     """Compute the loss of one micro-batch (forward only; the loop does backward and the optimizer).
 
-    Dispatch: by model kind — the one plugin that declared the recipe's ``model.kind``.
+    Dispatch: by kind — the one plugin that declared the recipe's ``train.objective`` for its
+    ``model.kind`` (``KindSpec("objective", ...)``); for the default objective ``sft``, the model's own
+    loss, the one plugin that declared the recipe's ``model.kind``.
 
     Called for every micro-batch of training; the loop does the backward pass, the scaling, clipping
     and the optimizer step. Also called under ``torch.no_grad()`` for the validation loss.
 
     :param model: the adapted model bundle (for components such as a noise scheduler).
+    An objective kind (DPO, ORPO, KTO, SimPO…) is a loss over the batches the model's plugin prepares:
+    declare it with ``KindSpec("objective", name, options, models=(model_kind,))`` and implement this
+    hook; it is called instead of the model plugin's own. Its options, the ``[objective]`` table, are
+    ``ctx.recipe.objective.options``. The causal LM's preference batches (``chosen_*``/``rejected_*``
+    inputs, ``num_targets`` = pairs) are described in docs/preference.md.
+
     :param module: the module to call: ``model.module`` as accelerate prepared it (it may be wrapped
         for several processes), already in train or eval mode. Call it, not ``model.module``.
     :param batch: a :class:`loraplug.Batch` whose inputs are on the device.

@@ -29,8 +29,10 @@ from loraplug.errors import PluginError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-Stage = Literal["data", "filter", "model", "adapter", "optimizer", "export", "metric"]
-STAGES: tuple[Stage, ...] = ("data", "filter", "model", "adapter", "optimizer", "export", "metric")
+Stage = Literal["data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric"]
+STAGES: tuple[Stage, ...] = (
+    "data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric",
+)  # fmt: skip
 
 #: The hook each stage's kind is dispatched to.
 STAGE_HOOKS: dict[Stage, str] = {
@@ -39,15 +41,22 @@ STAGE_HOOKS: dict[Stage, str] = {
     "model": "loraplug_build_model",
     "adapter": "loraplug_wrap_adapter",
     "optimizer": "loraplug_build_optimizer",
+    # An objective is a loss: its plugin's train_step computes it (the default, sft, is the model's own).
+    "objective": "loraplug_train_step",
     "export": "loraplug_export",
     "metric": "loraplug_evaluate",
 }
 
 
+#: ``train.objective`` when a recipe names none: the model kind's own loss, computed by the model's plugin.
+DEFAULT_OBJECTIVE = "sft"
+
 #: The record shapes first-party kinds declare (``KindSpec.produces`` / ``accepts``), and what such a
 #: record holds. A plugin may name a shape of its own; two kinds fit when they name the same one.
 RECORD_SHAPES: dict[str, str] = {
     "chat": 'text as chat turns: {"id", "messages": [{"role", "content"}, ...]} (prompt/response pairs become two turns)',
+    "preference": '{"id", "messages": the prompt turns then the chosen assistant turn(s), "rejected": the rejected '
+    "assistant turn(s)}: a preference pair, for objectives such as dpo and orpo",
     "caption-image": '{"id", "image": a path or PIL image, "caption": str}',
     "labelled-text": '{"id", "text": str, "label": str or int}: one label per text, for classifiers',
 }
@@ -80,7 +89,9 @@ class KindSpec:
 
     :param stage: where it is chosen: the ``data``, ``model``, ``adapter`` or ``export`` section's
         ``kind``; ``optimizer``: ``train.optimizer`` (its options are the ``[optimizer]`` table);
-        ``filter``: a ``[[data.clean.filters]]`` table's ``kind``; ``metric``: a name in ``eval.metrics``.
+        ``filter``: a ``[[data.clean.filters]]`` table's ``kind``; ``metric``: a name in ``eval.metrics``;
+        ``objective``: ``train.objective`` (its options are the ``[objective]`` table; its plugin's
+        ``loraplug_train_step`` computes the loss — :data:`DEFAULT_OBJECTIVE` is the model's own).
     :param name: the value of ``kind`` in that section.
     :param options: a pydantic model for the rest of the section, subclassing :class:`loraplug.Options`
         (which forbids unknown keys) — or, better, its import path ``"package.module:ClassName"``, so

@@ -22,7 +22,7 @@ import pluggy
 
 from loraplug import __version__, builtin, hookspecs
 from loraplug.errors import LoraplugError, PluginError
-from loraplug.kinds import STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
+from loraplug.kinds import DEFAULT_OBJECTIVE, STAGE_HOOKS, KindRegistry, KindSpec, Served, Stage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -381,15 +381,18 @@ class PluginHost:
             ctx=ctx,
         )
 
-    def train_step(self, model_kind: str) -> Callable[..., StepResult]:
-        """``loraplug_train_step`` bound once to the model's plugin, for the training loop's hot path.
+    def train_step(self, model_kind: str, objective: Served | None = None) -> Callable[..., StepResult]:
+        """``loraplug_train_step`` bound once, for the training loop's hot path: to the plugin serving
+        ``objective`` (``train.objective``), or to the model's plugin for the default ``sft`` (its own loss).
 
         Each call's answer is checked to be a :class:`~loraplug.StepResult` (an ``isinstance``, nothing
         a forward pass would notice).
         """
         from loraplug.bundles import StepResult
 
-        served = self.lookup("model", model_kind)
+        own_loss = objective is None or objective.spec.name == DEFAULT_OBJECTIVE
+        served = self.lookup("model", model_kind) if own_loss else objective
+        assert served is not None  # noqa: S101 — for mypy: objective is set when it is not the model's own loss
         call = self.bind(served, "loraplug_train_step")
 
         def step(**kwargs: Any) -> StepResult:

@@ -299,7 +299,7 @@ class Run:
         if before:
             write_samples(self.run_dir, 0, before, self.sinks)
 
-        step_fn = host.train_step(recipe.model.kind)
+        step_fn = host.train_step(recipe.model.kind, recipe.objective.served if recipe.objective else None)
         previous = (RunStatus.load(self.run_dir) or RunStatus()).auto_batch if claim.checkpoint else None
         recipe = resolve_batch_size(
             recipe, model, prepared, step_fn, self.accelerator, ctx, previous=previous

@@ -71,6 +71,9 @@ class Recipe:
     #: ``train.optimizer``'s kind and the ``[optimizer]`` table, checked against it.
     optimizer: KindSection
     eval: EvalSection
+    #: ``train.objective``'s kind and the ``[objective]`` table, checked against it (``None``: built by
+    #: hand without one — the default ``sft``, the model's own loss).
+    objective: KindSection | None = None
     exports: list[ExportSection] = field(default_factory=list)
     #: The plugin computing each name in ``eval.metrics``.
     metrics: dict[str, Served] = field(default_factory=dict)
@@ -97,9 +100,14 @@ class Recipe:
             "adapter": self.adapter.resolved(),
             "train": _plain(self.train),
             "optimizer": _plain(self.optimizer.options),
+            # An objective without options (sft) writes no empty [objective] table.
+            **({"objective": objective} if (objective := self._objective_options()) else {}),
             "eval": _plain(self.eval),
             "export": [e.resolved() for e in self.exports],
         }
+
+    def _objective_options(self) -> dict[str, Any]:
+        return _plain(self.objective.options) if self.objective is not None else {}
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.resolved())

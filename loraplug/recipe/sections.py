@@ -56,6 +56,12 @@ class TrainSection(Options):
         description="The optimizer kind: the built-in `adamw`, or one an installed plugin serves (`loraplug plugins list` "
         "and `loraplug recipe keys` list them). Its own options go in the [optimizer] table.",
     )
+    objective: str = Field(
+        "sft",
+        description="The training objective kind: `sft` (the model kind's own loss, the default), or one an installed "
+        "plugin serves for the model kind (the causal LM's `dpo` and `orpo` train on preference pairs; see "
+        "docs/preference.md). Its own options go in the [objective] table.",
+    )
     lr: LearningRate = Field(
         2e-4,
         description="Peak learning rate (AdamW trains LoRA at 1e-5 to 1e-3; an optimizer kind that wants another scale "

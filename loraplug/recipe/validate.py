@@ -17,14 +17,14 @@ from pydantic_core import ErrorDetails
 from loraplug.data.clean import plan_filters
 from loraplug.data.options import CORE_DATA_KEYS, DataCoreOptions
 from loraplug.errors import LoraplugError, PluginError, RecipeError
-from loraplug.kinds import DEPLOYABLE, EXPORT_NEEDS, Served, Stage
+from loraplug.kinds import DEFAULT_OBJECTIVE, DEPLOYABLE, EXPORT_NEEDS, Served, Stage
 from loraplug.options import DIR_NAME_RULE, dir_name_problem
 from loraplug.plugins import PluginHost
 from loraplug.recipe.model import DataSection, ExportSection, KindSection, Recipe
 from loraplug.recipe.sections import DEPRECATED_TRAIN_KEYS, EvalSection, RunSection, TrainSection
 from loraplug.recipe.source import KeyPath, RecipeSource, apply_override, dotted, read_recipe
 
-SECTIONS = ("run", "data", "model", "adapter", "train", "optimizer", "eval", "export")
+SECTIONS = ("run", "data", "model", "adapter", "train", "optimizer", "objective", "eval", "export")
 M = TypeVar("M", bound=BaseModel)
 
 #: What ``--smoke`` does to any recipe besides swapping the model for its tiny preset.
@@ -141,35 +141,52 @@ class _Checker:
             )
         return None if checked is None else KindSection(kind=kind, options=checked, served=served)
 
+    def chosen_in_train(
+        self, stage: Stage, raw_train: Any, table: Any, default: str, model_kind: str | None
+    ) -> tuple[str, Served, dict[str, Any]] | None:
+        """A kind named in ``[train]`` (``train.optimizer``, ``train.objective``) whose options are the
+        table named after its stage: ``(kind, the plugin serving it, the table)``, or None when reported."""
+        kind = raw_train.get(stage, default) if isinstance(raw_train, dict) else default
+        if not isinstance(kind, str):
+            return None  # reported by the [train] check
+        table = {} if table is None else table
+        if not isinstance(table, dict):
+            self.problems.append(f"`{stage}` must be a table, [{stage}] ({self.source.where((stage,))})")
+            return None
+        if "kind" in table:
+            self.problems.append(
+                f"`{stage}.kind` ({self.source.where((stage, 'kind'))}): the {stage} kind is train.{stage}; "
+                f"[{stage}] holds only its options"
+            )
+            return None
+        try:
+            served = self.host.lookup(stage, kind, model_kind)
+        except LoraplugError as exc:
+            self.problems.append(
+                f"`train.{stage}` = {kind!r} ({self.source.where(('train', stage))}): {exc.what}"
+            )
+            return None
+        return kind, served, dict(table)
+
+    def objective_section(self, raw_train: Any, table: Any, model_kind: str | None) -> KindSection | None:
+        """``train.objective``'s kind (default ``sft``: the model's own loss) with ``[objective]`` as its options."""
+        chosen = self.chosen_in_train("objective", raw_train, table, DEFAULT_OBJECTIVE, model_kind)
+        if chosen is None:
+            return None
+        kind, served, options = chosen
+        checked = self.check(served.spec.options_model(), options, ("objective",))
+        return None if checked is None else KindSection(kind=kind, options=checked, served=served)
+
     def optimizer_section(
         self, raw_train: Any, table: Any, train: TrainSection | None, model_kind: str | None
     ) -> KindSection | None:
         """``train.optimizer``'s kind with the ``[optimizer]`` table as its options; the deprecated
         ``train.betas`` / ``train.eps`` move into that table when the kind has them."""
-        kind = raw_train.get("optimizer", "adamw") if isinstance(raw_train, dict) else "adamw"
-        if not isinstance(kind, str):
-            return None  # reported by the [train] check
-        table = {} if table is None else table
-        if not isinstance(table, dict):
-            self.problems.append(
-                f"`optimizer` must be a table, [optimizer] ({self.source.where(('optimizer',))})"
-            )
+        chosen = self.chosen_in_train("optimizer", raw_train, table, "adamw", model_kind)
+        if chosen is None:
             return None
-        if "kind" in table:
-            self.problems.append(
-                f"`optimizer.kind` ({self.source.where(('optimizer', 'kind'))}): the optimizer kind is train.optimizer; "
-                "[optimizer] holds only its options"
-            )
-            return None
-        try:
-            served = self.host.lookup("optimizer", kind, model_kind)
-        except LoraplugError as exc:
-            self.problems.append(
-                f"`train.optimizer` = {kind!r} ({self.source.where(('train', 'optimizer'))}): {exc.what}"
-            )
-            return None
+        kind, served, options = chosen
         model = served.spec.options_model()
-        options = dict(table)
         for key in DEPRECATED_TRAIN_KEYS:
             if train is None or getattr(train, key) is None:
                 continue
@@ -381,6 +398,9 @@ def load_recipe(
         else None
     )
     data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
+    objective = (
+        checker.objective_section(raw.get("train", {}), raw.get("objective"), model_kind) if scoped else None
+    )
     # What the data produces as its options are set (`samples = "text"`), else as its kind declares.
     produces = produced_shapes(data_served, data.options if data else None) if data_served else None
     if data_served is not None and model_served is not None:
@@ -464,11 +484,11 @@ def load_recipe(
             )
     if checker.problems:
         raise RecipeError(str(path), checker.problems)
-    assert run and train and evaluation and model and adapter and optimizer  # noqa: S101 — no problems means all parsed
+    assert run and train and evaluation and model and adapter and optimizer and objective  # noqa: S101 — no problems means all parsed
     assert isinstance(data, DataSection)  # noqa: S101
     return Recipe(
         path=path, run=run, data=data, model=model, adapter=adapter, train=train, optimizer=optimizer, eval=evaluation,
-        exports=exports, metrics=metrics, notes=checker.notes,
+        objective=objective, exports=exports, metrics=metrics, notes=checker.notes,
     )  # fmt: skip
 
 
