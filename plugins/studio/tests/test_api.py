@@ -1,0 +1,256 @@
+"""The studio's API without a browser: who may call it, which paths it touches, forms ↔ TOML, captions."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import loraplug
+from loraplug import LoraplugError, RunStatus
+from loraplug.testing import plugin_dist, plugins_installed, run_cli
+from loraplug_studio.paths import OutsideRoot, confined
+from loraplug_studio.server import create_app
+
+from .conftest import REPO, PageClient
+
+QUICKSTART = "recipes/quickstart.toml"
+SHAPES = "recipes/data/shapes"
+
+
+# -- paths -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["../outside.txt", "recipes/../../outside.txt", "/etc/passwd", "~/x", "recipes/.hidden"]
+)
+def test_confined_refuses_paths_that_leave_the_root(studio_root: Path, text: str) -> None:
+    with pytest.raises(OutsideRoot):
+        confined(studio_root, text)
+
+
+def test_confined_refuses_a_symlink_out_of_the_root(studio_root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("hush")
+    (studio_root / "recipes" / "link").symlink_to(secret)
+    with pytest.raises(OutsideRoot, match="symbolic link"):
+        confined(studio_root, "recipes/link/key.txt")
+    assert confined(studio_root, "recipes/quickstart.toml") == (studio_root / QUICKSTART).resolve()
+
+
+def test_endpoints_refuse_paths_outside_the_root(
+    client: PageClient, studio_root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not yours")
+    (studio_root / "escape.png").symlink_to(outside)
+    assert client.get("/files", params={"path": "../outside.png"}).status_code == 403
+    assert client.get("/files", params={"path": str(outside)}).status_code == 403
+    assert client.get("/files", params={"path": "escape.png"}).status_code == 403
+    assert client.get("/api/recipe", params={"path": "../outside.png"}).status_code == 403
+    refused = client.page_post("/api/caption", {"path": "escape.png", "text": "x", "confirm": True})
+    assert refused.status_code == 403
+    assert client.page_post("/api/save", {"path": "../evil.toml", "form": {}}).status_code == 403
+    assert client.page_post("/api/tags", {"path": "/tmp", "op": "add", "tag": "x"}).status_code == 403
+    assert outside.read_bytes() == b"not yours"
+    assert not (tmp_path / "evil.toml").exists()
+
+
+# -- who may call it -----------------------------------------------------------------------------------
+
+
+def test_a_non_loopback_address_needs_a_token(studio_root: Path) -> None:
+    with pytest.raises(LoraplugError, match="needs a token"):
+        create_app(studio_root, bind="0.0.0.0")
+    app = create_app(studio_root, bind="0.0.0.0", token="s3cret")
+    with TestClient(app, follow_redirects=False) as client:
+        assert client.get("/new").status_code == 401
+        assert client.get("/files", params={"path": QUICKSTART}).status_code == 401  # files too
+        assert client.get("/api/run/events", params={"path": "runs/x"}).status_code == 401
+        assert client.get("/new", params={"token": "wrong"}).status_code == 401
+        first = client.get("/new", params={"token": "s3cret"})
+        assert first.status_code == 303 and first.headers["location"] == "/new"  # the token leaves the URL
+        assert "httponly" in first.headers["set-cookie"].lower()
+        assert client.get("/new").status_code == 200  # the cookie now carries it
+    with TestClient(app) as client:
+        assert client.get("/api/schema", headers={"X-Studio-Token": "s3cret"}).status_code == 200
+
+
+def test_changes_need_the_page_header_and_the_same_origin(client: PageClient, studio_root: Path) -> None:
+    body = {"path": "recipes/new.toml", "form": {"run": {"name": "x"}}}
+    assert client.post("/api/save", json=body).status_code == 403  # no header
+    assert (
+        client.post("/api/save", json=body, headers={"X-Studio-CSRF": client.csrf}).status_code == 403
+    )  # no Origin
+    evil = {"X-Studio-CSRF": client.csrf, "Origin": "http://evil.example"}
+    assert client.post("/api/save", json=body, headers=evil).status_code == 403
+    wrong = {"X-Studio-CSRF": "guess", "Origin": "http://testserver"}
+    assert client.post("/api/save", json=body, headers=wrong).status_code == 403
+    assert not (studio_root / "recipes" / "new.toml").exists()
+    assert client.page_post("/api/save", body).status_code == 200
+    assert (studio_root / "recipes" / "new.toml").is_file()
+
+
+def test_a_loopback_studio_answers_only_to_loopback_host_names(client: PageClient) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 is refused."""
+    assert client.get("/new", headers={"Host": "evil.example:28001"}).status_code == 421
+    assert client.get("/new", headers={"Host": "127.0.0.1:28001"}).status_code == 200
+    assert client.get("/new", headers={"Host": "localhost:28001"}).status_code == 200
+
+
+# -- forms and recipes ---------------------------------------------------------------------------------------
+
+
+def test_a_recipe_saved_from_its_form_loads_back_the_same(client: PageClient, studio_root: Path) -> None:
+    opened = client.get("/api/recipe", params={"path": QUICKSTART}).json()
+    assert opened["base"] == "recipes" and opened["form"]["train"]["lr"] == "0.003"
+    saved = client.page_post("/api/save", {"path": "recipes/copy.toml", "form": opened["form"]})
+    assert saved.status_code == 200, saved.text
+    original = tomllib.loads((studio_root / QUICKSTART).read_text())
+    assert tomllib.loads((studio_root / "recipes" / "copy.toml").read_text()) == original
+    again = client.get("/api/recipe", params={"path": "recipes/copy.toml"}).json()
+    assert again["form"] == opened["form"]
+
+
+def test_saving_over_a_file_needs_a_confirm(client: PageClient, studio_root: Path) -> None:
+    before = (studio_root / QUICKSTART).read_text()
+    form = {"run": {"name": "other"}}
+    refused = client.page_post("/api/save", {"path": QUICKSTART, "form": form})
+    assert refused.status_code == 409 and refused.json()["confirm"] is True
+    assert (studio_root / QUICKSTART).read_text() == before
+    assert (
+        client.page_post("/api/save", {"path": QUICKSTART, "form": form, "confirm": True}).status_code == 200
+    )
+    assert tomllib.loads((studio_root / QUICKSTART).read_text()) == {"run": {"name": "other"}}
+    assert client.page_post("/api/save", {"path": "recipes/x.txt", "form": form}).status_code == 400
+
+
+def test_the_check_says_what_recipe_check_says(client: PageClient, studio_root: Path) -> None:
+    form = client.get("/api/recipe", params={"path": QUICKSTART}).json()["form"]
+    assert client.page_post(
+        "/api/check", {"form": form, "base": "recipes", "name": "quickstart.toml"}
+    ).json()["ok"]
+    form["train"] |= {"lr": "-1", "shedule": '"cosine"'}
+    checked = client.page_post(
+        "/api/check", {"form": form, "base": "recipes", "name": "quickstart.toml"}
+    ).json()
+    assert checked["problems"] == [
+        "`train.lr` = -1: Input should be greater than 0 (the form)",
+        "unknown key `train.shedule` (the form); did you mean `train.schedule`?",
+    ]
+    cli = run_cli("recipe", "check", studio_root / QUICKSTART, "train.lr=-1", "train.shedule=cosine")
+    assert "`train.lr` = -1: Input should be greater than 0" in cli.output
+    assert "did you mean `train.schedule`?" in cli.output
+    # Overrides and --smoke go through the same check.
+    smoke = client.page_post(
+        "/api/check",
+        {
+            "form": form | {"train": {"lr": "0.01"}},
+            "base": "recipes",
+            "overrides": "train.lr=0",
+            "smoke": True,
+        },
+    ).json()
+    assert any("train.lr" in p and "override" in p for p in smoke["problems"])
+
+
+def test_a_third_party_plugins_kinds_appear_in_the_form(studio_root: Path, tmp_path: Path) -> None:
+    site = plugin_dist(
+        tmp_path / "site",
+        distribution="loraplug-csv",
+        module="loraplug_csv",
+        package=REPO / "examples" / "loraplug-csv" / "loraplug_csv",
+    )
+    with plugins_installed(site):
+        app = create_app(studio_root, host=loraplug.load_plugins())
+        with TestClient(app) as client:
+            kinds = client.get("/api/schema").json()["kinds"]
+    csv = {(k["stage"], k["name"]): k for k in kinds if k["distribution"] == "loraplug-csv"}
+    assert {("data", "csv"), ("data", "csv-labels"), ("model", "text-classifier")} <= csv.keys()
+    fields = {f["name"]: f for f in csv[("data", "csv")]["fields"]}
+    assert fields["path"]["widget"] == "path" and fields["path"]["required"]
+
+
+# -- runs ------------------------------------------------------------------------------------------------
+
+
+def fake_run(root: Path, name: str, lr: float, losses: list[float]) -> Path:
+    """A finished-looking run directory written as a run writes it (run.json, metrics.jsonl, recipe.toml)."""
+    run_dir = root / "runs" / name
+    run_dir.mkdir(parents=True)
+    RunStatus(status="interrupted", step=len(losses), started_at="2026-11-29T10:00:00+00:00").save(run_dir)
+    lines = [json.dumps({"step": i + 1, "split": "train", "loss": loss}) for i, loss in enumerate(losses)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "recipe.toml").write_text(f'[run]\nname = "{name}"\n[train]\nlr = {lr}\nmax_steps = 10\n')
+    return run_dir
+
+
+def test_runs_are_listed_and_compared(client: PageClient, studio_root: Path) -> None:
+    fake_run(studio_root, "first", 0.001, [3.0, 2.0, 1.5])
+    fake_run(studio_root, "second", 0.003, [3.0, 1.0])
+    listing = client.get("/runs").text
+    assert "runs/first" in listing and "runs/second" in listing and "interrupted" in listing
+    compared = client.get("/compare", params=[("path", "runs/first"), ("path", "runs/second")])
+    assert compared.status_code == 200
+    assert "<code>train.lr</code>" in compared.text and "<code>run.name</code>" in compared.text
+    assert "<code>train.max_steps</code>" not in compared.text  # equal: not a difference
+    view = client.get("/api/run", params={"path": "runs/second"}).json()
+    assert view["series"]["train/loss"] == [[1, 3.0], [2, 1.0]] and view["total_steps"] == 10
+
+
+def test_stop_refuses_a_run_that_is_not_running(client: PageClient, studio_root: Path) -> None:
+    fake_run(studio_root, "done", 0.001, [1.0])
+    refused = client.page_post("/api/stop", {"path": "runs/done"})
+    assert refused.status_code == 400 and "not running" in refused.json()["error"]
+
+
+# -- dataset -----------------------------------------------------------------------------------------------
+
+
+def test_a_caption_edit_needs_a_confirm_and_can_be_undone(client: PageClient, studio_root: Path) -> None:
+    caption = studio_root / SHAPES / "shape-000.txt"
+    before = caption.read_text()
+    body = {"path": f"{SHAPES}/shape-000.png", "text": "a red circle, studio"}
+    assert client.page_post("/api/caption", body).status_code == 409
+    assert caption.read_text() == before
+    assert client.page_post("/api/caption", body | {"confirm": True}).json()["written"] is True
+    assert caption.read_text() == "a red circle, studio"
+    assert client.page_post("/api/undo", {}).json()["restored"] == [f"{SHAPES}/shape-000.txt"]
+    assert caption.read_text() == before
+    assert client.page_post("/api/undo", {}).status_code == 400  # nothing left to undo
+
+
+def test_bulk_tags_ask_first_then_change_every_caption_and_undo_as_one(
+    client: PageClient, studio_root: Path
+) -> None:
+    folder = studio_root / SHAPES
+    before = {p.name: p.read_text() for p in folder.glob("*.txt")}
+    asked = client.page_post("/api/tags", {"path": SHAPES, "op": "add", "tag": "studio-tag"}).json()
+    assert asked == {"would_change": len(before), "confirm": True}
+    assert {p.name: p.read_text() for p in folder.glob("*.txt")} == before
+    done = client.page_post(
+        "/api/tags", {"path": SHAPES, "op": "add", "tag": "studio-tag", "confirm": True}
+    ).json()
+    assert done["changed"] == len(before)
+    assert all(p.read_text().endswith(", studio-tag") for p in folder.glob("*.txt"))
+    page = client.get("/dataset", params={"path": SHAPES}).text
+    assert f">studio-tag</a></td><td>{len(before)}<" in page  # the tag frequency table
+    client.page_post("/api/undo", {})
+    assert {p.name: p.read_text() for p in folder.glob("*.txt")} == before
+
+
+def test_the_studio_command_is_registered() -> None:
+    result = run_cli("studio", "--help")
+    assert result.exit_code == 0 and "--host" in result.output and "--token" in result.output
+
+
+def test_the_jsonl_preview_names_bad_lines(client: PageClient, studio_root: Path) -> None:
+    path = studio_root / "recipes" / "data" / "weather.jsonl"
+    path.write_text(path.read_text() + "not json\n")
+    page = client.get("/dataset", params={"path": "recipes/data/weather.jsonl"}).text
+    assert "not JSON" in page and os.fspath("records") in page
