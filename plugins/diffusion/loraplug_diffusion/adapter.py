@@ -16,6 +16,7 @@ import torch
 from loraplug import LoraplugError, ModelBundle, RunContext
 from loraplug_diffusion.options import SdAdapterOptions, SdLohaOptions, SdLokrOptions, SdLoraOptions
 from loraplug_diffusion.quiet import quiet_libraries
+from loraplug_diffusion.sdxl_model import SDXL_KIND
 
 ADAPTER_NAME = "default"
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
@@ -147,8 +148,10 @@ def wrap(options: SdAdapterOptions, bundle: ModelBundle, ctx: RunContext) -> Mod
     _float32_lora(unet)
 
     lr_scales = dict(bundle.lr_scales)
-    if options.text_encoder:
-        text_encoder = bundle.components["text_encoder"]
+    # SDXL adapts both CLIP encoders with the same settings (kohya's lora_te1_ / lora_te2_).
+    names = ["text_encoder", "text_encoder_2"] if bundle.kind == SDXL_KIND else ["text_encoder"]
+    for name in names if options.text_encoder else []:
+        text_encoder = bundle.components[name]
         find_targets(
             text_encoder,
             options.text_encoder_target_modules,
@@ -164,7 +167,7 @@ def wrap(options: SdAdapterOptions, bundle: ModelBundle, ctx: RunContext) -> Mod
         )
         inject_text_encoder_lora(text_encoder, config)
         _float32_lora(text_encoder)
-        bundle.module.text_encoder = text_encoder
+        setattr(bundle.module, name, text_encoder)
         if options.text_encoder_lr is not None:
-            lr_scales["text_encoder."] = options.text_encoder_lr / ctx.recipe.train.lr
+            lr_scales[f"{name}."] = options.text_encoder_lr / ctx.recipe.train.lr
     return replace(bundle, lr_scales=lr_scales)

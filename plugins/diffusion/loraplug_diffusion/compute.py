@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from loraplug import Batch, ModelBundle, RunContext, StepResult
 from loraplug_diffusion.model import encode_latents, encode_text, trains_text_encoder
 from loraplug_diffusion.options import StableDiffusionOptions
+from loraplug_diffusion.sdxl_model import SDXL_KIND, predict
 
 
 def _fixed_noise(
@@ -80,7 +81,9 @@ def loss_sum(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> 
         else scheduler.get_velocity(latents, noise, timesteps)
     )
 
-    if "encoder_hidden_states" in inputs:
+    if model.kind == SDXL_KIND:  # two encoders, pooled embedding, size conditioning
+        prediction = predict(model, module, inputs, noisy, timesteps)
+    elif "encoder_hidden_states" in inputs:
         prediction = module(noisy, timesteps, encoder_hidden_states=inputs["encoder_hidden_states"])
     elif trains_text_encoder(model):
         prediction = module(noisy, timesteps, input_ids=inputs["input_ids"])

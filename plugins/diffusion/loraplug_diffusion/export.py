@@ -23,6 +23,7 @@ from loraplug_diffusion.model import canonical_text_encoder_path, trains_text_en
 from loraplug_diffusion.options import DiffusersExportOptions, KohyaExportOptions, MergedExportOptions
 from loraplug_diffusion.parity import base_pipeline, compare
 from loraplug_diffusion.quiet import quiet_libraries
+from loraplug_diffusion.sdxl_model import SDXL_KIND
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
@@ -47,6 +48,11 @@ def lora_weights(
 
 def save_diffusers(model: ModelBundle, out_dir: Path, dtype: torch.dtype) -> None:
     quiet_libraries()
+    if model.kind == SDXL_KIND:
+        from loraplug_diffusion.sdxl_export import save_sdxl_diffusers
+
+        save_sdxl_diffusers(model, out_dir, dtype)
+        return
     from diffusers import StableDiffusionPipeline
 
     unet = model.components["unet"]
@@ -78,8 +84,13 @@ def export_diffusers(
     return ExportResult(
         files=[DIFFUSERS_FILE],
         figures=figures,
-        loads_with="StableDiffusionPipeline.from_pretrained(base).load_lora_weights(path)",
+        loads_with=f"{pipeline_class(model)}.from_pretrained(base).load_lora_weights(path)",
     )
+
+
+def pipeline_class(model: ModelBundle) -> str:
+    """The diffusers pipeline that loads this model's exports."""
+    return "StableDiffusionXLPipeline" if model.kind == SDXL_KIND else "StableDiffusionPipeline"
 
 
 def uses_lycoris(model: ModelBundle) -> bool:
@@ -109,7 +120,7 @@ def export_kohya(
         figures=figures,
         loads_with=f"{loads_with} (LyCORIS format)"
         if lycoris
-        else f"{loads_with}, or StableDiffusionPipeline.load_lora_weights",
+        else f"{loads_with}, or {pipeline_class(model)}.load_lora_weights",
     )
 
 
@@ -148,7 +159,7 @@ def export_merged(
     pipeline.to(torch_dtype(options.dtype))
     pipeline.save_pretrained(str(out_dir), safe_serialization=True)
     figures["dtype"] = options.dtype
-    return ExportResult(figures=figures, loads_with="StableDiffusionPipeline.from_pretrained(path)")
+    return ExportResult(figures=figures, loads_with=f"{pipeline_class(model)}.from_pretrained(path)")
 
 
 EXPORTERS: dict[str, Callable[[Any, ModelBundle, Path, RunContext], ExportResult]] = {

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loraplug import LoraplugError
 
@@ -123,6 +123,60 @@ def cover_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int
     return max(target[0], round(width * scale)), max(target[1], round(height * scale))
 
 
+class Placement(NamedTuple):
+    """Where a training crop came from: SDXL's size conditioning (``add_time_ids``) is made of it.
+
+    :param original: the image's ``(width, height)`` before resizing.
+    :param resized: its ``(width, height)`` after resizing to cover the target.
+    :param top: the crop's top row in the resized image.
+    :param left: the crop's left column in the resized image, as seen after a flip (the mirrored offset).
+    """
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    top: int
+    left: int
+
+
+def place(
+    size: tuple[int, int], target: tuple[int, int], *, crop: str, flip: bool, rng: random.Random | None
+) -> Placement:
+    """Where ``to_tensor`` crops an image of ``size`` for ``target`` — without decoding it.
+
+    A centre crop is torchvision's ``center_crop`` offset; a random crop draws its offsets from ``rng``.
+    A flip after the crop is the mirrored crop of the flipped image, so ``left`` is mirrored too (kohya's
+    ``crop_left = width - crop_right``).
+    """
+    width, height = cover_size(size, target)
+    if crop == "random" and rng is not None:
+        top = rng.randint(0, height - target[1])
+        left = rng.randint(0, width - target[0])
+    else:
+        top = int(round((height - target[1]) / 2.0))
+        left = int(round((width - target[0]) / 2.0))
+    placement = Placement(size, (width, height), top, left)
+    return placement._replace(left=width - left - target[0]) if flip else placement
+
+
+def to_tensor_placed(
+    image: Any, target: tuple[int, int], *, crop: str, flip: bool, rng: random.Random | None
+) -> tuple[Any, Placement]:
+    """``to_tensor``, and where the crop came from (see :class:`Placement`)."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    placement = place(image.size, target, crop=crop, flip=False, rng=rng)
+    width, height = placement.resized
+    tensor = F.to_image(image)
+    tensor = F.resize(tensor, [height, width], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    tensor = F.crop(tensor, placement.top, placement.left, target[1], target[0])
+    if flip:
+        tensor = F.horizontal_flip(tensor)
+        placement = placement._replace(left=width - placement.left - target[0])
+    tensor = F.to_dtype(tensor, torch.float32, scale=True)
+    return F.normalize(tensor, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).clamp(-1.0, 1.0), placement
+
+
 def to_tensor(
     image: Any, target: tuple[int, int], *, crop: str, flip: bool, rng: random.Random | None
 ) -> Any:
@@ -131,19 +185,4 @@ def to_tensor(
     :param crop: ``"center"`` or ``"random"`` (offsets from ``rng``).
     :param flip: flip horizontally.
     """
-    import torch
-    from torchvision.transforms.v2 import functional as F
-
-    width, height = cover_size(image.size, target)
-    tensor = F.to_image(image)
-    tensor = F.resize(tensor, [height, width], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-    if crop == "random" and rng is not None:
-        top = rng.randint(0, height - target[1])
-        left = rng.randint(0, width - target[0])
-        tensor = F.crop(tensor, top, left, target[1], target[0])
-    else:
-        tensor = F.center_crop(tensor, [target[1], target[0]])
-    if flip:
-        tensor = F.horizontal_flip(tensor)
-    tensor = F.to_dtype(tensor, torch.float32, scale=True)
-    return F.normalize(tensor, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).clamp(-1.0, 1.0)
+    return to_tensor_placed(image, target, crop=crop, flip=flip, rng=rng)[0]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from loraplug_diffusion.options import (
     SdLycorisOptions,
     StableDiffusionOptions,
 )
+from loraplug_diffusion.sdxl_model import SDXL_KIND
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
@@ -67,8 +69,15 @@ def spelt_name(prefix: str, module_path: str) -> str:
 
 
 def trained_parts(model: ModelBundle) -> dict[str, Any]:
-    """The adapted components by kohya prefix: the UNet, and the text encoder when it trains."""
+    """The adapted components by kohya prefix: the UNet, and the text encoder(s) that train."""
     parts = {UNET_PREFIX: model.components["unet"]}
+    if model.kind == SDXL_KIND:
+        from loraplug_diffusion.sdxl_kohya import TEXT_ENCODER_PREFIXES
+        from loraplug_diffusion.sdxl_model import trained_text_encoders
+
+        return parts | {
+            TEXT_ENCODER_PREFIXES[name]: model.components[name] for name in trained_text_encoders(model)
+        }
     if trains_text_encoder(model):
         parts[TEXT_ENCODER_PREFIX] = model.components["text_encoder"]
     return parts
@@ -78,16 +87,21 @@ def kohya_tensors(model: ModelBundle, dtype: torch.dtype) -> dict[str, torch.Ten
     """Every LoRA, LoHa or LoKr layer of the UNet (and a trained text encoder) under its kohya key."""
     from peft.tuners.lora import LoraLayer
 
+    spell = spelt_name
+    if model.kind == SDXL_KIND:  # SGM block names, lora_te1_/lora_te2_
+        from loraplug_diffusion.sdxl_kohya import sdxl_kohya_name
+
+        spell = partial(sdxl_kohya_name, model.components["unet"].config)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, part in trained_parts(model).items():
         for path, layer in part.named_modules():
             if algo(layer) is not None:
-                name = spelt_name(prefix, path)
+                name = spell(prefix, path)
                 tensors.update({f"{name}.{suffix}": t for suffix, t in layer_tensors(layer, dtype).items()})
                 continue
             if not isinstance(layer, LoraLayer) or "default" not in layer.lora_A:
                 continue
-            name = spelt_name(prefix, path)
+            name = spell(prefix, path)
             tensors[f"{name}.lora_down.weight"] = (
                 layer.lora_A["default"].weight.detach().to("cpu", dtype).contiguous()
             )
@@ -108,7 +122,13 @@ def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
 
 
 def _architecture(unet_config: Any, prediction_type: str) -> tuple[bool, str, str]:
-    """``(v2, ss_base_model_version, modelspec architecture)`` from the UNet's shape (SD 2.x cross-attends to 1024)."""
+    """``(v2, ss_base_model_version, modelspec architecture)`` from the UNet's shape (SD 2.x cross-attends to 1024).
+
+    SDXL (a ``text_time`` added embedding): sd-scripts' ``MODEL_VERSION_SDXL_BASE_V1_0`` and
+    ``sai_model_spec.ARCH_SD_XL_V1_BASE``.
+    """
+    if getattr(unet_config, "addition_embed_type", None) == "text_time":
+        return False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"
     v2 = unet_config.cross_attention_dim == 1024
     if not v2:
         return False, "sd_v1", "stable-diffusion-v1/lora"

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at
     from loraplug_diffusion.options import ImageFolderOptions, SdAdapterOptions, StableDiffusionOptions
 
 MODEL_KIND = "stable-diffusion"
+#: SDXL is a model kind of its own (see sdxl_options.py for why); it trains LoRA (and LoCon).
+SDXL_KIND = "stable-diffusion-xl"
 OPTIONS = "loraplug_diffusion.options"
 #: The records imagefolder produces and Stable Diffusion trains on (loraplug.kinds.RECORD_SHAPES).
 RECORD_SHAPE = "caption-image"
@@ -68,8 +70,28 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             provides=(),  # its deployable view is a UNet with no from_pretrained: recipe check refuses bnb-*
         )
     )
+    register(
+        KindSpec(
+            "model",
+            SDXL_KIND,
+            "loraplug_diffusion.sdxl_options:StableDiffusionXLOptions",
+            "Stable Diffusion XL (and its finetunes) through diffusers (hub id, directory or tiny-sdxl)",
+            smoke={
+                "pretrained": "tiny-sdxl",
+                "dtype": "float32",
+                "resolution": 64,
+                "sample_size": 64,
+                "sample_steps": 2,
+                "sample_images": 2,
+                "bucket_step": 32,
+            },
+            accepts=RECORD_SHAPE,
+            provides=(),
+        )
+    )
     for name, (options, summary) in ADAPTERS.items():
-        register(KindSpec("adapter", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,)))
+        models = (MODEL_KIND, SDXL_KIND) if name == "lora" else (MODEL_KIND,)
+        register(KindSpec("adapter", name, f"{OPTIONS}:{options}", summary, models=models))
     exports = (
         # diffusers' load_lora_weights reads LoRA only; kohya files hold LoHa/LoKr in LyCORIS' layout.
         (
@@ -88,7 +110,14 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     )
     for name, options, summary, adapters in exports:
         register(
-            KindSpec("export", name, f"{OPTIONS}:{options}", summary, models=(MODEL_KIND,), adapters=adapters)
+            KindSpec(
+                "export",
+                name,
+                f"{OPTIONS}:{options}",
+                summary,
+                models=(MODEL_KIND, SDXL_KIND),
+                adapters=adapters,
+            )
         )
 
 
@@ -101,6 +130,10 @@ def loraplug_load_data(kind: str, options: ImageFolderOptions, ctx: RunContext) 
 
 @hookimpl
 def loraplug_build_model(kind: str, options: StableDiffusionOptions, ctx: RunContext) -> ModelBundle:
+    if kind == SDXL_KIND:
+        from loraplug_diffusion.sdxl_model import build as build_sdxl
+
+        return build_sdxl(options, ctx)  # type: ignore[arg-type]
     from loraplug_diffusion.model import build
 
     return build(options, ctx)

@@ -21,8 +21,16 @@ from loraplug import Batch, DataBundle, LoraplugError, ModelBundle, PreparedData
 from loraplug_diffusion.buckets import bucket_sizes, nearest_bucket, plan_by_bucket
 from loraplug_diffusion.cache import FeatureCache, content_hash, fingerprint, text_hash
 from loraplug_diffusion.captions import augment
-from loraplug_diffusion.images import DECODING_VERSION, image_size, load_rgb, to_tensor
-from loraplug_diffusion.model import encode_latents, encode_text, place_frozen, tokenize, trains_text_encoder
+from loraplug_diffusion.conditioning import CACHED_INPUTS, TextSide, text_side
+from loraplug_diffusion.images import (
+    DECODING_VERSION,
+    image_size,
+    load_rgb,
+    place,
+    to_tensor,
+    to_tensor_placed,
+)
+from loraplug_diffusion.model import encode_latents, place_frozen
 from loraplug_diffusion.options import StableDiffusionOptions
 
 TEXT_BATCH = 32
@@ -35,6 +43,7 @@ class ImageSample:
     :param size: the ``(width, height)`` it is cropped to.
     :param latent_key: its entry in the latent cache, or ``None`` (encoded every step).
     :param train: augment it (training) or not (validation).
+    :param original: its ``(width, height)`` as displayed, when the family conditions on sizes (SDXL).
     """
 
     id: str
@@ -43,6 +52,7 @@ class ImageSample:
     size: tuple[int, int]
     latent_key: str | None
     train: bool
+    original: tuple[int, int] | None = None
 
 
 def check_image_record(record: Record) -> None:
@@ -55,17 +65,18 @@ def check_image_record(record: Record) -> None:
 
 
 class Collate:
-    """Turns samples into a Batch: cached latents or pixels, cached text encodings or token ids."""
+    """Turns samples into a Batch: cached latents or pixels, cached text encodings or token ids, and
+    (SDXL) each sample's size conditioning from the crop it really got."""
 
     def __init__(
         self,
         options: StableDiffusionOptions,
-        tokenizer: Any,
+        text: TextSide,
         latents: FeatureCache,
         texts: FeatureCache | None,
     ) -> None:
         self.options = options
-        self.tokenizer = tokenizer
+        self.text = text
         self.latents = latents
         self.texts = texts
         self._calls = 0
@@ -86,18 +97,30 @@ class Collate:
             inputs["latents"] = torch.stack(
                 [e["flipped"] if f else e["latents"] for e, f in zip(entries, flips, strict=True)]
             )
+            # Cached latents are centre crops (see _cache_latents); a flip mirrors the crop's offset.
+            placements = [
+                place(s.original or image_size(s.source), s.size, crop="center", flip=f, rng=None)
+                for s, f in zip(samples, flips, strict=True)
+                if self.text.size_conditioning
+            ]
         else:
-            inputs["pixel_values"] = torch.stack(
-                [
-                    to_tensor(
-                        load_rgb(s.source, s.id),
-                        s.size,
-                        crop=options.crop if s.train else "center",
-                        flip=f,
-                        rng=rng,
-                    )
-                    for s, f in zip(samples, flips, strict=True)
-                ]
+            pixels, placements = [], []
+            for s, f in zip(samples, flips, strict=True):
+                tensor, placement = to_tensor_placed(
+                    load_rgb(s.source, s.id),
+                    s.size,
+                    crop=options.crop if s.train else "center",
+                    flip=f,
+                    rng=rng,
+                )
+                pixels.append(tensor)
+                placements.append(placement)
+            inputs["pixel_values"] = torch.stack(pixels)
+        if self.text.size_conditioning:
+            from loraplug_diffusion.sdxl_model import time_ids
+
+            inputs["time_ids"] = torch.stack(
+                [time_ids(p, s.size) for p, s in zip(placements, samples, strict=True)]
             )
         captions = [
             augment(
@@ -113,11 +136,11 @@ class Collate:
         ]
         shuffled = options.shuffle_tags and samples[0].train
         if self.texts is not None and not shuffled:
-            inputs["encoder_hidden_states"] = torch.stack(
-                [self.texts.get(text_hash(c))["states"] for c in captions]
-            )
+            entries = [self.texts.get(text_hash(c)) for c in captions]
+            for name in entries[0]:
+                inputs[CACHED_INPUTS[name]] = torch.stack([e[name] for e in entries])
         else:
-            inputs["input_ids"] = tokenize(self.tokenizer, captions)
+            inputs.update(self.text.tokenize(captions))
         return Batch(
             inputs=inputs,
             num_targets=len(samples),
@@ -153,14 +176,19 @@ def _samples(
     *,
     train: bool,
     buckets: list[tuple[int, int]] | None,
+    sizes: bool = False,
 ) -> list[ImageSample]:
+    """:param sizes: record each image's size (the family conditions on it)."""
     samples = []
     square = (options.resolution, options.resolution)
     for record in records:
         check_image_record(record)
-        size = nearest_bucket(image_size(record["image"]), buckets) if buckets and train else square
+        original = image_size(record["image"]) if buckets and train or sizes else None
+        size = nearest_bucket(original, buckets) if buckets and train and original else square
         samples.append(
-            ImageSample(str(record.get("id", "?")), record["image"], record["caption"], size, None, train)
+            ImageSample(
+                str(record.get("id", "?")), record["image"], record["caption"], size, None, train, original
+            )
         )
     return samples
 
@@ -202,33 +230,35 @@ def _cache_latents(
     return len(todo)
 
 
-def _cache_texts(captions: set[str], cache: FeatureCache, text_encoder: Any, tokenizer: Any) -> int:
+def _cache_texts(captions: set[str], cache: FeatureCache, text: TextSide) -> int:
     todo = sorted(c for c in captions if text_hash(c) not in cache)
     with torch.no_grad():
         for start in range(0, len(todo), TEXT_BATCH):
             chunk = todo[start : start + TEXT_BATCH]
-            states = encode_text(text_encoder, tokenize(tokenizer, chunk))
-            for caption, state in zip(chunk, states, strict=True):
-                cache.put(text_hash(caption), {"states": state})
+            features = text.encode(chunk)
+            for i, caption in enumerate(chunk):
+                cache.put(text_hash(caption), {name: batch[i] for name, batch in features.items()})
     return len(todo)
 
 
 def prepare(
     model: ModelBundle, options: StableDiffusionOptions, data: DataBundle, ctx: RunContext
 ) -> PreparedData:
-    vae, text_encoder, tokenizer = (model.components[k] for k in ("vae", "text_encoder", "tokenizer"))
+    vae = model.components["vae"]
+    text = text_side(model)
     place_frozen(model, ctx.device)
+    if ctx.device is not None:
+        for encoder in text.encoders.values():
+            encoder.to(ctx.device)
     root = ctx.cache_dir / "diffusion" if options.cache_to_disk else None
     latent_cache = FeatureCache(root / "latents" / fingerprint(vae, vae.config) if root else None)
     streamed = not isinstance(data.train, Sequence)
-    trains_te = trains_text_encoder(model)
+    trains_te = text.trains
     summary: dict[str, Any] = {}
 
     text_cache = None
     if options.cache_text_encoder_outputs and not trains_te and not streamed:
-        text_cache = FeatureCache(
-            root / "text" / fingerprint(text_encoder, text_encoder.config.to_dict()) if root else None
-        )
+        text_cache = FeatureCache(root / "text" / text.fingerprint() if root else None)
     if trains_te:
         ctx.info("the text encoder trains, so captions are encoded every step")
     elif options.cache_text_encoder_outputs and options.shuffle_tags:
@@ -246,11 +276,17 @@ def prepare(
         train_samples: list[ImageSample] = []
     else:
         buckets = bucket_sizes(options.resolution, options.bucket_step) if options.buckets else None
-        train_samples = _samples(data.train, options, train=True, buckets=buckets)
+        train_samples = _samples(
+            data.train, options, train=True, buckets=buckets, sizes=text.size_conditioning
+        )
         train = train_samples
         if buckets:
             summary["buckets"] = len({s.size for s in train_samples})
-    val_samples = _samples(data.val, options, train=False, buckets=None) if data.val else None
+    val_samples = (
+        _samples(data.val, options, train=False, buckets=None, sizes=text.size_conditioning)
+        if data.val
+        else None
+    )
 
     if options.cache_latents and options.crop == "random":
         ctx.warn(
@@ -272,7 +308,7 @@ def prepare(
             captions |= {s.caption for s in train_samples}
             if options.caption_dropout:
                 captions.add("")
-        _cache_texts(captions, text_cache, text_encoder, tokenizer)
+        _cache_texts(captions, text_cache, text)
         summary["captions cached"] = len(captions)
 
     # What is fully cached is not needed on the accelerator while training (kohya's trick): the VAE
@@ -286,7 +322,8 @@ def prepare(
         vae.to("cpu")
         summary["vae"] = "offloaded to the CPU"
     if on_accelerator and text_cache is not None and not options.shuffle_tags:
-        text_encoder.to("cpu")
+        for encoder in text.encoders.values():
+            encoder.to("cpu")
         summary["text encoder"] = "offloaded to the CPU"
 
     plan = (
@@ -296,7 +333,7 @@ def prepare(
     )
     return PreparedData(
         train=train,
-        collate=Collate(options, tokenizer, latent_cache, text_cache),
+        collate=Collate(options, text, latent_cache, text_cache),
         val=val_samples,
         summary=summary,
         plan_batches=plan,

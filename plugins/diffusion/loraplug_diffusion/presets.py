@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.toolkit import Preset
+from loraplug_diffusion.sdxl_presets import TINY_SDXL_PRESET
 
 TINY_SD: dict[str, Any] = {
     "unet": {
@@ -247,7 +248,10 @@ def _build(target: Path) -> None:
 
 
 #: The presets ``model.pretrained`` may name (their names are options.PRESETS).
-TINY_PRESETS = (Preset("tiny-sd", TINY_SD, _build, marker="model_index.json"),)
+TINY_PRESETS = (
+    Preset("tiny-sd", TINY_SD, _build, marker="model_index.json"),
+    TINY_SDXL_PRESET,
+)
 
 
 def preset_dir(name: str, cache_dir: Path) -> Path:

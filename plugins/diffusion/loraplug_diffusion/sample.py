@@ -14,29 +14,51 @@ from loraplug import ModelBundle, RunContext, Sample
 from loraplug.toolkit import atomic_write_bytes
 from loraplug_diffusion.options import StableDiffusionOptions
 from loraplug_diffusion.quiet import quiet_libraries
+from loraplug_diffusion.sdxl_model import SDXL_KIND
 
 _GRID = re.compile(r"^grid-(\d+)-p\d+\.png$")
 
 
+def frozen_parts(model: ModelBundle) -> tuple[str, ...]:
+    """The components besides the UNet a pipeline runs (and training may have offloaded)."""
+    return ("vae", "text_encoder", "text_encoder_2") if model.kind == SDXL_KIND else ("vae", "text_encoder")
+
+
 def pipeline_of(model: ModelBundle) -> Any:
-    """A StableDiffusionPipeline over the bundle's own components (the UNet with its LoRA as it is now)."""
+    """A StableDiffusion(XL)Pipeline over the bundle's own components (the UNet with its LoRA as it is now)."""
     quiet_libraries()
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     parts = model.components
     device = next(parts["unet"].parameters()).device
-    for name in ("vae", "text_encoder"):
+    for name in frozen_parts(model):
         parts[name].to(device)
+    # "trailing" starts sampling at the last training timestep (pure noise), which SD's "leading"
+    # spacing skips; an undertrained model then leaves no residual noise in its samples.
+    scheduler = DPMSolverMultistepScheduler.from_config(
+        parts["noise_scheduler"].config, timestep_spacing="trailing"
+    )
+    if model.kind == SDXL_KIND:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipeline = StableDiffusionXLPipeline(
+            vae=parts["vae"],
+            text_encoder=parts["text_encoder"],
+            text_encoder_2=parts["text_encoder_2"],
+            tokenizer=parts["tokenizer"],
+            tokenizer_2=parts["tokenizer_2"],
+            unet=parts["unet"],
+            scheduler=scheduler,
+            add_watermarker=False,  # an invisible watermark would change the pixels samples are compared by
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
     pipeline = StableDiffusionPipeline(
         vae=parts["vae"],
         text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"],
         unet=parts["unet"],
-        # "trailing" starts sampling at the last training timestep (pure noise), which SD's "leading"
-        # spacing skips; an undertrained model then leaves no residual noise in its samples.
-        scheduler=DPMSolverMultistepScheduler.from_config(
-            parts["noise_scheduler"].config, timestep_spacing="trailing"
-        ),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -91,7 +113,7 @@ def generate(
     ctx: RunContext,
 ) -> list[Sample]:
     # The VAE and text encoder may be offloaded while training (see prepare.py): borrow them, then put them back.
-    homes = {name: next(model.components[name].parameters()).device for name in ("vae", "text_encoder")}
+    homes = {name: next(model.components[name].parameters()).device for name in frozen_parts(model)}
     try:
         return _generate(model, options, prompts, out_dir, ctx)
     finally:
