@@ -101,7 +101,8 @@ class KindSpec:
     :param smoke: option overrides ``--smoke`` applies to a model kind, e.g.
         ``{"pretrained": "tiny-llama"}``.
     :param streams: for data kinds whose training records are a stream of unknown length: a recipe
-        must then give ``train.max_steps``, checked with the rest of the recipe.
+        must then give ``train.max_steps``, checked with the rest of the recipe. A kind that streams only
+        with some options leaves it ``False`` and gives its options model a method ``streams(self) -> bool``.
     :param adapters: for export kinds, the adapter kinds it handles (``None``: any). ``recipe check``
         refuses an export of an adapter kind it does not name.
     :param produces: for data kinds, the record shapes it produces (:data:`RECORD_SHAPES` names the

@@ -84,7 +84,7 @@ def test_image_data_for_a_causal_lm_is_refused(tmp_path: Path, lm_recipe: Any) -
     assert result.exit_code == 2
     assert "the data kind 'imagefolder' (loraplug-diffusion) produces caption-image records" in result.stderr
     assert (
-        "'causal-lm' (loraplug-causal-lm) trains on chat records; data kinds that produce them: jsonl, webdataset"
+        "'causal-lm' (loraplug-causal-lm) trains on chat records; data kinds that produce them: hf-dataset, jsonl, webdataset"
         in result.stderr
     )
 
@@ -346,7 +346,7 @@ def test_the_declaring_fit_example_in_docs_plugins_md_runs(tmp_path: Path) -> No
         [sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[:3] == ["['jsonl', 'webdataset']", "True", "False"]
+    assert proc.stdout.split("\n")[:3] == ["['hf-dataset', 'jsonl', 'webdataset']", "True", "False"]
 
 
 # --- Every combination the kinds can express, refused by recipe check when it cannot work ---------------

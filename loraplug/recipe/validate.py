@@ -468,7 +468,15 @@ def load_recipe(
                 f"eval.metrics ({', '.join(evaluation.metrics) or 'none'}); {hint}add it to eval.metrics"
             )
 
-    if data is not None and data.served.spec.streams and train is not None and train.max_steps is None:
+    # A kind that streams only with some options says so by a method ``streams(self) -> bool`` on them.
+    option_streams = getattr(data.options, "streams", None) if data is not None else None
+    streams = callable(option_streams) and bool(option_streams())
+    if (
+        data is not None
+        and (data.served.spec.streams or streams)
+        and train is not None
+        and train.max_steps is None
+    ):
         checker.problems.append(
             f"`train.max_steps` is missing ({source.where(('train',))}): the data kind {data.kind!r} streams its "
             "samples, so the run's length cannot be derived from epochs; set train.max_steps"
