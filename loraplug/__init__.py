@@ -32,6 +32,8 @@ _LAZY = {
 }
 # The plugin host imports pluggy and every kind declaration: loaded when a caller asks for it.
 _LAZY |= {"load_plugins": "loraplug.plugins", "PluginHost": "loraplug.plugins"}
+# Auto-captioning of an image folder (`loraplug data caption`, the studio): loraplug/captioning.py.
+_LAZY |= {name: "loraplug.captioning" for name in ("CaptionContext", "Captioner", "caption_folder")}
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +49,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Artifact",
     "Batch",
+    "CaptionContext",
+    "Captioner",
     "DataBundle",
     "Deployable",
     "ExportResult",
@@ -69,6 +73,7 @@ __all__ = [
     "Sample",
     "StepResult",
     "__version__",
+    "caption_folder",
     "hookimpl",
     "load_plugins",
     "record_text",

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         Sample,
         StepResult,
     )
+    from loraplug.captioning import CaptionContext, Captioner
     from loraplug.context import RunContext
     from loraplug.data.filters import Filter
     from loraplug.deploy import Deployable
@@ -297,13 +298,13 @@ def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunC
     Called for every micro-batch of training; the loop does the backward pass, the scaling, clipping
     and the optimizer step. Also called under ``torch.no_grad()`` for the validation loss.
 
-    :param model: the adapted model bundle (for components such as a noise scheduler).
     An objective kind (DPO, ORPO, KTO, SimPO…) is a loss over the batches the model's plugin prepares:
     declare it with ``KindSpec("objective", name, options, models=(model_kind,))`` and implement this
     hook; it is called instead of the model plugin's own. Its options, the ``[objective]`` table, are
     ``ctx.recipe.objective.options``. The causal LM's preference batches (``chosen_*``/``rejected_*``
     inputs, ``num_targets`` = pairs) are described in docs/preference.md.
 
+    :param model: the adapted model bundle (for components such as a noise scheduler).
     :param module: the module to call: ``model.module`` as accelerate prepared it (it may be wrapped
         for several processes), already in train or eval mode. Call it, not ``model.module``.
     :param batch: a :class:`loraplug.Batch` whose inputs are on the device.
@@ -429,4 +430,36 @@ def loraplug_export(
     :param out_dir: where to write the files.
     :param ctx: the run context.
     :returns: an :class:`loraplug.ExportResult` (``figures``, ``notes``, ``loads_with``).
+    """
+
+
+# --- outside a run: tools over a data set, dispatched by kind -------------------------------------
+
+
+@hookspec
+def loraplug_build_captioner(kind: str, options: BaseModel, ctx: CaptionContext) -> Captioner:
+    """Load a captioning model: ``loraplug data caption DIR --kind KIND`` and the studio's auto-captioning.
+
+    Dispatch: by kind — the one plugin that declared the caption kind (``KindSpec("caption", ...)``), once
+    per folder captioned.
+
+    Not part of a run: called when a person captions an image folder, after the options (the
+    ``--option KEY=VALUE`` pairs, or the studio's form) are checked against the kind's options model and
+    only when some image still needs a caption. The core walks the folder, opens each image with PIL,
+    hands the captioner batches, joins tags with ``", "`` (adding ``--prefix`` / ``--append`` tags), and
+    writes each caption to a same-stem ``.txt`` file atomically — never over an existing one unless the
+    user asked for ``--overwrite``. The captioner writes nothing itself.
+
+    Load the model here (a Hub id or a local directory in the options; import onnxruntime or
+    transformers in this hook's body), and raise :class:`loraplug.LoraplugError` when it cannot be
+    found — offline (``HF_HUB_OFFLINE=1``) with nothing cached is the common case: say which files to
+    download and which option takes their directory.
+
+    :param kind: the caption kind this plugin declared.
+    :param options: the validated options, an instance of the kind's options model.
+    :param ctx: a :class:`loraplug.CaptionContext` (there is no recipe): ``cache_dir``,
+        ``device`` (``None``: pick one), ``info``/``warn``.
+    :returns: a :class:`loraplug.Captioner`: an object whose ``caption(images)`` takes a batch
+        of PIL images (any mode; convert as the model needs) and returns one caption per image, in order:
+        a string (a sentence) or a list of tags, most important first.
     """

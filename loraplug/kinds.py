@@ -29,9 +29,9 @@ from loraplug.errors import PluginError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-Stage = Literal["data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric"]
+Stage = Literal["data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric", "caption"]
 STAGES: tuple[Stage, ...] = (
-    "data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric",
+    "data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric", "caption",
 )  # fmt: skip
 
 #: The hook each stage's kind is dispatched to.
@@ -45,6 +45,8 @@ STAGE_HOOKS: dict[Stage, str] = {
     "objective": "loraplug_train_step",
     "export": "loraplug_export",
     "metric": "loraplug_evaluate",
+    # Not a stage of a run: `loraplug data caption` and the studio caption image folders with it.
+    "caption": "loraplug_build_captioner",
 }
 
 
@@ -91,7 +93,9 @@ class KindSpec:
         ``kind``; ``optimizer``: ``train.optimizer`` (its options are the ``[optimizer]`` table);
         ``filter``: a ``[[data.clean.filters]]`` table's ``kind``; ``metric``: a name in ``eval.metrics``;
         ``objective``: ``train.objective`` (its options are the ``[objective]`` table; its plugin's
-        ``loraplug_train_step`` computes the loss — :data:`DEFAULT_OBJECTIVE` is the model's own).
+        ``loraplug_train_step`` computes the loss — :data:`DEFAULT_OBJECTIVE` is the model's own);
+        ``caption``: ``loraplug data caption --kind`` and the studio, never a recipe (its options are the
+        ``--option`` pairs; its plugin implements ``loraplug_build_captioner``).
     :param name: the value of ``kind`` in that section.
     :param options: a pydantic model for the rest of the section, subclassing :class:`loraplug.Options`
         (which forbids unknown keys) — or, better, its import path ``"package.module:ClassName"``, so

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from loraplug.bundles import DataBundle, ExportResult, ModelBundle, PreparedData, Sample, StepResult
+    from loraplug.captioning import CaptionContext, Captioner
     from loraplug.context import RunContext
     from loraplug.data.filters import Filter
     from loraplug.deploy import Deployable
-    from loraplug.recipe.model import ExportSection, Recipe
+    from loraplug.recipe.model import ExportSection, KindSection, Recipe
     from loraplug.training.sinks import MetricSink
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ FIRST_PARTY = frozenset(
     {
         "loraplug",  # the core's built-in kinds (loraplug/builtin.py)
         "loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant",
-        "loraplug-wandb", "loraplug-optimizers",
+        "loraplug-wandb", "loraplug-optimizers", "loraplug-caption",
     }
 )  # fmt: skip
 #: Kinds served by first-party plugins that are installed separately: a recipe naming one without its
@@ -62,6 +63,8 @@ FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
     ("optimizer", "lion"): "loraplug-optimizers",
     ("optimizer", "prodigy"): "loraplug-optimizers",
     ("optimizer", "adafactor"): "loraplug-optimizers",
+    ("caption", "wd14"): "loraplug-caption",
+    ("caption", "blip"): "loraplug-caption",
 }
 
 
@@ -499,6 +502,17 @@ class PluginHost:
     def metric_sinks(self, ctx: RunContext) -> list[MetricSink]:
         """The sinks plugins add to a run (``loraplug_metric_sinks``, broadcast); plugins that stay out answer ``None``."""
         return [sink for sink in self.broadcast("loraplug_metric_sinks", ctx=ctx) if sink is not None]
+
+    def build_captioner(self, section: KindSection, ctx: CaptionContext) -> Captioner:
+        """The captioner of a checked caption kind (``loraplug_build_captioner``): an object with
+        ``caption(images)`` (:class:`loraplug.captioning.Captioner`); :func:`loraplug.captioning.caption_options`
+        checks the kind and its options into ``section``."""
+        hook = STAGE_HOOKS["caption"]
+        made = self.call_on(section.served, hook, kind=section.kind, options=section.options, ctx=ctx)
+        if not callable(getattr(made, "caption", None)):
+            raise _wrong_type(made, "a captioner with a caption(images) method", section.served, hook)
+        captioner: Captioner = made
+        return captioner
 
 
 def _checked(value: Any, expected: type[T], served: Served, hook: str) -> T:

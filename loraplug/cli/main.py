@@ -18,6 +18,7 @@ from rich.markup import escape
 from loraplug import __version__
 from loraplug.cli import render
 from loraplug.cli import runs as runs_commands
+from loraplug.cli.caption import caption as caption_command
 from loraplug.cli.export import export as export_command
 from loraplug.cli.shared import console, err_console, host, warn_broken_plugins
 from loraplug.errors import LoraplugError, path_error
@@ -230,6 +231,7 @@ def runs() -> None:
 runs_commands.attach(runs)
 # Core commands that live in their own modules.
 cli.add_command(export_command)
+data.add_command(caption_command)
 
 
 def _register_plugin_commands() -> None:

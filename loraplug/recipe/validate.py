@@ -637,3 +637,29 @@ def export_section(
             fix="Fix the KEY=VALUE settings; `loraplug recipe keys` (and docs/recipes.md) lists every export kind's keys",
         )
     return ExportSection(section.kind, section.options, section.served, name=name)
+
+
+def command_line_section(
+    host: PluginHost,
+    stage: Stage,
+    table: dict[str, Any],
+    *,
+    given: dict[str, str] | None = None,
+    subject: str,
+    fix: str,
+) -> KindSection:
+    """A kind and its options given outside a recipe (``loraplug data caption --kind wd14 --option
+    threshold=0.5``, a studio form), checked as a recipe's section is: every problem named at once.
+
+    :param table: ``kind`` and the kind's options.
+    :param given: how each option was written, by key, for the errors' "where"
+        (``{"threshold": "--option threshold=2"}``); otherwise "the command line".
+    :raises LoraplugError: an unknown kind (with the installed ones) or invalid options.
+    """
+    source = RecipeSource(path=Path("the command line"), text="", data={stage: dict(table)})
+    source.overridden = {(stage, key): text for key, text in (given or {}).items()}
+    checker = _Checker(source, host, check_files=True)
+    section = checker.kind_section(stage, source.data[stage], (stage,), None)
+    if checker.problems or section is None:
+        raise RecipeError("the command line", checker.problems, subject=subject, fix=fix)
+    return section

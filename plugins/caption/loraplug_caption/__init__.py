@@ -1,0 +1,1 @@
+"""loraplug-caption: the ``caption`` kinds ``wd14`` (an ONNX tagger) and ``blip`` (a transformers captioner)."""
