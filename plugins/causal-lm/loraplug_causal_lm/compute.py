@@ -57,7 +57,7 @@ def loss_sum(
 
     kwargs, labels, _ = model_inputs(module, batch)
     targets = labels != IGNORE
-    chunk = _chunk(module, chunk_setting, labels.numel(), warn)
+    chunk = loss_chunk(module, chunk_setting, labels.numel(), warn)
     if chunk:
         head = head_of(module)
         hidden, autocast = last_hidden_state(module, head, kwargs)
@@ -71,7 +71,7 @@ def loss_sum(
     return StepResult(loss_sum=loss, num_targets=int(targets.sum()))
 
 
-def _chunk(module: Any, setting: ChunkSetting, positions: int, warn: Callable[[str], None] | None) -> int:
+def loss_chunk(module: Any, setting: ChunkSetting, positions: int, warn: Callable[[str], None] | None) -> int:
     """Target tokens per chunk of this micro-batch's loss, or 0 for the plain path (said once when it must be)."""
     if setting == 0:
         return 0

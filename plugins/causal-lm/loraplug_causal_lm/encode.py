@@ -103,12 +103,18 @@ class Encoder:
 
     # -- encoding ----------------------------------------------------------------------------------
 
-    def encode(self, record: Record) -> Encoded:
+    def encode(self, record: Record, *, last_turns: int | None = None) -> Encoded:
+        """``record``'s tokens and shifted labels; ``last_turns``: only the conversation's last that many
+        assistant turns are targets, the rest is prompt whatever ``train_on_prompt`` says (a preference
+        pair's completion)."""
         text, spans = self.render(record["messages"])
         tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(tokens["input_ids"])
+        on_prompt = self.train_on_prompt and last_turns is None
+        if last_turns is not None:
+            spans = spans[len(spans) - last_turns :]
         trainable = [
-            self.train_on_prompt or any(start <= begin < end for start, end in spans)
+            on_prompt or any(start <= begin < end for start, end in spans)
             for begin, _ in tokens["offset_mapping"]
         ]
         eos = self.tokenizer.eos_token_id

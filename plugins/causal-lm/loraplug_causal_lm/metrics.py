@@ -28,10 +28,16 @@ METRICS = {
     "distinct_2": "unique bigrams / all generated bigrams",
     "exact_match": "share of responses equal to the reference (whitespace- and case-normalised)",
     "f1": "macro F1 of the generated answer against each sample's `label` field",
+    "reward_accuracy": "preference pairs (dpo, orpo): share of validation pairs whose chosen reward beats the rejected",
+    "reward_margin": "preference pairs: mean chosen reward − rejected reward over validation pairs",
+    "chosen_logps": "preference pairs: mean log-probability of the chosen completions",
+    "rejected_logps": "preference pairs: mean log-probability of the rejected completions",
 }
-GENERATED = set(METRICS) - {"perplexity"}
+#: The metrics computed on preference pairs (loraplug_causal_lm.preference.evaluate_pairs).
+PREFERENCE = {"reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps"}
+GENERATED = set(METRICS) - {"perplexity"} - PREFERENCE
 #: The metrics where a lower score is better (declared in their KindSpec; every other one: higher).
-LOWER_IS_BETTER = frozenset({"perplexity"})
+LOWER_IS_BETTER = frozenset({"perplexity", "rejected_logps"})
 
 
 def _normalise(text: str) -> str:
@@ -69,6 +75,11 @@ def evaluate(
     out: dict[str, float] = {}
     if "perplexity" in metrics and "val_loss" in scores:
         out["perplexity"] = math.exp(min(scores["val_loss"], 50.0))
+    if PREFERENCE & set(metrics):
+        from loraplug_causal_lm.preference import evaluate_pairs
+
+        scored = evaluate_pairs(model, ctx)
+        out.update({m: scored[m] for m in metrics if m in PREFERENCE})
     wanted = [m for m in metrics if m in GENERATED]
     if not wanted:
         return out

@@ -27,10 +27,24 @@ from loraplug_causal_lm.metrics import LOWER_IS_BETTER, METRICS
 
 if TYPE_CHECKING:  # option models are imported when a recipe is checked, not at start-up
     from loraplug_causal_lm.options import CausalLMOptions, JsonlOptions, LoraOptions, LycorisOptions
+    from loraplug_causal_lm.preference_options import PairsOptions
 
 MODEL_KIND = "causal-lm"
 #: The records jsonl produces and the causal LM trains on (loraplug.kinds.RECORD_SHAPES).
 RECORD_SHAPE = "chat"
+#: Preference pairs (``pairs``), which the objectives dpo and orpo train on.
+PREFERENCE_SHAPE = "preference"
+#: The preference objectives: name → (options class in preference_options.py, summary).
+OBJECTIVES = {
+    "dpo": (
+        "DpoOptions",
+        "Direct Preference Optimization against the adapter-less base (or an earlier adapter)",
+    ),
+    "orpo": (
+        "OrpoOptions",
+        "Odds Ratio Preference Optimization: SFT on chosen + λ·odds-ratio term, no reference",
+    ),
+}
 #: LyCORIS' adapters through peft, beside LoRA: the name is also the options class's (``LohaOptions``).
 LYCORIS = {
     "loha": "peft LoHa: low-rank Hadamard product (LyCORIS)",
@@ -53,12 +67,31 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
     )
     register(
         KindSpec(
+            "data",
+            "pairs",
+            "loraplug_causal_lm.preference_options:PairsOptions",
+            "JSONL of {prompt, chosen, rejected} preference pairs (or the chat form), for dpo and orpo",
+            produces=PREFERENCE_SHAPE,
+        )
+    )
+    for name, (options, summary) in OBJECTIVES.items():
+        register(
+            KindSpec(
+                "objective",
+                name,
+                f"loraplug_causal_lm.preference_options:{options}",
+                summary,
+                models=(MODEL_KIND,),
+            )
+        )
+    register(
+        KindSpec(
             "model",
             MODEL_KIND,
             "loraplug_causal_lm.options:CausalLMOptions",
             "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
             smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
-            accepts=RECORD_SHAPE,
+            accepts=(RECORD_SHAPE, PREFERENCE_SHAPE),
             provides="from_pretrained",  # its deployable view reloads with AutoModelForCausalLM (bnb-* exports)
         )
     )
@@ -115,7 +148,13 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
 
 
 @hookimpl
-def loraplug_load_data(kind: str, options: JsonlOptions, ctx: RunContext) -> DataBundle:
+def loraplug_load_data(kind: str, options: JsonlOptions | PairsOptions, ctx: RunContext) -> DataBundle:
+    if kind == "pairs":
+        from loraplug_causal_lm import pairs
+
+        return pairs.load(
+            options.path, options.val_path, options.val_fraction, options.on_error == "skip", ctx.seed
+        )
     from loraplug_causal_lm.jsonl import load
 
     return load(options.path, options.val_path, options.val_fraction, options.on_error == "skip", ctx.seed)
@@ -148,6 +187,12 @@ def loraplug_prepare_data(
 
 @hookimpl
 def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> StepResult:
+    objective = ctx.recipe.objective
+    if objective is not None and objective.kind in OBJECTIVES:
+        from loraplug_causal_lm.preference import pair_loss
+
+        chunk = ctx.recipe.model.options.loss_chunk_tokens
+        return pair_loss(objective.kind, objective.options, module, batch, chunk, ctx.warn).result()
     from loraplug_causal_lm.compute import loss_sum
 
     return loss_sum(module, batch, ctx.recipe.model.options.loss_chunk_tokens, warn=ctx.warn)

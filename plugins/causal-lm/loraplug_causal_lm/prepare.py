@@ -12,6 +12,7 @@ from loraplug.toolkit import TokenLimit, token_limit
 from loraplug_causal_lm.encode import Encoded, Encoder, PadCollator, encode_all
 from loraplug_causal_lm.options import CausalLMOptions
 from loraplug_causal_lm.pack import PackedCollator, PackedRow, flex_training_blocker, pack, packs_exactly
+from loraplug_causal_lm.pairs import prepare_pairs, wants_pairs
 
 STREAM_BLOCKER = "the training data is a stream (rows are planned over the whole list of samples)"
 
@@ -59,6 +60,8 @@ def prepare(model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx:
             where="model.attn_implementation",
             fix='Use "sdpa" (the default) to train on the CPU; keep "flex_attention" for CUDA GPUs',
         )
+    if wants_pairs(data, ctx):  # preference pairs, for the dpo and orpo objectives
+        return prepare_pairs(model, options, data, ctx)
     tokenizer = model.components["tokenizer"]
     encoder = Encoder(tokenizer, max_length=options.max_length, train_on_prompt=options.train_on_prompt)
     summary: dict[str, Any] = {}
