@@ -162,3 +162,22 @@ def test_caption_text_puts_prefix_first_and_append_last_once() -> None:
     )
     assert caption_text("a red square on navy", prefix=["sks"]) == "sks, a red square on navy"
     assert caption_text(["", " hat "]) == "hat"
+
+
+def test_the_caption_kind_example_in_docs_hooks_md_captions_a_folder(tmp_path: Path) -> None:
+    """The example a plugin author copies (docs/hooks.md, after loraplug_build_captioner) is a working kind."""
+    import re
+    from types import ModuleType
+
+    text = (Path(__file__).parents[1] / "docs" / "hooks.md").read_text(encoding="utf-8")
+    after = text.split("<!-- END hook: loraplug_build_captioner -->", 1)[1]
+    example = re.search(r"```python\n(.*?)```", after, re.S)
+    assert example, "docs/hooks.md lost the example of loraplug_build_captioner"
+    module = ModuleType("dominant_colour")
+    exec(compile(example.group(1), "docs/hooks.md", "exec"), module.__dict__)
+    host = PluginHost.load(entry_points=False, extra=[ExtraPlugin(module, "loraplug-dominant-colour")])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(folder / "red.png")
+    summary = caption_folder(folder, "dominant-colour", {"palette": 2}, host=host)
+    assert (folder / "red.txt").read_text() == "#ff0000\n" and len(summary.written) == 1
