@@ -13,9 +13,20 @@ PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lint test bench docs clean-venv
+.PHONY: install chromium demo lint test bench docs clean-venv
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The studio's browser tests (plugins/studio/tests) drive Debian's Chromium through Playwright; no browser
+# is ever downloaded. As root it is installed with apt-get; otherwise make says how (the tests skip loudly).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the studio's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "note: the studio's browser tests need Chromium: sudo apt-get install -y chromium (skipped until then)"; \
+	fi
 
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
