@@ -151,3 +151,71 @@ def bulk_tags(folder: Path, op: str, tag: str, new: str = "") -> list[tuple[Path
         if after != tags:
             changes.append((image, ", ".join(after)))
     return changes
+
+
+# ------------------------------------------------------------------------------------------ auto-captioning
+
+
+@dataclass
+class AutoCaption:
+    """One auto-captioning at a time, in a thread of the studio (``loraplug.caption_folder``, the API
+    ``loraplug data caption`` is built on); its progress is polled by the page, its writes are undoable."""
+
+    progress: dict[str, Any] = field(default_factory=lambda: {"state": "idle"})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(
+        self,
+        folder: Path,
+        kind: str,
+        options: dict[str, Any],
+        *,
+        overwrite: bool,
+        prefix: list[str],
+        host: Any,
+        done: Any,
+    ) -> None:
+        """Caption ``folder`` in the background; ``done(edits)`` gets what was written, for the undo history."""
+        import loraplug
+
+        with self.lock:
+            if self.progress.get("state") == "running":
+                raise LoraplugError(
+                    f"Captioning {self.progress.get('folder')} is still running", fix="Wait for it to finish"
+                )
+            total = len([p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES])
+            self.progress = {
+                "state": "running",
+                "folder": folder.name,
+                "kind": kind,
+                "done": 0,
+                "total": total,
+            }
+        before = {path: path.read_text(encoding="utf-8") for path in folder.rglob(f"*{CAPTION_SUFFIX}")}
+
+        def step(image: Path, text: str) -> None:
+            self.progress["done"] = int(self.progress["done"]) + 1
+
+        def work() -> None:
+            try:
+                summary = loraplug.caption_folder(
+                    folder, kind, options, overwrite=overwrite, prefix=prefix, host=host, on_caption=step
+                )
+            except LoraplugError as exc:
+                self.progress = {**self.progress, "state": "failed", "error": exc.paragraph()}
+                return
+            except Exception as exc:  # a captioner's own failure: shown on the page, the studio goes on
+                self.progress = {**self.progress, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                return
+            done([Edit(caption_path(image), before.get(caption_path(image))) for image in summary.captions()])
+            result = summary.as_json()
+            self.progress = {
+                **self.progress,
+                "state": "finished",
+                "written": len(result["written"]),
+                "replaced": len(result["replaced"]),
+                "kept": len(result["kept"]),
+                "skipped": result["skipped"],
+            }
+
+        threading.Thread(target=work, name="studio-caption", daemon=True).start()

@@ -25,13 +25,13 @@ from loraplug import KindSpec, PluginHost
 from loraplug.toolkit import core_sections
 
 #: The tables a recipe has, in the order the form shows them; ``export`` is a list of tables.
-SECTIONS = ("run", "data", "model", "adapter", "train", "optimizer", "eval", "export")
-#: The tables whose ``kind`` picks a plugin (the optimizer's kind is ``train.optimizer``).
-KIND_SECTIONS = ("data", "model", "adapter", "optimizer", "export")
+SECTIONS = ("run", "data", "model", "adapter", "train", "optimizer", "objective", "eval", "export")
+#: The tables whose kind is chosen by a key of [train] (``train.optimizer``), holding that kind's options.
+CHOSEN_IN_TRAIN = ("optimizer", "objective")
+#: The tables whose ``kind`` picks a plugin.
+KIND_SECTIONS = ("data", "model", "adapter", *CHOSEN_IN_TRAIN, "export")
 #: Core keys whose value names a kind of another stage: the form offers those kinds.
-KIND_VALUED = {("train", "optimizer"): "optimizer", ("train", "objective"): "objective"}
-#: What an empty ``[optimizer]`` table means: ``train.optimizer``'s default.
-DEFAULT_OPTIMIZER = "adamw"
+KIND_VALUED = {("train", stage): stage for stage in CHOSEN_IN_TRAIN}
 
 
 @dataclass
@@ -202,12 +202,34 @@ def schema(host: PluginHost) -> dict[str, Any]:
                 fields=[f for f in fields if f.name != "kind"],
             )
         )
+    stages = {s.spec.stage for s in host.registry.all()}
     return {
-        "sections": list(SECTIONS),
+        # A table chosen in [train] is shown only when some plugin serves its stage.
+        "sections": [s for s in SECTIONS if s not in CHOSEN_IN_TRAIN or s in stages],
+        "chosen_in_train": [s for s in CHOSEN_IN_TRAIN if s in stages],
         "core": core,
         "kinds": [asdict(k) for k in kinds],
         "broken": broken,
     }
+
+
+def stage_kinds(host: PluginHost, stage: str) -> list[dict[str, Any]]:
+    """The kinds of one stage with their fields (the Dataset page's caption kinds)."""
+    found = []
+    for served in host.registry.all():
+        if served.spec.stage == stage:
+            fields = model_fields(served.spec.options_model())
+            found.append(
+                {"name": served.spec.name, "distribution": served.distribution, "summary": served.spec.summary or "",
+                 "fields": [asdict(f) for f in fields]}
+            )  # fmt: skip
+    return found
+
+
+def parse_options(fields: list[dict[str, Any]], raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A kind's option inputs as the values its options model reads (unknown keys read as TOML values)."""
+    specs = {f["name"]: f for f in fields}
+    return {key: parse_field(specs.get(key, LOOSE), value, f"{where}.{key}") for key, value in raw.items()}
 
 
 # ------------------------------------------------------------------------------- form values → recipe
@@ -247,11 +269,20 @@ def parse_field(spec: FieldSpec | dict[str, Any], raw: Any, where: str) -> Any:
     return text
 
 
-def _specs(current: dict[str, Any], section: str, table: dict[str, Any], optimizer: str) -> dict[str, Any]:
+def chosen_in_train(current: dict[str, Any], train: Any) -> dict[str, str]:
+    """``{"optimizer": "adamw", "objective": "sft"}``: the kinds [train] chooses, its defaults where unset."""
+    defaults = {f["name"]: f["default"] for f in current["core"].get("train", [])}
+    given = train if isinstance(train, dict) else {}
+    return {stage: str(given.get(stage) or defaults.get(stage) or "") for stage in CHOSEN_IN_TRAIN}
+
+
+def _specs(
+    current: dict[str, Any], section: str, table: dict[str, Any], chosen: dict[str, str]
+) -> dict[str, Any]:
     """The field descriptions of one table: the core's keys of ``section`` and those of its chosen kind."""
     kinds = {(k["stage"], k["name"]): k for k in current["kinds"]}
     specs: dict[str, Any] = {f["name"]: f for f in current["core"].get(section, [])}
-    kind = optimizer if section == "optimizer" else table.get("kind")
+    kind = chosen[section] if section in CHOSEN_IN_TRAIN else table.get("kind")
     if section in KIND_SECTIONS and kind:
         specs |= {f["name"]: f for f in (kinds.get((section, str(kind))) or {}).get("fields", [])}
     return specs
@@ -273,11 +304,11 @@ def recipe_table(form: dict[str, Any], host: PluginHost) -> dict[str, Any]:
     set (``export``: a list of them); a kind section's ``kind`` picks the fields its values are read by.
     A key the chosen kind does not have is kept, read as a TOML value, so `recipe check` names it."""
     current = schema(host)
-    optimizer = str(form.get("train", {}).get("optimizer") or DEFAULT_OPTIMIZER)
+    chosen = chosen_in_train(current, form.get("train"))
     recipe: dict[str, Any] = {}
     for section, index, values in _tables({s: form[s] for s in SECTIONS if s in form}):
         where = section if index is None else f"{section}[{index}]"
-        specs = _specs(current, section, values, optimizer)
+        specs = _specs(current, section, values, chosen)
         table = {
             key: str(raw) if key == "kind" else parse_field(specs.get(key, LOOSE), raw, f"{where}.{key}")
             for key, raw in values.items()
@@ -297,15 +328,10 @@ LOOSE = {"widget": "toml", "integer": False}
 def form_values(recipe: dict[str, Any], host: PluginHost) -> dict[str, Any]:
     """A recipe table as the form's inputs hold it (the inverse of :func:`recipe_table`)."""
     current = schema(host)
-    train = recipe.get("train")
-    optimizer = (
-        str((train or {}).get("optimizer") or DEFAULT_OPTIMIZER)
-        if isinstance(train, dict)
-        else DEFAULT_OPTIMIZER
-    )
+    chosen = chosen_in_train(current, recipe.get("train"))
     out: dict[str, Any] = {}
     for section, index, table in _tables(recipe):
-        specs = _specs(current, section, table, optimizer)
+        specs = _specs(current, section, table, chosen)
         shown = {
             key: value if key == "kind" else _shown(value, specs.get(key, LOOSE)["widget"])
             for key, value in table.items()
@@ -322,10 +348,10 @@ def absolute_paths(recipe: dict[str, Any], base: Path, host: PluginHost) -> dict
     so a copy of it checked or launched from elsewhere reads the same files. ``run.output_dir`` stays: it is
     relative to the current directory, not the recipe."""
     current = schema(host)
-    optimizer = str(recipe.get("train", {}).get("optimizer") or DEFAULT_OPTIMIZER)
+    chosen = chosen_in_train(current, recipe.get("train"))
     out: dict[str, Any] = {}
     for section, index, table in _tables(recipe):
-        specs = {} if section == "run" else _specs(current, section, table, optimizer)
+        specs = {} if section == "run" else _specs(current, section, table, chosen)
         fixed = {
             k: str(base / v)
             if specs.get(k, LOOSE)["widget"] == "path"

@@ -55,6 +55,7 @@ class Studio:
         self.host = host or loraplug.load_plugins()
         self.jobs = jobs.Jobs(self.root, self.state)
         self.undo = dataset.UndoHistory()
+        self.captioning = dataset.AutoCaption()
 
     def path(self, text: str, key: str = "path") -> Path:
         return confined(self.root, text, key=key)
@@ -527,6 +528,40 @@ def create_app(
             atomic_write_text(dataset.caption_path(image), text)
         studio.undo.record(session_of(request), edits)
         return {"changed": len(changes)}
+
+    @app.get("/api/caption-kinds")
+    def api_caption_kinds() -> dict[str, Any]:
+        return {"kinds": forms.stage_kinds(studio.host, "caption")}
+
+    @app.get("/api/autocaption")
+    def api_autocaption_progress() -> dict[str, Any]:
+        return studio.captioning.progress
+
+    @app.post("/api/autocaption")
+    async def api_autocaption(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        folder = studio.path(str(body.get("path", "")))
+        kind = str(body.get("kind", ""))
+        known = {k["name"]: k for k in forms.stage_kinds(studio.host, "caption")}
+        if kind not in known:
+            raise LoraplugError(
+                f"{kind!r} is not an installed caption kind",
+                fix=f"Pick one of: {', '.join(known) or 'none (pip install loraplug-caption)'}",
+            )
+        try:
+            options = forms.parse_options(known[kind]["fields"], dict(body.get("options") or {}), "caption")
+        except forms.FormError as exc:
+            raise LoraplugError(str(exc), fix="Fix the value in the form") from None
+        overwrite = bool(body.get("overwrite"))
+        if overwrite and not body.get("confirm"):
+            raise dataset.NeedsConfirm("Replace the captions that already exist in this folder?")
+        prefix = [t.strip() for t in str(body.get("prefix", "")).split(",") if t.strip()]
+        session = session_of(request)
+        studio.captioning.start(
+            folder, kind, options, overwrite=overwrite, prefix=prefix, host=studio.host,
+            done=lambda edits: studio.undo.record(session, edits),
+        )  # fmt: skip
+        return studio.captioning.progress
 
     @app.post("/api/undo")
     async def api_undo(request: Request) -> dict[str, Any]:

@@ -254,3 +254,83 @@ def test_the_jsonl_preview_names_bad_lines(client: PageClient, studio_root: Path
     path.write_text(path.read_text() + "not json\n")
     page = client.get("/dataset", params={"path": "recipes/data/weather.jsonl"}).text
     assert "not JSON" in page and os.fspath("records") in page
+
+
+# -- auto-captioning ---------------------------------------------------------------------------------------
+
+#: A caption kind as a third party would publish it: names every image by its width.
+TEST_CAPTIONER = """
+import loraplug
+from loraplug import KindSpec, Options
+
+
+class WidthOptions(Options):
+    word: str = "shape"
+
+
+class WidthCaptioner:
+    def __init__(self, word):
+        self.word = word
+
+    def caption(self, images):
+        return [[self.word, f"{image.width}px"] for image in images]
+
+
+@loraplug.hookimpl
+def loraplug_register_kinds(register):
+    register(KindSpec("caption", "width", "studio_test_captioner:WidthOptions", "names each image by its width"))
+
+
+@loraplug.hookimpl
+def loraplug_build_captioner(kind, options, ctx):
+    return WidthCaptioner(options.word)
+"""
+
+
+def test_auto_caption_a_folder_with_an_installed_caption_kind_and_undo_it(
+    studio_root: Path, tmp_path: Path
+) -> None:
+    import time
+
+    folder = studio_root / SHAPES
+    (folder / "shape-001.txt").unlink()  # one image without a caption: the only one written
+    before = {p.name: p.read_text() for p in folder.glob("*.txt")}
+    site = plugin_dist(
+        tmp_path / "site",
+        distribution="studio-test-captioner",
+        module="studio_test_captioner",
+        source=TEST_CAPTIONER,
+    )
+    with plugins_installed(site):
+        app = create_app(studio_root, host=loraplug.load_plugins())
+        with PageClient(app) as client:
+            client.csrf = app.state.guard.csrf
+            kinds = client.get("/api/caption-kinds").json()["kinds"]
+            assert [
+                (k["name"], [f["name"] for f in k["fields"]])
+                for k in kinds
+                if k["distribution"] == "studio-test-captioner"
+            ] == [("width", ["word"])]
+            bad = client.page_post("/api/autocaption", {"path": SHAPES, "kind": "nope"})
+            assert bad.status_code == 400 and "width" in bad.json()["fix"]
+            asked = client.page_post("/api/autocaption", {"path": SHAPES, "kind": "width", "overwrite": True})
+            assert asked.status_code == 409  # replacing captions asks first
+            started = client.page_post(
+                "/api/autocaption",
+                {"path": SHAPES, "kind": "width", "options": {"word": "blob"}, "prefix": "sks"},
+            )
+            assert started.status_code == 200, started.text
+            deadline = time.monotonic() + 60
+            while (progress := client.get("/api/autocaption").json())[
+                "state"
+            ] == "running" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert progress["state"] == "finished", progress
+            assert progress["written"] == 1 and progress["kept"] == len(before)
+            written = (folder / "shape-001.txt").read_text()
+            assert written == "sks, blob, 64px\n"
+            assert {
+                p.name: p.read_text() for p in folder.glob("*.txt") if p.name != "shape-001.txt"
+            } == before
+            client.page_post("/api/undo", {})
+            assert not (folder / "shape-001.txt").exists()

@@ -6,12 +6,17 @@
 const CSRF = document.querySelector('meta[name="csrf"]').content;
 
 async function api(method, url, body) {
-  const response = await fetch(url, {
-    method,
-    headers: { "Content-Type": "application/json", "X-Studio-CSRF": CSRF },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "same-origin",
-  });
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers: { "Content-Type": "application/json", "X-Studio-CSRF": CSRF },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+    });
+  } catch (e) { // the studio stopped or restarted: say so, the run itself goes on
+    return { ok: false, status: 0, data: { error: "the studio cannot be reached", fix: "start `loraplug studio` again and reload" } };
+  }
   let data = {};
   try { data = await response.json(); } catch (e) { data = { error: await response.text() }; }
   return { ok: response.ok, status: response.status, data };
@@ -95,7 +100,8 @@ function drawCharts(container, runs) {
 // ------------------------------------------------------------------------------------------- new run
 
 const NewRun = {
-  schema: null,
+  schema: { chosen_in_train: [], core: {}, kinds: [] },
+  checkSoon: () => {},
   base: "recipes",
   name: "",
   present: new Set(), // "section.key" of keys the opened recipe sets: kept even when equal to the default
@@ -143,6 +149,12 @@ const NewRun = {
     return { core, own: spec ? spec.fields : [], spec };
   },
 
+  chosenInTrain(stage) {
+    const select = document.querySelector(`[name="train.${stage}"]`);
+    const spec = (this.schema.core.train || []).find((f) => f.name === stage);
+    return (select && select.value) || (spec && spec.default) || "";
+  },
+
   modelKind() {
     const select = document.querySelector('[name="model.kind"]');
     return select ? select.value : "";
@@ -180,15 +192,16 @@ const NewRun = {
         const kept = this.collectSection(box);
         kept.kind = select.value;
         box.replaceWith(this.fieldset(section, kept, index));
-        if (section === "model") for (const s of ["adapter", "optimizer"]) this.rerender(s);
+        if (section === "model") for (const s of ["adapter", ...this.schema.chosen_in_train]) this.rerender(s);
         this.checkSoon();
       });
-      box.append(el("label", { class: "field kind" }, el("span", { class: "key", text: "kind" }), select));
+      box.append(el("label", { class: "field kind", "data-name": `${prefix}.kind` }, el("span", { class: "key", text: "kind" }), select, el("span", { class: "field-error" })));
       if (section === "export") box.append(el("button", { type: "button", class: "small remove", text: "remove", onclick: () => { box.remove(); this.renumberExports(); this.checkSoon(); } }));
     }
-    const optimizer = section === "optimizer" ? (document.querySelector('[name="train.optimizer"]') || {}).value || "adamw" : null;
-    const { core, own } = this.fieldsOf(section, optimizer || kind);
-    if (section === "optimizer") legend.textContent = `[optimizer] — options of train.optimizer = "${optimizer}"`;
+    // [optimizer], [objective]: the options of the kind train.optimizer / train.objective names.
+    const chosen = this.schema.chosen_in_train.includes(section) ? this.chosenInTrain(section) : null;
+    const { core, own } = this.fieldsOf(section, chosen || kind);
+    if (chosen) legend.textContent = `[${section}] — options of train.${section} = "${chosen}"`;
     for (const spec of [...core, ...own]) box.append(this.input(prefix, spec, values[spec.name]));
     const known = new Set([...core, ...own].map((f) => f.name).concat(["kind"]));
     for (const [key, value] of Object.entries(values)) {
@@ -218,7 +231,7 @@ const NewRun = {
       input.append(el("option", { value: "", text: spec.default !== null ? `(default: ${spec.default})` : "(unset)" }));
       for (const c of spec.choices) input.append(el("option", { value: String(c), text: String(c) }));
       input.value = value === undefined ? "" : String(value);
-      if (name === "train.optimizer") input.addEventListener("change", () => this.rerender("optimizer"));
+      if (prefix === "train" && this.schema.chosen_in_train.includes(spec.name)) input.addEventListener("change", () => this.rerender(spec.name));
     } else {
       const multi = spec.widget === "toml" && typeof value === "string" && value.length > 60;
       input = el(multi ? "textarea" : "input", {
@@ -287,7 +300,8 @@ const NewRun = {
     for (const label of document.querySelectorAll("label.field")) {
       const mine = problems.filter((p) => p.includes("`" + label.dataset.name + "`"));
       label.classList.toggle("invalid", mine.length > 0);
-      label.querySelector(".field-error").textContent = mine.join(" ");
+      const slot = label.querySelector(".field-error");
+      if (slot) slot.textContent = mine.join(" ");
     }
   },
 
@@ -347,7 +361,7 @@ const RunPage = {
     status.textContent = run.status; status.className = `st st-${run.status}`;
     document.getElementById("run-step").textContent = run.step;
     const progress = document.getElementById("run-progress");
-    if (run.total_steps) { progress.max = run.total_steps; const total = document.getElementById("run-total"); if (total) total.textContent = run.total_steps; }
+    if (run.total_steps) { progress.max = run.total_steps; document.getElementById("run-total").textContent = run.total_steps; }
     progress.value = run.step;
     document.getElementById("run-best").textContent = run.best ? `best ${run.best.metric} ${Number(run.best.value).toPrecision(4)} @${run.best.step}` : "";
     const running = run.status === "running" || run.status === "exporting";
@@ -416,6 +430,7 @@ function initDataset() {
     const done = await api("POST", "/api/tags", { ...body, confirm: true });
     if (done.ok) location.reload(); else out.textContent = errorText(done.data);
   });
+  initAutoCaption();
   const find = (tag) => {
     for (const item of document.querySelectorAll("figure.item")) {
       const tags = item.querySelector(".caption").value.split(",").map((t) => t.trim());
@@ -424,6 +439,44 @@ function initDataset() {
   };
   document.getElementById("tag-find")?.addEventListener("input", (e) => find(e.target.value.trim()));
   for (const link of document.querySelectorAll(".find-tag")) link.addEventListener("click", (e) => { e.preventDefault(); document.getElementById("tag-find").value = link.textContent; find(link.textContent); });
+}
+
+async function initAutoCaption() {
+  const box = document.getElementById("autocaption");
+  if (!box) return;
+  const kinds = (await api("GET", "/api/caption-kinds")).data.kinds || [];
+  const select = document.getElementById("caption-kind");
+  const options = document.getElementById("caption-options");
+  const out = document.getElementById("caption-progress");
+  if (!kinds.length) {
+    box.replaceChildren(el("p", { class: "note", text: "No caption kind is installed (pip install loraplug-caption: wd14, blip)." }));
+    return;
+  }
+  for (const k of kinds) select.append(el("option", { value: k.name, text: `${k.name} — ${k.distribution}: ${k.summary}`.slice(0, 90) }));
+  const show = () => {
+    const kind = kinds.find((k) => k.name === select.value);
+    options.replaceChildren(...kind.fields.map((f) => NewRun.input("caption", f, undefined)));
+  };
+  select.addEventListener("change", show);
+  show();
+  const poll = async () => {
+    const { data } = await api("GET", "/api/autocaption");
+    if (data.state === "running") { out.textContent = `captioning… ${data.done}/${data.total}`; setTimeout(poll, 1000); }
+    else if (data.state === "failed") out.replaceChildren(el("span", { class: "error", text: data.error }));
+    else if (data.state === "finished") location.reload();
+  };
+  document.getElementById("caption-run").addEventListener("click", async () => {
+    const values = {};
+    for (const input of options.querySelectorAll("[data-key]")) {
+      if (input.type === "checkbox") { if (input.checked !== (input.dataset.default === "1")) values[input.dataset.key] = input.checked; }
+      else if (input.value.trim() !== "") values[input.dataset.key] = input.value;
+    }
+    const body = { path: box.dataset.folder, kind: select.value, options: values, prefix: document.getElementById("caption-prefix").value, overwrite: document.getElementById("caption-overwrite").checked };
+    let response = await api("POST", "/api/autocaption", body);
+    if (response.status === 409 && confirm(response.data.error)) response = await api("POST", "/api/autocaption", { ...body, confirm: true });
+    if (!response.ok) { out.replaceChildren(el("span", { class: "error", text: errorText(response.data) })); return; }
+    poll();
+  });
 }
 
 const PAGES = { new: () => NewRun.init(), run: () => RunPage.init(), runs: initRuns, compare: initCompare, dataset: initDataset };
