@@ -78,7 +78,9 @@ class CaptionSummary:
     :param written: captions written where there was none, with their text.
     :param replaced: captions that replaced an existing ``.txt`` (``overwrite``), with their new text.
     :param kept: images whose existing caption was left as it was (no ``overwrite``).
-    :param unreadable: images that could not be decoded, with the reason; they get no caption.
+    :param skipped: images that get no caption, with the reason: they could not be decoded, their
+        caption file would land outside the folder (a linked sub-folder), or another image of the same
+        stem (``a.png``, ``a.jpg``) already claimed ``a.txt``.
     """
 
     folder: Path
@@ -86,11 +88,11 @@ class CaptionSummary:
     written: dict[Path, str] = field(default_factory=dict)
     replaced: dict[Path, str] = field(default_factory=dict)
     kept: list[Path] = field(default_factory=list)
-    unreadable: dict[Path, str] = field(default_factory=dict)
+    skipped: dict[Path, str] = field(default_factory=dict)
 
     @property
     def images(self) -> int:
-        return len(self.written) + len(self.replaced) + len(self.kept) + len(self.unreadable)
+        return len(self.written) + len(self.replaced) + len(self.kept) + len(self.skipped)
 
     def captions(self) -> dict[Path, str]:
         """Every caption written by this call, by image."""
@@ -109,7 +111,7 @@ class CaptionSummary:
             "written": {rel(p): text for p, text in self.written.items()},
             "replaced": {rel(p): text for p, text in self.replaced.items()},
             "kept": [rel(p) for p in self.kept],
-            "unreadable": {rel(p): why for p, why in self.unreadable.items()},
+            "skipped": {rel(p): why for p, why in self.skipped.items()},
         }
 
 
@@ -152,7 +154,12 @@ def caption_options(
     """
     from loraplug.recipe.validate import command_line_section
 
-    host.lookup("caption", kind)  # an unknown or uninstalled kind: its own error, with what to install
+    try:
+        host.lookup("caption", kind)  # an unknown or uninstalled kind: its own error, with what to install
+    except PluginError as exc:
+        raise PluginError(
+            exc.what, where="--kind", fix=(exc.fix or "").replace("`caption.kind`", "--kind")
+        ) from exc
     return command_line_section(
         host,
         "caption",
@@ -211,7 +218,7 @@ def caption_folder(
     :param on_caption: called after each caption file is written, with the image and the text (progress).
     :raises LoraplugError: ``folder`` is not a directory, the kind is unknown or its options invalid, or
         the model cannot be loaded. An image that cannot be decoded is skipped and listed in
-        ``CaptionSummary.unreadable``.
+        ``CaptionSummary.skipped``.
     """
     root = Path(folder).expanduser().absolute()
     if not root.is_dir():
@@ -229,11 +236,19 @@ def caption_folder(
         section = caption_options(kind, options, host=host)  # before the walk: a typo costs nothing
     summary = CaptionSummary(folder=root, kind=kind)
     todo: list[tuple[Path, Path]] = []
+    claimed: dict[Path, Path] = {}
     for image in find_images(root):
         target = image.with_suffix(CAPTION_SUFFIX)
+        if target in claimed:
+            # a.png and a.jpg share a.txt (the imagefolder kind reads it for both): caption it once.
+            summary.skipped[image] = (
+                f"{claimed[target].name} has the same stem, and its caption is {target.name}"
+            )
+            continue
+        claimed[target] = image
         if not _inside(target, root):
             # A sub-folder that is a link out of the folder: a caption written there lands elsewhere.
-            summary.unreadable[image] = f"its caption {target} would be written outside {root} (a link)"
+            summary.skipped[image] = f"its caption {target} would be written outside {root} (a link)"
         elif target.exists() or target.is_symlink():
             if not overwrite or not target.is_file():
                 summary.kept.append(image)  # the user's caption (or something that is no caption file)
@@ -281,7 +296,7 @@ def _open(image: Path, summary: CaptionSummary) -> Image.Image | None:
             opened.load()
             return opened.copy()
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        summary.unreadable[image] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        summary.skipped[image] = f"cannot be decoded: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
         return None
 
 

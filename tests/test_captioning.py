@@ -110,15 +110,20 @@ def test_nothing_to_caption_loads_no_model_but_still_checks_the_options(
     assert "did you mean `caption.word`?" in result.stderr
 
 
-def test_unreadable_images_are_skipped_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_images_and_a_second_image_of_a_stem_are_skipped_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _host(monkeypatch, ColourPlugin())
     folder = tmp_path / "images"
     _images(folder, 1)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(folder / "image-0.jpg")  # the same stem as image-0.png
     result = run_cli("data", "caption", folder, "--kind", "colour")
     assert result.exit_code == 0, result.stderr
-    assert (folder / "image-0.txt").exists() and not (folder / "broken.txt").exists()
-    assert "1 unreadable (skipped)" in result.stdout and "broken.jpg" in result.stderr
+    assert "(0, 0, 0)" not in (folder / "image-0.txt").read_text()  # image-0.jpg's, which came first
+    assert not (folder / "broken.txt").exists()
+    assert "2 skipped" in result.stdout and "broken.jpg: cannot be decoded" in result.stderr
+    assert "image-0.png: image-0.jpg has the same stem" in result.stderr
 
 
 def test_a_sub_folder_linked_from_elsewhere_gets_no_caption(

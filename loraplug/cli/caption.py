@@ -104,7 +104,7 @@ def caption(
     console.print(
         f"{summary.images} images in {escape(str(summary.folder))}: {len(summary.written)} captioned, "
         f"{len(summary.replaced)} replaced{kept if summary.kept else ''}"
-        + (f", {len(summary.unreadable)} unreadable (skipped)" if summary.unreadable else "")
+        + (f", {len(summary.skipped)} skipped" if summary.skipped else "")
     )
-    for image, why in summary.unreadable.items():
+    for image, why in summary.skipped.items():
         err_console.print(f"[yellow]warning:[/] skipped {escape(str(image))}: {escape(why)}")

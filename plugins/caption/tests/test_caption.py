@@ -110,7 +110,7 @@ def test_bad_options_are_one_paragraph_naming_each_problem(shapes: Path, tiny_ta
     assert "`caption.character_threshold` = 2" in result.stderr and "Traceback" not in result.stderr
     assert _captions(shapes) == before
     result = run_cli("data", "caption", shapes, "--kind", "wd41")
-    assert result.exit_code == 2 and "Did you mean 'wd14'?" in result.stderr
+    assert result.exit_code == 2 and "Did you mean 'wd14'?" in result.stderr and "Fix --kind" in result.stderr
 
 
 def test_a_tagger_directory_without_its_tag_list_is_named(tmp_path: Path, tiny_tagger: Path) -> None:
@@ -123,6 +123,7 @@ def test_a_tagger_directory_without_its_tag_list_is_named(tmp_path: Path, tiny_t
     assert f"The wd14 model directory {broken} has no selected_tags.csv" in result.stderr
 
 
+@pytest.mark.slow  # transformers loads and BLIP generates for 32 images
 def test_blip_writes_a_sentence_per_image_that_starts_with_the_prompt(shapes: Path, tiny_blip: Path) -> None:
     for path in shapes.glob("*.txt"):
         path.unlink()
@@ -134,6 +135,7 @@ def test_blip_writes_a_sentence_per_image_that_starts_with_the_prompt(shapes: Pa
     assert all(text.startswith("a photo of") and len(text.split()) > 3 for text in captions.values())
 
 
+@pytest.mark.slow  # two fresh processes, one loading transformers
 def test_offline_with_nothing_cached_is_a_clear_error(tmp_path: Path) -> None:
     _solid(tmp_path / "images", "red.png", (255, 0, 0))
     env = {
