@@ -42,6 +42,7 @@ class ColourPlugin:
         self.answers = answers
         self.returns = returns
         self.built: list[ColourCaptioner] = []
+        self.devices: list[str | None] = []
 
     @hookimpl
     def loraplug_register_kinds(self, register: Any) -> None:
@@ -51,6 +52,7 @@ class ColourPlugin:
     def loraplug_build_captioner(self, kind: str, options: Any, ctx: Any) -> Any:
         if self.returns is not None:
             return self.returns
+        self.devices.append(ctx.device)
         self.built.append(ColourCaptioner(options, self.answers))
         return self.built[-1]
 
@@ -82,7 +84,17 @@ def test_data_caption_writes_txt_files_beside_images_and_calls_the_kinds_hook(
     (folder / "image-1.txt").write_text("my own caption\n")
     (folder / "notes.md").write_text("not an image")
     result = run_cli(
-        "data", "caption", folder, "--kind", "colour", "--option", "word=red", "--batch-size", "2"
+        "data",
+        "caption",
+        folder,
+        "--kind",
+        "colour",
+        "--option",
+        "word=red",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
     )
     assert result.exit_code == 0, result.stderr
     assert (folder / "image-0.txt").read_text() == "red (0, 0, 0), shape\n"
@@ -92,6 +104,7 @@ def test_data_caption_writes_txt_files_beside_images_and_calls_the_kinds_hook(
         "image-0.png", "image-0.txt", "image-1.png", "image-1.txt", "image-2.png", "image-2.txt", "notes.md", "sub",
     ]  # fmt: skip
     assert plugin.built[0].batches == [2, 2]  # four images to caption, two at a time
+    assert plugin.devices == ["cpu"]
     assert "5 images" in result.stdout and "4 captioned" in result.stdout and "1 kept" in result.stdout
 
 

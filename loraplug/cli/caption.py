@@ -63,6 +63,7 @@ def _options(pairs: tuple[str, ...]) -> tuple[dict[str, object], dict[str, str]]
 )
 @click.option("--append", multiple=True, help="Tags written last in every caption; comma-separated.")
 @click.option("--batch-size", default=8, show_default=True, help="Images captioned at once.")
+@click.option("--device", help="Where the model runs: cpu, cuda, cuda:1… (default: a GPU when there is one).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def caption(
     directory: Path,
@@ -72,6 +73,7 @@ def caption(
     prefix: tuple[str, ...],
     append: tuple[str, ...],
     batch_size: int,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Write a caption beside every image in DIR (IMAGE.txt), with a caption kind's model.
@@ -88,6 +90,7 @@ def caption(
     caption_options(kind, options, host=host(), given=given)
     ctx = CaptionContext(
         cache_dir=cache_dir(),
+        device=device,
         info=lambda m: err_console.print(m, highlight=False),
         warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False),
     )
