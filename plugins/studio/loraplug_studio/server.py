@@ -112,7 +112,10 @@ class Studio:
             "best": None if best is None else {"metric": best.metric, "value": best.value, "step": best.step},
             "started_at": info.recorded.started_at,
             "finished_at": info.recorded.finished_at,
-            "duration": duration(info.recorded.started_at, info.recorded.finished_at),
+            # A run that ended without recording its end (killed) has no duration to show.
+            "duration": duration(info.recorded.started_at, info.recorded.finished_at)
+            if info.recorded.finished_at or info.status in ("running", "exporting")
+            else None,
             "smoke": info.recorded.smoke,
             "problem": info.problem,
             "error": info.recorded.error,

@@ -6,8 +6,10 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
 from fastapi.testclient import TestClient
 
 import loraplug
@@ -179,14 +181,28 @@ def test_a_third_party_plugins_kinds_appear_in_the_form(studio_root: Path, tmp_p
 # -- runs ------------------------------------------------------------------------------------------------
 
 
-def fake_run(root: Path, name: str, lr: float, losses: list[float]) -> Path:
-    """A finished-looking run directory written as a run writes it (run.json, metrics.jsonl, recipe.toml)."""
+def fake_run(
+    root: Path, name: str, lr: float, losses: list[float], recipe: dict[str, Any] | None = None
+) -> Path:
+    """An interrupted run's directory written as a run writes it (run.json, metrics.jsonl, recipe.toml);
+    ``recipe``: the resolved recipe to start from (its run.name and train.lr are set)."""
     run_dir = root / "runs" / name
     run_dir.mkdir(parents=True)
-    RunStatus(status="interrupted", step=len(losses), started_at="2026-11-29T10:00:00+00:00").save(run_dir)
+    RunStatus(
+        status="interrupted",
+        step=len(losses),
+        started_at="2026-11-29T10:00:00+00:00",
+        finished_at="2026-11-29T10:01:30+00:00",
+    ).save(run_dir)
     lines = [json.dumps({"step": i + 1, "split": "train", "loss": loss}) for i, loss in enumerate(losses)]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run_dir / "recipe.toml").write_text(f'[run]\nname = "{name}"\n[train]\nlr = {lr}\nmax_steps = 10\n')
+    table = recipe or {"train": {"max_steps": 10}}
+    table = {
+        **table,
+        "run": {**table.get("run", {}), "name": name},
+        "train": {**table.get("train", {}), "lr": lr},
+    }
+    (run_dir / "recipe.toml").write_text(tomli_w.dumps(table))
     return run_dir
 
 
@@ -195,6 +211,7 @@ def test_runs_are_listed_and_compared(client: PageClient, studio_root: Path) -> 
     fake_run(studio_root, "second", 0.003, [3.0, 1.0])
     listing = client.get("/runs").text
     assert "runs/first" in listing and "runs/second" in listing and "interrupted" in listing
+    assert "90 s" in listing
     compared = client.get("/compare", params=[("path", "runs/first"), ("path", "runs/second")])
     assert compared.status_code == 200
     assert "<code>train.lr</code>" in compared.text and "<code>run.name</code>" in compared.text

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,7 +167,8 @@ def test_fill_check_launch_watch_stop_resume_and_open_the_run(
         assert "resum" in (page.locator("#log-tail").text_content() or "").lower()  # the process's own output
 
         # Runs: the finished run beside a second one, then both compared.
-        fake_run(studio_root, "quickstart-lr-1e-3", 0.001, [4.0, 3.1, 2.6, 2.2, 2.0])
+        resolved = tomllib.loads((studio_root / "runs" / "quickstart" / "recipe.toml").read_text())
+        fake_run(studio_root, "quickstart-lr-1e-3", 0.001, [5.6, 5.1, 4.7, 4.3, 4.0, 3.8], recipe=resolved)
         page.goto(f"{url}/runs")
         row = page.locator("tr[data-run='runs/quickstart']")
         expect(row).to_contain_text("finished")
@@ -180,7 +182,7 @@ def test_fill_check_launch_watch_stop_resume_and_open_the_run(
         shoot(page, tmp_path, "compare")
 
         page.goto(f"{url}/runs")
-        page.click("a[href='/run?path=runs%2Fquickstart']")
+        page.click("tr[data-run='runs/quickstart'] td:nth-child(2) a")
         expect(page.locator("details.export").first).to_contain_text("adapter_config.json")
         expect(page.locator("details.export").first).to_contain_text("PeftModel.from_pretrained")
         expect(page.locator("code.sha").first).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
