@@ -299,6 +299,14 @@ def _tables(recipe: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any
     return found
 
 
+def _put(recipe: dict[str, Any], section: str, index: int | None, table: dict[str, Any]) -> None:
+    """Put a table back where :func:`_tables` found it: ``[section]``, or the next ``[[section]]``."""
+    if index is None:
+        recipe[section] = table
+    else:
+        recipe.setdefault(section, []).append(table)
+
+
 def recipe_table(form: dict[str, Any], host: PluginHost) -> dict[str, Any]:
     """The recipe a form describes. ``form`` holds, per section, ``{key: raw value}`` of the inputs that are
     set (``export``: a list of them); a kind section's ``kind`` picks the fields its values are read by.
@@ -313,11 +321,8 @@ def recipe_table(form: dict[str, Any], host: PluginHost) -> dict[str, Any]:
             key: str(raw) if key == "kind" else parse_field(specs.get(key, LOOSE), raw, f"{where}.{key}")
             for key, raw in values.items()
         }
-        if index is None:
-            if table:
-                recipe[section] = table
-        else:
-            recipe.setdefault(section, []).append(table)
+        if table or index is not None:
+            _put(recipe, section, index, table)
     return recipe
 
 
@@ -336,10 +341,7 @@ def form_values(recipe: dict[str, Any], host: PluginHost) -> dict[str, Any]:
             key: value if key == "kind" else _shown(value, specs.get(key, LOOSE)["widget"])
             for key, value in table.items()
         }
-        if index is None:
-            out[section] = shown
-        else:
-            out.setdefault(section, []).append(shown)
+        _put(out, section, index, shown)
     return out
 
 
@@ -361,8 +363,5 @@ def absolute_paths(recipe: dict[str, Any], base: Path, host: PluginHost) -> dict
             else v
             for k, v in table.items()
         }
-        if index is None:
-            out[section] = fixed
-        else:
-            out.setdefault(section, []).append(fixed)
+        _put(out, section, index, fixed)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ def test_a_recipe_saved_from_its_form_loads_back_the_same(client: PageClient, st
     assert tomllib.loads((studio_root / "recipes" / "copy.toml").read_text()) == original
     again = client.get("/api/recipe", params={"path": "recipes/copy.toml"}).json()
     assert again["form"] == opened["form"]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.toml")))
+def test_every_shipped_recipe_survives_the_form_round_trip(
+    client: PageClient, studio_root: Path, recipe: str
+) -> None:
+    """Form values → TOML → form values keeps every key and value of every recipe in recipes/."""
+    shutil.copy(REPO / "recipes" / recipe, studio_root / "recipes" / recipe)
+    opened = client.get("/api/recipe", params={"path": f"recipes/{recipe}"}).json()
+    saved = client.page_post("/api/save", {"path": "recipes/round-trip.toml", "form": opened["form"]})
+    assert saved.status_code == 200, saved.text
+    original = tomllib.loads((REPO / "recipes" / recipe).read_text())
+    assert tomllib.loads((studio_root / "recipes" / "round-trip.toml").read_text()) == original
 
 
 def test_saving_over_a_file_needs_a_confirm(client: PageClient, studio_root: Path) -> None:
