@@ -17,18 +17,22 @@ import html
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from loraplug.rundir import RECIPE_FILE, atomic_dir, atomic_write_text
+from loraplug.bundles import Artifact
+from loraplug.rundir import RECIPE_FILE, atomic_dir, atomic_write_json, atomic_write_text
 from loraplug.runinfo import RunInfo, human_size, read_run
 
 REPORT_FILE = "report.html"
 REPORT_DIR = "report"
+#: What plugins show of the latest evaluation (:func:`show_in_report`): one JSON file per name, and the
+#: files (images) those show, which the plugin writes here too.
+EVALUATION_DIR = "evaluation"
 #: Plotted together, because a person compares them: training loss and validation loss.
 LOSS_PLOT = (("train", "loss"), ("eval", "val_loss"))
 
@@ -64,6 +68,20 @@ def write_report_or_warn(run_dir: Path, warn: Callable[[str], None]) -> Path | N
             f"could not write the run report ({type(exc).__name__}: {exc}); `loraplug runs show {run_dir}` retries"
         )
         return None
+
+
+def show_in_report(run_dir: Path, name: str, artifacts: Sequence[Artifact]) -> Path:
+    """Show ``artifacts`` in the report's "Evaluation" section under the heading ``name``.
+
+    For what a scalar metric cannot show — a confusion matrix, a per-class table, a calibration curve —
+    from a plugin's ``loraplug_evaluate`` (``ctx.run_dir``; it runs on the main process). Each call
+    replaces what ``name`` showed before, so the report shows the latest evaluation's. Artifacts are
+    rendered by type as samples are (:class:`loraplug.Artifact`: table, image, text, audio); write an
+    image's file under ``run_dir / EVALUATION_DIR`` first. Returns the JSON file written.
+    """
+    path = run_dir / EVALUATION_DIR / f"{_file_safe(name)}.json"
+    atomic_write_json(path, {"name": name, "outputs": [artifact.as_json(run_dir) for artifact in artifacts]})
+    return path
 
 
 def plan_plots(series: dict[tuple[str, str], Any]) -> list[Plot]:
@@ -142,6 +160,7 @@ def render_html(info: RunInfo, plots: list[Plot]) -> str:
             else _dim("No data summary (the run stopped before its data loaded)."),
         ),
         _section("Metrics", _final_metrics(info) + _plots(plots)),
+        *([_section("Evaluation", shown)] if (shown := _evaluation(info.path)) else []),
         _section("Samples", _samples(info)),
         _section("Exports", _exports(info)),
         _section("Recipe", _recipe(info)),
@@ -317,6 +336,21 @@ def _artifact_html(run_dir: Path, output: dict[str, Any]) -> str:
     if kind == "text":
         return f'<div class="sample">{_e(output.get("text", ""))}</div>{caption}'
     return _dim(f"(a {kind} output this version of loraplug cannot show)")
+
+
+def _evaluation(run_dir: Path) -> str:
+    """What plugins showed of the latest evaluation (:func:`show_in_report`), one heading per name."""
+    parts = []
+    for path in sorted((run_dir / EVALUATION_DIR).glob("*.json")):
+        try:
+            shown = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a torn or foreign file: the rest of the report still renders
+        if not isinstance(shown, dict) or not isinstance(shown.get("outputs"), list):
+            continue
+        body = "".join(_artifact_html(run_dir, o) for o in shown["outputs"] if isinstance(o, dict))
+        parts.append(f"<h3>{_e(shown.get('name', path.stem))}</h3>\n{body}")
+    return "\n".join(parts)
 
 
 def _exports(info: RunInfo) -> str:

@@ -27,6 +27,7 @@ from loraplug.data.filters import require_text
 from loraplug.errors import LoraplugError, model_load_error
 from loraplug.options import LearningRate
 from loraplug.quiet import debugging, silence_warnings
+from loraplug.report import EVALUATION_DIR, show_in_report
 from loraplug.rundir import build_once, sha256_file
 from loraplug.runinfo import RunInfo, human_size, metric_series, read_run, read_runs
 from loraplug.safety import confine, may_replace
@@ -44,6 +45,7 @@ R = TypeVar("R")
 __all__ = [
     "BITSANDBYTES_INSTALL",
     "DTYPE_NAMES",
+    "EVALUATION_DIR",
     "PARITY_TOLERANCES",
     "TORCHAO_INSTALL",
     "LearningRate",
@@ -79,6 +81,7 @@ __all__ = [
     "require_package",
     "require_text",
     "sha256_file",
+    "show_in_report",
     "silence_warnings",
     "token_limit",
     "torch_dtype",

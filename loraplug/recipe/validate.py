@@ -334,6 +334,14 @@ def _filter_misfits(
     return misfits
 
 
+def data_problems(model: BaseModel, data: KindSection) -> list[str]:
+    """The model kind's own look at the data (an optional method of its options model,
+    ``check_data(self, data_kind, data_options) -> list[str]``): what a model must know of the data and
+    can check in a second where the files are local — a classifier's labels against the samples'."""
+    check = getattr(model, "check_data", None)
+    return list(check(data.kind, data.options)) if callable(check) else []
+
+
 def _shape_misfit(
     host: PluginHost, data: Served, produces: tuple[str, ...] | None, model: Served
 ) -> str | None:
@@ -412,6 +420,9 @@ def load_recipe(
     if isinstance(data, DataSection):
         for asked_at, misfit in _filter_misfits(host, data, produces, model_kind):
             checker.problems.append(f"`{dotted(asked_at)}` ({source.where(asked_at)}): {misfit}")
+    if model is not None and data is not None:
+        for problem in data_problems(model.options, data):
+            checker.problems.append(f"`data` ({source.where(('data',))}): {problem}")
 
     exports: list[ExportSection] = []
     raw_exports = raw.get("export", [])
