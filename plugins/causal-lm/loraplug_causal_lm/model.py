@@ -162,3 +162,7 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
         base_dir=bundle.base_dir,
         lr_scales=bundle.lr_scales,
     )
+    if isinstance(options, LoraOptions) and options.init_from is not None:
+        from loraplug_causal_lm.initial_adapter import load_initial_adapter
+
+        load_initial_adapter(peft_model, options.init_from, config)

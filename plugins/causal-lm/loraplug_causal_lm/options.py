@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
-from loraplug import InputFile, Options
+from loraplug import InputDir, InputFile, Options
 from loraplug import NoOptions as NoOptions  # named by path in plugin.py
 from loraplug.toolkit import BITSANDBYTES_INSTALL, pretrained_source, require_package
 from loraplug_hf.peft_options import LokrSettings
@@ -126,6 +126,12 @@ class LycorisOptions(Options):
     """What LoHa and LoKr (LyCORIS' adapters, through peft) share."""
 
     r: PositiveInt = Field(8, description="Rank of each factor.")
+    init_from: InputDir | None = Field(
+        None,
+        description="Start from an earlier LoRA adapter instead of B = 0: a PEFT adapter directory (adapter_config.json "
+        "+ adapter_model.safetensors, e.g. an SFT run's exports/peft) with the same r, alpha and target modules. "
+        "With train.objective = dpo it is also the reference (docs/preference.md).",
+    )
     alpha: float = Field(8.0, gt=0, description="The update is scaled by alpha/r.")
     rank_dropout: float = Field(
         0.0, ge=0, lt=1, description="Dropout on the rows of the update during training."

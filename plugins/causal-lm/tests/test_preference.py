@@ -177,3 +177,55 @@ def test_tiny_dpo_recipe_raises_reward_accuracy(tmp_path: Path) -> None:
     assert first["step"] == 0 and first["reward_accuracy"] == 0.0
     assert last["reward_accuracy"] >= 0.8 and last["reward_margin"] > first["reward_margin"]
     assert last["chosen_logps"] - last["rejected_logps"] > first["chosen_logps"] - first["rejected_logps"]
+
+
+def test_dpo_from_an_earlier_adapter_uses_it_as_the_reference(
+    tmp_path: Path, lm_recipe: Any, jsonl_file: Any
+) -> None:
+    """adapter.init_from: the SFT adapter is where training starts and what DPO compares with — at step 0
+    every reward margin is 0 (against the base with the adapter off it would not be)."""
+    sft = lm_recipe(
+        run={"name": "sft"},
+        train={"max_steps": 2, "lr": 1e-2},
+        eval={"sample_prompts": []},
+        export=[{"kind": "peft"}],
+    )
+    assert run_cli("run", sft).exit_code == 0
+    earlier = tmp_path / "runs" / "sft" / "exports" / "peft"
+    data = jsonl_file("pairs.jsonl", pair_rows(8, seed=6))
+    recipe = lm_recipe(
+        run={"name": "dpo"},
+        data={"kind": "pairs", "path": str(data), "val_fraction": 0.25},
+        adapter={"init_from": str(earlier)},
+        train={"objective": "dpo", "max_steps": 1, "batch_size": 2},
+        eval={"metrics": ["reward_margin", "chosen_logps"], "sample_prompts": []},
+        export=[],
+    )
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "reference log-probabilities of 8 pairs computed" in result.output
+    evaluations = json.loads((tmp_path / "runs" / "dpo" / "run.json").read_text())["evaluations"]
+    assert evaluations[0]["step"] == 0 and evaluations[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+
+    # The same with the base as reference: the SFT adapter already moved the log-probabilities.
+    recipe_base = lm_recipe(
+        run={"name": "dpo-base"},
+        data={"kind": "pairs", "path": str(data), "val_fraction": 0.25},
+        train={"objective": "dpo", "max_steps": 1, "batch_size": 2},
+        eval={"metrics": ["chosen_logps"], "sample_prompts": []},
+        export=[],
+    )
+    assert run_cli("run", recipe_base).exit_code == 0
+    base_status = json.loads((tmp_path / "runs" / "dpo-base" / "run.json").read_text())["evaluations"]
+    assert base_status[0]["chosen_logps"] != pytest.approx(evaluations[0]["chosen_logps"], rel=1e-4)
+
+    mismatched = lm_recipe(
+        run={"name": "dpo-r8"},
+        data={"kind": "pairs", "path": str(data)},
+        adapter={"init_from": str(earlier), "r": 8},
+        train={"objective": "dpo", "max_steps": 1},
+        export=[],
+    )
+    result = run_cli("run", mismatched)
+    assert result.exit_code != 0
+    assert "r = 4" in result.output and "adapter.r" in result.output and "Traceback" not in result.output
