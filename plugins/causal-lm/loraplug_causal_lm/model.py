@@ -154,6 +154,10 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
             fix='Use kind = "lora" for QLoRA, or remove model.quantization to train LoHa/LoKr on the full-precision base',
         )
     peft_model = attach_peft(bundle.module, config, what=what)
+    if isinstance(options, LoraOptions) and options.init_from is not None:
+        from loraplug_causal_lm.initial_adapter import load_initial_adapter
+
+        load_initial_adapter(peft_model, options.init_from, config)
     return ModelBundle(
         kind=bundle.kind,
         module=peft_model,
@@ -162,7 +166,3 @@ def wrap(options: LoraOptions | LycorisOptions, bundle: ModelBundle) -> ModelBun
         base_dir=bundle.base_dir,
         lr_scales=bundle.lr_scales,
     )
-    if isinstance(options, LoraOptions) and options.init_from is not None:
-        from loraplug_causal_lm.initial_adapter import load_initial_adapter
-
-        load_initial_adapter(peft_model, options.init_from, config)
