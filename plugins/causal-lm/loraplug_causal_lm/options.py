@@ -120,18 +120,18 @@ class LoraOptions(Options):
     modules_to_save: list[str] = Field(
         default_factory=list, description="Modules trained in full and saved with the adapter."
     )
-
-
-class LycorisOptions(Options):
-    """What LoHa and LoKr (LyCORIS' adapters, through peft) share."""
-
-    r: PositiveInt = Field(8, description="Rank of each factor.")
     init_from: InputDir | None = Field(
         None,
         description="Start from an earlier LoRA adapter instead of B = 0: a PEFT adapter directory (adapter_config.json "
         "+ adapter_model.safetensors, e.g. an SFT run's exports/peft) with the same r, alpha and target modules. "
         "With train.objective = dpo it is also the reference (docs/preference.md).",
     )
+
+
+class LycorisOptions(Options):
+    """What LoHa and LoKr (LyCORIS' adapters, through peft) share."""
+
+    r: PositiveInt = Field(8, description="Rank of each factor.")
     alpha: float = Field(8.0, gt=0, description="The update is scaled by alpha/r.")
     rank_dropout: float = Field(
         0.0, ge=0, lt=1, description="Dropout on the rows of the update during training."
