@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from loraplug.errors import PluginError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydantic import BaseModel
 
 Stage = Literal["data", "filter", "model", "adapter", "optimizer", "objective", "export", "metric", "caption"]
@@ -103,7 +105,11 @@ class KindSpec:
     :param summary: one line for ``loraplug plugins list`` and error messages.
     :param models: for adapter and export kinds, the model kinds it works with (``None``: any).
     :param smoke: option overrides ``--smoke`` applies to a model kind, e.g.
-        ``{"pretrained": "tiny-llama"}``.
+        ``{"pretrained": "tiny-llama"}`` — or, when they depend on the recipe, the import path
+        ``"package.module:function"`` of a function ``(table, base_dir) -> (overrides, note)``: it gets
+        the recipe's ``[model]`` table as written (overrides applied) and the recipe's directory, must be
+        cheap (no model loads; recipe checks call it), and returns the overrides and ``None`` or a line
+        the user is shown as a warning (say what ``--smoke`` could not do). See :meth:`smoke_overrides`.
     :param streams: for data kinds whose training records are a stream of unknown length: a recipe
         must then give ``train.max_steps``, checked with the rest of the recipe. A kind that streams only
         with some options leaves it ``False`` and gives its options model a method ``streams(self) -> bool``.
@@ -136,7 +142,7 @@ class KindSpec:
     options: type[BaseModel] | str
     summary: str = ""
     models: tuple[str, ...] | None = None
-    smoke: Mapping[str, Any] = field(default_factory=dict)
+    smoke: Mapping[str, Any] | str = field(default_factory=dict)
     streams: bool = False
     adapters: tuple[str, ...] | None = None
     produces: tuple[str, ...] | None = None
@@ -167,6 +173,22 @@ class KindSpec:
                 fix="This is a bug in the plugin that declared the kind; report it to its authors",
             ) from exc
         return model
+
+    def smoke_overrides(self, table: Mapping[str, Any], base_dir: Path) -> tuple[dict[str, Any], str | None]:
+        """What ``--smoke`` sets in the ``[model]`` table ``table`` of a recipe in ``base_dir``, and a note for
+        the user (``None``: nothing to say): ``smoke`` itself, or what its function returns."""
+        if not isinstance(self.smoke, str):
+            return dict(self.smoke), None
+        module, _, name = self.smoke.partition(":")
+        try:
+            function = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(
+                f"The --smoke function of {self.label()} ({self.smoke!r}) cannot be imported: {exc}",
+                fix="This is a bug in the plugin that declared the kind; report it to its authors",
+            ) from exc
+        overrides, note = function(table, base_dir)
+        return dict(overrides), note
 
     def serves_model(self, model_kind: str | None) -> bool:
         return self.models is None or model_kind is None or model_kind in self.models

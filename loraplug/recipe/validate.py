@@ -374,10 +374,10 @@ def load_recipe(
     :param check_files: require input files to exist (off when re-reading a finished run's recipe).
     """
     source = read_recipe(path, overrides)
-    if smoke:
-        _apply_smoke(source, host)
+    smoke_notes = _apply_smoke(source, host) if smoke else []
     raw = source.data
     checker = _Checker(source, host, check_files=check_files)
+    checker.notes.extend(smoke_notes)
     for key in raw:
         if key not in SECTIONS:
             close = get_close_matches(key, SECTIONS, n=1)
@@ -511,16 +511,20 @@ def load_recipe(
     )  # fmt: skip
 
 
-def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:
+def _apply_smoke(source: RecipeSource, host: PluginHost) -> list[str]:
+    """Apply ``--smoke`` to the recipe's tables; return what the model kind's plugin says about it."""
     raw = source.data
     model = raw.get("model")
+    notes: list[str] = []
     if isinstance(model, dict) and isinstance(model.get("kind"), str):
         try:
             spec = host.lookup("model", model["kind"]).spec
         except LoraplugError:
             spec = None  # reported by validation
         if spec is not None:
-            for key, value in spec.smoke.items():
+            overrides, note = spec.smoke_overrides(model, source.path.parent.absolute())
+            notes += [note] if note else []
+            for key, value in overrides.items():
                 model[key] = value
                 source.overridden[("model", key)] = f"--smoke (model.{key}={value!r})"
     train = raw.setdefault("train", {})
@@ -539,6 +543,7 @@ def _apply_smoke(source: RecipeSource, host: PluginHost) -> None:
     run = raw.setdefault("run", {})
     if isinstance(run, dict):
         run["output_dir"] = str(Path(str(run.get("output_dir", "runs"))) / "smoke")
+    return notes
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from loraplug import LoraplugError, ModelBundle, RunContext, toolkit
 from loraplug.toolkit import local_dir, model_load_error, torch_dtype
 from loraplug_causal_lm.options import (
+    PRESETS,
     CausalLMOptions,
     LohaOptions,
     LokrOptions,
@@ -23,7 +24,12 @@ LOAD_TIME_KEYS = ("is_local", "local_files_only", "cache_dir")
 
 
 def locate(options: CausalLMOptions, cache_dir: Path) -> str:
-    """What to hand to ``from_pretrained``: a preset's cached directory, a local directory or a hub id."""
+    """What to hand to ``from_pretrained``: a preset's cached directory, a local directory or a hub id — or,
+    with ``shrink``, the cached directory of the shrunk random model of that architecture (built on first use)."""
+    if options.shrink and options.pretrained not in PRESETS:
+        from loraplug_causal_lm.smoke import shrunk_dir
+
+        return str(shrunk_dir(options.pretrained, options.revision, options.trust_remote_code, cache_dir))
     return toolkit.locate(options.pretrained, cache_dir, TINY_PRESETS)
 
 
@@ -85,6 +91,13 @@ def build(options: CausalLMOptions, ctx: RunContext) -> ModelBundle:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     source = locate(options, ctx.cache_dir)
+    if options.shrink and options.pretrained not in PRESETS:
+        from loraplug_causal_lm.smoke import describe
+
+        ctx.info(
+            f"model: a shrunk random {describe(Path(source))} built from the config of {options.pretrained}, "
+            "with its tokenizer and chat template (model.shrink)"
+        )
     return ModelBundle(
         kind="causal-lm",
         module=model,

@@ -46,6 +46,12 @@ class CausalLMOptions(Options):
 
     pretrained: str = Field(description="Hub id, local directory, or preset `tiny-llama`.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    shrink: bool = Field(
+        False,
+        description="Train a shrunk random model of `pretrained`'s architecture (2 layers, width 64, its own module "
+        "names, tokenizer and chat template) instead of its weights, which are not read: what `--smoke` sets when the "
+        "model's config and tokenizer are on this machine (a local directory, or the Hugging Face cache).",
+    )
     dtype: Dtype = Field("auto", description="Weights dtype; `auto` keeps the checkpoint's.")
     trust_remote_code: bool = Field(False, description="Run the model repository's own Python code.")
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] | None = Field(

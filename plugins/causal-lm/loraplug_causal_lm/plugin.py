@@ -90,7 +90,8 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             MODEL_KIND,
             "loraplug_causal_lm.options:CausalLMOptions",
             "transformers AutoModelForCausalLM (hub id, directory or tiny-llama)",
-            smoke={"pretrained": "tiny-llama", "dtype": "float32", "attn_implementation": "sdpa"},
+            # a shrunk model of the recipe's own architecture where its config and tokenizer are local, else tiny-llama
+            smoke="loraplug_causal_lm.smoke:smoke_overrides",
             accepts=(RECORD_SHAPE, PREFERENCE_SHAPE),
             provides="from_pretrained",  # its deployable view reloads with AutoModelForCausalLM (bnb-* exports)
         )
