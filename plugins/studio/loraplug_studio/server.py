@@ -214,7 +214,19 @@ def flatten(table: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_snippet(manifest: dict[str, Any], run_path: str) -> str:
+def auto_class(config: Path) -> str:
+    """The transformers Auto class that loads a saved model, from its config's ``architectures``."""
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []
+    for suffix in ("ForCausalLM", "ForSequenceClassification"):
+        if any(str(a).endswith(suffix) for a in architectures):
+            return f"AutoModel{suffix}"
+    return "AutoModel"
+
+
+def load_snippet(manifest: dict[str, Any], run_path: str, root: Path) -> str:
     """How to load an export, by what it holds (the plugins' formats; docs/formats.md)."""
     folder = f"{run_path}/{manifest.get('dir', '')}"
     names = {Path(str(f.get("path", ""))).name for f in manifest.get("files", [])}
@@ -227,7 +239,8 @@ def load_snippet(manifest: dict[str, Any], run_path: str) -> str:
             f'from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained("{folder}")'
         )
     if "config.json" in names:
-        return f'from transformers import AutoModel\nmodel = AutoModel.from_pretrained("{folder}")'
+        auto = auto_class(root / folder / "config.json")
+        return f'from transformers import {auto}\nmodel = {auto}.from_pretrained("{folder}")'
     if any(n.endswith(".onnx") for n in names):
         onnx = next(n for n in sorted(names) if n.endswith(".onnx"))
         return f'import onnxruntime\nsession = onnxruntime.InferenceSession("{folder}/{onnx}")'
@@ -299,7 +312,7 @@ def create_app(
     def run_page(request: Request, path: str) -> HTMLResponse:
         view = studio.view_of(path)
         for manifest in view["exports"]:
-            manifest["snippet"] = load_snippet(manifest, view["path"])
+            manifest["snippet"] = load_snippet(manifest, view["path"], studio.root)
         return page(request, "run.html", run=view, run_json=json.dumps(view, default=str))
 
     @app.get("/compare", response_class=HTMLResponse)

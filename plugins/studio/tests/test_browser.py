@@ -183,9 +183,14 @@ def test_fill_check_launch_watch_stop_resume_and_open_the_run(
 
         page.goto(f"{url}/runs")
         page.click("tr[data-run='runs/quickstart'] td:nth-child(2) a")
-        expect(page.locator("details.export").first).to_contain_text("adapter_config.json")
-        expect(page.locator("details.export").first).to_contain_text("PeftModel.from_pretrained")
+        peft = page.locator("details.export", has_text="peft (peft)")
+        expect(peft).to_contain_text("adapter_config.json")
+        expect(peft).to_contain_text("PeftModel.from_pretrained")
+        expect(page.locator("details.export", has_text="merged (merged)")).to_contain_text(
+            "AutoModelForCausalLM"
+        )
         expect(page.locator("code.sha").first).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
+        page.evaluate("document.querySelector('details.export').scrollIntoView()")
         shoot(page, tmp_path, "run")
 
 
