@@ -47,7 +47,7 @@ FIRST_PARTY = frozenset(
     {
         "loraplug",  # the core's built-in kinds (loraplug/builtin.py)
         "loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant",
-        "loraplug-wandb", "loraplug-optimizers", "loraplug-caption",
+        "loraplug-wandb", "loraplug-optimizers", "loraplug-caption", "loraplug-datasets",
     }
 )  # fmt: skip
 #: Kinds served by first-party plugins that are installed separately: a recipe naming one without its
@@ -65,6 +65,7 @@ FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
     ("optimizer", "adafactor"): "loraplug-optimizers",
     ("caption", "wd14"): "loraplug-caption",
     ("caption", "blip"): "loraplug-caption",
+    ("data", "hf-dataset"): "loraplug-datasets",
 }
 
 

@@ -57,7 +57,8 @@ def cli() -> None:
 @click.option(
     "--smoke",
     is_flag=True,
-    help="Swap the model for its tiny preset, train 3 steps, write under <output_dir>/smoke.",
+    help="Swap the model for a tiny one (of its own architecture where its config is local), train 3 steps, "
+    "write under <output_dir>/smoke.",
 )
 @click.option(
     "--overwrite",
