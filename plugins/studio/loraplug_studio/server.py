@@ -42,6 +42,8 @@ STATE_DIR = ".loraplug-studio"
 RECIPES_DIR = "recipes"
 #: Where runs are listed from, under the root (``run.output_dir``'s default).
 RUNS_DIR = "runs"
+#: The HTML report `loraplug runs show` writes into a run directory.
+REPORT_FILE = "report.html"
 #: How often the queue and the live pages look at the disk.
 POLL_SECONDS = 1.0
 
@@ -142,6 +144,8 @@ class Studio:
             ]
             view["recipe"] = info.recipe
             view["log_tail"] = log_tail(Path(job.log)) if job is not None else ""
+            report = info.path / REPORT_FILE
+            view["report"] = relative(self.root, report) if report.is_file() else None
         return view
 
     def read_run(self, path: str) -> RunInfo:
@@ -170,9 +174,16 @@ class Studio:
 def overrides(body: dict[str, Any]) -> list[str]:
     """The form's override lines (``train.lr=1e-4``), as `loraplug run` takes them."""
     text = body.get("overrides") or ""
-    return [
+    lines = [
         line.strip() for line in str(text).splitlines() if line.strip() and not line.strip().startswith("#")
     ]
+    for line in lines:
+        if line.startswith("-"):  # an option of `loraplug run`, not an override: the form has those
+            raise LoraplugError(
+                f"override {line!r} is not KEY=VALUE",
+                fix="Write one dotted key=value per line (~key deletes a key)",
+            )
+    return lines
 
 
 def duration(started: str | None, finished: str | None) -> float | None:
@@ -363,7 +374,9 @@ def create_app(
         target = studio.path(path)
         if not target.is_file():
             raise LoraplugError(f"{path} is not a file", fix="Reload the page")
-        return FileResponse(target)
+        # A run's report.html is shown, never trusted: no script of a served file runs with the studio's origin.
+        headers = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(target, headers=headers)
 
     # -- the New-run API --------------------------------------------------------------------------------
 

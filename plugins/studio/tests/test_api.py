@@ -365,3 +365,25 @@ def test_auto_caption_a_folder_with_an_installed_caption_kind_and_undo_it(
             } == before
             client.page_post("/api/undo", {})
             assert not (folder / "shape-001.txt").exists()
+
+
+def test_an_override_cannot_smuggle_an_option_of_loraplug_run(client: PageClient) -> None:
+    form = client.get("/api/recipe", params={"path": QUICKSTART}).json()["form"]
+    body = {
+        "form": form,
+        "base": "recipes",
+        "name": "quickstart.toml",
+        "overrides": "train.lr=1e-4\n--overwrite",
+    }
+    checked = client.page_post("/api/check", body).json()
+    assert checked["problems"] == ["override '--overwrite' is not KEY=VALUE"]
+    assert client.page_post("/api/launch", body).status_code == 400
+
+
+def test_files_are_served_sandboxed(client: PageClient, studio_root: Path) -> None:
+    """A run's report.html (or any file) is shown, but its scripts never run with the studio's origin."""
+    (studio_root / "runs").mkdir()
+    (studio_root / "runs" / "report.html").write_text("<script>fetch('/api/undo', {method: 'POST'})</script>")
+    served = client.get("/files", params={"path": "runs/report.html"})
+    assert served.headers["content-security-policy"] == "sandbox"
+    assert served.headers["x-content-type-options"] == "nosniff"

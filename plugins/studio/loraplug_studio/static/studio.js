@@ -375,12 +375,24 @@ const RunPage = {
     samples.replaceChildren(...(run.samples || []).slice().reverse().map((set) =>
       el("div", { class: "sample-set" }, el("h3", { text: `step ${set.step}` }),
         ...set.records.map((r) => el("div", { class: "sample" },
-          el("div", { class: "prompt", text: r.prompt || "" }),
-          r.image ? el("img", { src: `/files?path=${encodeURIComponent(run.path + "/" + r.image)}`, alt: r.prompt || "sample" }) : null,
-          r.text ? el("pre", { text: r.text }) : null)))));
+          el("div", { class: "prompt", text: r.prompt || "" }), ...sampleOutputs(run.path, r))))));
     if (!samples.children.length) samples.append(el("p", { text: "No samples yet." }));
   },
 };
+
+// A sample's outputs as the run wrote them (typed: text, image, audio, table; or an older image/text pair).
+function sampleOutputs(runPath, record) {
+  const outputs = Array.isArray(record.outputs) ? record.outputs
+    : [...(record.image ? [{ type: "image", path: record.image }] : []), ...(record.text != null ? [{ type: "text", text: record.text }] : [])];
+  const file = (path) => `/files?path=${encodeURIComponent(runPath + "/" + path)}`;
+  return outputs.map((o) => {
+    if (o.type === "image") return el("img", { src: file(o.path), alt: o.caption || record.prompt || "sample" });
+    if (o.type === "audio") return el("audio", { controls: true, src: file(o.path) });
+    if (o.type === "text") return el("pre", { text: o.text });
+    if (o.type === "table") return el("pre", { text: (o.rows || []).map((row) => JSON.stringify(row)).join("\n") });
+    return el("small", { text: `(a ${o.type} output the studio cannot show)` });
+  });
+}
 
 // ------------------------------------------------------------------------------------------- runs list
 
