@@ -307,8 +307,11 @@ def wants_pairs(data: DataBundle, ctx: RunContext) -> bool:
 def prepare_pairs(
     model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext
 ) -> PreparedData:
-    objective = preference_objective(ctx)
-    if objective is None:
+    from loraplug.kinds import DEFAULT_OBJECTIVE
+
+    # dpo, orpo, or another plugin's objective for causal LMs: its train_step reads the same pair batches.
+    objective = ctx.recipe.objective.kind if ctx.recipe.objective is not None else DEFAULT_OBJECTIVE
+    if objective == DEFAULT_OBJECTIVE:
         raise LoraplugError(
             "The data holds preference pairs (chosen/rejected), and train.objective is sft, which learns one answer",
             where="train.objective",

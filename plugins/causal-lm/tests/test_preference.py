@@ -229,3 +229,50 @@ def test_dpo_from_an_earlier_adapter_uses_it_as_the_reference(
     result = run_cli("run", mismatched)
     assert result.exit_code != 0
     assert "r = 4" in result.output and "adapter.r" in result.output and "Traceback" not in result.output
+
+
+def test_the_objective_example_in_docs_plugins_md_trains_simpo_through_its_own_train_step(
+    tmp_path: Path, lm_recipe: Any, jsonl_file: Any
+) -> None:
+    """A third party's objective (SimPO, docs/plugins.md) installed as a distribution: the loop calls its
+    loraplug_train_step, not the causal-lm plugin's, on the pairs the causal-lm plugin prepared."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from loraplug.testing import plugin_dist
+
+    text = (Path(__file__).parents[3] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- example: objective plugin -->\n```python\n(.*?)```", text, re.S)
+    assert match, "docs/plugins.md lost its objective example"
+    site = plugin_dist(
+        tmp_path / "site", distribution="loraplug-simpo", module="loraplug_simpo", source=match.group(1)
+    )
+    data = jsonl_file("pairs.jsonl", pair_rows(6))
+    recipe = lm_recipe(
+        data={"kind": "pairs", "path": str(data), "val_fraction": 0.0},
+        train={"objective": "simpo", "max_steps": 2, "batch_size": 2},
+        objective={"beta": 2.0, "gamma": 0.5},
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "LORAPLUG_TRACE_HOOKS": "1",
+        "LORAPLUG_STRICT_PLUGINS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraplug", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loraplug_train_step -> loraplug-simpo:loraplug_simpo" in proc.stderr
+    assert "loraplug_train_step -> loraplug-causal-lm" not in proc.stderr
+    first = json.loads((tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] > 0
