@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 import loraplug
-from loraplug import LoraplugError, PluginHost
+from loraplug import LoraplugError, PluginHost, RunStatus
 from loraplug.toolkit import RunInfo, atomic_write_text, check_recipe, human_size, read_run, read_runs
 from loraplug_studio import dataset, forms, jobs
 from loraplug_studio.paths import OutsideRoot, confined, relative
@@ -449,18 +449,28 @@ def create_app(
             if snapshot is not None:
                 shutil.rmtree(snapshot.parent, ignore_errors=True)
             return JSONResponse({"problems": problems}, 400)
+        output = Path(recipe.run.output_dir)
+        run_dir = (output if output.is_absolute() else studio.root / output) / recipe.run.name
+        shown = (
+            relative(studio.root, run_dir) if run_dir.resolve().is_relative_to(studio.root) else str(run_dir)
+        )
+        earlier = RunStatus.load(run_dir)
+        # Said before anything is queued (the run would refuse it only after loading the plugins): a newcomer
+        # who ran `make demo` and launches the quickstart again is told how to go on.
+        if earlier is not None and not body.get("overwrite") and not (body.get("smoke") and earlier.smoke):
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
+            taken = (
+                f"{shown} already holds a run: give run.name another name, or tick --overwrite to replace it"
+            )
+            return JSONResponse({"problems": [taken]}, 400)
         # The snapshot moves beside the queue: the run reads it, and a resume reads it again.
         kept = studio.state / "recipes" / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
         kept.parent.mkdir(parents=True, exist_ok=True)
         snapshot.parent.rename(kept)
-        output = Path(recipe.run.output_dir)
-        run_dir = (output if output.is_absolute() else studio.root / output) / recipe.run.name
         job = studio.jobs.enqueue(
             kept / snapshot.name,
             overrides(body),
-            run_dir=relative(studio.root, run_dir)
-            if run_dir.resolve().is_relative_to(studio.root)
-            else str(run_dir),
+            run_dir=shown,
             smoke=bool(body.get("smoke")),
             overwrite=bool(body.get("overwrite")),
         )

@@ -387,3 +387,15 @@ def test_files_are_served_sandboxed(client: PageClient, studio_root: Path) -> No
     served = client.get("/files", params={"path": "runs/report.html"})
     assert served.headers["content-security-policy"] == "sandbox"
     assert served.headers["x-content-type-options"] == "nosniff"
+
+
+def test_launching_over_an_earlier_run_says_how_to_go_on(client: PageClient, studio_root: Path) -> None:
+    fake_run(studio_root, "quickstart", 0.003, [1.0])
+    form = client.get("/api/recipe", params={"path": QUICKSTART}).json()["form"]
+    body = {"form": form, "base": "recipes", "name": "quickstart.toml"}
+    refused = client.page_post("/api/launch", body)
+    assert refused.status_code == 400
+    assert refused.json()["problems"] == [
+        "runs/quickstart already holds a run: give run.name another name, or tick --overwrite to replace it"
+    ]
+    assert client.get("/api/jobs").json()["jobs"] == []  # nothing queued
