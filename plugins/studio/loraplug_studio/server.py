@@ -384,6 +384,27 @@ def create_app(
     def api_schema() -> dict[str, Any]:
         return forms.schema(studio.host)
 
+    @app.get("/api/browse")
+    def api_browse(path: str = "") -> dict[str, Any]:
+        """A folder's entries, for the path picker: a server-side browser, confined to the root."""
+        target = studio.path(path)
+        if not target.is_dir():
+            raise LoraplugError(f"{path} is not a folder", fix="Pick a folder")
+        entries = sorted(
+            (p for p in target.iterdir() if not p.name.startswith(".")),
+            key=lambda p: (not p.is_dir(), p.name),
+        )
+        here = "" if target == studio.root else relative(studio.root, target)
+        return {
+            "path": here,
+            "parent": None
+            if target == studio.root
+            else ("" if target.parent == studio.root else relative(studio.root, target.parent)),
+            "entries": [
+                {"name": p.name, "dir": p.is_dir(), "path": relative(studio.root, p)} for p in entries[:500]
+            ],
+        }
+
     @app.get("/api/recipes")
     def api_recipes() -> dict[str, Any]:
         return {"recipes": studio.recipes()}

@@ -399,3 +399,15 @@ def test_launching_over_an_earlier_run_says_how_to_go_on(client: PageClient, stu
         "runs/quickstart already holds a run: give run.name another name, or tick --overwrite to replace it"
     ]
     assert client.get("/api/jobs").json()["jobs"] == []  # nothing queued
+
+
+def test_the_path_picker_lists_folders_inside_the_root_only(client: PageClient, studio_root: Path) -> None:
+    top = client.get("/api/browse").json()
+    assert top["path"] == "" and top["parent"] is None
+    assert {"name": "recipes", "dir": True, "path": "recipes"} in top["entries"]
+    assert not any(e["name"].startswith(".") for e in top["entries"])
+    data = client.get("/api/browse", params={"path": "recipes/data"}).json()
+    assert data["parent"] == "recipes"
+    assert {"name": "weather.jsonl", "dir": False, "path": "recipes/data/weather.jsonl"} in data["entries"]
+    assert client.get("/api/browse", params={"path": ".."}).status_code == 403
+    assert client.get("/api/browse", params={"path": "/etc"}).status_code == 403

@@ -229,4 +229,10 @@ def test_a_third_party_plugins_kinds_are_in_the_form(studio_root: Path, page: Pa
         expect(field).to_contain_text("Column holding the prompt.")  # the plugin's own description
         expect(field.locator("input")).to_have_attribute("placeholder", "prompt")  # and default
         expect(page.locator("label[data-name='data.path'] .key")).to_have_text("path *")  # required
+        # The path picker browses the studio's root on the server; a file becomes the path the recipe writes.
+        path = page.locator("label[data-name='data.path']")
+        path.locator("button.browse").click()
+        for name in ("recipes/", "data/", "weather.jsonl"):
+            path.locator(".picker a", has_text=name).first.click()
+        expect(path.locator("input")).to_have_value("recipes/data/weather.jsonl")
         shoot(page, tmp_path, "plugin-kinds")

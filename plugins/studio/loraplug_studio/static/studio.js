@@ -243,13 +243,41 @@ const NewRun = {
       input.value = value === undefined ? "" : String(value);
     }
     input.addEventListener(input.tagName === "SELECT" || input.type === "checkbox" ? "change" : "input", () => this.checkSoon());
+    const picker = spec.widget === "path" ? el("button", { type: "button", class: "small browse", text: "browse…", onclick: () => this.browse(label, input, this.base) }) : null;
     const bounds = Object.entries(spec.bounds || {}).map(([k, v]) => ({ ge: "≥", gt: ">", le: "≤", lt: "<" })[k] + v).join(" ");
     const label = el("label", { class: `field ${spec.widget}`, for: id, "data-name": name },
       el("span", { class: "key", text: spec.name + (spec.required ? " *" : "") }),
-      input,
-      el("small", { class: "desc", text: [spec.description, bounds, spec.widget === "path" ? "(relative to the recipe's folder)" : ""].filter(Boolean).join(" ") }),
+      input, picker,
+      el("small", { class: "desc", text: [spec.description, bounds, spec.widget === "path" && prefix !== "run" ? "(relative to the recipe's folder)" : ""].filter(Boolean).join(" ") }),
       el("span", { class: "field-error" }));
     return label;
+  },
+
+  // A server-side file browser (confined to the studio's root): a file or folder becomes a path relative
+  // to the recipe's folder, as recipes write them.
+  async browse(label, input, folder) {
+    const { ok, data } = await api("GET", `/api/browse?path=${encodeURIComponent(folder)}`);
+    label.querySelector(".picker")?.remove();
+    if (!ok) { label.append(el("div", { class: "picker error", text: errorText(data) })); return; }
+    const choose = (path) => {
+      const base = this.base ? this.base.split("/") : [];
+      const parts = path.split("/");
+      let same = 0;
+      while (same < base.length && base[same] === parts[same]) same++;
+      input.value = [...Array(base.length - same).fill(".."), ...parts.slice(same)].join("/") || ".";
+      label.querySelector(".picker")?.remove();
+      this.checkSoon();
+    };
+    const list = el("div", { class: "picker" },
+      el("div", { class: "picker-head", text: `/${data.path}` },
+        el("button", { type: "button", class: "small", text: "use this folder", onclick: () => choose(data.path) }),
+        el("button", { type: "button", class: "small", text: "close", onclick: () => list.remove() })));
+    if (data.parent !== null) list.append(el("a", { href: "#", text: "../", onclick: (e) => { e.preventDefault(); this.browse(label, input, data.parent); } }));
+    for (const entry of data.entries) {
+      list.append(el("a", { href: "#", class: entry.dir ? "dir" : "file", text: entry.name + (entry.dir ? "/" : ""),
+        onclick: (e) => { e.preventDefault(); if (entry.dir) this.browse(label, input, entry.path); else choose(entry.path); } }));
+    }
+    label.append(list);
   },
 
   collectSection(box) {
