@@ -313,3 +313,34 @@ def test_the_tiny_datasets_recipe_trains_from_its_parquet_file(tmp_path: Path) -
     status = json.loads((tmp_path / "runs" / "tiny_datasets" / "run.json").read_text())
     assert status["status"] == "finished" and status["step"] == 2
     assert "train samples 1140, val samples 60" in result.stdout
+
+
+def test_text_label_rows_train_a_sequence_classifier(tmp_path: Path) -> None:
+    from loraplug.testing import write_recipe
+
+    rows = [{"text": f"invoice {i} charged twice", "label": "billing"} for i in range(6)]
+    rows += [{"text": f"error 503 on server {i}", "label": "outage"} for i in range(6)]
+    parquet = write_parquet(tmp_path / "tickets.parquet", rows)
+    recipe = {
+        "run": {"name": "classify", "output_dir": str(tmp_path / "runs")},
+        "data": hf_data(parquet),
+        "model": {
+            "kind": "sequence-classifier",
+            "pretrained": "tiny-llama-classifier",
+            "labels": ["billing", "outage"],
+            "max_length": 32,
+        },
+        "adapter": {"kind": "lora", "r": 4},
+        "train": {"max_steps": 2, "batch_size": 4},
+        "eval": {"sample_prompts": []},
+    }
+    result = run_cli("run", write_recipe(tmp_path / "classify.toml", recipe))
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((tmp_path / "runs" / "classify" / "run.json").read_text())["data"]["train samples"] == 12
+    )
+    chat = write_parquet(tmp_path / "chat.parquet", as_format("prompt-response"))
+    refused = run_cli(
+        "recipe", "check", write_recipe(tmp_path / "chat.toml", {**recipe, "data": hf_data(chat)})
+    )
+    assert refused.exit_code == 2 and "produces chat records" in " ".join(refused.stderr.split())
