@@ -47,7 +47,7 @@ FIRST_PARTY = frozenset(
     {
         "loraplug",  # the core's built-in kinds (loraplug/builtin.py)
         "loraplug-causal-lm", "loraplug-diffusion", "loraplug-webdataset", "loraplug-onnx", "loraplug-quant",
-        "loraplug-wandb", "loraplug-optimizers", "loraplug-caption", "loraplug-datasets",
+        "loraplug-wandb", "loraplug-optimizers", "loraplug-caption", "loraplug-text-classification", "loraplug-datasets",
     }
 )  # fmt: skip
 #: Kinds served by first-party plugins that are installed separately: a recipe naming one without its
@@ -66,6 +66,9 @@ FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
     ("caption", "wd14"): "loraplug-caption",
     ("caption", "blip"): "loraplug-caption",
     ("data", "hf-dataset"): "loraplug-datasets",
+    ("model", "sequence-classifier"): "loraplug-text-classification",
+    ("data", "labelled-jsonl"): "loraplug-text-classification",
+    ("data", "labelled-csv"): "loraplug-text-classification",
 }
 
 

@@ -149,14 +149,10 @@ def collate(samples: list[dict[str, Any]], *, pad_id: int) -> Batch:
     """Right-padded ids with their attention mask, and one label per row."""
     import torch
 
-    width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        ids[row, : len(sample["input_ids"])] = torch.tensor(sample["input_ids"])
-        mask[row, : len(sample["input_ids"])] = 1
-    labels = torch.tensor([s["label"] for s in samples])
-    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    from loraplug_hf.classifier import pad_right
+
+    ids, mask = pad_right([s["input_ids"] for s in samples], pad_id)
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([s["label"] for s in samples])}
     return Batch(
         inputs=inputs,
         num_targets=len(samples),

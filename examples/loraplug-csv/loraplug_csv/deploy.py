@@ -7,17 +7,23 @@ Imported by the ``loraplug_deployable`` hook body only (it imports torch).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from loraplug import Batch, Deployable, MergeCheck, ModelBundle, RunContext
+from loraplug import Deployable, MergeCheck, ModelBundle, RunContext
 from loraplug.toolkit import dtype_name, parity_tolerance
 from loraplug_csv.classifier import LIBRARIES
 from loraplug_hf import quiet_libraries
+from loraplug_hf.classifier import (
+    batch_logits,
+    classification_scores,
+    classifier_logits,
+    logit_difference,
+    merged_classifier,
+    token_inputs,
+)
 
 #: transformers model types whose traced ONNX export the example's tests check (the tiny-classifier
 #: preset is a LLaMA); another family is exported only when the onnx export says ``any_family = true``.
@@ -27,49 +33,6 @@ VERIFIED_FAMILIES = ("llama",)
 EXPORT_SHAPE, CHECK_SHAPE, PADDED = (2, 8), (3, 13), 4
 
 
-def probe(module: Any, inputs: dict[str, Any]) -> Any:
-    """The class logits, one row per text: what every export of a classifier is compared by."""
-    return module(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
-
-
-def token_inputs(
-    vocab: int, pad_id: int, shape: tuple[int, int], generator: torch.Generator, padded: int = 0
-) -> dict[str, Any]:
-    """Random token ids (never the pad id: a decoder classifier reads the last token that is not padding)
-    with their attention mask; the first row's last ``padded`` positions padded as the collate pads them."""
-    input_ids = torch.randint(0, vocab, shape, generator=generator)
-    input_ids[input_ids == pad_id] = (pad_id + 1) % vocab
-    attention_mask = torch.ones(shape, dtype=torch.long)
-    if padded:
-        input_ids[0, -padded:] = pad_id
-        attention_mask[0, -padded:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _on(module: Any, batch: Batch) -> dict[str, Any]:
-    device = next(module.parameters()).device
-    return {name: batch.inputs[name].to(device) for name in ("input_ids", "attention_mask")}
-
-
-@torch.no_grad()
-def batch_logits(module: Any, batch: Batch) -> Any:
-    """The logits of a batch of the run's prepared data (one row per text, so no padding to leave out)."""
-    return probe(module, _on(module, batch)).cpu()
-
-
-@torch.no_grad()
-def scores(module: Any, batches: Sequence[Batch]) -> dict[str, float]:
-    """Accuracy and mean cross-entropy over the batches' labelled rows: what int8 compares before and after."""
-    right, loss, rows = 0, 0.0, 0
-    for batch in batches:
-        logits = batch_logits(module, batch)
-        labels = batch.inputs["labels"].cpu()
-        right += int((logits.argmax(dim=-1) == labels).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        rows += len(labels)
-    return {"accuracy": right / max(rows, 1), "cross_entropy": loss / max(rows, 1)}
-
-
 def from_pretrained(path: Path | str, **kwargs: Any) -> Any:
     quiet_libraries(*LIBRARIES)
     from transformers import AutoModelForSequenceClassification
@@ -77,27 +40,9 @@ def from_pretrained(path: Path | str, **kwargs: Any) -> Any:
     return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
 
 
-def merged_copy(trained: Any) -> Any:
-    """The trained classifier with its LoRA merged in (and its trained head kept): a float32 copy on the CPU."""
-    quiet_libraries(*LIBRARIES)
-    module = copy.deepcopy(trained).to("cpu", torch.float32)
-    # A peft model: merging also puts the trained head copy in place of peft's wrapper around it.
-    if hasattr(module, "merge_and_unload"):
-        module = module.merge_and_unload()
-    return module.eval()
-
-
 def merge_check(trained: Any, merged: Any, inputs: dict[str, Any], dtype: str) -> MergeCheck:
     """The merged copy against the trained model on ``inputs``, once; the trained model is left as it was."""
-    was_training = trained.training
-    trained.eval()
-    try:
-        device = next(trained.parameters()).device
-        with torch.no_grad():
-            as_trained = probe(trained, {k: v.to(device) for k, v in inputs.items()}).cpu()
-            difference = float((probe(merged, inputs) - as_trained).abs().max())
-    finally:
-        trained.train(was_training)
+    difference = logit_difference(trained, merged, inputs)
     return MergeCheck(difference, parity_tolerance(dtype), {"max_abs_logit_diff_vs_trained": difference})
 
 
@@ -106,7 +51,8 @@ def deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
     trained = model.module
     base = trained.get_base_model() if hasattr(trained, "get_base_model") else trained
     dtype = dtype_name(base.dtype)
-    merged = merged_copy(trained)
+    quiet_libraries(*LIBRARIES)
+    merged = merged_classifier(trained)
     tokenizer = model.components["tokenizer"]
     vocab, pad_id = int(merged.config.vocab_size), int(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -123,7 +69,7 @@ def deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
         module=merged,
         inputs=inputs,
         check_inputs=check_inputs,
-        probe=probe,
+        probe=classifier_logits,
         output="logits",
         what=f"the merged {family} classifier",
         dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
@@ -134,7 +80,7 @@ def deployable(model: ModelBundle, ctx: RunContext) -> Deployable:
         from_pretrained=from_pretrained,
         loads_with="AutoModelForSequenceClassification.from_pretrained(path)",
         batch_outputs=batch_logits,
-        score=scores,
+        score=classification_scores,
         merge_check=merge_check(trained, merged, check_inputs, dtype),
         export_unverified=None
         if family in VERIFIED_FAMILIES

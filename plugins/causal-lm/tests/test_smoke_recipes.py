@@ -13,7 +13,11 @@ from loraplug.testing import run_cli
 
 ALL_RECIPES = sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
 #: The model kinds whose recipes a plugin's test_smoke_recipes.py runs.
-SMOKED_KINDS = {"causal-lm": "plugins/causal-lm", "stable-diffusion": "plugins/diffusion"}
+SMOKED_KINDS = {
+    "causal-lm": "plugins/causal-lm",
+    "stable-diffusion": "plugins/diffusion",
+    "sequence-classifier": "plugins/text-classification",
+}
 
 
 def model_kind(recipe: Path) -> str:

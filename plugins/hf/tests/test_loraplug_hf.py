@@ -55,3 +55,17 @@ def test_attach_peft_names_the_models_modules_when_the_targets_match_none() -> N
     assert "encoder" in (caught.value.fix or "")
     attached = loraplug_hf.attach_peft(model, LoraConfig(target_modules=["encoder"]))
     assert any("lora_A" in name for name, _ in attached.named_parameters())
+
+
+def test_classifier_rows_are_right_padded_and_example_inputs_pad_only_where_masked() -> None:
+    import torch
+
+    from loraplug_hf.classifier import pad_right, token_inputs
+
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    inputs = token_inputs(4, 1, (3, 50), torch.Generator().manual_seed(0), padded=5)
+    real = inputs["attention_mask"] == 1
+    # A decoder classifier finds a text's end by the pad id: it may appear only in the padding.
+    assert not bool((inputs["input_ids"][real] == 1).any())
+    assert inputs["input_ids"][0, -5:].tolist() == [1] * 5 and inputs["attention_mask"][0, -5:].sum() == 0

@@ -13,7 +13,8 @@ from typing import Any
 
 from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
 from loraplug.toolkit import parity_tolerance, torch_dtype
-from loraplug_text_classification.deploy import base_dtype, check_inputs, compare, from_pretrained
+from loraplug_hf.classifier import logit_difference
+from loraplug_text_classification.deploy import base_dtype, example_inputs, from_pretrained
 from loraplug_text_classification.options import MergedExportOptions, PeftExportOptions
 
 PEFT_LOADS_WITH = (
@@ -24,7 +25,7 @@ PEFT_LOADS_WITH = (
 
 def _parity(model: ModelBundle, loaded: Any, tolerance: float, what: str, ctx: RunContext) -> dict[str, Any]:
     """The largest logit difference of ``loaded`` from the trained model; over ``tolerance`` fails the export."""
-    difference = compare(model.module, loaded, check_inputs(model, ctx.seed)[1])
+    difference = logit_difference(model.module, loaded, example_inputs(model, ctx.seed)[1])
     if not difference <= tolerance:  # NaN fails too
         raise LoraplugError(
             f"{what} read back gives logits {difference:.2e} away from the trained model's (tolerance {tolerance:g})",

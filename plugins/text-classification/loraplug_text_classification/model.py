@@ -148,12 +148,9 @@ def collate(samples: list[dict[str, Any]], *, pad_id: int, weights: Sequence[flo
     """Right-padded ids with their attention mask, one label per row, and each row's loss weight."""
     import torch
 
-    width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        ids[row, : len(sample["input_ids"])] = torch.tensor(sample["input_ids"], dtype=torch.long)
-        mask[row, : len(sample["input_ids"])] = 1
+    from loraplug_hf.classifier import pad_right
+
+    ids, mask = pad_right([s["input_ids"] for s in samples], pad_id)
     labels = torch.tensor([s["label"] for s in samples], dtype=torch.long)
     return Batch(
         inputs={

@@ -123,7 +123,9 @@ def test_each_export_predicts_the_trained_models_classes(recipe_run: Path) -> No
     _check_exports(recipe_run, ["question", "billing", "outage"])
 
 
-def test_a_gpt2_base_without_a_pad_token_trains_and_exports_with_labels_read_from_csv(tmp_path: Path) -> None:
+def test_a_gpt2_base_without_a_pad_token_trains_balanced_and_exports_with_labels_read_from_csv(
+    tmp_path: Path,
+) -> None:
     rows = [("great fun", "pos"), ("awful bore", "neg"), ("so so", "meh")] * 6
     (tmp_path / "r.csv").write_text(
         "text,label\n" + "".join(f"{text} {i},{label}\n" for i, (text, label) in enumerate(rows))
@@ -132,7 +134,7 @@ def test_a_gpt2_base_without_a_pad_token_trains_and_exports_with_labels_read_fro
         tmp_path / "gpt2.toml",
         {
             "run": {"name": "gpt2", "output_dir": str(tmp_path / "runs")},
-            "data": {"kind": "labelled-csv", "path": "r.csv"},
+            "data": {"kind": "labelled-csv", "path": "r.csv", "balance_by": "label"},
             "model": {
                 "kind": "sequence-classifier",
                 "pretrained": "tiny-gpt2-classifier",
@@ -146,6 +148,8 @@ def test_a_gpt2_base_without_a_pad_token_trains_and_exports_with_labels_read_fro
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "gpt2"
+    sampling = json.loads((run_dir / "data_report.json").read_text())["sampling"]  # balance_by on labelled-text
+    assert sampling["each class drawn"] == "33.3% of the time (3 classes)", sampling
     config = json.loads((run_dir / "exports" / "merged" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["pad_token_id"] == config["eos_token_id"]
     _check_exports(run_dir, ["meh", "neg", "pos"])  # read from the data, sorted
