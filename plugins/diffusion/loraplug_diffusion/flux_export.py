@@ -63,8 +63,9 @@ def base_pipeline(model: ModelBundle, ctx: RunContext) -> Any:
     return pipeline
 
 
-def probe(transformer: Any) -> torch.Tensor:
-    """One transformer call on fixed inputs (seeded noise as latents, text states and pooled), as float32 on the CPU."""
+def probe(transformer: Any, dtype: torch.dtype) -> torch.Tensor:
+    """One transformer call on fixed inputs (seeded noise as latents, text states and pooled) computing in
+    ``dtype`` (model.dtype), as float32 on the CPU."""
     config = transformer.config
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(
@@ -72,10 +73,7 @@ def probe(transformer: Any) -> torch.Tensor:
     )
     states = torch.randn(1, PROBE_TEXT_TOKENS, config.joint_attention_dim, generator=generator)
     pooled = torch.randn(1, config.pooled_projection_dim, generator=generator)
-    parameter = next(
-        p for p in transformer.parameters() if p.dtype.is_floating_point and p.dtype.itemsize > 1
-    )
-    device, dtype = parameter.device, parameter.dtype
+    device = next(transformer.parameters()).device
     packed, img_ids = pack(latents)
     with torch.no_grad():
         out = transformer(
@@ -96,13 +94,14 @@ def compare(
 ) -> dict[str, float]:
     """The largest difference of ``transformer`` (an export loaded back) from the trained one; raise when too far."""
     module = model.module
+    dtype = torch_dtype(flux_options(ctx).dtype)
     was_training = module.training
     module.eval()
     try:
-        trained = probe(model.components["transformer"])
+        trained = probe(model.components["transformer"], dtype)
     finally:
         module.train(was_training)
-    difference = float((probe(transformer) - trained).abs().max())
+    difference = float((probe(transformer, dtype) - trained).abs().max())
     limit = parity_tolerance(flux_options(ctx).dtype, options.dtype, given=options.tolerance)
     if difference > limit:
         raise LoraplugError(

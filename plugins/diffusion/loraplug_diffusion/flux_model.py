@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from loraplug import ModelBundle, RunContext, toolkit
-from loraplug.toolkit import local_dir, model_load_error, torch_dtype
+from loraplug import LoraplugError, ModelBundle, RunContext, toolkit
+from loraplug.toolkit import BITSANDBYTES_INSTALL, local_dir, model_load_error, torch_dtype
 from loraplug_diffusion.conditioning import TextSide
 from loraplug_diffusion.flux_options import FluxOptions
 from loraplug_diffusion.flux_presets import FLUX_PRESETS
@@ -73,14 +73,17 @@ def bnb_config(options: FluxOptions) -> Any:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        from loraplug import LoraplugError
-        from loraplug.toolkit import BITSANDBYTES_INSTALL
-
         raise LoraplugError(
             f'model.quantization = "nf4" needs bitsandbytes, which could not be imported ({exc})',
             where="model.quantization",
             fix=f'`{BITSANDBYTES_INSTALL}`, or set model.quantization = "none"',
         ) from exc
+    if not torch.cuda.is_available():
+        raise LoraplugError(
+            'model.quantization = "nf4" needs a CUDA GPU: diffusers quantizes with bitsandbytes only on one',
+            where="model.quantization",
+            fix='Run on a CUDA GPU, or set model.quantization = "none" (with dtype = "bfloat16" on a 40 GB+ GPU)',
+        )
     from diffusers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -97,10 +100,10 @@ def load_components(options: FluxOptions, cache_dir: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
+    quantized = {"quantization_config": bnb_config(options)} if options.quantization == "nf4" else {}
     source = locate(options, cache_dir)
     weights = torch_dtype(options.dtype)
     revision = {"revision": options.revision} if options.revision else {}
-    quantized = {"quantization_config": bnb_config(options)} if options.quantization == "nf4" else {}
     try:
         parts = {
             "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **revision),

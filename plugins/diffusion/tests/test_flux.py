@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,14 @@ FLUX_MODEL = {
 }
 
 
-def tiny_flux_recipe(tmp_path: Path, adapter: dict[str, Any], **changes: Any) -> Path:
+def tiny_flux_recipe(
+    tmp_path: Path, adapter: dict[str, Any], model: dict[str, Any] | None = None, **changes: Any
+) -> Path:
     return tiny_sd_recipe(
-        tmp_path, model=dict(FLUX_MODEL), adapter={"kind": "lora", "r": 4, "alpha": 8, **adapter}, **changes
+        tmp_path,
+        model={**FLUX_MODEL, **(model or {})},
+        adapter={"kind": "lora", "r": 4, "alpha": 8, **adapter},
+        **changes,
     )
 
 
@@ -258,3 +264,34 @@ def test_fused_files_at_flux_dev_widths_split_back_exactly_in_diffusers_converte
         torch.testing.assert_close(got, update, rtol=1e-4, atol=1e-4)
     proj_mlp = "transformer.single_transformer_blocks.7.proj_mlp"
     assert torch.all(converted[f"{proj_mlp}.lora_B.weight"] @ converted[f"{proj_mlp}.lora_A.weight"] == 0)
+
+
+FLUX_RECIPES = [
+    recipe
+    for recipe in sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
+    if tomllib.loads(recipe.read_text(encoding="utf-8"))["model"]["kind"] == "flux"
+]
+
+
+def test_there_are_flux_recipes() -> None:
+    assert {r.name for r in FLUX_RECIPES} >= {"flux_style.toml", "tiny_flux_style.toml"}
+
+
+@pytest.mark.parametrize("recipe", FLUX_RECIPES, ids=[r.stem for r in FLUX_RECIPES])
+def test_flux_recipe_runs_with_smoke(recipe: Path, tmp_path: Path) -> None:
+    result = run_cli("run", recipe, "--smoke")
+    assert result.exit_code == 0, result.output
+    runs = list((tmp_path / "runs" / "smoke").glob("*/run.json"))
+    assert len(runs) == 1
+    status = json.loads(runs[0].read_text())
+    assert status["status"] == "finished" and status["smoke"] is True and status["step"] == 3
+    assert all(e["ok"] for e in status["exports"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="nf4 loads on a CUDA GPU")
+def test_nf4_without_a_cuda_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    recipe = tiny_flux_recipe(tmp_path, {}, model={"quantization": "nf4"})
+    result = run_cli("run", recipe)
+    assert result.exit_code != 0
+    assert 'model.quantization = "nf4" needs a CUDA GPU' in result.output, result.output
+    assert "Traceback" not in result.output and "bug" not in result.output
