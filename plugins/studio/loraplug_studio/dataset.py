@@ -57,15 +57,19 @@ def read_jsonl(path: Path, limit: int = JSONL_PREVIEW) -> tuple[list[dict[str, A
     records: list[dict[str, Any]] = []
     problems: list[str] = []
     count = 0
-    with path.open(encoding="utf-8") as handle:
+    # Bytes, split on newlines: a line that is not UTF-8 is one problem, not the end of the preview.
+    with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             count += 1
             try:
                 record = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 problems.append(f"line {number}: not JSON ({exc.msg})")
+                continue
+            except UnicodeDecodeError:
+                problems.append(f"line {number}: not UTF-8 text")
                 continue
             if not isinstance(record, dict):
                 problems.append(f"line {number}: a JSON {type(record).__name__}, not an object")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -282,9 +281,9 @@ def test_the_studio_command_is_registered() -> None:
 
 def test_the_jsonl_preview_names_bad_lines(client: PageClient, studio_root: Path) -> None:
     path = studio_root / "recipes" / "data" / "weather.jsonl"
-    path.write_text(path.read_text() + "not json\n")
+    path.write_bytes(path.read_bytes() + b"not json\n\xff\xfe\n")
     page = client.get("/dataset", params={"path": "recipes/data/weather.jsonl"}).text
-    assert "not JSON" in page and os.fspath("records") in page
+    assert "not JSON" in page and "not UTF-8 text" in page and "records" in page
 
 
 # -- auto-captioning ---------------------------------------------------------------------------------------
