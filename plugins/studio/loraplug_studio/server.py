@@ -675,4 +675,5 @@ def serve(*, host: str, port: int, roots: list[Path], token: str | None, open_br
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Open event streams never end by themselves: Ctrl-C closes them after 2 s instead of waiting forever.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
