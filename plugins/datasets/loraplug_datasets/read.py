@@ -173,6 +173,8 @@ class Rows:
         self.schema = schema_of(options, dataset, where)
         self.labels = label_names(dataset, self.schema, options)
         self.skipped: list[str] = []
+        #: A multiprocessing.Value shared with the DataLoader's workers (streams): the run's count of skips.
+        self.total: Any = None
 
     def records(
         self, rows: Iterator[Mapping[str, Any]], warn: Callable[[str], None] | None = None
@@ -188,14 +190,20 @@ class Rows:
                         fix=f'Fix the row, or set data.on_error = "skip" to skip and count such rows. Formats: {schemas_help()}',
                     ) from exc
                 self.skipped.append(f"row {number}: {exc}")
+                if self.total is not None:
+                    with self.total.get_lock():
+                        self.total.value += 1
                 if warn is not None and (len(self.skipped) <= 5 or len(self.skipped) % 100 == 0):
                     warn(f"skipped row {number} of {self.name} ({exc}); {len(self.skipped)} skipped so far")
 
 
 class RecordStream:
-    """The training split streamed as records; iterate it once per epoch (reshuffled each time)."""
+    """The training split streamed as records; iterate it once per epoch (reshuffled each time). A record's
+    id numbers the rows as this reader reads them (``name:N``: the Nth row it read this epoch)."""
 
     def __init__(self, dataset: Any, rows: Rows, options: HfDatasetOptions, ctx: RunContext) -> None:
+        import multiprocessing
+
         from datasets.distributed import split_dataset_by_node
 
         if options.shuffle_buffer > 1:
@@ -204,6 +212,8 @@ class RecordStream:
         # datasets splits that part between the DataLoader's workers itself.
         self.dataset = split_dataset_by_node(dataset, rank=ctx.process_index, world_size=ctx.num_processes)
         self.rows = rows
+        # Inherited by the DataLoader's workers, so rows skipped there reach this process's summary.
+        self.rows.total = multiprocessing.Value("q", 0)
         self.warn = ctx.warn
         self.epoch = 0
 
@@ -268,5 +278,5 @@ def load(options: HfDatasetOptions, ctx: RunContext) -> DataBundle:
         train=train,
         val=val,
         summary=summary,
-        final_summary=(lambda: {"skipped train rows": len(stream.rows.skipped)}) if stream else None,
+        final_summary=(lambda: {"skipped train rows": stream.rows.total.value}) if stream else None,
     )

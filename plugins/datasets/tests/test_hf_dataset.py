@@ -283,20 +283,25 @@ def test_streaming_needs_max_steps_and_trains_from_a_directory(
     tmp_path: Path, lm_recipe: Any, chat_rows: Any
 ) -> None:
     (tmp_path / "set").mkdir()
-    write_parquet(tmp_path / "set" / "train.parquet", chat_rows(20))
+    rows = chat_rows(20)
+    for row in rows[::3]:  # 7 rows without a response: skipped and counted as they are read
+        row["response"] = None
+    write_parquet(tmp_path / "set" / "train.parquet", rows)
     write_parquet(tmp_path / "set" / "test.parquet", chat_rows(4, seed=1))
-    data = hf_data(tmp_path / "set", streaming=True, val_split="test", shuffle_buffer=8)
+    data = hf_data(tmp_path / "set", streaming=True, val_split="test", shuffle_buffer=8, on_error="skip")
     unbounded = lm_recipe(data=data, export=[])
     unbounded.write_text(
         unbounded.read_text(encoding="utf-8").replace("max_steps = 4\n", ""), encoding="utf-8"
     )
     check = run_cli("recipe", "check", unbounded)
     assert check.exit_code == 2 and "`train.max_steps` is missing" in check.stderr
-    result = run_cli("run", lm_recipe(data=data, train={"max_steps": 3}, export=[]))
+    # two DataLoader workers: rows skipped in a worker process are counted in the run's summary
+    result = run_cli("run", lm_recipe(data=data, train={"max_steps": 3, "num_workers": 2}, export=[]))
     assert result.exit_code == 0, result.output
     status = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
     assert status["status"] == "finished" and status["step"] == 3
     assert status["data"]["train samples"] == "streamed" and status["data"]["val samples"] == 4
+    assert status["data"]["skipped train rows"] >= 1
 
 
 def test_the_tiny_datasets_recipe_trains_from_its_parquet_file(tmp_path: Path) -> None:
