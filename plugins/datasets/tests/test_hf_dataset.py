@@ -186,6 +186,11 @@ def test_csv_json_arrow_and_saved_directories_read_the_same_records(tmp_path: Pa
     dataset.to_csv(str(tmp_path / "rows.csv"), index=False)
     dataset.to_json(str(tmp_path / "rows.jsonl"))
     dataset.save_to_disk(str(tmp_path / "saved"))
+    with (
+        pa.OSFile(str(tmp_path / "rows.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, dataset.data.schema) as writer,
+    ):
+        writer.write_table(dataset.data.table)
     datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(
         str(tmp_path / "splits")
     )
@@ -196,7 +201,7 @@ def test_csv_json_arrow_and_saved_directories_read_the_same_records(tmp_path: Pa
     def content(records: Any) -> list[Any]:
         return [{k: v for k, v in r.items() if k != "id"} for r in records]
 
-    for path in ("rows.csv", "rows.jsonl", "saved"):
+    for path in ("rows.csv", "rows.jsonl", "rows.arrow", "saved"):
         assert content(load(tmp_path, path=path).train) == content(expected), path
     for path in ("splits", "files"):
         data = load(tmp_path, path=path, val_split="test")
