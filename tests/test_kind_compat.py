@@ -84,7 +84,7 @@ def test_image_data_for_a_causal_lm_is_refused(tmp_path: Path, lm_recipe: Any) -
     assert result.exit_code == 2
     assert "the data kind 'imagefolder' (loraplug-diffusion) produces caption-image records" in result.stderr
     assert (
-        "'causal-lm' (loraplug-causal-lm) trains on chat records; data kinds that produce them: hf-dataset, jsonl, webdataset"
+        "'causal-lm' (loraplug-causal-lm) trains on chat or preference records; data kinds that produce them: hf-dataset, jsonl, pairs, webdataset"
         in result.stderr
     )
 
