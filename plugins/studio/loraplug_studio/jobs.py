@@ -52,9 +52,23 @@ class Job:
     ended: str | None = None
     returncode: int | None = None
     log: str = ""
+    #: For ``loraplug export`` jobs: the export kind (the job exports ``run_dir`` instead of training).
+    export_kind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
+        if self.export_kind is not None:
+            flags = ["--overwrite"] if self.overwrite else []
+            return [
+                sys.executable,
+                "-m",
+                "loraplug",
+                "export",
+                self.recipe,
+                "--kind",
+                self.export_kind,
+                *flags,
+            ]
         flags = [
             f
             for f, on in (("--smoke", self.smoke), ("--resume", self.resume), ("--overwrite", self.overwrite))
@@ -107,8 +121,8 @@ class Jobs:
         return next((j for j in self.all() if j.id == job_id), None)
 
     def for_run(self, run_dir: str) -> Job | None:
-        """The newest job that wrote ``run_dir``."""
-        found = [j for j in self.all() if j.run_dir == run_dir]
+        """The newest job that trained ``run_dir`` (exports of it are not)."""
+        found = [j for j in self.all() if j.run_dir == run_dir and j.export_kind is None]
         return found[-1] if found else None
 
     # -- the queue ----------------------------------------------------------------------------------
@@ -122,7 +136,10 @@ class Jobs:
         smoke: bool,
         resume: bool = False,
         overwrite: bool = False,
+        export_kind: str | None = None,
     ) -> Job:
+        """Queue ``loraplug run RECIPE OVERRIDES…`` (or, with ``export_kind``, ``loraplug export RECIPE --kind
+        KIND``, where ``recipe`` is the run directory); it starts at once when nothing trains."""
         job = Job(
             id=f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
             recipe=str(recipe),
@@ -132,6 +149,7 @@ class Jobs:
             overwrite=overwrite,
             run_dir=run_dir,
             created=_now(),
+            export_kind=export_kind,
         )
         job.log = str(self.directory / f"{job.id}.log")
         with self._lock:

@@ -322,6 +322,7 @@ def create_app(
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, path: str) -> HTMLResponse:
         view = studio.view_of(path)
+        view["export_kinds"] = export_kinds(studio.host, view["recipe"])
         for manifest in view["exports"]:
             manifest["snippet"] = load_snippet(manifest, view["path"], studio.root)
         return page(request, "run.html", run=view, run_json=json.dumps(view, default=str))
@@ -557,6 +558,31 @@ def create_app(
         )
         return {"job": resumed.id, "state": resumed.state}
 
+    @app.post("/api/export")
+    async def api_export(request: Request) -> dict[str, Any]:
+        """Queue ``loraplug export RUN --kind KIND`` (another kind, or the same one again with overwrite)."""
+        body = await request.json()
+        target = studio.path(str(body.get("path", "")))
+        info = read_run(target)
+        kind = str(body.get("kind", ""))
+        offered = export_kinds(studio.host, info.recipe)
+        if kind not in offered:
+            raise LoraplugError(
+                f"{kind!r} is not an export kind for this run's model and adapter",
+                fix=f"Pick one of: {', '.join(offered) or 'none installed'}",
+            )
+        if info.status != "finished":
+            raise LoraplugError(f"{info.name} is {info.status}, not finished", fix="Export a finished run")
+        job = studio.jobs.enqueue(
+            target,
+            [],
+            run_dir=relative(studio.root, target),
+            smoke=False,
+            overwrite=bool(body.get("overwrite")),
+            export_kind=kind,
+        )
+        return {"job": job.id, "state": job.state}
+
     @app.post("/api/cancel")
     async def api_cancel(request: Request) -> dict[str, Any]:
         body = await request.json()
@@ -629,6 +655,13 @@ def create_app(
         return {"restored": [relative(studio.root, p) for p in restored]}
 
     return app
+
+
+def export_kinds(host: PluginHost, recipe: dict[str, Any]) -> list[str]:
+    """The export kinds installed for a run's model and adapter kinds."""
+    model = str(recipe.get("model", {}).get("kind", ""))
+    adapter = str(recipe.get("adapter", {}).get("kind", ""))
+    return host.registry.exports_for(model, adapter) if model and adapter else []
 
 
 def candidate_datasets(root: Path, limit: int = 50) -> list[str]:

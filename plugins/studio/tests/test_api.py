@@ -410,3 +410,32 @@ def test_the_path_picker_lists_folders_inside_the_root_only(client: PageClient, 
     assert {"name": "weather.jsonl", "dir": False, "path": "recipes/data/weather.jsonl"} in data["entries"]
     assert client.get("/api/browse", params={"path": ".."}).status_code == 403
     assert client.get("/api/browse", params={"path": "/etc"}).status_code == 403
+
+
+def test_export_another_kind_is_a_queued_loraplug_export(client: PageClient, studio_root: Path) -> None:
+    import numpy
+    from safetensors.numpy import save_file
+
+    run = fake_run(
+        studio_root,
+        "done",
+        0.001,
+        [1.0],
+        recipe={"model": {"kind": "causal-lm"}, "adapter": {"kind": "lora"}},
+    )
+    assert (
+        client.page_post("/api/export", {"path": "runs/done", "kind": "peft"}).status_code == 400
+    )  # not finished
+    RunStatus(status="finished", step=1).save(run)
+    (run / "adapter").mkdir()
+    save_file(
+        {"lora_A": numpy.zeros((2, 2), dtype=numpy.float32)}, str(run / "adapter" / "adapter.safetensors")
+    )
+    refused = client.page_post("/api/export", {"path": "runs/done", "kind": "kohya"})  # a diffusion export
+    assert refused.status_code == 400 and "peft" in refused.json()["fix"]
+    queued = client.page_post("/api/export", {"path": "runs/done", "kind": "merged", "overwrite": True})
+    assert queued.status_code == 200, queued.text
+    job = next(j for j in client.get("/api/jobs").json()["jobs"] if j["id"] == queued.json()["job"])
+    assert job["export_kind"] == "merged" and job["recipe"] == str(run.resolve())
+    page = client.get("/run", params={"path": "runs/done"}).text
+    assert '<option value="peft">' in page and '<option value="kohya">' not in page

@@ -193,6 +193,20 @@ def test_fill_check_launch_watch_stop_resume_and_open_the_run(
         page.evaluate("document.querySelector('details.export').scrollIntoView()")
         shoot(page, tmp_path, "run")
 
+        # Export again without retraining: a queued `loraplug export`, then the page shows the new manifest.
+        manifest = studio_root / "runs" / "quickstart" / "exports" / "peft" / "export.json"
+        before = manifest.stat().st_mtime_ns
+        page.select_option("#export-kind", "peft")
+        page.check("#export-overwrite")
+        page.click("#export-btn")
+        deadline = time.monotonic() + 180
+        while not (manifest.exists() and manifest.stat().st_mtime_ns != before):
+            assert time.monotonic() < deadline, page.locator("#export-status").text_content()
+            time.sleep(0.5)
+        expect(page.locator("details.export", has_text="peft (peft)")).to_contain_text(
+            "adapter_config.json", timeout=60_000
+        )
+
 
 def test_edit_a_caption_and_see_the_file_change(studio_root: Path, page: Page, tmp_path: Path) -> None:
     caption = studio_root / "recipes" / "data" / "shapes" / "shape-000.txt"

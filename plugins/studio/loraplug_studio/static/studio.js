@@ -368,6 +368,19 @@ const RunPage = {
       const { ok, data } = await api("POST", "/api/stop", { path: this.path });
       this.message(ok ? `sent Ctrl-C (SIGINT) to ${data.signalled}: the run saves a checkpoint and stops` : errorText(data));
     });
+    document.getElementById("export-btn")?.addEventListener("click", async () => {
+      const out = document.getElementById("export-status");
+      const { ok, data } = await api("POST", "/api/export", { path: this.path, kind: document.getElementById("export-kind").value, overwrite: document.getElementById("export-overwrite").checked });
+      if (!ok) { out.textContent = errorText(data); return; }
+      out.textContent = `export ${data.state}…`;
+      const poll = async () => {
+        const job = ((await api("GET", "/api/jobs")).data.jobs || []).find((j) => j.id === data.job);
+        if (job && job.state !== "ended") { out.textContent = `export ${job.state}…`; setTimeout(poll, 1000); return; }
+        if (job && job.returncode !== 0) { out.textContent = `export failed: see ${job.log}`; return; }
+        location.reload();
+      };
+      poll();
+    });
     document.getElementById("resume-btn").addEventListener("click", async () => {
       const { ok, data } = await api("POST", "/api/resume", { path: this.path });
       this.message(ok ? `resume ${data.state} (job ${data.job})` : errorText(data));
