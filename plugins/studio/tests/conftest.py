@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from loraplug_studio.server import create_app
 
 REPO = Path(__file__).parents[3]
+#: Where the test client's requests go: a loopback address, as a browser's would.
+ORIGIN = "http://127.0.0.1"
 RECIPES = REPO / "recipes"
 
 
@@ -32,12 +34,12 @@ class PageClient(TestClient):
     csrf = ""
 
     def page_post(self, url: str, body: object) -> object:
-        return self.post(url, json=body, headers={"X-Studio-CSRF": self.csrf, "Origin": "http://testserver"})
+        return self.post(url, json=body, headers={"X-Studio-CSRF": self.csrf, "Origin": ORIGIN})
 
 
 @pytest.fixture
 def client(studio_root: Path) -> Iterator[PageClient]:
     app = create_app(studio_root)
-    with PageClient(app) as test_client:
+    with PageClient(app, base_url=ORIGIN) as test_client:
         test_client.csrf = app.state.guard.csrf
         yield test_client

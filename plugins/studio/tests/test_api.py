@@ -18,7 +18,7 @@ from loraplug.testing import plugin_dist, plugins_installed, run_cli
 from loraplug_studio.paths import OutsideRoot, confined
 from loraplug_studio.server import create_app
 
-from .conftest import REPO, PageClient
+from .conftest import ORIGIN, REPO, PageClient
 
 QUICKSTART = "recipes/quickstart.toml"
 SHAPES = "recipes/data/shapes"
@@ -91,7 +91,7 @@ def test_changes_need_the_page_header_and_the_same_origin(client: PageClient, st
     )  # no Origin
     evil = {"X-Studio-CSRF": client.csrf, "Origin": "http://evil.example"}
     assert client.post("/api/save", json=body, headers=evil).status_code == 403
-    wrong = {"X-Studio-CSRF": "guess", "Origin": "http://testserver"}
+    wrong = {"X-Studio-CSRF": "guess", "Origin": ORIGIN}
     assert client.post("/api/save", json=body, headers=wrong).status_code == 403
     assert not (studio_root / "recipes" / "new.toml").exists()
     assert client.page_post("/api/save", body).status_code == 200
@@ -183,7 +183,7 @@ def test_a_third_party_plugins_kinds_appear_in_the_form(studio_root: Path, tmp_p
     )
     with plugins_installed(site):
         app = create_app(studio_root, host=loraplug.load_plugins())
-        with TestClient(app) as client:
+        with TestClient(app, base_url=ORIGIN) as client:
             kinds = client.get("/api/schema").json()["kinds"]
     csv = {(k["stage"], k["name"]): k for k in kinds if k["distribution"] == "loraplug-csv"}
     assert {("data", "csv"), ("data", "csv-labels"), ("model", "text-classifier")} <= csv.keys()
@@ -333,7 +333,7 @@ def test_auto_caption_a_folder_with_an_installed_caption_kind_and_undo_it(
     )
     with plugins_installed(site):
         app = create_app(studio_root, host=loraplug.load_plugins())
-        with PageClient(app) as client:
+        with PageClient(app, base_url=ORIGIN) as client:
             client.csrf = app.state.guard.csrf
             kinds = client.get("/api/caption-kinds").json()["kinds"]
             assert [
