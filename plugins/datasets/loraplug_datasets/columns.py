@@ -76,16 +76,31 @@ def _file_columns(path: Path) -> list[str] | None:
     return None
 
 
+class Unreadable(ValueError):
+    """A parquet or arrow file whose schema cannot be read: damaged, or not what its suffix says."""
+
+
 def local_columns(path: Path, split: str) -> list[str] | None:
     """The columns of the local dataset at ``path`` (its ``split`` where it has several), or ``None`` when they
-    cannot be told without loading it (then loading checks them)."""
-    try:
-        if path.is_dir():
-            if is_saved_dataset(path):
+    cannot be told without loading it (then loading checks them).
+
+    :raises Unreadable: a parquet or arrow file has no schema to read (a damaged or mislabelled file).
+    """
+    if path.is_dir():
+        if is_saved_dataset(path):
+            try:
                 return _saved_columns(path, split)
-            files = data_files(path)
-            named = [f for f in files if split in f.stem] or files
-            return _file_columns(named[0]) if named else None
+            except (OSError, ValueError):
+                return None
+        files = data_files(path)
+        named = [f for f in files if split in f.stem] or files
+        if not named:
+            return None
+        path = named[0]
+    try:
         return _file_columns(path)
-    except (OSError, ValueError, StopIteration, ImportError):
-        return None  # unreadable or not what its suffix says: loading it says so, with datasets' words
+    except (OSError, ValueError) as exc:
+        if builder_of(path) in ("parquet", "arrow"):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise Unreadable(f"{path} cannot be read as {builder_of(path)}: {first}") from exc
+        return None  # a JSON or CSV file: loading it says what is wrong, with the line

@@ -8,6 +8,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, PrivateAttr, Validation
 from pydantic_core import PydanticCustomError
 
 from loraplug import InputPath, Options
+from loraplug_datasets.columns import builder_of
 from loraplug_datasets.schemas import SCHEMAS, Schema, detect, missing_columns, schemas_help
 
 Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt-response", "text-label"]
@@ -72,6 +73,12 @@ class HfDatasetOptions(Options):
                 "streaming_val",
                 "val_fraction cannot hold out rows of a stream; set val_split to a split to validate on",
             )
+        if self.path is not None and self.path.is_file() and builder_of(self.path) is None:
+            raise PydanticCustomError(
+                "file_format",
+                "{name} is not a file datasets reads by its suffix: .parquet, .arrow, .json, .jsonl, .csv or .tsv",
+                {"name": self.path.name},
+            )
         if self.path is not None and self.path.is_file() and (self.split != "train" or self.val_split):
             raise PydanticCustomError(
                 "file_split",
@@ -94,10 +101,13 @@ class HfDatasetOptions(Options):
 
     def _check_columns(self) -> Schema | None:
         """The format of a local dataset as its columns show it; an error naming the columns found when none fits."""
-        from loraplug_datasets.columns import local_columns
+        from loraplug_datasets.columns import Unreadable, local_columns
 
         assert self.path is not None  # noqa: S101 — called for local datasets only
-        found = local_columns(self.path, self.split)
+        try:
+            found = local_columns(self.path, self.split)
+        except Unreadable as exc:
+            raise PydanticCustomError("unreadable", "{problem}", {"problem": str(exc)}) from exc
         if found is None:
             return None
         if self.format != "auto":

@@ -255,6 +255,17 @@ def test_recipe_check_names_the_columns_it_found(tmp_path: Path, lm_recipe: Any)
     assert run_cli("recipe", "check", mapped).exit_code == 0
 
 
+def test_recipe_check_refuses_a_damaged_parquet_file_and_an_unknown_suffix(
+    tmp_path: Path, lm_recipe: Any
+) -> None:
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "notes.txt").write_text("prompt,response\n")
+    damaged = run_cli("recipe", "check", lm_recipe(data=hf_data(tmp_path / "cut.parquet")))
+    assert damaged.exit_code == 2 and "cut.parquet cannot be read as parquet" in damaged.stderr
+    suffix = run_cli("recipe", "check", lm_recipe(data=hf_data(tmp_path / "notes.txt")))
+    assert suffix.exit_code == 2 and "notes.txt is not a file datasets reads by its suffix" in suffix.stderr
+
+
 def test_a_malformed_row_names_its_row_or_is_skipped_and_counted(tmp_path: Path, lm_recipe: Any) -> None:
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
     rows += [{"messages": [{"role": "robot", "content": "beep"}]}]
