@@ -157,6 +157,28 @@ def bulk_tags(folder: Path, op: str, tag: str, new: str = "") -> list[tuple[Path
     return changes
 
 
+def candidate_datasets(root: Path, limit: int = 50) -> list[str]:
+    """Image folders and JSONL files under the root's recipes/data, data/ and datasets/ (what the page offers),
+    relative to the root."""
+    found: list[str] = []
+    for top in (root / "recipes" / "data", root / "data", root / "datasets"):
+        if not top.is_dir():
+            continue
+        for path in sorted(top.rglob("*")):
+            if len(found) >= limit:
+                return found
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if (
+                path.is_file()
+                and path.suffix == ".jsonl"
+                or path.is_dir()
+                and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+            ):
+                found.append(path.relative_to(root).as_posix())
+    return found
+
+
 # ------------------------------------------------------------------------------------------ auto-captioning
 
 

@@ -33,6 +33,7 @@ from loraplug import LoraplugError, PluginHost, RunStatus
 from loraplug.toolkit import RunInfo, atomic_write_text, check_recipe, human_size, read_run, read_runs
 from loraplug_studio import dataset, forms, jobs
 from loraplug_studio.paths import OutsideRoot, confined, relative
+from loraplug_studio.runview import duration, export_kinds, flatten, load_snippet, log_tail
 from loraplug_studio.security import Guard, is_loopback, session_of
 
 PACKAGE = Path(__file__).parent
@@ -186,76 +187,11 @@ def overrides(body: dict[str, Any]) -> list[str]:
     return lines
 
 
-def duration(started: str | None, finished: str | None) -> float | None:
-    if not started:
-        return None
-    try:
-        start = datetime.fromisoformat(started)
-        end = datetime.fromisoformat(finished) if finished else datetime.now(UTC)
-    except ValueError:
-        return None
-    return round((end - start).total_seconds(), 1)
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def error_response(exc: LoraplugError) -> JSONResponse:
     status = 403 if isinstance(exc, OutsideRoot) else 409 if isinstance(exc, dataset.NeedsConfirm) else 400
     return JSONResponse(
         {"error": exc.what, "fix": exc.fix, "confirm": isinstance(exc, dataset.NeedsConfirm)}, status
     )
-
-
-def flatten(table: Any, prefix: str = "") -> dict[str, Any]:
-    """A recipe as ``{"train.lr": 0.003, "export[0].kind": "peft"}``, for diffs."""
-    out: dict[str, Any] = {}
-    if isinstance(table, dict):
-        for key, value in table.items():
-            out |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(table, list) and table and all(isinstance(t, dict) for t in table):
-        for index, value in enumerate(table):
-            out |= flatten(value, f"{prefix}[{index}]")
-    else:
-        out[prefix] = table
-    return out
-
-
-def auto_class(config: Path) -> str:
-    """The transformers Auto class that loads a saved model, from its config's ``architectures``."""
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        architectures = []
-    for suffix in ("ForCausalLM", "ForSequenceClassification"):
-        if any(str(a).endswith(suffix) for a in architectures):
-            return f"AutoModel{suffix}"
-    return "AutoModel"
-
-
-def load_snippet(manifest: dict[str, Any], run_path: str, root: Path) -> str:
-    """How to load an export, by what it holds (the plugins' formats; docs/formats.md)."""
-    folder = f"{run_path}/{manifest.get('dir', '')}"
-    names = {Path(str(f.get("path", ""))).name for f in manifest.get("files", [])}
-    if "adapter_config.json" in names:
-        return f'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "{folder}")'
-    if "pytorch_lora_weights.safetensors" in names:
-        return f'pipe.load_lora_weights("{folder}")'
-    if "model_index.json" in names:
-        return (
-            f'from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained("{folder}")'
-        )
-    if "config.json" in names:
-        auto = auto_class(root / folder / "config.json")
-        return f'from transformers import {auto}\nmodel = {auto}.from_pretrained("{folder}")'
-    if any(n.endswith(".onnx") for n in names):
-        onnx = next(n for n in sorted(names) if n.endswith(".onnx"))
-        return f'import onnxruntime\nsession = onnxruntime.InferenceSession("{folder}/{onnx}")'
-    return f"# the files are in {folder}"
 
 
 def create_app(
@@ -345,7 +281,7 @@ def create_app(
     @app.get("/dataset", response_class=HTMLResponse)
     def dataset_page(request: Request, path: str = "") -> HTMLResponse:
         target = studio.path(path) if path else None
-        context: dict[str, Any] = {"path": path, "folders": candidate_datasets(studio.root)}
+        context: dict[str, Any] = {"path": path, "folders": dataset.candidate_datasets(studio.root)}
         if target is not None and target.is_dir():
             items = [
                 {
@@ -655,34 +591,6 @@ def create_app(
         return {"restored": [relative(studio.root, p) for p in restored]}
 
     return app
-
-
-def export_kinds(host: PluginHost, recipe: dict[str, Any]) -> list[str]:
-    """The export kinds installed for a run's model and adapter kinds."""
-    model = str(recipe.get("model", {}).get("kind", ""))
-    adapter = str(recipe.get("adapter", {}).get("kind", ""))
-    return host.registry.exports_for(model, adapter) if model and adapter else []
-
-
-def candidate_datasets(root: Path, limit: int = 50) -> list[str]:
-    """Image folders and JSONL files under the root's recipes/data and data/ (what a picker offers)."""
-    found: list[str] = []
-    for top in (root / RECIPES_DIR / "data", root / "data", root / "datasets"):
-        if not top.is_dir():
-            continue
-        for path in sorted(top.rglob("*")):
-            if len(found) >= limit:
-                return found
-            if any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            if (
-                path.is_file()
-                and path.suffix == ".jsonl"
-                or path.is_dir()
-                and any(p.suffix.lower() in dataset.IMAGE_SUFFIXES for p in path.iterdir())
-            ):
-                found.append(relative(root, path))
-    return found
 
 
 def serve(*, host: str, port: int, roots: list[Path], token: str | None, open_browser: bool) -> None:
