@@ -11,7 +11,11 @@ Two models:
 
 * ``tiny``: the tiny-sd preset at 64 px on the bundled drawings, batch 8;
 * ``sd15``: an SD-1.5-shaped model built from its configs with random weights (UNet 860M, VAE 84M,
-  CLIP ViT-L text encoder 123M), 512 px, batch 1, LoCon on, gradient checkpointing — a few steps.
+  CLIP ViT-L text encoder 123M), 512 px, batch 1, LoCon on, gradient checkpointing — a few steps;
+* ``sdxl``: an SDXL-shaped model built from stabilityai/stable-diffusion-xl-base-1.0's configs with
+  random weights (UNet 2.6B, CLIP ViT-L 123M and OpenCLIP bigG 695M text encoders, VAE 84M), the frozen
+  parts in bfloat16 (the VAE in float32, as training runs it), batch 1, LoCon on, gradient
+  checkpointing — at a small resolution (``--resolution``, default 256 px) so it fits a CPU.
 
 Each (model, variant) runs in a fresh process, so its peak memory is its own. Seconds per step are
 the median over the measured steps; the first step (allocations, warm-up) is not measured. On a shared
@@ -20,6 +24,7 @@ each in turn, so both see the same load (timing only).
 
     python bench/sd_caching.py tiny                      # about 2 minutes on 2 CPU cores
     python bench/sd_caching.py sd15 --steps 3 --paired   # about 40 minutes on 2 CPU cores; minutes on a GPU
+    python bench/sd_caching.py sdxl --steps 2 --paired --resolution 128   # SDXL-shaped, small scale
 """
 
 from __future__ import annotations
@@ -57,7 +62,78 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "adapter": {"r": 16, "alpha": 8, "conv": True, "conv_r": 8, "conv_alpha": 4},
         "gradient_checkpointing": True,
     },
+    "sdxl": {
+        "kind": "stable-diffusion-xl",
+        "pretrained": "bench/sdxl-shaped-random",  # never downloaded: the components are built from configs
+        "resolution": 256,
+        "batch_size": 1,
+        "adapter": {"r": 16, "alpha": 8, "conv": True, "conv_r": 8, "conv_alpha": 4},
+        "gradient_checkpointing": True,
+    },
 }
+
+#: Its text_encoder/ (CLIP ViT-L/14) and text_encoder_2/ (OpenCLIP bigG/14, with projection) configs.
+SDXL_TEXT_ENCODERS: dict[str, dict[str, Any]] = {
+    "text_encoder": {
+        "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+        "num_hidden_layers": 12, "hidden_act": "quick_gelu", "projection_dim": 768,
+    },
+    "text_encoder_2": {
+        "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
+        "num_hidden_layers": 32, "hidden_act": "gelu", "projection_dim": 1280,
+    },
+}  # fmt: skip
+#: Its vae/config.json (SD's VAE architecture, retrained; scaling factor 0.13025).
+SDXL_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+}
+
+
+def sdxl_components(dtype: str = "bfloat16") -> dict[str, Any]:
+    """SDXL base's architecture with random weights (no download); the frozen parts built directly in
+    ``dtype`` (a float32 SDXL UNet alone is 10 GiB), the VAE in float32."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from loraplug_diffusion.presets import _build_tokenizer
+    from loraplug_diffusion.testing import SDXL_UNET_CONFIG
+
+    torch.manual_seed(0)
+    tokenizer = _build_tokenizer()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        encoders = {
+            name: model(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config))
+            for (name, config), model in zip(
+                SDXL_TEXT_ENCODERS.items(), (CLIPTextModel, CLIPTextModelWithProjection), strict=True
+            )
+        }
+    finally:
+        torch.set_default_dtype(default)
+    vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+    )
+    for part in (unet, vae, *encoders.values()):
+        part.requires_grad_(False)
+        part.eval()
+    return {
+        "unet": unet,
+        "vae": vae,
+        **encoders,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "noise_scheduler": scheduler,
+    }
 
 
 def sd15_components(tokenizer_size: int) -> dict[str, Any]:
@@ -123,6 +199,7 @@ def images_for(shape: str, folder: Path, count: int) -> Path:
 class Setup:
     """One model, and the same images prepared once per variant."""
 
+    shape: str
     host: Any
     accelerator: Any
     model: Any
@@ -146,6 +223,7 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
     from loraplug_diffusion.model import DiffusionModule
 
     settings = SETTINGS[shape]
+    kind = settings.get("kind", "stable-diffusion")
     work = Path(tempfile.mkdtemp(prefix=f"sd-bench-{shape}-"))
     images = images_for(shape, work / "images", 32 if shape == "tiny" else max(4, steps + 1))
     host = PluginHost.load()
@@ -158,7 +236,7 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
                 "run": {"name": f"{shape}-{variant}", "output_dir": str(work / "runs"), "seed": 0},
                 "data": {"kind": "imagefolder", "path": str(images)},
                 "model": {
-                    "kind": "stable-diffusion",
+                    "kind": kind,
                     "pretrained": settings["pretrained"],
                     "resolution": settings["resolution"],
                     "cache_latents": cached,
@@ -186,6 +264,18 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
     started = time.monotonic()
     if shape == "tiny":
         model = build_stages(host, recipes[first], contexts[first])
+    elif shape == "sdxl":
+        from loraplug_diffusion.sdxl_model import SdxlModule
+
+        parts = sdxl_components()
+        parts["unet"].enable_gradient_checkpointing()
+        module = SdxlModule(parts["unet"])
+        module.frozen_text_encoders = (parts["text_encoder"], parts["text_encoder_2"])
+        base = ModelBundle(kind=kind, module=module, components=parts, base=settings["pretrained"])
+        set_seed(0)
+        model = host.call_stage(
+            "adapter", "lora", kind, options=recipes[first].adapter.options, model=base, ctx=contexts[first]
+        )
     else:
         parts = sd15_components(49408)
         if settings["gradient_checkpointing"]:
@@ -209,20 +299,18 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
     prepared, cache_seconds = {}, {}
     for variant in variants:
         recipe, ctx = recipes[variant], contexts[variant]
-        data = host.call_stage(
-            "data", "imagefolder", "stable-diffusion", options=recipe.data.options, ctx=ctx
-        )
+        data = host.call_stage("data", "imagefolder", kind, options=recipe.data.options, ctx=ctx)
         started = time.monotonic()
         prepared[variant] = host.call_model_hook(
             "loraplug_prepare_data",
-            "stable-diffusion",
+            kind,
             model=model,
             options=recipe.model.options,
             data=data,
             ctx=ctx,
         )
         cache_seconds[variant] = time.monotonic() - started
-    return Setup(host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds)
+    return Setup(shape, host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds)
 
 
 def step_times(bench: Setup, variant: str, steps: int) -> list[float]:
@@ -238,13 +326,16 @@ def step_times(bench: Setup, variant: str, steps: int) -> list[float]:
     stamps = [time.monotonic()]
     train(
         accelerator=bench.accelerator,
-        step_fn=bench.host.bound_model_hook("loraplug_train_step", "stable-diffusion"),
+        step_fn=bench.host.bound_model_hook(
+            "loraplug_train_step", SETTINGS[bench.shape].get("kind", "stable-diffusion")
+        ),
         model=bench.model,
         prepared=bench.prepared[variant],
         recipe=recipe,
         ctx=bench.contexts[variant],
         sinks=Sinks([]),
-        display=lambda total: ProgressDisplay(Console(quiet=True), total, enabled=False),
+        evaluate=lambda module: {},  # no validation set: nothing to evaluate
+        display=lambda total, start: ProgressDisplay(Console(quiet=True), total, enabled=False),
         on_step_end=lambda step: stamps.append(time.monotonic()),
     )
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
@@ -272,18 +363,20 @@ def _result(shape: str, variant: str, bench: Setup, times: list[float]) -> dict[
     }
 
 
-def run_one(shape: str, variant: str, steps: int) -> dict[str, Any]:
+def run_one(shape: str, variant: str, steps: int, resolution: int | None = None) -> dict[str, Any]:
     """One variant alone in this process (so the peak memory is its own); the first step is warm-up."""
+    SETTINGS[shape]["resolution"] = resolution or SETTINGS[shape]["resolution"]
     bench = setup(shape, [variant], steps + 1)
     return _result(shape, variant, bench, step_times(bench, variant, steps + 1)[1:])
 
 
-def run_paired(shape: str, rounds: int) -> list[dict[str, Any]]:
+def run_paired(shape: str, rounds: int, resolution: int | None = None) -> list[dict[str, Any]]:
     """Both variants on one model, one step each in turn, so a machine whose load drifts slows both alike.
 
     Each turn is a whole one-step run of the core's loop (optimizer set-up included, which is negligible
     next to an SD-1.5 step). Peak memory here is the two variants' together, so it is not reported.
     """
+    SETTINGS[shape]["resolution"] = resolution or SETTINGS[shape]["resolution"]
     variants = ["cached", "uncached"]
     bench = setup(shape, variants, 1)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -380,14 +473,20 @@ def main() -> None:
         help="Also alternate both variants' steps in one process (timing only).",
     )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="Train at this side length instead of the model's default.",
+    )
     args = parser.parse_args()
     steps = args.steps or (40 if args.model == "tiny" else 3)
     results = []
     for variant in ("cached", "uncached"):
-        results.append(_in_fresh_process(f"run_one({args.model!r}, {variant!r}, {steps})"))
+        results.append(_in_fresh_process(f"run_one({args.model!r}, {variant!r}, {steps}, {args.resolution})"))
         print(f"{args.model}/{variant}: {results[-1]['seconds_per_step']:.3f} s/step", flush=True)
     if args.paired:
-        paired = _in_fresh_process(f"run_paired({args.model!r}, {steps})")
+        paired = _in_fresh_process(f"run_paired({args.model!r}, {steps}, {args.resolution})")
         results += paired
         print(
             "paired: " + ", ".join(f"{r['variant']} {r['seconds_per_step']:.3f} s/step" for r in paired),

@@ -16,6 +16,7 @@ ALL_RECIPES = sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
 SMOKED_KINDS = {
     "causal-lm": "plugins/causal-lm",
     "stable-diffusion": "plugins/diffusion",
+    "stable-diffusion-xl": "plugins/diffusion",
     "sequence-classifier": "plugins/text-classification",
 }
 

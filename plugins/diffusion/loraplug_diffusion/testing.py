@@ -8,6 +8,27 @@ from typing import Any
 
 from loraplug.testing import write_recipe
 
+#: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the values that shape the module tree).
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+
 PALETTE = {"red": (220, 60, 50), "teal": (40, 184, 176), "orange": (236, 128, 44), "navy": (22, 34, 64)}
 
 

@@ -11,10 +11,12 @@ import pytest
 
 from loraplug.testing import run_cli
 
+#: The model kinds this plugin serves whose recipes this file runs.
+MODEL_KINDS = {"stable-diffusion", "stable-diffusion-xl"}
 RECIPES = [
     recipe
     for recipe in sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
-    if tomllib.loads(recipe.read_text(encoding="utf-8"))["model"]["kind"] == "stable-diffusion"
+    if tomllib.loads(recipe.read_text(encoding="utf-8"))["model"]["kind"] in MODEL_KINDS
 ]
 
 
