@@ -276,3 +276,33 @@ def test_the_objective_example_in_docs_plugins_md_trains_simpo_through_its_own_t
     assert "loraplug_train_step -> loraplug-causal-lm" not in proc.stderr
     first = json.loads((tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] > 0
+
+
+def test_a_pair_learns_only_its_own_turns_even_after_assistant_turns_in_the_prompt() -> None:
+    """The chat form's earlier assistant turns are prompt: each side's targets are its own answer (and its
+    end-of-turn), whatever model.train_on_prompt says."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from loraplug_causal_lm.encode import IGNORE, Encoder
+    from loraplug_causal_lm.pairs import encode_pair, parse_pair
+    from loraplug_causal_lm.presets import preset_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(preset_dir("tiny-llama", Path(os.environ["LORAPLUG_CACHE"])))
+    line = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "EARLIER"},
+            {"role": "user", "content": "and now?"},
+        ],
+        "chosen": "GOOD",
+        "rejected": [{"role": "assistant", "content": "BAD"}],
+    }
+    for train_on_prompt in (False, True):
+        encoder = Encoder(tokenizer, max_length=256, train_on_prompt=train_on_prompt)
+        pair = encode_pair(encoder, {"id": "p", **parse_pair(line)})
+        chosen = tokenizer.decode([t for t in pair.chosen.labels if t != IGNORE])
+        rejected = tokenizer.decode([t for t in pair.rejected.labels if t != IGNORE])
+        assert "GOOD" in chosen and "EARLIER" not in chosen and "and now" not in chosen
+        assert "BAD" in rejected and "EARLIER" not in rejected
