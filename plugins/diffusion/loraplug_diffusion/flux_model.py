@@ -34,9 +34,11 @@ LAYOUT = (
 class FluxModule(torch.nn.Module):
     """What the core optimises, saves and hands to accelerate: the transformer (with its LoRA)."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.transformer = transformer
+        # model.dtype, what the frozen base computes in: not a parameter's (nf4 weights are uint8, LoRA float32).
+        self.compute_dtype = dtype
 
     def forward(
         self,
@@ -47,10 +49,7 @@ class FluxModule(torch.nn.Module):
         img_ids: torch.Tensor,
         guidance: torch.Tensor | None,
     ) -> torch.Tensor:
-        transformer = self.transformer
-        dtype = next(
-            p.dtype for p in transformer.parameters() if p.is_floating_point() and p.dtype.itemsize > 1
-        )
+        transformer, dtype = self.transformer, self.compute_dtype
         txt_ids = torch.zeros(states.shape[1], 3, device=packed.device, dtype=dtype)
         return transformer(
             hidden_states=packed.to(dtype),
@@ -142,7 +141,7 @@ def build(options: FluxOptions, ctx: RunContext) -> ModelBundle:
     source = locate(options, ctx.cache_dir)
     return ModelBundle(
         kind=FLUX_KIND,
-        module=FluxModule(parts["transformer"]),
+        module=FluxModule(parts["transformer"], torch_dtype(options.dtype)),
         components=parts,
         base=options.pretrained,
         base_dir=local_dir(source),
