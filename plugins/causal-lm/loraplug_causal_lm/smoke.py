@@ -105,7 +105,8 @@ def smoke_overrides(table: Mapping[str, Any], base_dir: Path) -> tuple[dict[str,
 
 
 def shrink_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a transformers config as a dict) with its size fields shrunk, nested text configs too.
+    """``config`` (a transformers config as a dict) with its size fields shrunk, sub-models' configs too
+    (a multimodal model's ``text_config`` and ``vision_config``).
 
     Per-layer lists (``layer_types``) are cut to the shrunk depth; key/value heads keep their grouping."""
     shrunk = dict(config)
@@ -130,7 +131,9 @@ def shrink_config(config: dict[str, Any]) -> dict[str, Any]:
     for key, value in config.items():
         if isinstance(value, list) and layers and len(value) == layers:
             shrunk[key] = value[:LAYERS]
-        elif isinstance(value, dict) and key == "text_config":
+        elif (
+            isinstance(value, dict) and "model_type" in value
+        ):  # a sub-model's config: text_config, vision_config
             shrunk[key] = shrink_config(value)
     return shrunk
 

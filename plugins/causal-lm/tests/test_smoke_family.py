@@ -153,3 +153,7 @@ def test_shrinking_keeps_the_kind_of_attention_and_cuts_per_layer_lists() -> Non
     assert shrink_config({"num_attention_heads": 71, "num_kv_heads": 1})["num_kv_heads"] == 1
     experts = shrink_config({"num_local_experts": 8, "num_experts_per_tok": 2, "model_type": "mixtral"})
     assert experts == {"num_local_experts": 4, "num_experts_per_tok": 2, "model_type": "mixtral"}
+    multimodal = shrink_config(
+        {"model_type": "gemma3", "vision_config": {"model_type": "siglip", "hidden_size": 1152}}
+    )
+    assert multimodal["vision_config"] == {"model_type": "siglip", "hidden_size": 64}
