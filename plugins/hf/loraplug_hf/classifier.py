@@ -1,29 +1,45 @@
 """What every sequence classifier built on a transformers decoder shares, for its training batches and its
 deployable view (:class:`loraplug.Deployable`): right-padded rows, the logits every export is compared by,
-example token inputs, the merged float32 copy, and the figures a quantized copy is compared with.
+example token inputs, the merged float32 copy, the figures a quantized copy is compared with, and the
+whole deployable view built from those (:func:`classifier_deployable`).
 
-Imports torch (import this module from hook bodies, not at a plugin's start-up); never transformers.
+Imports torch (import this module from hook bodies, not at a plugin's start-up); transformers only in
+:func:`from_pretrained`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from loraplug import Batch
+from loraplug import Batch, Deployable, MergeCheck
+from loraplug.toolkit import dtype_name, parity_tolerance
+from loraplug_hf import quiet_libraries
+
+#: The libraries whose warnings and progress bars stay out of loraplug's output.
+LIBRARIES = ("transformers", "peft")
 
 __all__ = [
     "batch_logits",
     "classification_scores",
+    "classifier_deployable",
     "classifier_logits",
+    "example_inputs",
+    "from_pretrained",
     "logit_difference",
     "merged_classifier",
     "pad_right",
     "token_inputs",
+    "weights_dtype",
 ]
+
+#: Example inputs: traced at one shape, checked at another batch size and length whose first row is
+#: right-padded, so the check proves the graph's axes are dynamic and that the padding is honoured.
+EXPORT_SHAPE, CHECK_SHAPE, PADDED = (2, 8), (3, 13), 4
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,3 +117,77 @@ def logit_difference(trained: Any, other: Any, inputs: dict[str, Any]) -> float:
             return float((classifier_logits(other, inputs) - expected).abs().max())
     finally:
         trained.train(was_training)
+
+
+def weights_dtype(trained: Any) -> str:
+    """The recipe name of the dtype of a (peft-wrapped) model's base weights."""
+    base = trained.get_base_model() if hasattr(trained, "get_base_model") else trained
+    return dtype_name(base.dtype)
+
+
+def example_inputs(vocab: int, pad_id: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(inputs, check_inputs)`` of a deployable classifier: the shapes to trace with, and other shapes
+    with a padded row (seeded, so every export of a run is checked on the same inputs)."""
+    generator = torch.Generator().manual_seed(seed)
+    traced = token_inputs(vocab, pad_id, EXPORT_SHAPE, generator)
+    return traced, token_inputs(vocab, pad_id, CHECK_SHAPE, generator, padded=PADDED)
+
+
+def from_pretrained(path: Path | str, **kwargs: Any) -> Any:
+    """``AutoModelForSequenceClassification.from_pretrained``: a saved classifier read back as a user reads it."""
+    quiet_libraries(*LIBRARIES)
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+
+def classifier_deployable(
+    trained: Any, tokenizer: Any, *, seed: int, verified_families: Sequence[str], what: str = "classifier"
+) -> Deployable:
+    """A sequence classifier's deployable view (``loraplug_deployable``): the LoRA merged into a float32
+    copy with the trained head, token inputs, logits, its config (labels, pad id) and tokenizer saved beside.
+
+    :param trained: the trained (peft) model; it is left as it was.
+    :param tokenizer: its tokenizer, with a pad token.
+    :param seed: for the example inputs (``ctx.seed``).
+    :param verified_families: the model types whose traced (ONNX) export the plugin's tests check; another
+        family is exported only when the export says so (``export_unverified``).
+    :param what: the model, for messages (``"the merged llama <what>"``).
+    """
+    quiet_libraries(*LIBRARIES)
+    dtype = weights_dtype(trained)
+    merged = merged_classifier(trained)
+    inputs, checked = example_inputs(int(merged.config.vocab_size), int(tokenizer.pad_token_id), seed)
+    difference = logit_difference(trained, merged, checked)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    family = str(getattr(merged.config, "model_type", "?"))
+
+    def save_beside(directory: Path) -> None:
+        # The config carries the label names (id2label / label2id) and the pad id the head reads by.
+        merged.config.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
+
+    return Deployable(
+        module=merged,
+        inputs=inputs,
+        check_inputs=checked,
+        probe=classifier_logits,
+        output="logits",
+        what=f"the merged {family} {what}",
+        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        value_name="logit",
+        dtype=dtype,
+        compute_dtype=dtype,
+        save_beside=save_beside,
+        from_pretrained=from_pretrained,
+        loads_with="AutoModelForSequenceClassification.from_pretrained(path)",
+        batch_outputs=batch_logits,
+        score=classification_scores,
+        merge_check=MergeCheck(
+            difference, parity_tolerance(dtype), {"max_abs_logit_diff_vs_trained": difference}
+        ),
+        export_unverified=None
+        if family in verified_families
+        else f"the model family {family!r}; the {what}'s traced export is checked for {', '.join(verified_families)}",
+        notes=["LoRA merged into a float32 copy; the classification head is the trained one"],
+    )

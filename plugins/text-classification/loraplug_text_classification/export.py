@@ -13,9 +13,10 @@ from typing import Any
 
 from loraplug import ExportResult, LoraplugError, ModelBundle, RunContext
 from loraplug.toolkit import parity_tolerance, torch_dtype
-from loraplug_hf.classifier import logit_difference
-from loraplug_text_classification.deploy import base_dtype, example_inputs, from_pretrained
+from loraplug_hf import quiet_libraries
+from loraplug_hf.classifier import example_inputs, from_pretrained, logit_difference, weights_dtype
 from loraplug_text_classification.options import MergedExportOptions, PeftExportOptions
+from loraplug_text_classification.presets import LIBRARIES
 
 PEFT_LOADS_WITH = (
     "PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, "
@@ -25,7 +26,8 @@ PEFT_LOADS_WITH = (
 
 def _parity(model: ModelBundle, loaded: Any, tolerance: float, what: str, ctx: RunContext) -> dict[str, Any]:
     """The largest logit difference of ``loaded`` from the trained model; over ``tolerance`` fails the export."""
-    difference = logit_difference(model.module, loaded, example_inputs(model, ctx.seed)[1])
+    vocab, pad_id = int(model.module.config.vocab_size), int(model.components["tokenizer"].pad_token_id)
+    difference = logit_difference(model.module, loaded, example_inputs(vocab, pad_id, ctx.seed)[1])
     if not difference <= tolerance:  # NaN fails too
         raise LoraplugError(
             f"{what} read back gives logits {difference:.2e} away from the trained model's (tolerance {tolerance:g})",
@@ -40,6 +42,8 @@ def export_peft(
 ) -> ExportResult:
     """adapter_config.json + adapter_model.safetensors (LoRA and the head), config.json with the labels, the tokenizer."""
     import torch
+
+    quiet_libraries(*LIBRARIES)
     from peft import PeftModel
 
     module = model.module
@@ -52,7 +56,7 @@ def export_peft(
     if options.check_parity:
         base = from_pretrained(model.base_dir or model.base, config=config, dtype=torch.float32)
         loaded = PeftModel.from_pretrained(base, str(out_dir)).eval()
-        tolerance = parity_tolerance(base_dtype(module), given=options.tolerance)
+        tolerance = parity_tolerance(weights_dtype(module), given=options.tolerance)
         figures |= _parity(model, loaded, tolerance, "The PEFT adapter", ctx)
     return ExportResult(
         figures=figures,
@@ -77,6 +81,7 @@ def export_merged(
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     figures: dict[str, Any] = {"dtype": save_dtype}
     if options.check_parity:
+        quiet_libraries(*LIBRARIES)
         loaded = from_pretrained(out_dir, dtype=torch_dtype("float32")).eval()
         tolerance = parity_tolerance(deployable.dtype, save_dtype, given=options.tolerance)
         figures |= _parity(model, loaded, tolerance, "The merged model", ctx)

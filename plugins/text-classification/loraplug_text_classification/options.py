@@ -98,7 +98,8 @@ class SequenceClassifierOptions(Options):
     def check_data(self, data_kind: str, data: BaseModel) -> list[str]:
         """``recipe check``'s look at the data: the local files' labels against ``labels``.
 
-        Called by the core with the ``[data]`` options (docs/plugins.md, "Checking the data").
+        Called by the core with the checked ``[data]`` options (docs/plugins.md: "When a model kind must know
+        something of the data").
         """
         from loraplug_text_classification.labels import check_recipe_labels
 
