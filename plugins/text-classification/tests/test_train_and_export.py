@@ -148,9 +148,8 @@ def test_a_gpt2_base_without_a_pad_token_trains_balanced_and_exports_with_labels
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "gpt2"
-    sampling = json.loads((run_dir / "data_report.json").read_text())[
-        "sampling"
-    ]  # balance_by on labelled-text
+    # balance_by draws each class equally often from labelled-text records
+    sampling = json.loads((run_dir / "data_report.json").read_text())["sampling"]
     assert sampling["each class drawn"] == "33.3% of the time (3 classes)", sampling
     config = json.loads((run_dir / "exports" / "merged" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["pad_token_id"] == config["eos_token_id"]
