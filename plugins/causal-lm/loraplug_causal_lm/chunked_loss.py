@@ -16,6 +16,14 @@ what the model's forward returns as logits is checked on the model itself, on a 
 its first chunked step (:func:`check`); an architecture that changes its logits in a way not listed
 here, or a wrapper that shards the head's weights (FSDP, DeepSpeed), is computed plain.
 
+Where the head is a plain weight matrix (no LoRA on it, not trained in full through ``modules_to_save``,
+nothing done to its output), ``"auto"`` hands the summed loss to a fused kernel that computes each
+chunk's gradients in the forward, so the head's matmul is not run again in the backward
+(:func:`fused_kernel`): Liger Kernel's fused linear cross-entropy on CUDA when ``liger-kernel`` is
+installed, else ``torch.nn.functional.linear_cross_entropy`` (torch 2.13+) in float32 without autocast
+(where it rounds as the plain path does). Per-token losses (the preference objectives) and every other
+case use the checkpointed chunks.
+
 Imported by hook bodies only (it imports torch).
 """
 
@@ -25,6 +33,7 @@ import inspect
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
 
 import torch
@@ -47,6 +56,15 @@ HALF_TOLERANCE = 1e-2
 #: Wrappers that shard parameters and gather them only inside their own forward: the head called
 #: outside it would see a shard, so such modules are computed plain.
 SHARDING_WRAPPERS = ("FullyShardedDataParallel", "DeepSpeedEngine")
+#: How the loss of a chunked micro-batch is computed: loraplug's checkpointed chunks, torch's fused
+#: ``linear_cross_entropy``, or Liger Kernel's ``LigerFusedLinearCrossEntropyLoss`` (CUDA).
+Kernel = Literal["chunks", "torch", "liger"]
+#: What the run's log says about each kernel.
+KERNEL_NAMES: dict[str, str] = {
+    "chunks": "loraplug's checkpointed chunks (the head run again in the backward)",
+    "torch": "torch.nn.functional.linear_cross_entropy (each chunk's gradients computed in the forward)",
+    "liger": "Liger Kernel's fused linear cross-entropy (each chunk's gradients computed in the forward)",
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,7 @@ class Head:
     :param problem: why the loss of this model is computed plain, or ``None``.
     :param checked: whether :func:`check` has run on the model.
     :param warned: whether the user was told that the loss is computed plain.
+    :param announced: whether the user was told how the chunked loss is computed.
     """
 
     module: Any
@@ -79,6 +98,7 @@ class Head:
     problem: str | None = None
     checked: bool = field(default=False, compare=False)
     warned: bool = field(default=False, compare=False)
+    announced: bool = field(default=False, compare=False)
 
     def logits(self, hidden: Any) -> Any:
         logits = self.module(hidden)
@@ -237,6 +257,94 @@ def check(module: Any, head: Head) -> str | None:
             f"(they differ by {difference:.3g} from the head's output)"
         )
     return None
+
+
+@cache
+def _liger_loss() -> type | None:
+    """Liger Kernel's fused linear cross-entropy module, where ``liger-kernel`` (and Triton) import."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except (ImportError, RuntimeError, OSError):  # not installed, or no Triton / CUDA to load it with
+        return None
+    return LigerFusedLinearCrossEntropyLoss  # type: ignore[no-any-return]
+
+
+def fused_kernel(head: Head, hidden: Any, autocast: Autocast) -> tuple[Kernel, str | None]:
+    """The kernel for the summed loss of ``head`` on ``hidden``, and why no fused kernel, if none.
+
+    A fused kernel takes the head's weight matrix (and bias) itself, so it applies only where the head
+    is a plain ``torch.nn.Linear``: a LoRA on the head or a copy trained in full (``modules_to_save``)
+    wraps it in another module, and a transform of its output (soft-capping, scaling) or a hook on it
+    (accelerate's offloading) would be skipped. torch's kernel accumulates in float32 with its own
+    rounding of half-precision logits, so it is used on float32 only, without autocast (equal to the
+    plain path to float32 rounding there); Liger is used on CUDA in any precision (its loss and
+    gradients against the plain path: part f of bench/gpu_check.py).
+    """
+    module = head.module
+    if type(module) is not torch.nn.Linear:
+        return "chunks", (
+            f"the output head is a {type(module).__name__}, not a plain Linear "
+            "(a LoRA on the head, or the head trained in full through modules_to_save)"
+        )
+    if head.transforms:
+        return "chunks", "the architecture changes the head's output (logit soft-capping or scaling)"
+    if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
+        return (
+            "chunks",
+            "the output head has hooks (e.g. accelerate's offloading), which a fused kernel would skip",
+        )
+    if hidden.device.type == "cuda" and _liger_loss() is not None:
+        return "liger", None
+    if not hasattr(F, "linear_cross_entropy") or not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        return "chunks", f"torch {torch.__version__} has no nn.functional.linear_cross_entropy (2.13+ has)"
+    if autocast.enabled or hidden.dtype != torch.float32 or module.weight.dtype != torch.float32:
+        precision = f"autocast to {autocast.dtype}" if autocast.enabled else f"{module.weight.dtype}"
+        return "chunks", (
+            f"the head runs in {precision}; torch's linear_cross_entropy is used on float32 only, "
+            "where it rounds as the full logits do"
+        )
+    return "torch", None
+
+
+def loss_kernel(
+    head: Head,
+    hidden: Any,
+    autocast: Autocast,
+    setting: ChunkSetting,
+    chunk: int,
+    info: Callable[[str], None] | None,
+) -> Kernel:
+    """The kernel for a chunked micro-batch's summed loss: a fused one where ``"auto"`` finds one that
+    applies, loraplug's checkpointed chunks for a number of tokens (exactly what it asks for) or
+    elsewhere. Said once per model through ``info``."""
+    kernel, why = fused_kernel(head, hidden, autocast) if setting == "auto" else ("chunks", None)
+    if not head.announced and info is not None:
+        size = f"chunks of {chunk} tokens" if kernel != "liger" else "chunks Liger sizes"
+        info(f"loss: {KERNEL_NAMES[kernel]}, {size}" + (f"; no fused kernel: {why}" if why else ""))
+        head.announced = True
+    return kernel
+
+
+def fused_cross_entropy(
+    kernel: Kernel, head: Head, hidden: Any, labels: Any, chunk: int, autocast: Autocast
+) -> Any:
+    """The summed float32 cross-entropy of the target tokens by a fused kernel (see :func:`fused_kernel`).
+
+    Only the target rows are passed (as the chunked path does), ``chunk`` of them at a time for torch's
+    kernel; Liger sizes its own chunks.
+    """
+    targets = labels != IGNORE
+    hidden, labels = hidden[targets], labels[targets]
+    module = head.module
+    if kernel == "liger":
+        loss_class = _liger_loss()
+        assert loss_class is not None  # fused_kernel chose it because it imports
+        with autocast():
+            return loss_class(reduction="sum")(module.weight, hidden, labels, module.bias)
+    options = torch.nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=max(1, chunk))
+    return F.linear_cross_entropy(
+        hidden, module.weight, labels, linear_bias=module.bias, reduction="sum", options=options
+    )
 
 
 def target_cross_entropy(

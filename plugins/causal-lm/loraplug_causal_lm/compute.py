@@ -9,8 +9,10 @@ from loraplug import Batch, LoraplugError, ModelBundle, Sample, StepResult
 from loraplug_causal_lm.chunked_loss import (
     ChunkSetting,
     chunk_tokens,
+    fused_cross_entropy,
     head_of,
     last_hidden_state,
+    loss_kernel,
     target_cross_entropy,
 )
 from loraplug_causal_lm.encode import IGNORE, Encoder
@@ -45,13 +47,18 @@ def forward(module: Any, batch: Batch) -> tuple[Any, Any, Any]:
 
 
 def loss_sum(
-    module: Any, batch: Batch, chunk_setting: ChunkSetting = 0, warn: Callable[[str], None] | None = None
+    module: Any,
+    batch: Batch,
+    chunk_setting: ChunkSetting = 0,
+    warn: Callable[[str], None] | None = None,
+    info: Callable[[str], None] | None = None,
 ) -> StepResult:
     """Cross-entropy summed over target tokens (labels are pre-shifted, so no shift here).
 
     ``chunk_setting`` is ``model.loss_chunk_tokens``: with a number of tokens, or ``"auto"`` on a
     micro-batch whose logits would be large, the output head is applied a chunk of target tokens at a
     time and the full logits never exist (:mod:`loraplug_causal_lm.chunked_loss`); 0 computes them.
+    ``"auto"`` uses a fused kernel (torch's or Liger's) where one applies; ``info`` hears which, once.
     """
     import torch.nn.functional as F
 
@@ -61,10 +68,12 @@ def loss_sum(
     if chunk:
         head = head_of(module)
         hidden, autocast = last_hidden_state(module, head, kwargs)
-        return StepResult(
-            loss_sum=target_cross_entropy(head, hidden, labels, chunk, autocast),
-            num_targets=int(targets.sum()),
-        )
+        kernel = loss_kernel(head, hidden, autocast, chunk_setting, chunk, info)
+        if kernel == "chunks":
+            loss = target_cross_entropy(head, hidden, labels, chunk, autocast)
+        else:
+            loss = fused_cross_entropy(kernel, head, hidden, labels, chunk, autocast)
+        return StepResult(loss_sum=loss, num_targets=int(targets.sum()))
     logits = module(**kwargs, use_cache=False).logits
     # Only target positions are upcast, which keeps float32 logits small for long prompts.
     loss = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")

@@ -85,7 +85,12 @@ class CausalLMOptions(Options):
         "are the full logits' to float32 rounding. `auto`: chunks of 2^26 ÷ vocabulary tokens (523 for Llama 3) "
         "when a micro-batch's logits would hold more than 2^27 numbers, else the full logits — also where chunking "
         "is not exact (an architecture that changes its logits in a way loraplug does not know, FSDP, DeepSpeed), "
-        "with a warning; a number there is an error. 0: always the full logits.",
+        "with a warning; a number there is an error. 0: always the full logits. Where the output head is a plain "
+        "weight matrix (no LoRA on it, not in `modules_to_save`, no soft-capping or scaling), `auto` hands the "
+        "summed loss to a fused kernel that computes each chunk's gradients in its forward instead of running the "
+        "head again: Liger Kernel's on CUDA when `liger-kernel` is installed (extra `liger`), else torch's "
+        "`linear_cross_entropy` in float32; a number always uses loraplug's own chunks. The run's log names the "
+        "kernel.",
     )
     sample_max_new_tokens: PositiveInt = Field(64, description="Tokens generated for each sample prompt.")
     quantization: Quantization | None = Field(

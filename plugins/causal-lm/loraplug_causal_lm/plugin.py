@@ -196,7 +196,7 @@ def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunC
         return pair_loss(objective.kind, objective.options, module, batch, chunk, ctx.warn).result()
     from loraplug_causal_lm.compute import loss_sum
 
-    return loss_sum(module, batch, ctx.recipe.model.options.loss_chunk_tokens, warn=ctx.warn)
+    return loss_sum(module, batch, ctx.recipe.model.options.loss_chunk_tokens, warn=ctx.warn, info=ctx.info)
 
 
 @hookimpl

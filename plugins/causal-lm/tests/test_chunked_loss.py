@@ -341,3 +341,101 @@ def test_accumulation_stays_exact_with_a_chunked_loss(
     assert max(float(plain[k].abs().max()) for k in plain if "lora_B" in k) > 1e-3
     for key in plain:
         torch.testing.assert_close(chunked[key], plain[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+# --- the fused kernels ("auto" where the head is a plain weight matrix) --------------------------------
+
+
+def auto_chunks(monkeypatch: pytest.MonkeyPatch, tokens: int = CHUNK) -> None:
+    """``"auto"`` chunks even the tiny test batches, ``tokens`` at a time."""
+    from loraplug_causal_lm import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "AUTO_ABOVE", 0)
+    monkeypatch.setattr(chunked_loss, "CHUNK_NUMBERS", tokens * VOCAB)
+
+
+def kernel_of(model: Any, batch: Batch) -> tuple[str, str | None]:
+    from loraplug_causal_lm.chunked_loss import fused_kernel, head_of, last_hidden_state
+    from loraplug_causal_lm.compute import model_inputs
+
+    head = head_of(model)
+    hidden, autocast = last_hidden_state(model, head, model_inputs(model, batch)[0])
+    return fused_kernel(head, hidden, autocast)
+
+
+@pytest.mark.parametrize("batch", [padded_batch, packed_batch], ids=["padded", "packed"])
+def test_auto_uses_torchs_fused_kernel_with_the_same_loss_and_gradients(
+    batch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LoRA on every linear layer but the head: the head is a plain Linear, so "auto" hands the loss to
+    # torch.nn.functional.linear_cross_entropy (gradients computed in its forward), in chunks of 7 rows.
+    import torch.nn.functional as F
+
+    auto_chunks(monkeypatch)
+    model = tiny_model()
+    data = batch()
+    plain = loss_and_gradients(model, data, 0)
+    chunk_sizes: list[int] = []
+    fused = F.linear_cross_entropy
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        chunk_sizes.append(kwargs["options"].batch_chunk_size)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "linear_cross_entropy", recorded)
+    assert kernel_of(model, data) == ("torch", None)
+    assert_same(plain, loss_and_gradients(model, data, "auto"))
+    assert chunk_sizes == [CHUNK]
+
+
+def test_torchs_fused_kernel_with_a_bias_and_a_trained_tied_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head's bias and weight get their gradients from the kernel too (tied: the embedding's as well).
+    auto_chunks(monkeypatch)
+    model = tiny_model(tie=True)
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.linspace(-1, 1, VOCAB))
+    head.weight.requires_grad_(True)
+    data = padded_batch()
+    assert kernel_of(model, data) == ("torch", None)
+    plain = loss_and_gradients(model, data, 0)
+    fused = loss_and_gradients(model, data, "auto")
+    assert any(name.endswith("lm_head.bias") for name in plain[1])
+    assert_same(plain, fused)
+
+
+def test_auto_keeps_the_checkpointed_chunks_where_no_fused_kernel_applies() -> None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    data = padded_batch()
+    kernel, why = kernel_of(tiny_model(modules_to_save=True), data)
+    assert kernel == "chunks" and "ModulesToSaveWrapper" in str(why)
+    kernel, why = kernel_of(tiny_model("gemma2"), data)
+    assert kernel == "chunks" and "soft-capping" in str(why)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    try:
+        model = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(tiny_model())
+        kernel, why = kernel_of(model, data)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    assert kernel == "chunks" and "autocast" in str(why)
+
+
+def test_liger_is_chosen_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether or not liger-kernel is installed, a CPU tensor gets torch's kernel (Liger needs Triton on CUDA).
+    from loraplug_causal_lm import chunked_loss
+
+    class Importable:  # stands for LigerFusedLinearCrossEntropyLoss having imported
+        pass
+
+    monkeypatch.setattr(chunked_loss, "_liger_loss", lambda: Importable)
+    assert kernel_of(tiny_model(), padded_batch()) == ("torch", None)
+
+
+def test_the_run_log_names_the_loss_kernel(lm_recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    auto_chunks(monkeypatch, 16)
+    result = run_cli("run", lm_recipe(train={"max_steps": 1}), "--overwrite")
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = [line for line in result.output.splitlines() if line.startswith("loss: ")]
+    assert len(lines) == 1, result.output  # said once, not every step
+    assert "torch.nn.functional.linear_cross_entropy" in lines[0] and "no fused kernel" not in lines[0]
