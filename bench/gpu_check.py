@@ -21,6 +21,10 @@ short still leaves what it measured) and exits non-zero, naming what failed, on 
   d   packing: the loss of documents packed into one row (4-D block-diagonal mask, SDPA) equals the loss
       of the same documents alone, on CUDA, in float32 and bf16; flash-attention 2 where installed
   e   QLoRA nf4 (bitsandbytes) on the quickstart, where bitsandbytes imports
+  f   the fused linear cross-entropy of ``model.loss_chunk_tokens = "auto"``: Liger Kernel's (where
+      liger-kernel is installed) against the full logits on a LoRA'd LLaMA with a 128k vocabulary, 2 rows
+      of 4,096 tokens, in float32 and under bf16 autocast: loss, every gradient, peak memory; on the CPU
+      (dry run too) torch's ``linear_cross_entropy`` against the full logits, and Liger never chosen
 
 With ``--cpu-dry-run`` (no CUDA needed) every recipe and override the GPU parts use is validated, the
 throughput children and the packing comparison run on a tiny model on the CPU, and each CUDA part is
@@ -1100,6 +1104,131 @@ def part_qlora(ctx: Check, part: Part) -> None:
     )
 
 
+# --- f: the fused linear cross-entropy (Liger on CUDA) against the full logits ------------------------
+
+
+def fused_loss_figures(
+    device: str, autocast: Any, vocab: int, length: int, *, small: bool = False
+) -> dict[str, Any]:
+    """``loss_sum`` on the full logits against ``"auto"`` (a fused kernel) on a LoRA'd LLaMA with a wide head.
+
+    The same model, batch and autocast state; returned: the kernel ``"auto"`` named in its log line, the
+    losses, the largest gradient difference relative to that gradient's scale, and each path's peak.
+    """
+    import torch
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loraplug import Batch
+    from loraplug_causal_lm import chunked_loss
+    from loraplug_causal_lm.compute import loss_sum
+    from loraplug_causal_lm.encode import IGNORE
+    from loraplug_causal_lm.model import lora_config
+    from loraplug_causal_lm.options import LoraOptions
+
+    config = LlamaConfig(**{**LLAMA_TINY, "hidden_size": 256, "intermediate_size": 512, "vocab_size": vocab,
+                            "max_position_embeddings": length})  # fmt: skip
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(config), lora_config(LoraOptions())).to(device)
+    for name, parameter in model.named_parameters():  # LoRA's B starts at zero: make every weight learn
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, vocab, (2, length), generator=generator)
+    labels = torch.randint(10, vocab, (2, length), generator=generator)
+    labels[:, :16] = IGNORE
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch = Batch(
+        inputs={k: v.to(device) for k, v in inputs.items()},
+        num_targets=int((labels != IGNORE).sum()),
+        num_tokens=ids.numel(),
+    )
+    said: list[str] = []
+    results = {}
+    thresholds = chunked_loss.AUTO_ABOVE, chunked_loss.CHUNK_NUMBERS
+    if small:  # a batch small enough for the CPU: "auto" is told to chunk it anyway, 64 tokens at a time
+        chunked_loss.AUTO_ABOVE, chunked_loss.CHUNK_NUMBERS = 0, 64 * vocab
+    for setting in (0, "auto"):
+        model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with autocast():
+            loss = loss_sum(model, batch, setting, info=said.append).loss_sum
+        loss.backward()
+        grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        results[setting] = (float(loss.detach()), grads, peak)
+    chunked_loss.AUTO_ABOVE, chunked_loss.CHUNK_NUMBERS = thresholds
+    (plain, plain_grads, plain_peak), (fused, fused_grads, fused_peak) = results[0], results["auto"]
+    worst = max(
+        float((fused_grads[n] - g).abs().max()) / max(float(g.abs().max()), 1e-12)
+        for n, g in plain_grads.items()
+    )
+    return {
+        "kernel": said[0] if said else "none named",
+        "loss_plain": plain,
+        "loss_fused": fused,
+        "loss_relative_diff": abs(fused - plain) / abs(plain),
+        "gradient_max_relative_diff": worst,
+        "same_gradients": sorted(plain_grads) == sorted(fused_grads),
+        "peak_gib_plain": plain_peak,
+        "peak_gib_fused": fused_peak,
+        "rows": 2,
+        "length": length,
+        "vocab": vocab,
+    }
+
+
+def part_fused_loss(ctx: Check, part: Part) -> None:
+    from contextlib import nullcontext
+    from importlib.util import find_spec
+
+    import torch
+
+    if not on_cuda():
+        # What runs here: "auto" picks torch's linear_cross_entropy (never Liger) and matches the full logits.
+        figures = fused_loss_figures("cpu", nullcontext, 4096, 256, small=True)
+        part.figures["cpu_float32"] = figures
+        part.check(
+            "CPU: auto names torch's kernel, not Liger's",
+            "linear_cross_entropy" in figures["kernel"],
+            figures["kernel"],
+        )
+        part.check("CPU float32: loss and gradients equal the full logits' (rtol 1e-5)",
+                   figures["loss_relative_diff"] <= 1e-5 and figures["gradient_max_relative_diff"] <= 1e-5 and figures["same_gradients"],
+                   f"loss {figures['loss_relative_diff']:.1e}, gradients {figures['gradient_max_relative_diff']:.1e}")  # fmt: skip
+    if ctx.dry:
+        raise Skip(
+            "CPU dry run: torch's fused kernel compared with the full logits on the CPU; Liger needs CUDA and was not run"
+        )
+    if find_spec("liger_kernel") is None:
+        raise Skip(
+            "liger-kernel is not installed here (pip install 'loraplug-causal-lm[liger]'); Liger's loss was not compared"
+        )
+    require_cuda(ctx)
+    if not on_cuda():
+        raise Skip(cuda_reason() or "no CUDA device")
+    ctx.log("f: Liger's fused linear cross-entropy against the full logits")
+    part.figures["liger_kernel"] = metadata.version("liger-kernel")
+    bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731 — as accelerate's bf16 wraps the forward
+    for name, autocast, loss_limit, grad_limit in (
+        ("float32", nullcontext, 1e-5, 1e-4),
+        ("bf16", bf16, BF16_UNIT_ROUNDOFF, 0.05),
+    ):
+        figures = fused_loss_figures("cuda", autocast, 128_256, 4096)
+        part.figures[name] = figures
+        part.check(f"{name}: auto names Liger's kernel", "Liger" in figures["kernel"], figures["kernel"])
+        part.check(f"{name}: loss equals the full logits' (relative {loss_limit:.0e})", figures["loss_relative_diff"] <= loss_limit,
+                   f"{figures['loss_fused']:.6f} vs {figures['loss_plain']:.6f}, relative {figures['loss_relative_diff']:.1e}")  # fmt: skip
+        part.check(f"{name}: gradients equal the full logits' (relative to each one's scale, {grad_limit:.0e})",
+                   figures["same_gradients"] and figures["gradient_max_relative_diff"] <= grad_limit,
+                   f"largest difference {figures['gradient_max_relative_diff']:.1e}")  # fmt: skip
+        part.check(f"{name}: the fused kernel's peak is below the full logits'", figures["peak_gib_fused"] < figures["peak_gib_plain"],
+                   f"{figures['peak_gib_fused']:.2f} vs {figures['peak_gib_plain']:.2f} GiB")  # fmt: skip
+        release_cuda()
+
+
 # --- driver ----------------------------------------------------------------------------------------------
 
 
@@ -1117,6 +1246,7 @@ PARTS: list[tuple[str, str, Callable[[Check, Part], None], float]] = [
     ("c", "1.1B LLaMA-shaped LoRA throughput: loraplug vs HF Trainer + PEFT", part_throughput, 90),
     ("d", "packing: packed loss equals unpacked (SDPA 4-D mask)", part_packing, 20),
     ("e", "QLoRA nf4 (bitsandbytes)", part_qlora, 25),
+    ("f", "fused linear cross-entropy (Liger on CUDA) against the full logits", part_fused_loss, 20),
 ]
 #: What the issue asks for that this check does not do, and why.
 NOT_COVERED = {
