@@ -142,10 +142,14 @@ class StepResult:
 
     :param loss_sum: a scalar tensor: the loss *summed* over the batch's targets (not averaged).
     :param num_targets: how many targets that sum covers; equals the batch's ``num_targets``.
+    :param metrics: more figures *summed* over the same targets (a preference objective's reward
+        accuracy and margin), numbers or detached scalar tensors. The loop sums each over the steps of a
+        logging window, across processes, and logs it beside the loss as its mean per target.
     """
 
     loss_sum: Any
     num_targets: int
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

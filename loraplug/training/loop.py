@@ -123,11 +123,14 @@ class Window:
     targets: int = 0
     tokens: int = 0
     start: float = field(default_factory=time.monotonic)
+    #: ``StepResult.metrics`` summed over the window's targets, on every process.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.loss.zero_()
         self.targets = self.tokens = 0
         self.start = time.monotonic()
+        self.metrics = {}
 
 
 @dataclass
@@ -220,6 +223,8 @@ class TrainingLoop:
         )
         self.sinks, self.evaluate, self.events = sinks, evaluate, events
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        #: The last step's ``StepResult.metrics``, summed over its micro-batches and processes.
+        self.step_metrics: dict[str, float] = {}
         self.batches = MicroBatches(
             prepared,
             batch_size=cfg.micro_batch_size,
@@ -336,6 +341,8 @@ class TrainingLoop:
         summed loss over every process. DDP averages gradients over processes, hence the factor ``world``."""
         accelerator, device = self.accelerator, self.accelerator.device
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        step_metrics: dict[str, float] = {}
+        self.step_metrics = {}
         for index, batch in enumerate(batches.group):
             micro = self.state.micro_count + 1
             last = index == len(batches.group) - 1
@@ -347,8 +354,15 @@ class TrainingLoop:
                 self.events.after_forward(micro, self.rank, out)
                 accelerator.backward(out.loss_sum * (self.world / batches.targets))
             step_loss += out.loss_sum.detach().double()
+            for name, value in out.metrics.items():
+                step_metrics[name] = step_metrics.get(name, 0.0) + float(value)
             self.state.micro_count = micro
             self.events.after_backward(micro, self.rank)
+        if step_metrics:  # every process's objective returns the same names
+            summed = reduce_sum(
+                accelerator, torch.tensor(list(step_metrics.values()), dtype=torch.float64, device=device)
+            )
+            self.step_metrics = dict(zip(step_metrics, summed.tolist(), strict=True))
         return reduce_sum(accelerator, step_loss)
 
     def skip_update(self, step: int, batches: StepBatches, loss: float) -> None:
@@ -391,6 +405,8 @@ class TrainingLoop:
         window.loss += step_loss
         window.targets += batches.targets
         window.tokens += batches.tokens
+        for name, value in self.step_metrics.items():
+            window.metrics[name] = window.metrics.get(name, 0.0) + value
         state.result.tokens += batches.tokens
         log_now = step % self.cfg.log_every_n_steps == 0 or step == self.steps
         elapsed = time.monotonic() - window.start
@@ -401,7 +417,8 @@ class TrainingLoop:
             self.live.update(step, loss=loss, lr=lr, tokens_per_s=rate, log=log_now)
         if log_now:
             state.result.train_loss = loss
-            self.sinks.log(step, {"loss": loss, "lr": lr, "tokens_per_s": rate}, split="train")
+            means = {name: value / max(1, window.targets) for name, value in window.metrics.items()}
+            self.sinks.log(step, {"loss": loss, "lr": lr, "tokens_per_s": rate, **means}, split="train")
             window.reset()
 
     def maybe_evaluate(self, step: int) -> bool:

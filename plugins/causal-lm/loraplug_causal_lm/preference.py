@@ -63,7 +63,9 @@ class PairLoss:
     logps: Sides
 
     def result(self) -> StepResult:
-        return StepResult(loss_sum=self.losses.sum(), num_targets=len(self.losses))
+        """The loop's answer: the loss summed over pairs, and the figures logged beside it."""
+        figures = {name: value for name, value in self.sums().items() if name != "loss"}
+        return StepResult(loss_sum=self.losses.sum(), num_targets=len(self.losses), metrics=figures)
 
     def sums(self) -> dict[str, float]:
         """Per-pair figures summed over the batch (divide by the pairs for the means)."""

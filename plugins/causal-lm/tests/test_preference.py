@@ -72,6 +72,10 @@ def test_pairs_in_both_forms_train_and_unusable_pairs_are_counted_skips(
     counted = next(f for f in report["filters"] if f["name"] == "preference pairs")
     assert counted["removed"] == 2
     assert {e["reason"] for e in counted["examples"]} == {"chosen equals rejected", "prompt truncated away"}
+    # The reward figures are logged with the training loss (summed over pairs, the mean per pair logged).
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert train and 0.0 <= train[-1]["reward_accuracy"] <= 1.0
+    assert {"reward_margin", "chosen_logps", "rejected_logps"} <= train[-1].keys()
 
 
 @pytest.mark.parametrize("objective", ["dpo", "orpo"])
