@@ -78,13 +78,18 @@ EXPORT_NEEDS: dict[str, str] = {
 _DECLARED_AT: dict[str, tuple[Stage, ...]] = {
     "adapters": ("export",),
     "produces": ("data",),
-    "accepts": ("model", "filter"),
+    "accepts": ("model", "filter", "objective"),
     "needs": ("export",),
     "provides": ("model",),
 }
 #: The fields an empty tuple is a declaration for ("nothing"), not a mistake.
 _MAY_BE_EMPTY = ("provides",)
 _EXAMPLE_NAME = {"adapters": "lora", "needs": DEPLOYABLE, "provides": "from_pretrained"}
+
+
+def _joined(names: tuple[str, ...]) -> str:
+    """``model, filter and objective``."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ class KindSpec:
     :param accepts: for model kinds, the record shapes it trains on (``None``: undeclared, never
         checked). ``recipe check`` refuses a data kind that produces none of them. For filter kinds, the
         record shapes it can read (an image filter: ``caption-image``); ``recipe check`` refuses it on a
-        data kind that produces none of them.
+        data kind that produces none of them. For objective kinds, the record shapes its loss reads (dpo:
+        ``preference``); ``recipe check`` refuses a data kind that produces none of them.
     :param needs: for export kinds, what it needs of the model kind (:data:`EXPORT_NEEDS`):
         ``"deployable"`` — the model's plugin implements ``loraplug_deployable`` (found from the plugin,
         never declared by it); ``"from_pretrained"`` (or a name of your own) — the model kind names it
@@ -269,7 +275,7 @@ class KindRegistry:
                 continue
             if spec.stage not in stages:
                 raise PluginError(
-                    f"Plugin {distribution} declared `{name}` on {spec.label()}: only {' and '.join(stages)} kinds declare it",
+                    f"Plugin {distribution} declared `{name}` on {spec.label()}: only {_joined(stages)} kinds declare it",
                     fix=f"Remove `{name}=` from that KindSpec (see docs/plugins.md)",
                 )
             empty_ok = name in _MAY_BE_EMPTY

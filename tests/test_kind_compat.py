@@ -246,7 +246,7 @@ def test_exporting_a_finished_run_checks_its_adapter_kind() -> None:
         ),
         (
             KindSpec("export", "x", NoOptions, accepts=("chat",)),
-            "declared `accepts` on export:x: only model and filter kinds declare it",
+            "declared `accepts` on export:x: only model, filter and objective kinds declare it",
         ),
         (KindSpec("model", "x", NoOptions, accepts=()), "must be a non-empty tuple of names"),
     ],
@@ -268,7 +268,7 @@ def test_plugins_list_shows_what_each_kind_fits() -> None:
     lines = {render.kind_line(s.spec) for s in host.registry.all()}
     assert {
         "data: jsonl (produces chat)",
-        "model: causal-lm (accepts chat; provides from_pretrained)",
+        "model: causal-lm (accepts chat, preference; provides from_pretrained)",
     } <= lines
     assert "export: diffusers (stable-diffusion; adapters lora)" in lines
     table = run_cli("plugins", "list")
@@ -293,7 +293,7 @@ def test_plugins_list_shows_needs_provides_streams_and_direction() -> None:
     lines = {render.kind_line(s.spec) for s in PluginHost.load().registry.all()}
     assert {
         "data: webdataset (produces caption-image, chat; streams)",
-        "model: causal-lm (accepts chat; provides from_pretrained)",
+        "model: causal-lm (accepts chat, preference; provides from_pretrained)",
         "model: stable-diffusion (accepts caption-image; provides nothing)",
         "export: onnx (needs deployable)",
         "export: bnb-8bit (needs deployable, from_pretrained)",
@@ -329,7 +329,7 @@ def test_recipe_keys_notes_what_each_kind_fits() -> None:
     )
     assert "(produces: caption-image, chat; streams)" in result.stdout
     assert "(accepts: caption-image; provides: nothing)" in result.stdout
-    assert "(accepts: chat; provides: from_pretrained)" in result.stdout
+    assert "(accepts: chat, preference; provides: from_pretrained)" in result.stdout
     assert "parity checked (needs: deployable)" in result.stdout
 
 
@@ -515,7 +515,7 @@ def test_an_export_need_of_its_own_is_met_only_by_a_model_kind_that_provides_it(
         ),
         (
             KindSpec("data", "x", NoOptions, accepts="chat"),
-            "declared `accepts` on data:x: only model and filter kinds declare it",
+            "declared `accepts` on data:x: only model, filter and objective kinds declare it",
         ),
         (
             KindSpec("export", "x", NoOptions, needs=()),

@@ -398,6 +398,9 @@ def load_recipe(
         checker.kind_section("adapter", raw.get("adapter"), ("adapter",), model_kind) if scoped else None
     )
     optimizer = checker.optimizer_section(raw.get("train", {}), raw.get("optimizer"), train, model_kind)
+    objective = (
+        checker.objective_section(raw.get("train", {}), raw.get("objective"), model_kind) if scoped else None
+    )
     adapter_served = (
         adapter.served
         if adapter
@@ -406,9 +409,6 @@ def load_recipe(
         else None
     )
     data_served = data.served if data else _known(raw.get("data"), host, "data", model_kind)
-    objective = (
-        checker.objective_section(raw.get("train", {}), raw.get("objective"), model_kind) if scoped else None
-    )
     # What the data produces as its options are set (`samples = "text"`), else as its kind declares.
     produces = produced_shapes(data_served, data.options if data else None) if data_served else None
     if data_served is not None and model_served is not None:
@@ -416,6 +416,16 @@ def load_recipe(
         if (misfit := _shape_misfit(host, data_served, produces, model_served)) is not None:
             checker.problems.append(
                 f"`data.kind` = {data_served.spec.name!r} ({source.where(('data', 'kind'))}): {misfit}"
+            )
+    if objective is not None and produces is not None and objective.served.spec.accepts is not None:
+        # An objective reads records of its own shape (dpo: preference pairs), whatever the model accepts.
+        wanted = objective.served.spec.accepts
+        if not set(produces) & set(wanted):
+            fitting = ", ".join(host.registry.data_kinds_for(wanted)) or "none installed"
+            checker.problems.append(
+                f"`train.objective` = {objective.kind!r} ({source.where(('train', 'objective'))}): it trains on "
+                f"{' or '.join(wanted)} records, and the data kind {data_served.spec.name if data_served else '?'!r} "
+                f"produces {' or '.join(produces)} records; data kinds that produce them: {fitting}"
             )
     if isinstance(data, DataSection):
         for asked_at, misfit in _filter_misfits(host, data, produces, model_kind):

@@ -82,6 +82,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
                 f"loraplug_causal_lm.preference_options:{options}",
                 summary,
                 models=(MODEL_KIND,),
+                accepts=PREFERENCE_SHAPE,  # recipe check refuses a data kind without pairs
             )
         )
     register(

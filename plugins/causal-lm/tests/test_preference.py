@@ -147,9 +147,10 @@ def test_sft_on_pairs_and_dpo_on_chat_samples_are_refused(
     recipe = lm_recipe(
         data={"path": str(chat), "val_fraction": 0.0}, train={"objective": "dpo", "max_steps": 1}
     )
-    result = run_cli("run", recipe)
+    result = run_cli("recipe", "check", recipe)  # refused before anything loads
     assert result.exit_code != 0
-    assert 'data.kind = "pairs"' in result.output and "Traceback" not in result.output
+    assert "train.objective" in result.output and "preference records" in result.output
+    assert "data kinds that produce them: pairs" in result.output and "Traceback" not in result.output
 
 
 def test_recipe_check_names_an_unknown_objective_and_a_wrong_option(lm_recipe: Any) -> None:
