@@ -504,11 +504,11 @@ def load_recipe(
         )
     if run is not None and not run.name:
         # The default name comes from the file name, which the rule for names applies to as well.
-        if (problem := dir_name_problem(path.stem)) is None:
+        if (name_problem := dir_name_problem(path.stem)) is None:
             run.name = path.stem
         else:
             checker.problems.append(
-                f"`run.name` is unset and the recipe's file name {path.stem!r} {problem}, so it cannot name the run "
+                f"`run.name` is unset and the recipe's file name {path.stem!r} {name_problem}, so it cannot name the run "
                 f"directory ({source.where(('run',))}); set run.name to {DIR_NAME_RULE}"
             )
     if checker.problems:
