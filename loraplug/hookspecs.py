@@ -301,8 +301,8 @@ def loraplug_train_step(model: ModelBundle, module: Any, batch: Batch, ctx: RunC
     An objective kind (DPO, ORPO, KTO, SimPO…) is a loss over the batches the model's plugin prepares:
     declare it with ``KindSpec("objective", name, options, models=(model_kind,))`` and implement this
     hook; it is called instead of the model plugin's own. Its options, the ``[objective]`` table, are
-    ``ctx.recipe.objective.options``. The causal LM's preference batches (``chosen_*``/``rejected_*``
-    inputs, ``num_targets`` = pairs) are described in docs/preference.md.
+    ``ctx.recipe.objective.options``. The causal LM's preference batches (the chosen sides' rows, then
+    the rejected sides'; ``num_targets`` = pairs) are described in docs/plugins.md ("An objective").
 
     :param model: the adapted model bundle (for components such as a noise scheduler).
     :param module: the module to call: ``model.module`` as accelerate prepared it (it may be wrapped

@@ -79,7 +79,7 @@ def loraplug_loss(
     result = pair_loss(kind, options, model, batch, chunk).result()
     mean = result.loss_sum / result.num_targets
     mean.backward()
-    return float(mean), gradients(model)
+    return float(mean.detach()), gradients(model)
 
 
 @pytest.mark.parametrize(
