@@ -83,7 +83,12 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a machine without CUDA is what makes accelerate use gloo under torchrun.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    from loraplug.training.sharding import refuse_main_process_model_calls, use_fsdp_on_cpus
+
+    use_fsdp_on_cpus(accelerator)  # FSDP asked of accelerate on CPUs: sharded, not silently DDP
+    refuse_main_process_model_calls(accelerator, recipe)
+    return accelerator
 
 
 def build_stages(host: PluginHost, recipe: Recipe, ctx: RunContext) -> ModelBundle:

@@ -333,9 +333,10 @@ class Run:
         from loraplug.training.events import LoopEvents
         from loraplug.training.loop import TrainingLoop
         from loraplug.training.optim import optimizer_maker
+        from loraplug.training.sharding import describe
 
         ctx = setup.ctx
-        return TrainingLoop(
+        loop = TrainingLoop(
             accelerator=self.accelerator,
             step_fn=setup.step_fn,
             model=setup.model,
@@ -349,12 +350,16 @@ class Run:
             events=faults.from_env() or LoopEvents(),
             resume_from=claim.checkpoint,
         )
+        held = describe(loop.module)
+        if held:
+            self.info(held)
+        return loop
 
     def train(self, setup: Setup, claim: Claim, loop: TrainingLoop) -> Trained:
         """The training loop run to its end, then the adapter saved."""
         from loraplug.resume import logged_evaluations
         from loraplug.training.progress import ProgressDisplay
-        from loraplug.training.weights import save_trainable
+        from loraplug.training.weights import trainable_state, write_trainable
 
         ctx, main, unit = setup.ctx, self.main, setup.prepared.unit
         after_step = AfterEachStep(self, setup)
@@ -369,21 +374,28 @@ class Run:
         ):  # what was evaluated before the resume, from the step-0 baseline on
             result.evaluations[:0] = logged_evaluations(self.run_dir / METRICS_FILE, up_to=claim.resumed_step)
         adapter_path = self.run_dir / ADAPTER_DIR / ADAPTER_FILE
+        weights = trainable_state(setup.model.module)  # every process: FSDP gathers each parameter's shards
         if main:
-            save_trainable(
-                setup.model.module, adapter_path, metadata={"loraplug.recipe_hash": ctx.recipe.hash()}
-            )
+            write_trainable(weights, adapter_path, metadata={"loraplug.recipe_hash": ctx.recipe.hash()})
         return Trained(
             result=result, adapter_path=adapter_path, last_step_samples=after_step.samples_of(result.steps)
         )
 
     def finish(self, setup: Setup, trained: Trained) -> Finished:
         """The samples after training, what reading a stream found, and the exports."""
-        result, ctx = trained.result, setup.ctx
+        from loraplug.training.sharding import is_fsdp
+        from loraplug.training.weights import load_trainable
+
+        result, ctx, model = trained.result, setup.ctx, setup.model
+        if self.main and is_fsdp(self.accelerator):
+            # Each process holds one shard of every weight; the main process alone samples and exports,
+            # so it builds the model again, whole, with the trained adapter just written.
+            model = build_stages(self.host, ctx.recipe, ctx)
+            load_trainable(model.module, trained.adapter_path)
         # Best weights restored at the end change the model after the last periodic sample.
         after = trained.last_step_samples if not result.restored_best else None
         if after is None:
-            after = self.samples(ctx, setup.model) if self.main else []
+            after = self.samples(ctx, model) if self.main else []
             if after:
                 write_samples(self.run_dir, result.steps, after, self.sinks)
         summary = dict(setup.summary)
@@ -405,7 +417,7 @@ class Run:
                 run_export(
                     self.host,
                     e,
-                    setup.model,
+                    model,
                     ctx.recipe,
                     ctx,
                     replace=False,

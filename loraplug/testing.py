@@ -104,24 +104,38 @@ def torchrun(
     """``loraplug run RECIPE ARGS`` in 2 processes under torchrun (gloo on CPUs), one thread each;
     ``fault`` is a test-only fault (``LORAPLUG_FAULT``, loraplug.training.faults). Returns the
     ``subprocess.CompletedProcess`` with its output captured."""
-    import os
-    import subprocess
     import sys
 
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "loraplug",
-        "run",
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    return _launch(launcher, recipe, *args, cwd=cwd, fault=fault, env=env)
+
+
+def accelerate_launch(
+    recipe: Path, *args: str, config: Path, cwd: Path, fault: str = "", env: Mapping[str, str] | None = None
+) -> Any:
+    """``loraplug run RECIPE ARGS`` under ``accelerate launch --config_file CONFIG`` (e.g. 2 processes
+    with FSDP on CPUs), one thread each, on a free port (tests run side by side); otherwise as
+    :func:`torchrun`."""
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launcher += ["--main_process_port", str(port)]
+    return _launch(launcher, recipe, *args, cwd=cwd, fault=fault, env=env)
+
+
+def _launch(
+    launcher: list[str], recipe: Path, *args: str, cwd: Path, fault: str, env: Mapping[str, str] | None
+) -> Any:
+    import os
+    import subprocess
+
+    command = [*launcher, "-m", "loraplug", "run", str(recipe), *args]
     environment = {**os.environ, "LORAPLUG_FAULT": fault, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [*command, str(recipe), *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=600
-    )
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=600)
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:

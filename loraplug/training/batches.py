@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -131,7 +131,9 @@ class MicroBatches:
 def eval_batches(
     prepared: PreparedData, *, batch_size: int, rank: int, world: int, limit: int | None
 ) -> Iterator[Batch]:
-    """This process's share of the validation set, in order."""
+    """This process's share of the validation set, in order. Every process gets as many batches: one
+    whose share of the last global batch is empty gets a stand-in (its last sample, with no targets
+    counted), because under FSDP each forward pass is a collective every process must join."""
     val = prepared.val or []
     global_batch = batch_size * world
     count = math.ceil(len(val) / global_batch)
@@ -143,6 +145,8 @@ def eval_batches(
         mine = chunk[rank * per_rank : (rank + 1) * per_rank]
         if mine:
             yield prepared.collate([val[j] for j in mine])
+        else:
+            yield replace(prepared.collate([val[chunk[-1]]]), num_targets=0, num_tokens=0)
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:

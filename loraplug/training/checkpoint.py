@@ -19,10 +19,11 @@ from typing import Any
 
 from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json, sha256_file
+from loraplug.training import sharding
 from loraplug.training.batches import Position
 from loraplug.training.events import LoopEvents
 from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
-from loraplug.training.weights import load_trainable, save_trainable
+from loraplug.training.weights import load_trainable, trainable_state, write_trainable
 
 MANIFEST = "checkpoint.json"
 BEST = "best"
@@ -93,13 +94,15 @@ class Checkpoints:
             save_state(tmp / f"rng-{rank}.safetensors", rng_state())
             self.events.checkpoint_writing(self.saves, rank)
             accelerator.wait_for_everyone()
+            # Every process takes part: under FSDP each holds one shard of every tensor, gathered here.
+            weights, optimizer_state = trainable_state(module), sharding.optimizer_state(module, optimizer)
             if main:
-                save_trainable(module, tmp / ADAPTER_FILE)
+                write_trainable(weights, tmp / ADAPTER_FILE)
                 scaler = getattr(accelerator, "scaler", None)
                 save_state(
                     tmp / "optimizer.safetensors",
                     {
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": optimizer_state,
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
                     },
@@ -111,6 +114,8 @@ class Checkpoints:
                         "progress": progress.as_json(),
                         "recipe_hash": recipe_hash,
                         "processes": accelerator.num_processes,
+                        # FSDP's optimizer state is keyed by parameter name, the others' by position.
+                        "fsdp": sharding.is_fsdp(accelerator),
                         "files": files,
                     },
                 )
@@ -189,9 +194,16 @@ class Checkpoints:
                 f"Checkpoint {path.name} was written by {processes} process(es); this run has {self.accelerator.num_processes}",
                 fix="Resume with the same number of processes, so each one continues at the same place in the data",
             )
+        fsdp = sharding.is_fsdp(self.accelerator)
+        if manifest.get("fsdp", False) != fsdp:
+            raise LoraplugError(
+                f"Checkpoint {path.name} was written {'with' if manifest.get('fsdp') else 'without'} FSDP; this run is "
+                f"{'sharded with FSDP' if fsdp else 'not sharded'}",
+                fix="Resume with the accelerate config the run was started with",
+            )
         load_trainable(module, path / ADAPTER_FILE)
         state = load_state(path / "optimizer.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
+        sharding.load_optimizer_state(module, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and state.get("scaler"):

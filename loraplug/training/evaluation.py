@@ -50,8 +50,9 @@ def validation_loss(
             limit=recipe.eval.max_batches,
         ):
             result = step_fn(model=model, module=module, batch=move_to(batch, accelerator.device), ctx=ctx)
-            totals[0] += result.loss_sum.detach().double()
-            totals[1] += result.num_targets
+            if batch.num_targets:  # not a stand-in (eval_batches)
+                totals[0] += result.loss_sum.detach().double()
+                totals[1] += result.num_targets
     module.train(was_training)
     totals = reduce_sum(accelerator, totals)
     return float(totals[0] / totals[1]) if totals[1] > 0 else None

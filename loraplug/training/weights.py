@@ -15,19 +15,30 @@ from safetensors.torch import load_file, save
 from loraplug.errors import LoraplugError
 from loraplug.rundir import atomic_write_bytes
 from loraplug.runinfo import damaged_weights_error, safetensors_problem
+from loraplug.training.sharding import full_tensor, shard_like
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every trainable parameter on the CPU (a snapshot: later steps do not change it)."""
+    """A copy of every trainable parameter on the CPU (a snapshot: later steps do not change it).
+
+    Under FSDP each parameter is gathered whole from the processes' shards, so every process must call
+    this (and gets the whole state)."""
     return {
-        name: p.detach().to("cpu", copy=True).contiguous()
+        name: full_tensor(p).to("cpu", copy=True).contiguous()
         for name, p in module.named_parameters()
         if p.requires_grad
     }
 
 
 def save_trainable(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    atomic_write_bytes(path, save(trainable_state(module), metadata=metadata or {}))
+    write_trainable(trainable_state(module), path, metadata)
+
+
+def write_trainable(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a :func:`trainable_state` as safetensors (atomically)."""
+    atomic_write_bytes(path, save(state, metadata=metadata or {}))
 
 
 def load_trainable(module: torch.nn.Module, path: Path) -> None:
@@ -45,7 +56,8 @@ def load_trainable(module: torch.nn.Module, path: Path) -> None:
 def load_trainable_state(
     module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "memory"
 ) -> None:
-    """Copy ``state`` into the module's trainable parameters; every name must match."""
+    """Copy ``state`` into the module's trainable parameters; every name must match. A sharded (FSDP)
+    parameter takes this process's shard of the value."""
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
@@ -57,4 +69,5 @@ def load_trainable_state(
     params = dict(module.named_parameters())
     with torch.no_grad():
         for name, tensor in state.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            target = params[name]
+            target.copy_(shard_like(tensor.to(target.device, target.dtype), target))
