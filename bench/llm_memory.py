@@ -5,7 +5,10 @@ Llama 3's vocabulary of 128,256 words, trained with LoRA on rows of one long sam
 long response, so nearly every token is a target). Everything but the output head is small, so what the
 figures show is the logits: their float32 size is 4 × vocabulary × tokens bytes (2 GiB for 4,096 tokens).
 
-  loraplug         `loraplug run`, model.loss_chunk_tokens = "auto" (the default): chunks of 523 tokens
+  loraplug         `loraplug run`, model.loss_chunk_tokens = "auto" (the default): chunks of 523 tokens,
+                   by torch.nn.functional.linear_cross_entropy where torch has it (2.13+; Liger on CUDA
+                   where liger-kernel is installed; the run's log names the kernel)
+  loraplug-chunks  model.loss_chunk_tokens = 523: loraplug's checkpointed chunks (head run again in the backward)
   loraplug-plain   the same with model.loss_chunk_tokens = 0: the full logits
   hf               transformers Trainer + PEFT on the same token ids and labels (its own loss)
 
@@ -25,22 +28,24 @@ This is a benchmark, not a test: numbers depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from llm_throughput import WORDS, Timer, machine, peak_memory_mib, timing_training
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SETUPS = ("loraplug", "loraplug-plain", "hf")
+SETUPS = ("loraplug", "loraplug-chunks", "loraplug-plain", "hf")
+#: model.loss_chunk_tokens of each loraplug setup (523: what "auto" picks for this vocabulary).
+CHUNK_SETTINGS: dict[str, int | str] = {"loraplug": "auto", "loraplug-chunks": 523, "loraplug-plain": 0}
 #: Llama 3's vocabulary.
 VOCAB = 128_256
 MODEL = {
@@ -53,28 +58,6 @@ MODEL = {
 }
 LR = 1e-4
 PROMPT = "Repeat the weather report:"
-WORDS = [
-    "rain",
-    "sun",
-    "wind",
-    "snow",
-    "fog",
-    "cloud",
-    "storm",
-    "mild",
-    "cold",
-    "warm",
-    "dry",
-    "wet",
-    "calm",
-    "gust",
-    "hail",
-    "sleet",
-    "frost",
-    "dawn",
-    "dusk",
-    "haze",
-]
 
 
 # --- the shared inputs -----------------------------------------------------------------------------
@@ -135,18 +118,8 @@ def current_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def peak_mib() -> float:
-    """The peak: CUDA memory allocated since the last reset, or the process's peak RSS (kernel's figure)."""
-    import torch
-
-    if _cuda():
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class Training:
-    """Times the training call and records the memory in use just before it."""
+class Training(Timer):
+    """Times the training call (wall and CPU seconds) and records the memory in use just before it."""
 
     def __enter__(self) -> Training:
         import torch
@@ -154,37 +127,29 @@ class Training:
         if _cuda():
             torch.cuda.reset_peak_memory_stats()
         self.before = current_mib()
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if _cuda():
-            import torch
-
-            torch.cuda.synchronize()
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 # --- the setups ----------------------------------------------------------------------------------
 
 
-def run_loraplug(work: Path, length: int, steps: int, *, chunked: bool) -> dict[str, Any]:
+def run_loraplug(work: Path, length: int, steps: int, setup: str) -> dict[str, Any]:
     from rich.console import Console
 
     from loraplug.plugins import PluginHost
     from loraplug.recipe import load_recipe
     from loraplug.run import execute
     from loraplug.testing import write_recipe
-    from loraplug.training import loop
 
     recipe = write_recipe(
         work / "loraplug.toml",
         {
-            "run": {"name": "chunked" if chunked else "plain", "output_dir": str(work / "runs"), "seed": 0},
+            "run": {"name": setup, "output_dir": str(work / "runs"), "seed": 0},
             "data": {"kind": "jsonl", "path": str(work / "train.jsonl")},
             "model": {
                 "kind": "causal-lm", "pretrained": str(work / "model"), "max_length": length, "packing": False,
-                "attn_implementation": "sdpa", "loss_chunk_tokens": "auto" if chunked else 0,
+                "attn_implementation": "sdpa", "loss_chunk_tokens": CHUNK_SETTINGS[setup],
             },
             "adapter": {"kind": "lora"},
             "train": {"lr": LR, "max_steps": steps, "batch_size": 1, "log_every_n_steps": 1, "max_grad_norm": 0},
@@ -192,19 +157,14 @@ def run_loraplug(work: Path, length: int, steps: int, *, chunked: bool) -> dict[
             "export": [],
         },
     )  # fmt: skip
-    untimed = loop.train
-    measured: dict[str, Training] = {}
-
-    def timed_train(**kwargs: Any) -> Any:  # the pipeline looks loop.train up when it runs
-        with Training() as measured["training"]:
-            return untimed(**kwargs)
-
-    loop.train = timed_train  # type: ignore[assignment]
     host = PluginHost.load()
-    outcome = execute(load_recipe(recipe, host), host, console=Console(quiet=True), overwrite=True)
+    log = io.StringIO()
+    with timing_training(Training()) as training:
+        outcome = execute(
+            load_recipe(recipe, host), host, console=Console(file=log, width=10_000), overwrite=True
+        )
     lines = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
     first = next(line for line in lines if "loss" in line and line.get("split", "train") == "train")
-    training = measured["training"]
     return {
         "tokens": round(outcome.tokens_per_second * outcome.seconds),
         "steps": outcome.steps,
@@ -212,6 +172,8 @@ def run_loraplug(work: Path, length: int, steps: int, *, chunked: bool) -> dict[
         "cpu_seconds": training.cpu,
         "before_mib": training.before,
         "first_loss": first["loss"],
+        # the run's own line naming the loss kernel (none where the full logits are computed)
+        "loss_path": next((x for x in log.getvalue().splitlines() if x.startswith("loss: ")), "full logits"),
     }
 
 
@@ -256,44 +218,17 @@ def run_hf(work: Path, length: int, steps: int) -> dict[str, Any]:
         "cpu_seconds": training.cpu,
         "before_mib": training.before,
         "first_loss": first["loss"],
+        "loss_path": "transformers' loss on the full logits",
     }
 
 
 def run(setup: str, work: Path, length: int, steps: int) -> dict[str, Any]:
     if setup == "hf":
         return run_hf(work, length, steps)
-    return run_loraplug(work, length, steps, chunked=setup == "loraplug")
+    return run_loraplug(work, length, steps, setup)
 
 
 # --- the driver ----------------------------------------------------------------------------------
-
-
-def machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for name in ("torch", "transformers", "peft", "accelerate"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "?"
-    return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu}",
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "torch_threads": threads,
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -327,7 +262,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         result = run(args.run, args.work, args.lengths[0], args.steps)
-        result["peak_mib"] = peak_mib()
+        result["peak_mib"] = peak_memory_mib()
         print("RESULT " + json.dumps(result))
         return
 
@@ -348,9 +283,13 @@ def main() -> None:
                 result = {"setup": name, "length": length, **json.loads(line.removeprefix("RESULT "))}
                 results.append(result)
                 print(f"{name} {length}: peak {result['peak_mib']:,.0f} MiB, {result['tokens'] / result['seconds']:,.0f} tokens/s, "
-                      f"first loss {result['first_loss']:.6f}", flush=True)  # fmt: skip
+                      f"{result['tokens'] / result['cpu_seconds']:,.0f} tokens/CPU-s, first loss {result['first_loss']:.6f}; "
+                      f"{result['loss_path']}", flush=True)  # fmt: skip
     report = {
-        "machine": machine(args.threads),
+        "machine": {
+            **machine(("torch", "transformers", "peft", "accelerate")),
+            "torch_threads": args.threads,
+        },
         "vocab": VOCAB,
         "model": MODEL,
         "steps": args.steps,

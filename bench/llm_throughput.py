@@ -34,14 +34,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SETUPS = ("loraplug", "hf", "trl", "bare", "loraplug-padded")
+T = TypeVar("T", bound="Timer")
 MAX_LENGTH = 256
 LR = 2e-3
 #: The model's weights and the data never change; --seed changes the LoRA initialisation and the data order.
@@ -196,6 +199,25 @@ class Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+@contextmanager
+def timing_training(timer: T) -> Iterator[T]:
+    """``timer`` around loraplug's training loop (``TrainingLoop.run``) in the runs started in the block,
+    so that the figures leave out loading, preparing and exporting."""
+    from loraplug.training.loop import TrainingLoop
+
+    untimed = TrainingLoop.run
+
+    def timed(self: Any, **kwargs: Any) -> Any:
+        with timer:
+            return untimed(self, **kwargs)
+
+    TrainingLoop.run = timed  # type: ignore[method-assign]
+    try:
+        yield timer
+    finally:
+        TrainingLoop.run = untimed  # type: ignore[method-assign]
+
+
 def device() -> Any:
     """Where the setups that do not place the model themselves (bare loop, shared evaluator) run."""
     import torch
@@ -251,19 +273,10 @@ def run_loraplug(work: Path, *, packing: bool = True) -> dict[str, Any]:
             },
         },
     )
-    from loraplug.training import loop
-
-    timer = Timer()
-    untimed = loop.train
-
-    def timed_train(**kwargs: Any) -> Any:  # the pipeline imports loop.train when it runs
-        with timer:
-            return untimed(**kwargs)
-
-    loop.train = timed_train  # type: ignore[assignment]
     host = PluginHost.load()
     console = Console(quiet=True)
-    outcome = execute(load_recipe(recipe_path, host), host, console=console, overwrite=True)
+    with timing_training(Timer()) as timer:
+        outcome = execute(load_recipe(recipe_path, host), host, console=console, overwrite=True)
     _, _, model = load_run(outcome.run_dir, host, console)
     return {
         "tokens": round(outcome.tokens_per_second * outcome.seconds),
@@ -403,7 +416,10 @@ RUNNERS = {
 # --- the driver ----------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
+def machine(
+    packages: tuple[str, ...] = ("torch", "transformers", "peft", "trl", "accelerate", "datasets"),
+) -> dict[str, Any]:
+    """The device, CPUs, load and the versions of ``packages`` (bench/llm_memory.py reports them too)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -416,7 +432,7 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     versions = {}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
