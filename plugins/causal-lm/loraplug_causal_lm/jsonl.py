@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -75,8 +75,21 @@ def _size(count: int) -> str:
     return f"{count >> 20} MiB" if count % (1 << 20) == 0 else f"{count:,} bytes"
 
 
-def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
-    """Records of ``path`` and the descriptions of skipped lines."""
+def chat_record(obj: Any) -> Record:
+    """A line's JSON value as a chat record (without its id)."""
+    messages, extras = parse_line(obj)
+    return {"messages": messages, **extras}
+
+
+def read_jsonl(
+    path: Path,
+    *,
+    skip_bad: bool,
+    parse: Callable[[Any], Record] = chat_record,
+    format_help: str = FORMAT_HELP,
+) -> tuple[list[Record], list[str]]:
+    """Records of ``path`` (each line's JSON value through ``parse``, which raises :class:`BadLine`) and
+    the descriptions of skipped lines."""
     records: list[Record] = []
     skipped: list[str] = []
     try:
@@ -104,38 +117,50 @@ def read_jsonl(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-                messages, extras = parse_line(obj)
+                record = parse(obj)
             except BadLine as exc:
                 if not skip_bad:
                     raise LoraplugError(
                         f"Line {number} of {path.name} is malformed: {exc}",
                         where=where,
-                        fix=f'{FORMAT_HELP}. Fix the line, or set data.on_error = "skip" to skip and count such lines',
+                        fix=f'{format_help}. Fix the line, or set data.on_error = "skip" to skip and count such lines',
                     ) from exc
                 skipped.append(f"line {number}: {exc}")
                 continue
-            records.append({"id": f"{path.name}:{number}", "messages": messages, **extras})
+            records.append({"id": f"{path.name}:{number}", **record})
     return records, skipped
 
 
-def load(path: Path, val_path: Path | None, val_fraction: float, skip_bad: bool, seed: int) -> DataBundle:
-    train, skipped = read_jsonl(path, skip_bad=skip_bad)
+def load(
+    path: Path,
+    val_path: Path | None,
+    val_fraction: float,
+    skip_bad: bool,
+    seed: int,
+    *,
+    parse: Callable[[Any], Record] = chat_record,
+    format_help: str = FORMAT_HELP,
+    noun: str = "samples",
+) -> DataBundle:
+    """The training records of ``path`` and the validation records (``val_path``, or a seeded share of
+    ``path``); ``noun`` names them in the summary and errors (``pairs`` for preference data)."""
+    train, skipped = read_jsonl(path, skip_bad=skip_bad, parse=parse, format_help=format_help)
     if not train:
         detail = (
             f"all {len(skipped)} non-blank lines were malformed and skipped"
             if skipped
-            else "it has no samples"
+            else f"it has no {noun}"
         )
-        raise LoraplugError(f"No training samples in {path}: {detail}", where=str(path), fix=FORMAT_HELP)
+        raise LoraplugError(f"No training {noun} in {path}: {detail}", where=str(path), fix=format_help)
     val: list[Record] | None = None
     if val_path is not None:
-        val, val_skipped = read_jsonl(val_path, skip_bad=skip_bad)
+        val, val_skipped = read_jsonl(val_path, skip_bad=skip_bad, parse=parse, format_help=format_help)
         skipped += [f"{val_path.name} {s}" for s in val_skipped]
     elif val_fraction > 0:
         train, val = hold_out(train, val_fraction, seed)
-    summary: dict[str, Any] = {"train samples": len(train)}
+    summary: dict[str, Any] = {f"train {noun}": len(train)}
     if val is not None:
-        summary["val samples"] = len(val)
+        summary[f"val {noun}"] = len(val)
     if skipped:
         summary["skipped lines"] = len(skipped)
         summary["first skipped"] = skipped[0]

@@ -17,16 +17,16 @@ Imported by hook bodies only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplug import Batch, DataBundle, LoraplugError, ModelBundle, PreparedData, Record, RunContext
-from loraplug.toolkit import hold_out, token_limit
+from loraplug.toolkit import token_limit
+from loraplug_causal_lm import jsonl
 from loraplug_causal_lm.encode import IGNORE, Encoded, Encoder
-from loraplug_causal_lm.jsonl import MAX_LINE_BYTES, ROLES, BadLine, bounded_lines
+from loraplug_causal_lm.jsonl import ROLES, BadLine
 
 if TYPE_CHECKING:
     from loraplug_causal_lm.options import CausalLMOptions
@@ -94,71 +94,11 @@ def parse_pair(obj: Any) -> Record:
     return {"messages": prompt + chosen, "rejected": rejected, **extras}
 
 
-def read_pairs(path: Path, *, skip_bad: bool) -> tuple[list[Record], list[str]]:
-    """Preference records of ``path`` and the descriptions of skipped lines."""
-    records: list[Record] = []
-    skipped: list[str] = []
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 — closed by the with below
-    except OSError as exc:
-        raise LoraplugError(
-            f"Cannot read {path}: {exc.strerror}", fix="Check the path and its permissions"
-        ) from exc
-    with handle:
-        for number, raw in enumerate(bounded_lines(handle, MAX_LINE_BYTES), start=1):
-            try:
-                if raw is None:
-                    raise BadLine(f"longer than {MAX_LINE_BYTES >> 20} MiB, the most read as one pair")
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="strict")
-                if not line.strip():
-                    continue
-                try:
-                    record = parse_pair(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            except UnicodeDecodeError as exc:
-                problem = f"not UTF-8 text (byte {exc.start + 1})"
-                if not skip_bad:
-                    raise LoraplugError(
-                        f"Line {number} of {path.name} is malformed: {problem}",
-                        where=f"{path}:{number}",
-                        fix="Save the file as UTF-8",
-                    ) from exc
-                skipped.append(f"line {number}: {problem}")
-                continue
-            except BadLine as exc:
-                if not skip_bad:
-                    raise LoraplugError(
-                        f"Line {number} of {path.name} is malformed: {exc}",
-                        where=f"{path}:{number}",
-                        fix=f'{FORMAT_HELP}. Fix the line, or set data.on_error = "skip" to skip and count such lines',
-                    ) from exc
-                skipped.append(f"line {number}: {exc}")
-                continue
-            records.append({"id": f"{path.name}:{number}", **record})
-    return records, skipped
-
-
 def load(path: Path, val_path: Path | None, val_fraction: float, skip_bad: bool, seed: int) -> DataBundle:
-    train, skipped = read_pairs(path, skip_bad=skip_bad)
-    if not train:
-        detail = (
-            f"all {len(skipped)} non-blank lines were malformed and skipped" if skipped else "it has no pairs"
-        )
-        raise LoraplugError(f"No preference pairs in {path}: {detail}", where=str(path), fix=FORMAT_HELP)
-    val: list[Record] | None = None
-    if val_path is not None:
-        val, val_skipped = read_pairs(val_path, skip_bad=skip_bad)
-        skipped += [f"{val_path.name} {s}" for s in val_skipped]
-    elif val_fraction > 0:
-        train, val = hold_out(train, val_fraction, seed)
-    summary: dict[str, Any] = {"train pairs": len(train)}
-    if val is not None:
-        summary["val pairs"] = len(val)
-    if skipped:
-        summary["skipped lines"] = len(skipped)
-        summary["first skipped"] = skipped[0]
-    return DataBundle(train=train, val=val, summary=summary)
+    """``data.kind = "pairs"``: read as ``jsonl`` is, each line a preference pair."""
+    return jsonl.load(
+        path, val_path, val_fraction, skip_bad, seed, parse=parse_pair, format_help=FORMAT_HELP, noun="pairs"
+    )
 
 
 def is_pair(record: Record) -> bool:
