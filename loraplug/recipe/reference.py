@@ -132,7 +132,7 @@ def sections(
         "core: cleaning filters for every data kind (the report is data_report.json)",
         CleanOptions,
     )
-    order = {"data": 0, "filter": 1, "model": 2, "adapter": 3, "optimizer": 4, "export": 5}
+    order = {"data": 0, "filter": 1, "model": 2, "adapter": 3, "optimizer": 4, "objective": 5, "export": 6}
     served = sorted(
         (s for s in registry.all() if s.spec.stage in order),
         key=lambda s: (order[s.spec.stage], s.distribution, s.spec.name),
@@ -143,8 +143,8 @@ def sections(
         spec = item.spec
         scope = f" for {', '.join(spec.models)}" if spec.models else ""
         note = f"{item.distribution}: {spec.summary}{fits(spec)}"
-        if spec.stage == "optimizer":  # the kind is train.optimizer; [optimizer] holds its options
-            yield f'[optimizer] with train.optimizer = "{spec.name}"{scope}', note, spec.options_model()
+        if spec.stage in ("optimizer", "objective"):  # the kind is train.<stage>; [<stage>] holds its options
+            yield f'[{spec.stage}] with train.{spec.stage} = "{spec.name}"{scope}', note, spec.options_model()
             continue
         table = {"export": "[[export]]", "filter": "[[data.clean.filters]]"}.get(
             spec.stage, f"[{spec.stage}]"
