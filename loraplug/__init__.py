@@ -21,7 +21,7 @@ from loraplug.context import RunContext
 from loraplug.deploy import Deployable, MergeCheck
 from loraplug.errors import LoraplugError
 from loraplug.hookspecs import hookimpl
-from loraplug.kinds import KindSpec
+from loraplug.kinds import DEFAULT_OBJECTIVE, KindSpec
 from loraplug.status import RunStatus
 from loraplug.training.sinks import MetricSink
 
@@ -47,6 +47,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "Artifact",
     "Batch",
     "CaptionContext",

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplug import Batch, DataBundle, LoraplugError, ModelBundle, PreparedData, Record, RunContext
+from loraplug import (
+    DEFAULT_OBJECTIVE,
+    Batch,
+    DataBundle,
+    LoraplugError,
+    ModelBundle,
+    PreparedData,
+    Record,
+    RunContext,
+)
 from loraplug.toolkit import token_limit
 from loraplug_causal_lm import jsonl
 from loraplug_causal_lm.encode import IGNORE, Encoded, Encoder
@@ -247,8 +256,6 @@ def wants_pairs(data: DataBundle, ctx: RunContext) -> bool:
 def prepare_pairs(
     model: ModelBundle, options: CausalLMOptions, data: DataBundle, ctx: RunContext
 ) -> PreparedData:
-    from loraplug.kinds import DEFAULT_OBJECTIVE
-
     # dpo, orpo, or another plugin's objective for causal LMs: its train_step reads the same pair batches.
     objective = ctx.recipe.objective.kind if ctx.recipe.objective is not None else DEFAULT_OBJECTIVE
     if objective == DEFAULT_OBJECTIVE:
