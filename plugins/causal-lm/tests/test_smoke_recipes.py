@@ -17,6 +17,7 @@ SMOKED_KINDS = {
     "causal-lm": "plugins/causal-lm",
     "stable-diffusion": "plugins/diffusion",
     "stable-diffusion-xl": "plugins/diffusion",
+    "flux": "plugins/diffusion",
     "sequence-classifier": "plugins/text-classification",
 }
 
