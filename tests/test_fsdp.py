@@ -156,3 +156,16 @@ def test_a_killed_fsdp_rank_resumes_to_the_same_adapter(runs: Path, tmp_path: Pa
         0.0,
     )
     assert metrics(run_dir) == metrics(runs / "fsdp")
+
+
+def test_deepspeed_is_refused_before_anything_runs(
+    tmp_path: Path, toy_recipe_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `accelerate launch` sets for distributed_type: DEEPSPEED. Its engine steps inside backward
+    # and partitions what checkpoints read: refused with the way out, not trained wrongly.
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    result = run_cli("run", toy_recipe_file(train={"max_steps": 1}))
+    assert result.exit_code != 0
+    assert "loraplug does not train under DeepSpeed's engine yet" in result.output
+    assert "distributed_type: FSDP" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

@@ -29,6 +29,20 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def refuse_deepspeed() -> None:
+    """DeepSpeed through accelerate steps the optimizer inside ``backward`` (per micro-batch, where
+    loraplug accumulates itself) and partitions the optimizer state (ZeRO-2) and the weights (ZeRO-3)
+    where loraplug's checkpoints could not read them; until the loop is wired for its engine, a run
+    under it would train or checkpoint wrongly. docs/distributed.md says what was tried."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise LoraplugError(
+            "DeepSpeed was asked for (the accelerate config's distributed_type: DEEPSPEED); loraplug does not "
+            "train under DeepSpeed's engine yet",
+            where="the accelerate config (ACCELERATE_USE_DEEPSPEED)",
+            fix="Shard with FSDP instead: distributed_type: FSDP with fsdp_version: 2 (docs/distributed.md)",
+        )
+
+
 def use_fsdp_on_cpus(accelerator: Any) -> None:
     """Make FSDP requested for CPU processes (gloo) what it is on GPUs.
 
