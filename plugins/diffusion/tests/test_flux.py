@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -264,28 +263,6 @@ def test_fused_files_at_flux_dev_widths_split_back_exactly_in_diffusers_converte
         torch.testing.assert_close(got, update, rtol=1e-4, atol=1e-4)
     proj_mlp = "transformer.single_transformer_blocks.7.proj_mlp"
     assert torch.all(converted[f"{proj_mlp}.lora_B.weight"] @ converted[f"{proj_mlp}.lora_A.weight"] == 0)
-
-
-FLUX_RECIPES = [
-    recipe
-    for recipe in sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
-    if tomllib.loads(recipe.read_text(encoding="utf-8"))["model"]["kind"] == "flux"
-]
-
-
-def test_there_are_flux_recipes() -> None:
-    assert {r.name for r in FLUX_RECIPES} >= {"flux_style.toml", "tiny_flux_style.toml"}
-
-
-@pytest.mark.parametrize("recipe", FLUX_RECIPES, ids=[r.stem for r in FLUX_RECIPES])
-def test_flux_recipe_runs_with_smoke(recipe: Path, tmp_path: Path) -> None:
-    result = run_cli("run", recipe, "--smoke")
-    assert result.exit_code == 0, result.output
-    runs = list((tmp_path / "runs" / "smoke").glob("*/run.json"))
-    assert len(runs) == 1
-    status = json.loads(runs[0].read_text())
-    assert status["status"] == "finished" and status["smoke"] is True and status["step"] == 3
-    assert all(e["ok"] for e in status["exports"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="nf4 loads on a CUDA GPU")

@@ -12,7 +12,7 @@ import pytest
 from loraplug.testing import run_cli
 
 #: The model kinds this plugin serves whose recipes this file runs.
-MODEL_KINDS = {"stable-diffusion", "stable-diffusion-xl"}
+MODEL_KINDS = {"stable-diffusion", "stable-diffusion-xl", "flux"}
 RECIPES = [
     recipe
     for recipe in sorted((Path(__file__).parents[3] / "recipes").glob("*.toml"))
