@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import run_cli, torchrun
+from loraplug.testing import accelerate_launch, run_cli, torchrun
 
 pytestmark = pytest.mark.usefixtures("toy")  # installed for torchrun's processes too (PYTHONPATH)
 
@@ -97,3 +97,31 @@ def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
     assert "resuming from" in resumed.stdout and "step-00000006" in resumed.stdout
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "finished" and status["step"] == 10 and status["resumed_at_step"] == 6
+
+
+def test_accelerate_launch_runs_the_same_two_processes(tmp_path: Path, toy_recipe_file) -> None:
+    # `accelerate launch` with a plain multi-process config (what `accelerate config` writes for one
+    # machine): on CPUs accelerate starts the processes with torchrun's launcher and loraplug's
+    # Accelerator picks gloo, so the run equals torchrun's and one process with the same global batch.
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
+        "num_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\n",
+        encoding="utf-8",
+    )
+    recipe = toy_recipe_file(
+        adapter={"dropout": 0.0},
+        train={"max_steps": 3, "batch_size": 2, "lr": 1e-2},
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    two = accelerate_launch(recipe, "run.name=two", config=config, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli("run", recipe, "run.name=one", "train.batch_size=4")
+    assert one.exit_code == 0, one.output
+    runs = tmp_path / "runs"
+    assert json.loads((runs / "two" / "run.json").read_text())["processes"] == 2
+    a = load_file(str(runs / "one" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(runs / "two" / "adapter" / "adapter.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
