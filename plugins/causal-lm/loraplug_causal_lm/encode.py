@@ -12,6 +12,7 @@ loss never crosses from one sample into the next when samples are packed togethe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,23 @@ def encode_all(encoder: Encoder, records: list[Record], limit: TokenLimit | None
     return EncodedSet(kept, sources, {"truncated": truncated, "dropped (no target left)": dropped})
 
 
+def pad_samples(samples: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """``input_ids``, ``labels`` and ``attention_mask`` of ``samples``, one row each, right-padded to the
+    longest (``pad_id``; labels -100 and attention 0 on padding)."""
+    import torch
+
+    width = max(len(s.input_ids) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample.input_ids)
+        input_ids[row, :n] = torch.tensor(sample.input_ids)
+        labels[row, :n] = torch.tensor(sample.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
 class PadCollator:
     """Pads a list of samples to the longest, right-aligned; labels are -100 on padding."""
 
@@ -167,19 +185,10 @@ class PadCollator:
         self.pad_id = pad_id
 
     def __call__(self, samples: list[Encoded]) -> Batch:
-        import torch
-
-        width = max(len(s.input_ids) for s in samples)
-        input_ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(samples), width), dtype=torch.long)
-        for row, sample in enumerate(samples):
-            n = len(sample.input_ids)
-            input_ids[row, :n] = torch.tensor(sample.input_ids)
-            labels[row, :n] = torch.tensor(sample.labels)
-            attention[row, :n] = 1
+        inputs = pad_samples(samples, self.pad_id)
+        labels, attention = inputs["labels"], inputs["attention_mask"]
         return Batch(
-            inputs={"input_ids": input_ids, "labels": labels, "attention_mask": attention},
+            inputs=inputs,
             num_targets=int((labels != IGNORE).sum()),
             num_tokens=int(attention.sum()),
             sample_ids=[s.id for s in samples],

@@ -34,7 +34,7 @@ from loraplug import (
 )
 from loraplug.toolkit import token_limit
 from loraplug_causal_lm import jsonl
-from loraplug_causal_lm.encode import IGNORE, Encoded, Encoder
+from loraplug_causal_lm.encode import Encoded, Encoder, pad_samples
 from loraplug_causal_lm.jsonl import ROLES, BadLine
 
 if TYPE_CHECKING:
@@ -213,17 +213,7 @@ class PairCollator:
     def __call__(self, pairs: list[EncodedPair]) -> Batch:
         import torch
 
-        rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        width = max(len(r.input_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.input_ids)
-            input_ids[i, :n] = torch.tensor(row.input_ids)
-            labels[i, :n] = torch.tensor(row.labels)
-            attention[i, :n] = 1
-        inputs: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        inputs = pad_samples([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)
         if all(p.reference is not None for p in pairs):
             chosen = [p.reference[0] for p in pairs if p.reference is not None]
             rejected = [p.reference[1] for p in pairs if p.reference is not None]
@@ -231,7 +221,7 @@ class PairCollator:
         return Batch(
             inputs=inputs,
             num_targets=len(pairs),
-            num_tokens=int(attention.sum()),
+            num_tokens=int(inputs["attention_mask"].sum()),
             sample_ids=[p.id for p in pairs],
         )
 
