@@ -169,3 +169,12 @@ def test_deepspeed_is_refused_before_anything_runs(
     assert "loraplug does not train under DeepSpeed's engine yet" in result.output
     assert "distributed_type: FSDP" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_samples_during_training_are_refused_under_fsdp(tmp_path: Path) -> None:
+    # They run the model on rank 0 alone; under FSDP that forward pass would wait for rank 1 forever.
+    result = launch(tmp_path, "eval.sample_every_n_steps=2")
+    assert result.returncode != 0
+    assert "FSDP cannot do" in result.stdout + result.stderr
+    assert "eval.sample_every_n_steps" in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists()
