@@ -111,20 +111,33 @@ def torchrun(
 
 
 def accelerate_launch(
-    recipe: Path, *args: str, config: Path, cwd: Path, fault: str = "", env: Mapping[str, str] | None = None
+    recipe: Path,
+    *args: str,
+    config: Path,
+    cwd: Path,
+    fault: str = "",
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Any:
     """``loraplug run RECIPE ARGS`` under ``accelerate launch --config_file CONFIG`` (e.g. 2 processes
-    with FSDP on CPUs), one thread each, on a free port (tests run side by side); otherwise as
+    with FSDP on CPUs), one thread each, on ``port`` (default: a free one, as tests run side by side;
+    launches that form one run across "machines" share one from :func:`free_port`); otherwise as
     :func:`torchrun`."""
-    import socket
     import sys
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launcher += ["--main_process_port", str(port or free_port())]
+    return _launch(launcher, recipe, *args, cwd=cwd, fault=fault, env=env)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-    launcher += ["--main_process_port", str(port)]
-    return _launch(launcher, recipe, *args, cwd=cwd, fault=fault, env=env)
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def _launch(
@@ -209,6 +222,28 @@ def plugins_installed(site: Path) -> Iterator[Path]:
             os.environ["PYTHONPATH"] = pythonpath
         importlib.invalidate_caches()
         plugins._loaded = loaded
+
+
+def run_with_site(
+    site: Path, *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, trace_hooks: bool = True
+) -> Any:
+    """``loraplug ARGS`` in a fresh process (working directory ``cwd``) that discovers the distributions in
+    ``site`` (:func:`plugin_dist`) besides those installed, each hook call traced on stderr
+    (``LORAPLUG_TRACE_HOOKS``) unless ``trace_hooks`` is false; ``env`` adds to the environment. Returns
+    the ``subprocess.CompletedProcess`` with its output captured, whatever its exit status."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
+    if trace_hooks:
+        environment["LORAPLUG_TRACE_HOOKS"] = "1"
+    environment.update(env or {})
+    command = [sys.executable, "-m", "loraplug", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=600)
 
 
 # -- a toy modality: the plugin contract with nothing but torch ---------------------------------------

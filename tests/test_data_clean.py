@@ -235,11 +235,9 @@ def loraplug_build_filter(kind, options, ctx):
 def test_a_plugins_filter_runs_from_a_data_clean_filters_table(
     tmp_path: Path, toy_recipe_file, jsonl_file, toy_rows_of
 ) -> None:
-    import os
     import subprocess
-    import sys
 
-    from loraplug.testing import plugin_dist
+    from loraplug.testing import plugin_dist, run_with_site
 
     site = plugin_dist(
         tmp_path / "site", distribution="loraplug-digits", module="loraplug_digits", source=PLUGIN_FILTER
@@ -252,21 +250,9 @@ def test_a_plugins_filter_runs_from_a_data_clean_filters_table(
         data={"path": str(jsonl_file("d.jsonl", rows)), "val_path": None, "clean": clean_table},
         train={"max_steps": 1}, eval={"sample_prompts": []}, export=[],
     )  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]),
-        "LORAPLUG_TRACE_HOOKS": "1",
-    }
 
     def loraplug(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "loraplug", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        return run_with_site(site, *args, cwd=tmp_path)
 
     ran = loraplug("run", str(recipe))
     assert ran.returncode == 0, ran.stderr

@@ -5,15 +5,13 @@ regressor: the axes are the core's, whatever the modality)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from loraplug.testing import plugin_dist
+from loraplug.testing import plugin_dist, run_with_site
 from loraplug.training.state import load_state
 
 DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
@@ -39,20 +37,7 @@ def run_with(tmp_path: Path):
             module=module,
             source=example(name),
         )
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]]),
-            "LORAPLUG_TRACE_HOOKS": "1",
-            "LORAPLUG_STRICT_PLUGINS": "1",
-        }
-        proc = subprocess.run(
-            [sys.executable, "-m", "loraplug", "run", str(recipe)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        proc = run_with_site(site, "run", recipe, cwd=tmp_path, env={"LORAPLUG_STRICT_PLUGINS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 

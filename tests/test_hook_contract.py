@@ -311,7 +311,7 @@ def test_evaluate_is_called_once_per_plugin_with_the_metrics_it_declared(tmp_pat
     """What loraplug_evaluate's Dispatch line says: eval.metrics grouped by the plugin that declared each,
     one call per plugin and evaluation with its own names; a plugin whose metrics are not asked for is not
     called (a broadcast would call all three with every name)."""
-    from loraplug.testing import plugin_dist, toy_plugin_dist, write_recipe
+    from loraplug.testing import plugin_dist, run_with_site, toy_plugin_dist, write_recipe
 
     site = toy_plugin_dist(tmp_path / "site")
     for plugin, names in {"a": ["a_one", "a_two"], "b": ["b_one"], "c": ["c_one"]}.items():
@@ -333,15 +333,8 @@ def test_evaluate_is_called_once_per_plugin_with_the_metrics_it_declared(tmp_pat
         },
     )
     calls_file = tmp_path / "calls.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "METRIC_CALLS": str(calls_file)}
-    ran = subprocess.run(
-        [sys.executable, "-m", "loraplug", "run", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    env = {"HF_HUB_OFFLINE": "1", "METRIC_CALLS": str(calls_file)}
+    ran = run_with_site(site, "run", recipe, cwd=tmp_path, env=env, trace_hooks=False)
     assert ran.returncode == 0, ran.stderr[-3000:]
     calls = [json.loads(line) for line in calls_file.read_text(encoding="utf-8").splitlines()]
     evaluations = 2  # the baseline at step 0 and step 2

@@ -241,12 +241,9 @@ def test_the_objective_example_in_docs_plugins_md_trains_simpo_through_its_own_t
 ) -> None:
     """A third party's objective (SimPO, docs/plugins.md) installed as a distribution: the loop calls its
     loraplug_train_step, not the causal-lm plugin's, on the pairs the causal-lm plugin prepared."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    from loraplug.testing import plugin_dist
+    from loraplug.testing import plugin_dist, run_with_site
 
     text = (Path(__file__).parents[3] / "docs" / "plugins.md").read_text(encoding="utf-8")
     match = re.search(r"<!-- example: objective plugin -->\n```python\n(.*?)```", text, re.S)
@@ -262,20 +259,7 @@ def test_the_objective_example_in_docs_plugins_md_trains_simpo_through_its_own_t
         eval={"sample_prompts": []},
         export=[],
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-        "LORAPLUG_TRACE_HOOKS": "1",
-        "LORAPLUG_STRICT_PLUGINS": "1",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "loraplug", "run", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    proc = run_with_site(site, "run", recipe, cwd=tmp_path, env={"LORAPLUG_STRICT_PLUGINS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loraplug_train_step -> loraplug-simpo:loraplug_simpo" in proc.stderr
     assert "loraplug_train_step -> loraplug-causal-lm" not in proc.stderr
