@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import accelerate_launch, run_cli, torchrun
+from loraplug.testing import accelerate_launch, free_port, run_cli, torchrun
 
 pytestmark = pytest.mark.usefixtures("toy")  # installed for torchrun's processes too (PYTHONPATH)
 
@@ -123,5 +123,48 @@ def test_accelerate_launch_runs_the_same_two_processes(tmp_path: Path, toy_recip
     assert json.loads((runs / "two" / "run.json").read_text())["processes"] == 2
     a = load_file(str(runs / "one" / "adapter" / "adapter.safetensors"))
     b = load_file(str(runs / "two" / "adapter" / "adapter.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
+
+
+def test_two_machines_meet_through_accelerate_launch(tmp_path: Path, toy_recipe_file) -> None:
+    # docs/distributed.md's two-node recipe, with both "machines" on this one: one `accelerate launch`
+    # per machine_rank, one process each, meeting at main_process_ip:port (static rendezvous, gloo).
+    from concurrent.futures import ThreadPoolExecutor
+
+    recipe = toy_recipe_file(
+        adapter={"dropout": 0.0},
+        train={"max_steps": 3, "batch_size": 2, "lr": 1e-2},
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    port = free_port()
+    configs = []
+    for rank in (0, 1):
+        config = tmp_path / f"node{rank}.yaml"
+        config.write_text(
+            "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 2\n"
+            f"num_processes: 2\nmachine_rank: {rank}\nmain_process_ip: 127.0.0.1\n"
+            "rdzv_backend: static\nsame_network: true\nmixed_precision: 'no'\n",
+            encoding="utf-8",
+        )
+        configs.append(config)
+    with ThreadPoolExecutor(2) as pool:
+        nodes = list(
+            pool.map(
+                lambda config: accelerate_launch(
+                    recipe, "run.name=nodes", config=config, cwd=tmp_path, port=port
+                ),
+                configs,
+            )
+        )
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    one = run_cli("run", recipe, "run.name=one", "train.batch_size=4")
+    assert one.exit_code == 0, one.output
+    runs = tmp_path / "runs"
+    assert json.loads((runs / "nodes" / "run.json").read_text())["processes"] == 2
+    a = load_file(str(runs / "one" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(runs / "nodes" / "adapter" / "adapter.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
