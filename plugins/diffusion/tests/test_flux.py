@@ -272,3 +272,10 @@ def test_nf4_without_a_cuda_gpu_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert 'model.quantization = "nf4" needs a CUDA GPU' in result.output, result.output
     assert "Traceback" not in result.output and "bug" not in result.output
+
+
+def test_a_rank_for_a_group_the_adapter_does_not_train_is_a_recipe_error(tmp_path: Path) -> None:
+    recipe = tiny_flux_recipe(tmp_path, {"targets": ["attention"], "ranks": {"modulation": 4}})
+    result = run_cli("recipe", "check", recipe)
+    assert result.exit_code == 2, result.output
+    assert "ranks names modulation, which targets/blocks do not choose" in result.output
