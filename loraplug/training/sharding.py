@@ -99,6 +99,8 @@ def refuse_main_process_model_calls(accelerator: Any, recipe: Any) -> None:
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():  # builds without torch.distributed have no DTensor
+        return False
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
