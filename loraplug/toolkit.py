@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from loraplug.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from loraplug.bundles import StepResult
-from loraplug.data.clean import TokenLimit, token_limit
+from loraplug.data.clean import TokenLimit, encode_within_token_limits, token_limit
 from loraplug.data.filters import require_text
 from loraplug.errors import LoraplugError, model_load_error
 from loraplug.options import LearningRate
@@ -65,6 +65,7 @@ __all__ = [
     "core_sections",
     "debugging",
     "dtype_name",
+    "encode_within_token_limits",
     "hold_out",
     "human_size",
     "locate",

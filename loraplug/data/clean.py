@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from loraplug.bundles import DataBundle, Record, record_text
 from loraplug.data.filters import (
@@ -244,3 +244,27 @@ def token_limit(data: DataBundle, split: str) -> TokenLimit | None:
     if report is None or (report.options.min_tokens is None and report.options.max_tokens is None):
         return None
     return TokenLimit(report.options, report.split(split))
+
+
+S = TypeVar("S")
+
+
+def encode_within_token_limits(
+    data: DataBundle,
+    split: str,
+    records: Sequence[Record],
+    encode: Callable[[Record], S],
+    tokens: Callable[[S], int],
+) -> tuple[list[S], list[int]]:
+    """Each of ``records`` (of ``split``) encoded, less those ``[data.clean]``'s token limits remove
+    (counted in its report, :func:`token_limit`), and the position in ``records`` of each sample kept
+    (to keep ``data.weights`` in step). ``tokens`` is a sample's length before any truncation."""
+    limit = token_limit(data, split)
+    samples: list[S] = []
+    kept: list[int] = []
+    for i, record in enumerate(records):
+        sample = encode(record)
+        if limit is None or limit.keep(record, tokens(sample)):
+            samples.append(sample)
+            kept.append(i)
+    return samples, kept

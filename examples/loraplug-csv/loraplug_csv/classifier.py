@@ -24,7 +24,14 @@ from loraplug import (
     Sample,
     StepResult,
 )
-from loraplug.toolkit import Preset, local_dir, locate, model_load_error, token_limit, torch_dtype
+from loraplug.toolkit import (
+    Preset,
+    encode_within_token_limits,
+    local_dir,
+    locate,
+    model_load_error,
+    torch_dtype,
+)
 from loraplug_csv.options import ClassifierOptions, LoraOptions
 from loraplug_hf import attach_peft, byte_level_tokenizer, quiet_libraries
 
@@ -168,14 +175,10 @@ def prepare(
     tokenizer = model.components["tokenizer"]
 
     def split(records: Sequence[Record], name: str) -> tuple[list[dict[str, Any]], list[int]]:
-        limit = token_limit(data, name)
-        samples, kept = [], []
-        for i, record in enumerate(records):
-            sample = encode(tokenizer, options, record)
-            if limit is None or limit.keep(record, sample["tokens"]):
-                samples.append(sample)
-                kept.append(i)
-        return samples, kept
+        # [data.clean]'s token limits count what they drop in the data report.
+        return encode_within_token_limits(
+            data, name, records, partial(encode, tokenizer, options), lambda s: s["tokens"]
+        )
 
     if not isinstance(data.train, Sequence):
         raise LoraplugError(

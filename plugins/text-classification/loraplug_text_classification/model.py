@@ -21,7 +21,13 @@ from loraplug import (
     RunContext,
     StepResult,
 )
-from loraplug.toolkit import local_dir, locate, model_load_error, token_limit, torch_dtype
+from loraplug.toolkit import (
+    encode_within_token_limits,
+    local_dir,
+    locate,
+    model_load_error,
+    torch_dtype,
+)
 from loraplug_hf import attach_peft, quiet_libraries
 from loraplug_text_classification.labels import label_index, resolve_labels
 from loraplug_text_classification.options import LoraOptions, SequenceClassifierOptions
@@ -179,14 +185,10 @@ def prepare(
         )
 
     def split(records: Sequence[Record], name: str) -> tuple[list[dict[str, Any]], list[int]]:
-        limit = token_limit(data, name)
-        samples, kept = [], []
-        for i, record in enumerate(records):
-            sample = encode(tokenizer, record, labels, options.max_length)
-            if limit is None or limit.keep(record, sample["tokens"]):
-                samples.append(sample)
-                kept.append(i)
-        return samples, kept
+        def encoded(record: Record) -> dict[str, Any]:
+            return encode(tokenizer, record, labels, options.max_length)
+
+        return encode_within_token_limits(data, name, records, encoded, lambda s: s["tokens"])
 
     train, kept = split(data.train, "train")
     val = split(data.val, "val")[0] if data.val is not None else None
