@@ -54,6 +54,8 @@ FIRST_PARTY = frozenset(
 #: plugin is told which distribution to install instead of "unknown kind".
 FIRST_PARTY_KINDS: dict[tuple[str, str], str] = {
     ("model", "stable-diffusion"): "loraplug-diffusion",
+    ("model", "stable-diffusion-xl"): "loraplug-diffusion",
+    ("model", "flux"): "loraplug-diffusion",
     ("data", "webdataset"): "loraplug-webdataset",
     ("export", "onnx"): "loraplug-onnx",
     ("export", "bnb-8bit"): "loraplug-quant",

@@ -270,21 +270,24 @@ def test_plugins_list_shows_what_each_kind_fits() -> None:
         "data: jsonl (produces chat)",
         "model: causal-lm (accepts chat, preference; provides from_pretrained)",
     } <= lines
-    assert "export: diffusers (stable-diffusion; adapters lora)" in lines
+    assert "export: diffusers (stable-diffusion, stable-diffusion-xl; adapters lora)" in lines
     table = run_cli("plugins", "list")
     assert table.exit_code == 0 and "produces" in table.stdout and "accepts" in table.stdout
+    # Keyed by the plugin (entry point), not the distribution: loraplug-diffusion serves its exports
+    # from two entry points (diffusion for SD 1.x/SDXL, flux for Flux), each for its own models.
     listed = {
-        (p["distribution"], k["stage"], k["kind"]): k
+        (p["name"], k["stage"], k["kind"]): k
         for p in json.loads(run_cli("plugins", "list", "--json").stdout)
         for k in p["kinds"]
     }
-    assert listed["loraplug-causal-lm", "data", "jsonl"]["produces"] == ["chat"]
-    assert listed["loraplug-diffusion", "model", "stable-diffusion"]["accepts"] == ["caption-image"]
-    assert listed["loraplug-diffusion", "export", "diffusers"]["adapters"] == ["lora"]
-    assert listed["loraplug-diffusion", "export", "kohya"]["adapters"] == ["lora", "loha", "lokr"]
-    assert listed["loraplug-causal-lm", "export", "merged"]["adapters"] == ["lora", "loha", "lokr"]
-    assert set(listed["loraplug-webdataset", "data", "webdataset"]["produces"]) == {"caption-image", "chat"}
-    assert "produces" not in listed["loraplug-causal-lm", "adapter", "lora"]  # only what a kind declares
+    assert listed["flux", "export", "kohya"]["models"] == ["flux"]
+    assert listed["causal-lm", "data", "jsonl"]["produces"] == ["chat"]
+    assert listed["diffusion", "model", "stable-diffusion"]["accepts"] == ["caption-image"]
+    assert listed["diffusion", "export", "diffusers"]["adapters"] == ["lora"]
+    assert listed["diffusion", "export", "kohya"]["adapters"] == ["lora", "loha", "lokr"]
+    assert listed["causal-lm", "export", "merged"]["adapters"] == ["lora", "loha", "lokr"]
+    assert set(listed["webdataset", "data", "webdataset"]["produces"]) == {"caption-image", "chat"}
+    assert "produces" not in listed["causal-lm", "adapter", "lora"]  # only what a kind declares
 
 
 def test_plugins_list_shows_needs_provides_streams_and_direction() -> None:
@@ -304,18 +307,18 @@ def test_plugins_list_shows_needs_provides_streams_and_direction() -> None:
     for word in ("needs", "provides", "streams", "better"):  # the table wraps "lower is better"
         assert word in table, word
     listed = {
-        (p["distribution"], k["stage"], k["kind"]): k
+        (p["name"], k["stage"], k["kind"]): k
         for p in json.loads(run_cli("plugins", "list", "--json").stdout)
         for k in p["kinds"]
     }
-    assert listed["loraplug-onnx", "export", "onnx"]["needs"] == ["deployable"]
-    assert listed["loraplug-quant", "export", "bnb-4bit"]["needs"] == ["deployable", "from_pretrained"]
-    assert listed["loraplug-causal-lm", "model", "causal-lm"]["provides"] == ["from_pretrained"]
-    assert listed["loraplug-diffusion", "model", "stable-diffusion"]["provides"] == []  # declared: nothing
-    assert listed["loraplug-webdataset", "data", "webdataset"]["streams"] is True
-    assert listed["loraplug-causal-lm", "metric", "bleu"]["higher_is_better"] is True
-    assert listed["loraplug-causal-lm", "metric", "perplexity"]["higher_is_better"] is False
-    jsonl = listed["loraplug-causal-lm", "data", "jsonl"]  # undeclared: absent, not null or false
+    assert listed["onnx", "export", "onnx"]["needs"] == ["deployable"]
+    assert listed["quant", "export", "bnb-4bit"]["needs"] == ["deployable", "from_pretrained"]
+    assert listed["causal-lm", "model", "causal-lm"]["provides"] == ["from_pretrained"]
+    assert listed["diffusion", "model", "stable-diffusion"]["provides"] == []  # declared: nothing
+    assert listed["webdataset", "data", "webdataset"]["streams"] is True
+    assert listed["causal-lm", "metric", "bleu"]["higher_is_better"] is True
+    assert listed["causal-lm", "metric", "perplexity"]["higher_is_better"] is False
+    jsonl = listed["causal-lm", "data", "jsonl"]  # undeclared: absent, not null or false
     assert not {"streams", "needs", "provides", "higher_is_better"} & set(jsonl)
 
 
