@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import accelerate_launch, run_cli
+from loraplug.testing import accelerate_launch, run_cli, torchrun
 from loraplug.training.state import load_state
 
 pytestmark = pytest.mark.slow  # several 2-process launches of the tiny LM (~30 s each on 2 cores)
@@ -179,3 +179,13 @@ def test_samples_during_training_are_refused_under_fsdp(tmp_path: Path) -> None:
     assert "FSDP cannot do" in result.stdout + result.stderr
     assert "eval.sample_every_n_steps" in result.stdout + result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_fsdp_checkpoint_is_not_resumed_without_fsdp(runs: Path, tmp_path: Path) -> None:
+    # Its optimizer state is keyed by parameter name; a DDP run's by position: refused, with the way out.
+    import shutil
+
+    shutil.copytree(runs / "fsdp", tmp_path / "runs" / "fsdp")
+    resumed = torchrun(recipe_in(tmp_path), "run.name=fsdp", "--resume", "--force", cwd=tmp_path)
+    assert resumed.returncode != 0
+    assert "was written with FSDP; this run is not sharded" in resumed.stdout + resumed.stderr
