@@ -207,20 +207,13 @@ def loss_sum(module: Any, batch: Batch) -> StepResult:
 
 def predict(model: ModelBundle, options: ClassifierOptions, records: Sequence[Record]) -> list[int]:
     """The predicted label index of each record (its ``label`` is ignored), in batches of 16."""
-    import torch
+    from loraplug_hf.classifier import text_logits
 
+    texts = [r["text"] for r in records]
     tokenizer = model.components["tokenizer"]
-    device = next(model.module.parameters()).device
-    predictions: list[int] = []
-    for start in range(0, len(records), 16):
-        chunk = [encode(tokenizer, options, {**r, "label": 0}) for r in records[start : start + 16]]
-        batch = collate(chunk, pad_id=tokenizer.pad_token_id)
-        with torch.no_grad():
-            logits = model.module(
-                input_ids=batch.inputs["input_ids"].to(device),
-                attention_mask=batch.inputs["attention_mask"].to(device),
-            ).logits
-        predictions += logits.argmax(dim=-1).tolist()
+    predictions: list[int] = (
+        text_logits(model.module, tokenizer, texts, options.max_length).argmax(-1).tolist()
+    )
     return predictions
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "logit_difference",
     "merged_classifier",
     "pad_right",
+    "text_logits",
     "token_inputs",
     "weights_dtype",
 ]
@@ -70,6 +71,23 @@ def token_inputs(
         input_ids[0, -padded:] = pad_id
         attention_mask[0, -padded:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@torch.no_grad()
+def text_logits(
+    module: Any, tokenizer: Any, texts: Sequence[str], max_length: int, per_pass: int = 16
+) -> Any:
+    """The class logits of ``texts`` (float32, on the CPU), each cut to ``max_length`` tokens and
+    right-padded with the tokenizer's pad token, ``per_pass`` texts per forward pass."""
+    device = next(module.parameters()).device
+    rows = []
+    for start in range(0, len(texts), per_pass):
+        chunk = [tokenizer(text)["input_ids"][:max_length] for text in texts[start : start + per_pass]]
+        ids, mask = pad_right(chunk, tokenizer.pad_token_id)
+        rows.append(
+            classifier_logits(module, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}).cpu()
+        )
+    return torch.cat(rows) if rows else torch.zeros((0, module.config.num_labels))
 
 
 @torch.no_grad()

@@ -218,22 +218,7 @@ def loss_sum(module: Any, batch: Batch) -> StepResult:
 
 def logits(model: ModelBundle, texts: Sequence[str], max_length: int) -> Any:
     """The class logits of ``texts`` (float32, on the CPU), ``PREDICT_BATCH`` texts per forward pass."""
-    import torch
+    from loraplug_hf.classifier import text_logits
 
     tokenizer = model.components["tokenizer"]
-    module = model.module
-    device = next(module.parameters()).device
-    rows = []
-    for start in range(0, len(texts), PREDICT_BATCH):
-        chunk = [
-            {"id": str(i), "input_ids": tokenizer(text)["input_ids"][:max_length], "label": 0}
-            for i, text in enumerate(texts[start : start + PREDICT_BATCH])
-        ]
-        batch = collate(chunk, pad_id=tokenizer.pad_token_id, weights=[1.0])
-        with torch.no_grad():
-            out = module(
-                input_ids=batch.inputs["input_ids"].to(device),
-                attention_mask=batch.inputs["attention_mask"].to(device),
-            ).logits
-        rows.append(out.float().cpu())
-    return torch.cat(rows) if rows else torch.zeros((0, module.config.num_labels))
+    return text_logits(model.module, tokenizer, texts, max_length, per_pass=PREDICT_BATCH)
