@@ -27,6 +27,7 @@ from loraplug.data.filters import require_text
 from loraplug.errors import LoraplugError, model_load_error
 from loraplug.options import LearningRate
 from loraplug.quiet import debugging, silence_warnings
+from loraplug.recipe.source import parse_value
 from loraplug.report import EVALUATION_DIR, show_in_report
 from loraplug.rundir import build_once, sha256_file
 from loraplug.runinfo import RunInfo, human_size, metric_series, read_run, read_runs
@@ -74,6 +75,7 @@ __all__ = [
     "metric_series",
     "model_load_error",
     "parity_tolerance",
+    "parse_value",
     "pretrained_source",
     "quiet_libraries",
     "read_run",

@@ -20,7 +20,7 @@ IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
     """``-o KEY=VALUE`` pairs; values are TOML (``0.1``, ``true``, ``"x"``), else plain strings."""
-    import tomllib
+    from loraplug.toolkit import parse_value
 
     parsed: dict[str, Any] = {}
     for setting in settings:
@@ -30,10 +30,7 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
                 f"The option {setting!r} is not KEY=VALUE",
                 fix="Write each setting as -o KEY=VALUE, a key of the data kind (`loraplug recipe keys` lists them)",
             )
-        try:
-            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed[key.strip()] = raw
+        parsed[key.strip()] = parse_value(raw)
     return parsed
 
 
