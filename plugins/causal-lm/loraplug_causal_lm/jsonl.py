@@ -23,6 +23,17 @@ class BadLine(ValueError):
     """A line that is not a usable sample; the message says why."""
 
 
+def chat_turns(messages: list[Any], name: str) -> list[dict[str, str]]:
+    """``messages`` (the value of the line's key ``name``) as ``{"role", "content"}`` turns, each checked:
+    an object with a string ``content`` and one of :data:`ROLES`."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise BadLine(f"{name}[{i}] must be an object with a string `content`")
+        if message.get("role") not in ROLES:
+            raise BadLine(f"{name}[{i}].role is {message.get('role')!r}; use one of {', '.join(ROLES)}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def parse_line(obj: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """A line's JSON value as chat messages plus its extra fields (label, weight, …)."""
     if not isinstance(obj, dict):
@@ -31,15 +42,11 @@ def parse_line(obj: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
             raise BadLine("`messages` must be a non-empty list")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise BadLine(f"messages[{i}] must be an object with a string `content`")
-            if message.get("role") not in ROLES:
-                raise BadLine(f"messages[{i}].role is {message.get('role')!r}; use one of {', '.join(ROLES)}")
-        if not any(m["role"] == "assistant" for m in messages):
+        turns = chat_turns(messages, "messages")
+        if not any(m["role"] == "assistant" for m in turns):
             raise BadLine("no assistant message, so nothing to learn")
         extras = {k: v for k, v in obj.items() if k != "messages"}
-        return [{"role": m["role"], "content": m["content"]} for m in messages], extras
+        return turns, extras
     if "prompt" in obj or "response" in obj:
         prompt, response = obj.get("prompt"), obj.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):

@@ -35,7 +35,7 @@ from loraplug import (
 from loraplug.toolkit import token_limit
 from loraplug_causal_lm import jsonl
 from loraplug_causal_lm.encode import Encoded, Encoder, pad_samples
-from loraplug_causal_lm.jsonl import ROLES, BadLine
+from loraplug_causal_lm.jsonl import BadLine, chat_turns
 
 if TYPE_CHECKING:
     from loraplug_causal_lm.options import CausalLMOptions
@@ -79,16 +79,12 @@ def _prompt(obj: dict[str, Any]) -> list[dict[str, str]]:
         return turns
     if not isinstance(prompt, list) or not prompt:
         raise BadLine("the prompt (`prompt` or `messages`) must be a string or a non-empty list of turns")
-    for i, message in enumerate(prompt):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise BadLine(f"prompt turn {i} must be an object with a string `content`")
-        if message.get("role") not in ROLES:
-            raise BadLine(f"prompt turn {i} has role {message.get('role')!r}; use one of {', '.join(ROLES)}")
-    if prompt[-1]["role"] == "assistant":
+    turns = chat_turns(prompt, "messages" if "messages" in obj else "prompt")
+    if turns[-1]["role"] == "assistant":
         raise BadLine(
             "the prompt ends with an assistant turn; the answers to compare are `chosen` and `rejected`"
         )
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return turns
 
 
 def parse_pair(obj: Any) -> Record:

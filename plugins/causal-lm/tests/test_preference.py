@@ -295,3 +295,18 @@ def test_a_pair_learns_only_its_own_turns_even_after_assistant_turns_in_the_prom
         rejected = tokenizer.decode([t for t in pair.rejected.labels if t != IGNORE])
         assert "GOOD" in chosen and "EARLIER" not in chosen and "and now" not in chosen
         assert "BAD" in rejected and "EARLIER" not in rejected
+
+
+@pytest.mark.parametrize("key", ["prompt", "messages"])
+def test_a_bad_prompt_turn_is_named_by_its_key_and_index_as_a_chat_lines_is(key: str) -> None:
+    """Pairs check their prompt turns as jsonl checks its messages (jsonl.chat_turns), naming the key."""
+    from loraplug_causal_lm.jsonl import BadLine, parse_line
+    from loraplug_causal_lm.pairs import parse_pair
+
+    turns = [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]
+    with pytest.raises(BadLine, match=rf"^{key}\[1\]\.role is 'robot'; use one of system, user, assistant"):
+        parse_pair({key: turns, "chosen": "a", "rejected": "b"})
+    with pytest.raises(BadLine, match=r"^messages\[1\]\.role is 'robot'"):
+        parse_line({"messages": turns})
+    with pytest.raises(BadLine, match=rf"^{key}\[0\] must be an object with a string `content`"):
+        parse_pair({key: ["hi"], "chosen": "a", "rejected": "b"})
