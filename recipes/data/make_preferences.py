@@ -12,11 +12,9 @@ Run it again to regenerate the file; the output is the same on every machine (se
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-from make_weather import SKIES, sample
+from make_weather import SKIES, sample, write_jsonl
 
 HEDGES = ["hard to say, maybe some {sky} in {city}", "probably {sky}? not sure about {city}", "{sky} i guess"]
 
@@ -30,12 +28,7 @@ def pair(rng: random.Random) -> dict[str, str]:
 
 
 def main(count: int = 400, seed: int = 1) -> None:
-    rng = random.Random(seed)
-    out = Path(__file__).with_name("weather_pairs.jsonl")
-    with open(out, "w", encoding="utf-8") as handle:
-        for _ in range(count):
-            handle.write(json.dumps(pair(rng), ensure_ascii=False) + "\n")
-    print(f"wrote {count} pairs to {out}")
+    write_jsonl("weather_pairs.jsonl", pair, count, seed, "pairs")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 CITIES = [
@@ -41,13 +42,20 @@ def sample(rng: random.Random) -> dict[str, str]:
     return {"prompt": question, "response": answer}
 
 
-def main(count: int = 1200, seed: int = 0) -> None:
+def write_jsonl(
+    name: str, make: Callable[[random.Random], dict[str, str]], count: int, seed: int, noun: str
+) -> None:
+    """``count`` rows made by ``make`` (from one seeded generator) as JSONL in this folder's file ``name``."""
     rng = random.Random(seed)
-    out = Path(__file__).with_name("weather.jsonl")
+    out = Path(__file__).with_name(name)
     with open(out, "w", encoding="utf-8") as handle:
         for _ in range(count):
-            handle.write(json.dumps(sample(rng), ensure_ascii=False) + "\n")
-    print(f"wrote {count} samples to {out}")
+            handle.write(json.dumps(make(rng), ensure_ascii=False) + "\n")
+    print(f"wrote {count} {noun} to {out}")
+
+
+def main(count: int = 1200, seed: int = 0) -> None:
+    write_jsonl("weather.jsonl", sample, count, seed, "samples")
 
 
 if __name__ == "__main__":
