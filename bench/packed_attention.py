@@ -39,6 +39,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 IMPLEMENTATIONS = ("sdpa", "flex_attention")
+
+
+class LossMismatch(Exception):
+    """The two attention paths gave different losses on the same packed rows."""
+
+
 #: Tokens timed per measurement: the same work at every row length (rows = TOKENS // length).
 TOKENS = 16384
 VOCAB = 4096
@@ -189,7 +195,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/packed_attention.json"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = measure(args.lengths, args.repeats, device)
+    try:
+        results = measure(args.lengths, args.repeats, device)
+    except LossMismatch as exc:
+        sys.exit(f"FAIL: {exc}")
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
         "threads": torch.get_num_threads(),
