@@ -30,7 +30,6 @@ from loraplug.toolkit import (
     local_dir,
     locate,
     model_load_error,
-    torch_dtype,
 )
 from loraplug_csv.options import ClassifierOptions, LoraOptions
 from loraplug_hf import attach_peft, byte_level_tokenizer, quiet_libraries
@@ -79,20 +78,14 @@ PRESETS = (Preset("tiny-classifier", TINY_CLASSIFIER, build_tiny_classifier, mar
 def build(options: ClassifierOptions, ctx: RunContext) -> ModelBundle:
     """The base classifier, frozen, with a head of ``len(options.labels)`` outputs."""
     quiet_libraries(*LIBRARIES)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from loraplug_hf.classifier import classifier_with_new_head
 
     source = locate(options.pretrained, ctx.cache_dir, PRESETS)
-    labels = dict(enumerate(options.labels))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        module = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=labels,
-            label2id={label: i for i, label in labels.items()},
-            ignore_mismatched_sizes=True,  # a base's head of another size is replaced by a new one
-            dtype="auto" if options.dtype == "auto" else torch_dtype(options.dtype),
-        )
+        module = classifier_with_new_head(source, options.labels, options.dtype)
     except (OSError, ValueError) as exc:
         layout = "a transformers checkpoint (config.json, weights, tokenizer)"
         raise model_load_error(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from loraplug import Batch, Deployable, MergeCheck
-from loraplug.toolkit import dtype_name, parity_tolerance
+from loraplug.toolkit import dtype_name, parity_tolerance, torch_dtype
 from loraplug_hf import quiet_libraries
 
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
@@ -28,6 +28,7 @@ __all__ = [
     "classification_scores",
     "classifier_deployable",
     "classifier_logits",
+    "classifier_with_new_head",
     "example_inputs",
     "from_pretrained",
     "logit_difference",
@@ -157,6 +158,24 @@ def from_pretrained(path: Path | str, **kwargs: Any) -> Any:
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+
+def classifier_with_new_head(source: str, labels: Sequence[str], dtype: str, **kwargs: Any) -> Any:
+    """The checkpoint at ``source`` as a sequence classifier with a head of one output per label, the
+    labels named in its config; a head of another size already there is replaced by a new one.
+
+    :param dtype: a recipe dtype name, or ``"auto"`` for the checkpoint's own.
+    :param kwargs: more ``from_pretrained`` arguments (``revision``, ``trust_remote_code``).
+    """
+    return from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        dtype="auto" if dtype == "auto" else torch_dtype(dtype),
+        **kwargs,
+    )
 
 
 def classifier_deployable(

@@ -26,7 +26,6 @@ from loraplug.toolkit import (
     local_dir,
     locate,
     model_load_error,
-    torch_dtype,
 )
 from loraplug_hf import attach_peft, quiet_libraries
 from loraplug_text_classification.labels import label_index, resolve_labels
@@ -61,22 +60,18 @@ def load_tokenizer(source: str, options: SequenceClassifierOptions) -> Any:
 def build(options: SequenceClassifierOptions, ctx: RunContext) -> ModelBundle:
     """The base with a new head of one output per label, frozen; the labels named in its config."""
     quiet_libraries(*LIBRARIES)
-    from transformers import AutoModelForSequenceClassification
+    from loraplug_hf.classifier import classifier_with_new_head
 
     labels = resolve_labels(options, ctx.recipe.data.kind, ctx.recipe.data.options)
     source = locate(options.pretrained, ctx.cache_dir, PRESETS)
     try:
         tokenizer = load_tokenizer(source, options)
-        module = AutoModelForSequenceClassification.from_pretrained(
+        module = classifier_with_new_head(
             source,
+            labels,
+            options.dtype,
             revision=options.revision,
             trust_remote_code=options.trust_remote_code,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            # A checkpoint that already has a head of another size gets a new one.
-            ignore_mismatched_sizes=True,
-            dtype="auto" if options.dtype == "auto" else torch_dtype(options.dtype),
         )
     except (OSError, ValueError) as exc:
         layout = "a transformers checkpoint (config.json, weights, tokenizer)"
