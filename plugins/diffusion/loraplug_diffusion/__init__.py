@@ -26,5 +26,12 @@ The ``stable-diffusion`` ModelBundle — what other plugins (an ONNX exporter, a
 * ``lr_scales`` holds ``{"text_encoder.": text_encoder_lr / train.lr}`` when the adapter sets its own
   text-encoder learning rate.
 
+The ``stable-diffusion-xl`` ModelBundle (model kind ``stable-diffusion-xl``, preset ``tiny-sdxl``; LoRA only) is
+the same with SDXL's parts: ``components`` adds ``text_encoder_2`` (``CLIPTextModelWithProjection``) and
+``tokenizer_2``; ``module`` is an ``sdxl_model.SdxlModule`` holding ``unet`` and, when they train,
+``text_encoder`` and ``text_encoder_2`` (``lr_scales`` then has ``"text_encoder."`` and ``"text_encoder_2."``);
+its ``forward(noisy_latents, timesteps, time_ids, encoder_hidden_states=None, pooled=None, input_ids=None,
+input_ids_2=None)`` passes the pooled embedding and ``time_ids`` as the UNet's ``added_cond_kwargs``.
+
 Image records, from any data kind: ``{"id": str, "image": path or PIL image, "caption": str}``.
 """
