@@ -32,7 +32,7 @@ from loraplug.toolkit import (
     model_load_error,
 )
 from loraplug_csv.options import ClassifierOptions, LoraOptions
-from loraplug_hf import attach_peft, byte_level_tokenizer, quiet_libraries
+from loraplug_hf import byte_level_tokenizer, quiet_libraries
 
 MODEL_KIND = "text-classifier"
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
@@ -107,17 +107,13 @@ def build(options: ClassifierOptions, ctx: RunContext) -> ModelBundle:
 
 def wrap(options: LoraOptions, model: ModelBundle) -> ModelBundle:
     """LoRA on ``options.target_modules``; peft trains the new classification head in full beside it."""
-    quiet_libraries(*LIBRARIES)
-    from peft import LoraConfig, TaskType
+    from loraplug_hf.classifier import classifier_with_lora
 
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=options.r,
-        lora_alpha=options.alpha,
-        lora_dropout=options.dropout,
-        target_modules=list(options.target_modules),
+    targets = list(options.target_modules)
+    module = classifier_with_lora(
+        model.module, r=options.r, alpha=options.alpha, dropout=options.dropout, target_modules=targets
     )
-    return replace(model, module=attach_peft(model.module, config))
+    return replace(model, module=module)
 
 
 def label_index(record: Record, labels: Sequence[str]) -> int:

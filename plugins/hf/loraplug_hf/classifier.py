@@ -18,7 +18,7 @@ import torch
 
 from loraplug import Batch, Deployable, MergeCheck
 from loraplug.toolkit import dtype_name, parity_tolerance, torch_dtype
-from loraplug_hf import quiet_libraries
+from loraplug_hf import attach_peft, quiet_libraries
 
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
 LIBRARIES = ("transformers", "peft")
@@ -29,6 +29,7 @@ __all__ = [
     "classifier_deployable",
     "classifier_logits",
     "classifier_with_new_head",
+    "classifier_with_lora",
     "example_inputs",
     "from_pretrained",
     "logit_difference",
@@ -176,6 +177,32 @@ def classifier_with_new_head(source: str, labels: Sequence[str], dtype: str, **k
         dtype="auto" if dtype == "auto" else torch_dtype(dtype),
         **kwargs,
     )
+
+
+def classifier_with_lora(
+    module: Any,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: Any,
+    modules_to_save: Sequence[str] | None = None,
+) -> Any:
+    """``module`` wrapped in peft LoRA of the sequence-classification task, which trains the
+    classification head in full beside the LoRA and saves it with the adapter (``modules_to_save``:
+    more modules trained and saved so)."""
+    quiet_libraries(*LIBRARIES)
+    from peft import LoraConfig, TaskType
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+    )
+    return attach_peft(module, config)
 
 
 def classifier_deployable(

@@ -27,7 +27,7 @@ from loraplug.toolkit import (
     locate,
     model_load_error,
 )
-from loraplug_hf import attach_peft, quiet_libraries
+from loraplug_hf import quiet_libraries
 from loraplug_text_classification.labels import label_index, resolve_labels
 from loraplug_text_classification.options import LoraOptions, SequenceClassifierOptions
 from loraplug_text_classification.presets import LIBRARIES, PRESETS
@@ -99,18 +99,17 @@ def labels_of(model: ModelBundle) -> list[str]:
 def wrap(options: LoraOptions, model: ModelBundle) -> ModelBundle:
     """LoRA on ``target_modules``; peft's sequence-classification task trains the head in full and saves
     it with the adapter (``modules_to_save``)."""
-    quiet_libraries(*LIBRARIES)
-    from peft import LoraConfig, TaskType
+    from loraplug_hf.classifier import classifier_with_lora
 
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+    module = classifier_with_lora(
+        model.module,
         r=options.r,
-        lora_alpha=options.alpha,
-        lora_dropout=options.dropout,
+        alpha=options.alpha,
+        dropout=options.dropout,
         target_modules=options.target_modules,
-        modules_to_save=options.modules_to_save or None,
+        modules_to_save=options.modules_to_save,
     )
-    return replace(model, module=attach_peft(model.module, config))
+    return replace(model, module=module)
 
 
 def class_weights(
