@@ -32,7 +32,7 @@ from loraplug.toolkit import (
     model_load_error,
 )
 from loraplug_csv.options import ClassifierOptions, LoraOptions
-from loraplug_hf import byte_level_tokenizer, quiet_libraries
+from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_seeded
 
 MODEL_KIND = "text-classifier"
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
@@ -53,7 +53,6 @@ TINY_CLASSIFIER: dict[str, Any] = {
 def build_tiny_classifier(target: Path) -> None:
     """``tiny-classifier``: a two-layer LLaMA classifier with a byte-level tokenizer, seeded weights."""
     quiet_libraries(*LIBRARIES)
-    import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     tokenizer = byte_level_tokenizer()
@@ -65,11 +64,7 @@ def build_tiny_classifier(target: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **settings,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_CLASSIFIER["seed"])
-        model = LlamaForSequenceClassification(config)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    save_seeded(partial(LlamaForSequenceClassification, config), tokenizer, TINY_CLASSIFIER["seed"], target)
 
 
 PRESETS = (Preset("tiny-classifier", TINY_CLASSIFIER, build_tiny_classifier, marker="config.json"),)

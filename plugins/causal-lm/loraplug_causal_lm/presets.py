@@ -7,11 +7,12 @@ so tests and ``--smoke`` exercise the real loading path, offline. Its weights ar
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from loraplug.toolkit import Preset
-from loraplug_hf import byte_level_tokenizer
+from loraplug_hf import byte_level_tokenizer, save_seeded
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -45,7 +46,6 @@ def _build(target: Path) -> None:
     from loraplug_causal_lm.quiet import quiet_libraries
 
     quiet_libraries()
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _build_tokenizer()
@@ -57,11 +57,7 @@ def _build(target: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **settings,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_LLAMA["seed"])
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+    save_seeded(partial(LlamaForCausalLM, config), tokenizer, TINY_LLAMA["seed"], target)
 
 
 #: The presets ``model.pretrained`` may name (their names are options.PRESETS).

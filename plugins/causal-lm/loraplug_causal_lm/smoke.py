@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,17 +179,16 @@ def build_shrunk(target: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from loraplug_hf import save_seeded
+
     name = target.name.lstrip(".").split(".tmp-")[0]
     request = json.loads((target.parent / f"{name}.request.json").read_text())
     source, remote = request["source"], request["trust_remote_code"]
     config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
     shrunk = type(config).from_dict(shrink_config(config.to_dict()))
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(shrunk, trust_remote_code=remote, dtype=torch.float32)
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+    make = partial(AutoModelForCausalLM.from_config, shrunk, trust_remote_code=remote, dtype=torch.float32)
+    save_seeded(make, tokenizer, 0, target)
 
 
 def describe(directory: Path) -> str:

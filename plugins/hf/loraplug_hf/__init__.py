@@ -8,13 +8,14 @@ plugins that import it. Importing this module imports neither transformers nor d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from loraplug import LoraplugError, toolkit
 
-__all__ = ["attach_peft", "byte_level_tokenizer", "quiet_libraries"]
+__all__ = ["attach_peft", "byte_level_tokenizer", "quiet_libraries", "save_seeded"]
 
 
 def byte_level_tokenizer(
@@ -68,6 +69,18 @@ def quiet_libraries(*libraries: str, loggers: tuple[str, ...] = ()) -> None:
 
         diffusers_logging.disable_progress_bar()
         diffusers_logging.set_verbosity_error()
+
+
+def save_seeded(make: Callable[[], Any], tokenizer: Any, seed: int, target: Path) -> None:
+    """The model ``make()`` builds with torch seeded to ``seed`` (random but the same on every machine;
+    the caller's random state is left as it was), saved with ``tokenizer`` to ``target``: a tiny preset."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
 
 
 def attach_peft(module: Any, config: Any, *, what: str = "LoRA") -> Any:

@@ -8,11 +8,12 @@ classifier pads with the end-of-text token. Weights are random but seeded.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from loraplug.toolkit import Preset
-from loraplug_hf import byte_level_tokenizer, quiet_libraries
+from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_seeded
 
 LIBRARIES = ("transformers", "peft")
 
@@ -44,16 +45,6 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("seed", "version")}
 
 
-def _save(model_class: Any, config: Any, tokenizer: Any, seed: int, target: Path) -> None:
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config)
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-
-
 def build_tiny_llama(target: Path) -> None:
     """``tiny-llama-classifier``: a two-layer LLaMA causal LM with a byte-level tokenizer (it has a pad token)."""
     quiet_libraries(*LIBRARIES)
@@ -67,7 +58,7 @@ def build_tiny_llama(target: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **_settings(TINY_LLAMA),
     )
-    _save(LlamaForCausalLM, config, tokenizer, TINY_LLAMA["seed"], target)
+    save_seeded(partial(LlamaForCausalLM, config), tokenizer, TINY_LLAMA["seed"], target)
 
 
 def build_tiny_gpt2(target: Path) -> None:
@@ -78,7 +69,7 @@ def build_tiny_gpt2(target: Path) -> None:
     tokenizer = byte_level_tokenizer((END_OF_TEXT,), bos=END_OF_TEXT, eos=END_OF_TEXT, pad=None)
     eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eot, eos_token_id=eot, **_settings(TINY_GPT2))
-    _save(GPT2LMHeadModel, config, tokenizer, TINY_GPT2["seed"], target)
+    save_seeded(partial(GPT2LMHeadModel, config), tokenizer, TINY_GPT2["seed"], target)
 
 
 #: The presets ``model.pretrained`` may name (options.PRESETS lists their names).
