@@ -32,7 +32,7 @@ from loraplug.toolkit import (
     model_load_error,
 )
 from loraplug_csv.options import ClassifierOptions, LoraOptions
-from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_seeded
+from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_tiny_llama
 
 MODEL_KIND = "text-classifier"
 #: The libraries whose warnings and progress bars stay out of loraplug's output.
@@ -53,18 +53,9 @@ TINY_CLASSIFIER: dict[str, Any] = {
 def build_tiny_classifier(target: Path) -> None:
     """``tiny-classifier``: a two-layer LLaMA classifier with a byte-level tokenizer, seeded weights."""
     quiet_libraries(*LIBRARIES)
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
-    tokenizer = byte_level_tokenizer()
-    settings = {k: v for k, v in TINY_CLASSIFIER.items() if k not in ("seed", "version")}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **settings,
-    )
-    save_seeded(partial(LlamaForSequenceClassification, config), tokenizer, TINY_CLASSIFIER["seed"], target)
+    save_tiny_llama(LlamaForSequenceClassification, byte_level_tokenizer(), TINY_CLASSIFIER, target)
 
 
 PRESETS = (Preset("tiny-classifier", TINY_CLASSIFIER, build_tiny_classifier, marker="config.json"),)

@@ -7,12 +7,11 @@ so tests and ``--smoke`` exercise the real loading path, offline. Its weights ar
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from loraplug.toolkit import Preset
-from loraplug_hf import byte_level_tokenizer, save_seeded
+from loraplug_hf import byte_level_tokenizer, save_tiny_llama
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -46,18 +45,9 @@ def _build(target: Path) -> None:
     from loraplug_causal_lm.quiet import quiet_libraries
 
     quiet_libraries()
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    tokenizer = _build_tokenizer()
-    settings = {k: v for k, v in TINY_LLAMA.items() if k not in ("seed", "version")}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **settings,
-    )
-    save_seeded(partial(LlamaForCausalLM, config), tokenizer, TINY_LLAMA["seed"], target)
+    save_tiny_llama(LlamaForCausalLM, _build_tokenizer(), TINY_LLAMA, target)
 
 
 #: The presets ``model.pretrained`` may name (their names are options.PRESETS).

@@ -8,14 +8,14 @@ plugins that import it. Importing this module imports neither transformers nor d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from loraplug import LoraplugError, toolkit
 
-__all__ = ["attach_peft", "byte_level_tokenizer", "quiet_libraries", "save_seeded"]
+__all__ = ["attach_peft", "byte_level_tokenizer", "quiet_libraries", "save_seeded", "save_tiny_llama"]
 
 
 def byte_level_tokenizer(
@@ -81,6 +81,25 @@ def save_seeded(make: Callable[[], Any], tokenizer: Any, seed: int, target: Path
         model = make()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+def save_tiny_llama(model_class: Any, tokenizer: Any, preset: Mapping[str, Any], target: Path) -> None:
+    """A LLaMA ``model_class`` (``LlamaForCausalLM``, ``LlamaForSequenceClassification``…) of a preset's
+    settings (its ``seed`` and ``version`` aside) over ``tokenizer``'s vocabulary and special tokens,
+    built seeded with ``preset["seed"]`` and saved with the tokenizer (:func:`save_seeded`)."""
+    from functools import partial
+
+    from transformers import LlamaConfig
+
+    settings = {k: v for k, v in preset.items() if k not in ("seed", "version")}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **settings,
+    )
+    save_seeded(partial(model_class, config), tokenizer, preset["seed"], target)
 
 
 def attach_peft(module: Any, config: Any, *, what: str = "LoRA") -> Any:

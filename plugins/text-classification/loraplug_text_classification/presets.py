@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplug.toolkit import Preset
-from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_seeded
+from loraplug_hf import byte_level_tokenizer, quiet_libraries, save_seeded, save_tiny_llama
 
 LIBRARIES = ("transformers", "peft")
 
@@ -48,17 +48,9 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
 def build_tiny_llama(target: Path) -> None:
     """``tiny-llama-classifier``: a two-layer LLaMA causal LM with a byte-level tokenizer (it has a pad token)."""
     quiet_libraries(*LIBRARIES)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **_settings(TINY_LLAMA),
-    )
-    save_seeded(partial(LlamaForCausalLM, config), tokenizer, TINY_LLAMA["seed"], target)
+    save_tiny_llama(LlamaForCausalLM, byte_level_tokenizer(), TINY_LLAMA, target)
 
 
 def build_tiny_gpt2(target: Path) -> None:
