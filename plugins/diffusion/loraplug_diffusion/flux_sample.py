@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,11 +9,10 @@ from typing import Any
 import torch
 
 from loraplug import ModelBundle, RunContext, Sample
-from loraplug.toolkit import atomic_write_bytes
 from loraplug_diffusion.flux_model import TEXT_ENCODERS
 from loraplug_diffusion.flux_options import FluxOptions
 from loraplug_diffusion.quiet import quiet_libraries
-from loraplug_diffusion.sample import _next_index, grid
+from loraplug_diffusion.sample import borrowed, save_grids
 
 
 def pipeline_of(model: ModelBundle) -> Any:
@@ -56,21 +54,8 @@ def draw(pipeline: Any, prompt: str, options: FluxOptions, seeds: Sequence[int],
 def generate(
     model: ModelBundle, options: FluxOptions, prompts: Sequence[str], out_dir: Path, ctx: RunContext
 ) -> list[Sample]:
-    # The VAE and text encoders may be offloaded while training (see prepare.py): borrow them, then put them back.
-    homes = {name: next(model.components[name].parameters()).device for name in ("vae", *TEXT_ENCODERS)}
-    try:
+    with borrowed(model, ("vae", *TEXT_ENCODERS)):
         pipeline = pipeline_of(model)
         size = options.sample_size or options.resolution
         seeds = [ctx.seed + k for k in range(options.sample_images)]
-        index = _next_index(out_dir)  # earlier grids are never overwritten
-        samples = []
-        for number, prompt in enumerate(prompts):
-            buffer = io.BytesIO()
-            grid(draw(pipeline, prompt, options, seeds, size)).save(buffer, format="PNG")
-            path = out_dir / f"grid-{index:04d}-p{number}.png"
-            atomic_write_bytes(path, buffer.getvalue())
-            samples.append(Sample(prompt=prompt, image_path=path))
-        return samples
-    finally:
-        for name, device in homes.items():
-            model.components[name].to(device)
+        return save_grids(prompts, out_dir, lambda prompt: draw(pipeline, prompt, options, seeds, size))

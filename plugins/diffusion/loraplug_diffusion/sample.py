@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,38 +113,47 @@ def generate(
     out_dir: Path,
     ctx: RunContext,
 ) -> list[Sample]:
-    # The VAE and text encoder may be offloaded while training (see prepare.py): borrow them, then put them back.
-    homes = {name: next(model.components[name].parameters()).device for name in frozen_parts(model)}
+    with borrowed(model, frozen_parts(model)):
+        pipeline = pipeline_of(model)
+        size = options.sample_size or options.resolution
+        seeds = [ctx.seed + k for k in range(options.sample_images)]
+        return save_grids(
+            prompts,
+            out_dir,
+            lambda prompt: draw(
+                pipeline,
+                prompt,
+                seeds=seeds,
+                size=size,
+                steps=options.sample_steps,
+                guidance=options.sample_guidance_scale,
+            ),
+        )
+
+
+@contextmanager
+def borrowed(model: ModelBundle, names: Iterable[str]) -> Iterator[None]:
+    """The components ``names`` usable on the sampling device inside the block, each back where it was after it.
+
+    Training may have offloaded the VAE and text encoders (see prepare.py); sampling borrows them.
+    """
+    homes = {name: next(model.components[name].parameters()).device for name in names}
     try:
-        return _generate(model, options, prompts, out_dir, ctx)
+        yield
     finally:
         for name, device in homes.items():
             model.components[name].to(device)
 
 
-def _generate(
-    model: ModelBundle,
-    options: StableDiffusionOptions,
-    prompts: Sequence[str],
-    out_dir: Path,
-    ctx: RunContext,
+def save_grids(
+    prompts: Sequence[str], out_dir: Path, draw_prompt: Callable[[str], list[Any]]
 ) -> list[Sample]:
-    pipeline = pipeline_of(model)
-    size = options.sample_size or options.resolution
-    seeds = [ctx.seed + k for k in range(options.sample_images)]
+    """One grid PNG per prompt of the images ``draw_prompt`` draws, numbered after the grids already in ``out_dir``."""
     index = _next_index(out_dir)  # earlier grids are never overwritten
     samples = []
     for number, prompt in enumerate(prompts):
-        images = draw(
-            pipeline,
-            prompt,
-            seeds=seeds,
-            size=size,
-            steps=options.sample_steps,
-            guidance=options.sample_guidance_scale,
-        )
         buffer = io.BytesIO()
-        grid(images).save(buffer, format="PNG")
+        grid(draw_prompt(prompt)).save(buffer, format="PNG")
         path = out_dir / f"grid-{index:04d}-p{number}.png"
         atomic_write_bytes(path, buffer.getvalue())
         samples.append(Sample(prompt=prompt, image_path=path))
