@@ -110,50 +110,26 @@ def setup(depth: int, tokens: int) -> base.Setup:
     """sd_caching.setup's Flux counterpart: one Flux-shaped model, the images prepared once per variant."""
     import torch
     from accelerate.utils import set_seed
-    from rich.console import Console
 
     from loraplug import ModelBundle
-    from loraplug.context import RunContext
-    from loraplug.pipeline import make_accelerator
     from loraplug.plugins import PluginHost
-    from loraplug.recipe import load_recipe
-    from loraplug.testing import write_recipe
     from loraplug_diffusion.flux_model import FluxModule
 
     settings = base.SETTINGS["flux"]
-    variants = ["cached", "uncached"]
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     images = base.images_for("flux", work / "images", 4)
     host = PluginHost.load()
-    recipes, contexts = {}, {}
-    for variant in variants:
-        cached = variant == "cached"
-        path = write_recipe(
-            work / f"{variant}.toml",
-            {
-                "run": {"name": f"flux-{variant}", "output_dir": str(work / "runs"), "seed": 0},
-                "data": {"kind": "imagefolder", "path": str(images)},
-                "model": {
-                    "kind": "flux",
-                    "pretrained": "tiny-flux",  # the recipe's model is never built: flux_components is
-                    "dtype": "bfloat16",
-                    "resolution": settings["resolution"],
-                    "max_sequence_length": tokens,
-                    "cache_latents": cached,
-                    "cache_text_encoder_outputs": cached,
-                    "gradient_checkpointing": True,
-                },
-                "adapter": {"kind": "lora", **settings["adapter"]},
-                "train": {"max_steps": 1, "batch_size": 1, "lr": 1e-4, "log_every_n_steps": 1000},
-            },
-        )
-        recipes[variant] = load_recipe(path, host)
-    accelerator = make_accelerator(recipes["cached"], Console(quiet=True))
-    for variant in variants:
-        contexts[variant] = RunContext(
-            recipe=recipes[variant], run_dir=work / "runs", cache_dir=work / "cache", seed=0,
-            device=accelerator.device, info=lambda m: None, warn=lambda m: None,
-        )  # fmt: skip
+    accelerator, recipes, contexts = base.variant_recipes(
+        host,
+        work,
+        "flux",
+        ["cached", "uncached"],
+        images,
+        1,
+        pretrained="tiny-flux",  # the recipe's model is never built: flux_components is
+        dtype="bfloat16",
+        max_sequence_length=tokens,
+    )
     set_seed(0)
     started = time.monotonic()
     parts = flux_components(depth, tokens)
@@ -173,15 +149,7 @@ def setup(depth: int, tokens: int) -> base.Setup:
         ctx=contexts["cached"],
     )
     model_seconds = time.monotonic() - started
-    prepared, cache_seconds = {}, {}
-    for variant in variants:
-        recipe, ctx = recipes[variant], contexts[variant]
-        data = host.call_stage("data", "imagefolder", "flux", options=recipe.data.options, ctx=ctx)
-        started = time.monotonic()
-        prepared[variant] = host.call_model_hook(
-            "loraplug_prepare_data", "flux", model=model, options=recipe.model.options, data=data, ctx=ctx
-        )
-        cache_seconds[variant] = time.monotonic() - started
+    prepared, cache_seconds = base.prepare_variants(host, model, "flux", recipes, contexts)
     return base.Setup(
         "flux", host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds
     )

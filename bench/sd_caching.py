@@ -210,23 +210,19 @@ class Setup:
     model_seconds: float
 
 
-def setup(shape: str, variants: list[str], steps: int) -> Setup:
-    from accelerate.utils import set_seed
+def variant_recipes(
+    host: Any, work: Path, shape: str, variants: list[str], images: Path, steps: int, **model: Any
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The accelerator, and each variant's recipe and RunContext: ``cached`` caches latents and text
+    encodings, ``uncached`` encodes in every step; ``model`` adds to or overrides the model table."""
     from rich.console import Console
 
-    from loraplug import ModelBundle
     from loraplug.context import RunContext
-    from loraplug.pipeline import build_stages, make_accelerator
-    from loraplug.plugins import PluginHost
+    from loraplug.pipeline import make_accelerator
     from loraplug.recipe import load_recipe
     from loraplug.testing import write_recipe
-    from loraplug_diffusion.model import DiffusionModule
 
     settings = SETTINGS[shape]
-    kind = settings.get("kind", "stable-diffusion")
-    work = Path(tempfile.mkdtemp(prefix=f"sd-bench-{shape}-"))
-    images = images_for(shape, work / "images", 32 if shape == "tiny" else max(4, steps + 1))
-    host = PluginHost.load()
     recipes, contexts = {}, {}
     for variant in variants:
         cached = variant == "cached"
@@ -236,12 +232,13 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
                 "run": {"name": f"{shape}-{variant}", "output_dir": str(work / "runs"), "seed": 0},
                 "data": {"kind": "imagefolder", "path": str(images)},
                 "model": {
-                    "kind": kind,
+                    "kind": settings.get("kind", "stable-diffusion"),
                     "pretrained": settings["pretrained"],
                     "resolution": settings["resolution"],
                     "cache_latents": cached,
                     "cache_text_encoder_outputs": cached,
                     "gradient_checkpointing": settings["gradient_checkpointing"],
+                    **model,
                 },
                 "adapter": {"kind": "lora", **settings["adapter"]},
                 "train": {
@@ -259,6 +256,44 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
             recipe=recipes[variant], run_dir=work / "runs", cache_dir=work / "cache", seed=0,
             device=accelerator.device, info=lambda m: None, warn=lambda m: None,
         )  # fmt: skip
+    return accelerator, recipes, contexts
+
+
+def prepare_variants(
+    host: Any, model: Any, kind: str, recipes: dict[str, Any], contexts: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each variant's images loaded and prepared for ``model`` (cached or not), and the seconds preparing took."""
+    prepared, cache_seconds = {}, {}
+    for variant, recipe in recipes.items():
+        ctx = contexts[variant]
+        data = host.call_stage("data", "imagefolder", kind, options=recipe.data.options, ctx=ctx)
+        started = time.monotonic()
+        prepared[variant] = host.call_model_hook(
+            "loraplug_prepare_data",
+            kind,
+            model=model,
+            options=recipe.model.options,
+            data=data,
+            ctx=ctx,
+        )
+        cache_seconds[variant] = time.monotonic() - started
+    return prepared, cache_seconds
+
+
+def setup(shape: str, variants: list[str], steps: int) -> Setup:
+    from accelerate.utils import set_seed
+
+    from loraplug import ModelBundle
+    from loraplug.pipeline import build_stages
+    from loraplug.plugins import PluginHost
+    from loraplug_diffusion.model import DiffusionModule
+
+    settings = SETTINGS[shape]
+    kind = settings.get("kind", "stable-diffusion")
+    work = Path(tempfile.mkdtemp(prefix=f"sd-bench-{shape}-"))
+    images = images_for(shape, work / "images", 32 if shape == "tiny" else max(4, steps + 1))
+    host = PluginHost.load()
+    accelerator, recipes, contexts = variant_recipes(host, work, shape, variants, images, steps)
     first = variants[0]
     set_seed(0)
     started = time.monotonic()
@@ -296,20 +331,7 @@ def setup(shape: str, variants: list[str], steps: int) -> Setup:
             ctx=contexts[first],
         )
     model_seconds = time.monotonic() - started
-    prepared, cache_seconds = {}, {}
-    for variant in variants:
-        recipe, ctx = recipes[variant], contexts[variant]
-        data = host.call_stage("data", "imagefolder", kind, options=recipe.data.options, ctx=ctx)
-        started = time.monotonic()
-        prepared[variant] = host.call_model_hook(
-            "loraplug_prepare_data",
-            kind,
-            model=model,
-            options=recipe.model.options,
-            data=data,
-            ctx=ctx,
-        )
-        cache_seconds[variant] = time.monotonic() - started
+    prepared, cache_seconds = prepare_variants(host, model, kind, recipes, contexts)
     return Setup(shape, host, accelerator, model, recipes, contexts, prepared, cache_seconds, model_seconds)
 
 
