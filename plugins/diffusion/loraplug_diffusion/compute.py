@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from loraplug import Batch, ModelBundle, RunContext, StepResult
-from loraplug_diffusion.model import encode_latents, encode_text, trains_text_encoder
+from loraplug_diffusion.model import batch_latents, encode_text, trains_text_encoder
 from loraplug_diffusion.options import StableDiffusionOptions
 from loraplug_diffusion.sdxl_model import SDXL_KIND, predict
 
@@ -64,11 +64,7 @@ def loss_sum(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> 
     assert isinstance(options, StableDiffusionOptions)  # noqa: S101
     scheduler = model.components["noise_scheduler"]
     inputs = batch.inputs
-    latents = inputs.get("latents")
-    if latents is None:
-        with torch.no_grad():
-            latents = encode_latents(model.components["vae"], inputs["pixel_values"])
-    latents = latents.float()
+    latents = batch_latents(model, inputs)
     total = scheduler.config.num_train_timesteps
     if module.training:
         noise, timesteps = _random_noise(latents, total, options.noise_offset)

@@ -21,7 +21,7 @@ from loraplug import Batch, ModelBundle, RunContext, StepResult
 from loraplug_diffusion.compute import _fixed_noise
 from loraplug_diffusion.flux_model import encode_ids, pack
 from loraplug_diffusion.flux_options import FluxOptions
-from loraplug_diffusion.model import encode_latents
+from loraplug_diffusion.model import batch_latents
 
 #: Levels of u in evaluation: u = (k + ½)/LEVELS for the sample's fixed k.
 LEVELS = 1000
@@ -80,11 +80,7 @@ def loss_sum(model: ModelBundle, module: Any, batch: Batch, ctx: RunContext) -> 
     options = ctx.recipe.model.options
     assert isinstance(options, FluxOptions)  # noqa: S101
     inputs = batch.inputs
-    latents = inputs.get("latents")
-    if latents is None:
-        with torch.no_grad():
-            latents = encode_latents(model.components["vae"], inputs["pixel_values"])
-    latents = latents.float()
+    latents = batch_latents(model, inputs)
     if "encoder_hidden_states" in inputs:
         states, pooled = inputs["encoder_hidden_states"], inputs["pooled"]
     else:

@@ -135,6 +135,15 @@ def encode_latents(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
+def batch_latents(model: ModelBundle, inputs: dict[str, Any]) -> torch.Tensor:
+    """The batch's latents in float32: cached ones, or its ``pixel_values`` encoded now by the frozen VAE."""
+    latents = inputs.get("latents")
+    if latents is None:
+        with torch.no_grad():
+            latents = encode_latents(model.components["vae"], inputs["pixel_values"])
+    return latents.float()
+
+
 def encode_text(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tensor:
     device = next(text_encoder.parameters()).device
     return text_encoder(input_ids.to(device))[0]
