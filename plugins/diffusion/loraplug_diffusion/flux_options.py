@@ -8,7 +8,18 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 
 from loraplug import Options
 from loraplug.toolkit import pretrained_source
-from loraplug_diffusion.options import Dtype, KohyaExportOptions, ParityOptions
+from loraplug_diffusion.options import (
+    CaptionDropout,
+    Crop,
+    Dtype,
+    Flip,
+    KeepTokens,
+    KohyaExportOptions,
+    ParityOptions,
+    Revision,
+    ShuffleTags,
+    keep_tokens_needs_shuffle,
+)
 
 #: Presets built from configs and cached locally; see flux_presets.py.
 FLUX_PRESETS = ("tiny-flux",)
@@ -24,7 +35,7 @@ class FluxOptions(Options):
     pretrained: str = Field(
         description="Hub id (e.g. black-forest-labs/FLUX.1-dev), local diffusers directory, or preset `tiny-flux`."
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    revision: Revision = None
     dtype: Dtype = Field(
         "bfloat16",
         description="Dtype of the frozen transformer and text encoders (LoRA weights and the VAE stay float32).",
@@ -38,10 +49,8 @@ class FluxOptions(Options):
         1024,
         description="Training side length in pixels (a multiple of 16); images are resized and cropped to it.",
     )
-    crop: Literal["center", "random"] = Field(
-        "center", description="Crop after resizing; `random` turns the latent cache off."
-    )
-    flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
+    crop: Crop = "center"
+    flip: Flip = False
     buckets: bool = Field(
         False,
         description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket.",
@@ -49,16 +58,9 @@ class FluxOptions(Options):
     bucket_step: PositiveInt = Field(
         64, description="Bucket sides are multiples of this many pixels (of 16)."
     )
-    caption_dropout: float = Field(
-        0.0, ge=0, le=1, description="Probability of training a sample with an empty caption."
-    )
-    shuffle_tags: bool = Field(
-        False,
-        description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).",
-    )
-    keep_tokens: int = Field(
-        0, ge=0, description="Leading tags kept in place when shuffling (a trigger word)."
-    )
+    caption_dropout: CaptionDropout = 0.0
+    shuffle_tags: ShuffleTags = False
+    keep_tokens: KeepTokens = 0
     max_sequence_length: PositiveInt = Field(
         512, le=512, description="T5 tokens per caption (FLUX.1-dev: 512; schnell: 256)."
     )
@@ -122,11 +124,7 @@ class FluxOptions(Options):
             )
         return value
 
-    @model_validator(mode="after")
-    def _keep_tokens_needs_shuffle(self) -> FluxOptions:
-        if self.keep_tokens and not self.shuffle_tags:
-            raise ValueError("keep_tokens only applies when shuffle_tags = true")
-        return self
+    _keep_tokens_needs_shuffle = model_validator(mode="after")(keep_tokens_needs_shuffle)
 
 
 class FluxLoraOptions(Options):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -14,6 +14,43 @@ from loraplug_hf.peft_options import LokrSettings
 PRESETS = ("tiny-sd",)
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+#: Fields every image model kind (stable-diffusion, stable-diffusion-xl, flux) declares alike: each type
+#: carries its constraints and the description users see; each kind gives the default.
+Revision = Annotated[str | None, Field(description="Hub revision (branch, tag or commit).")]
+Crop = Annotated[
+    Literal["center", "random"],
+    Field(description="Crop after resizing; `random` turns the latent cache off."),
+]
+Flip = Annotated[bool, Field(description="Random horizontal flip (cached as a second latent).")]
+CaptionDropout = Annotated[
+    float, Field(ge=0, le=1, description="Probability of training a sample with an empty caption.")
+]
+ShuffleTags = Annotated[
+    bool,
+    Field(description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off)."),
+]
+KeepTokens = Annotated[
+    int, Field(ge=0, description="Leading tags kept in place when shuffling (a trigger word).")
+]
+
+
+class CaptionShuffle(Protocol):
+    """What keep_tokens_needs_shuffle reads of an image model kind's options."""
+
+    keep_tokens: int
+    shuffle_tags: bool
+
+
+_Shuffled = TypeVar("_Shuffled", bound=CaptionShuffle)
+
+
+def keep_tokens_needs_shuffle(options: _Shuffled) -> _Shuffled:
+    """An image model kind's check (a model_validator) that ``keep_tokens`` comes with ``shuffle_tags``."""
+    if options.keep_tokens and not options.shuffle_tags:
+        raise ValueError("keep_tokens only applies when shuffle_tags = true")
+    return options
+
 
 #: The UNet layers LoCon adds (``adapter.conv = true``): every convolution and linear layer of the resnet
 #: blocks, the down/upsampling convolutions and the 1×1 projections around each transformer.
@@ -66,7 +103,7 @@ class StableDiffusionOptions(Options):
     pretrained: str = Field(
         description="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), local diffusers directory, or preset `tiny-sd`."
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    revision: Revision = None
     dtype: Dtype = Field(
         "float32",
         description="Dtype of the frozen UNet and text-encoder weights (LoRA weights and the VAE stay float32).",
@@ -79,26 +116,17 @@ class StableDiffusionOptions(Options):
         512,
         description="Training side length in pixels (a multiple of 8); images are resized and cropped to it.",
     )
-    crop: Literal["center", "random"] = Field(
-        "center", description="Crop after resizing; `random` turns the latent cache off."
-    )
-    flip: bool = Field(False, description="Random horizontal flip (cached as a second latent).")
+    crop: Crop = "center"
+    flip: Flip = False
     buckets: bool = Field(
         False,
         description="Aspect-ratio buckets of about resolution² pixels; every batch comes from one bucket "
         "(validation images stay resolution² squares).",
     )
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this many pixels.")
-    caption_dropout: float = Field(
-        0.0, ge=0, le=1, description="Probability of training a sample with an empty caption."
-    )
-    shuffle_tags: bool = Field(
-        False,
-        description="Shuffle comma-separated caption tags each step (turns the text-encoder cache off).",
-    )
-    keep_tokens: int = Field(
-        0, ge=0, description="Leading tags kept in place when shuffling (a trigger word)."
-    )
+    caption_dropout: CaptionDropout = 0.0
+    shuffle_tags: ShuffleTags = False
+    keep_tokens: KeepTokens = 0
     cache_latents: bool = Field(
         True,
         description="Encode every image with the VAE once, before training, when the augmentations allow.",
@@ -146,11 +174,7 @@ class StableDiffusionOptions(Options):
             )
         return value
 
-    @model_validator(mode="after")
-    def _keep_tokens_needs_shuffle(self) -> StableDiffusionOptions:
-        if self.keep_tokens and not self.shuffle_tags:
-            raise ValueError("keep_tokens only applies when shuffle_tags = true")
-        return self
+    _keep_tokens_needs_shuffle = model_validator(mode="after")(keep_tokens_needs_shuffle)
 
 
 class SdAdapterOptions(Options):
