@@ -99,26 +99,16 @@ def _build(target: Path) -> None:
     quiet_libraries()
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from loraplug_diffusion.presets import TINY_SD, _build_tokenizer, colour_vae
+    from loraplug_diffusion.presets import TINY_SD, _build_tokenizer, colour_vae, tiny_clip_config
 
     clip_tokenizer = _build_tokenizer()
     t5_tokenizer = build_t5_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_FLUX["seed"])
         transformer = FluxTransformer2DModel(**TINY_FLUX["transformer"])
-        clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(clip_tokenizer),
-                max_position_embeddings=77,
-                bos_token_id=clip_tokenizer.bos_token_id,
-                eos_token_id=clip_tokenizer.eos_token_id,
-                pad_token_id=clip_tokenizer.pad_token_id,
-                projection_dim=TINY_FLUX["clip"]["hidden_size"],
-                **TINY_FLUX["clip"],
-            )
-        )
+        clip = CLIPTextModel(tiny_clip_config(clip_tokenizer, TINY_FLUX["clip"]))
         vae = _widen_vae(colour_vae(TINY_SD["vae_levels"], TINY_SD["vae_channels"]))
         t5 = T5EncoderModel(
             T5Config(

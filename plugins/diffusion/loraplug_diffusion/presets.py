@@ -177,6 +177,24 @@ def _set_vae_weights(vae: Any, channels: int) -> None:
         decoder.conv_out.bias.fill_(-_SHIFT)
 
 
+def tiny_clip_config(tokenizer: Any, settings: dict[str, Any]) -> Any:
+    """A ``CLIPTextConfig`` of ``settings`` over ``tokenizer``'s vocabulary and special tokens, with CLIP's
+    77 positions; its projection as wide as its hidden states unless ``settings`` says otherwise."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        **{
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "projection_dim": settings["hidden_size"],
+            **settings,
+        }
+    )
+
+
 def colour_vae(levels: int, channels: int) -> Any:
     """The hand-set 4-channel colour VAE (see _set_vae_weights), ``levels`` halvings, ``channels`` wide.
 
@@ -207,24 +225,14 @@ def _build(target: Path) -> None:
     quiet_libraries()
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = _build_tokenizer()
     levels, channels = TINY_SD["vae_levels"], TINY_SD["vae_channels"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SD["seed"])
         unet = UNet2DConditionModel(**TINY_SD["unet"])
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=TINY_SD["text_encoder"]["hidden_size"],
-                **TINY_SD["text_encoder"],
-            )
-        )
+        text_encoder = CLIPTextModel(tiny_clip_config(tokenizer, TINY_SD["text_encoder"]))
         vae = colour_vae(levels, channels)
     # SD 1.x's noise schedule.
     scheduler = DDPMScheduler(

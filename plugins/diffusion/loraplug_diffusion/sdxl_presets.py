@@ -58,24 +58,17 @@ def _build(target: Path) -> None:
     quiet_libraries()
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from loraplug_diffusion.presets import _build_tokenizer, colour_vae
+    from loraplug_diffusion.presets import _build_tokenizer, colour_vae, tiny_clip_config
 
     tokenizer = _build_tokenizer()
-    special = {
-        "vocab_size": len(tokenizer),
-        "max_position_embeddings": 77,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
     first, second = TINY_SDXL["text_encoder"], TINY_SDXL["text_encoder_2"]
     levels, channels = TINY_SDXL["vae_levels"], TINY_SDXL["vae_channels"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SDXL["seed"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(projection_dim=first["hidden_size"], **special, **first))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**special, **second))
+        text_encoder = CLIPTextModel(tiny_clip_config(tokenizer, first))
+        text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_config(tokenizer, second))
         unet = UNet2DConditionModel(
             **TINY_SDXL["unet"],
             # Context: both encoders' penultimate states side by side; added embedding: the pooled
