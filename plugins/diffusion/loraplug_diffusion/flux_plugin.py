@@ -24,6 +24,7 @@ from loraplug import (
     StepResult,
     hookimpl,
 )
+from loraplug_diffusion.plugin import TINY_SMOKE
 
 if TYPE_CHECKING:
     from loraplug_diffusion.flux_options import FluxLoraOptions, FluxOptions
@@ -43,13 +44,8 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             "FLUX.1 dev/schnell through diffusers, flow matching (hub id, directory or tiny-flux)",
             smoke={
                 "pretrained": "tiny-flux",
-                "dtype": "float32",
+                **TINY_SMOKE,
                 "quantization": "none",
-                "resolution": 64,
-                "sample_size": 64,
-                "sample_steps": 2,
-                "sample_images": 2,
-                "bucket_step": 32,
                 "max_sequence_length": 32,
             },
             accepts=RECORD_SHAPE,

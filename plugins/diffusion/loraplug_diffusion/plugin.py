@@ -33,6 +33,16 @@ SDXL_KIND = "stable-diffusion-xl"
 OPTIONS = "loraplug_diffusion.options"
 #: The records imagefolder produces and Stable Diffusion trains on (loraplug.kinds.RECORD_SHAPES).
 RECORD_SHAPE = "caption-image"
+#: What ``--smoke`` sets on an image model kind besides its tiny preset: a few 64-pixel images,
+#: sampled in two steps (flux_plugin.py adds its own).
+TINY_SMOKE: dict[str, Any] = {
+    "dtype": "float32",
+    "resolution": 64,
+    "sample_size": 64,
+    "sample_steps": 2,
+    "sample_images": 2,
+    "bucket_step": 32,
+}
 ADAPTERS = {
     "lora": ("SdLoraOptions", "peft LoRA on the UNet (+ LoCon convs, text encoder)"),
     "loha": ("SdLohaOptions", "peft LoHa (LyCORIS' Hadamard product) on the UNet (+ convs, text encoder)"),
@@ -57,15 +67,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             MODEL_KIND,
             f"{OPTIONS}:StableDiffusionOptions",
             "Stable Diffusion 1.x/2.x through diffusers (hub id, directory or tiny-sd)",
-            smoke={
-                "pretrained": "tiny-sd",
-                "dtype": "float32",
-                "resolution": 64,
-                "sample_size": 64,
-                "sample_steps": 2,
-                "sample_images": 2,
-                "bucket_step": 32,
-            },
+            smoke={"pretrained": "tiny-sd", **TINY_SMOKE},
             accepts=RECORD_SHAPE,
             provides=(),  # its deployable view is a UNet with no from_pretrained: recipe check refuses bnb-*
         )
@@ -76,15 +78,7 @@ def loraplug_register_kinds(register: Callable[[KindSpec], None]) -> None:
             SDXL_KIND,
             "loraplug_diffusion.sdxl_options:StableDiffusionXLOptions",
             "Stable Diffusion XL (and its finetunes) through diffusers (hub id, directory or tiny-sdxl)",
-            smoke={
-                "pretrained": "tiny-sdxl",
-                "dtype": "float32",
-                "resolution": 64,
-                "sample_size": 64,
-                "sample_steps": 2,
-                "sample_images": 2,
-                "bucket_step": 32,
-            },
+            smoke={"pretrained": "tiny-sdxl", **TINY_SMOKE},
             accepts=RECORD_SHAPE,
             provides=(),
         )
