@@ -19,6 +19,7 @@ from loraplug_diffusion.options import (
     Revision,
     ShuffleTags,
     keep_tokens_needs_shuffle,
+    multiple_of,
 )
 
 #: Presets built from configs and cached locally; see flux_presets.py.
@@ -113,16 +114,10 @@ class FluxOptions(Options):
 
     _pretrained = field_validator("pretrained")(pretrained_source(FLUX_PRESETS))
 
-    @field_validator("resolution", "sample_size", "bucket_step")
-    @classmethod
-    def _multiple_of_16(cls, value: int | None) -> int | None:
-        # The VAE halves the image three times and the transformer packs 2×2 latents into one token.
-        if value is not None and value % 16:
-            low = value - value % 16
-            raise ValueError(
-                f"must be a multiple of 16 (8× VAE, then 2×2 latent patches), e.g. {low or 16} or {low + 16}"
-            )
-        return value
+    # The VAE halves the image three times and the transformer packs 2×2 latents into one token.
+    _multiple_of_16 = field_validator("resolution", "sample_size", "bucket_step")(
+        multiple_of(16, "8× VAE, then 2×2 latent patches")
+    )
 
     _keep_tokens_needs_shuffle = model_validator(mode="after")(keep_tokens_needs_shuffle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
@@ -33,6 +34,19 @@ ShuffleTags = Annotated[
 KeepTokens = Annotated[
     int, Field(ge=0, description="Leading tags kept in place when shuffling (a trigger word).")
 ]
+
+
+def multiple_of(step: int, why: str) -> Callable[[int | None], int | None]:
+    """A field validator (of pixel sides) refusing a value that is not a multiple of ``step``, saying ``why``
+    and the nearest multiples."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and value % step:
+            low = value - value % step
+            raise ValueError(f"must be a multiple of {step} ({why}), e.g. {low or step} or {low + step}")
+        return value
+
+    return check
 
 
 class CaptionShuffle(Protocol):
@@ -164,15 +178,9 @@ class StableDiffusionOptions(Options):
 
     _pretrained = field_validator("pretrained")(pretrained_source(PRESETS))
 
-    @field_validator("resolution", "sample_size", "bucket_step")
-    @classmethod
-    def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            low = value - value % 8
-            raise ValueError(
-                f"must be a multiple of 8 (the VAE halves the image three times), e.g. {low or 8} or {low + 8}"
-            )
-        return value
+    _multiple_of_8 = field_validator("resolution", "sample_size", "bucket_step")(
+        multiple_of(8, "the VAE halves the image three times")
+    )
 
     _keep_tokens_needs_shuffle = model_validator(mode="after")(keep_tokens_needs_shuffle)
 
