@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplug.testing import write_recipe
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the values that shape the module tree).
 SDXL_UNET_CONFIG: dict[str, Any] = {
@@ -56,6 +59,23 @@ def draw_images(
             )
         paths.append(path)
     return paths
+
+
+def sd_pixels(pipeline: Any, prompt: str, seeds: list[int]) -> np.ndarray:
+    """``prompt`` drawn by a Stable Diffusion (XL) pipeline at 32 px in 3 steps of DPM-Solver with trailing
+    spacing (as sampling draws), guidance 2: one int16 array per seed, stacked, for comparing images."""
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    from loraplug_diffusion.sample import draw
+
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config, timestep_spacing="trailing"
+    )
+    with torch.no_grad():
+        images = draw(pipeline, prompt, seeds=seeds, size=32, steps=3, guidance=2.0)
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
 def tiny_sd_recipe(tmp_path: Path, **changes: Any) -> Path:

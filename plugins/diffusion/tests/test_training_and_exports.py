@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from loraplug.testing import run_cli
 from loraplug_diffusion.kohya import read_metadata
-from loraplug_diffusion.testing import tiny_sd_recipe
+from loraplug_diffusion.testing import sd_pixels, tiny_sd_recipe
 
 SEEDS = [11, 12]
 PROMPT = "a teal square, navy background"
@@ -42,16 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _draw(pipeline: Any, seeds: list[int] = SEEDS) -> np.ndarray:
-    from diffusers import DPMSolverMultistepScheduler
-
-    from loraplug_diffusion.sample import draw
-
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipeline.scheduler.config, timestep_spacing="trailing"
-    )
-    with torch.no_grad():
-        images = draw(pipeline, PROMPT, seeds=seeds, size=32, steps=3, guidance=2.0)
-    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+    return sd_pixels(pipeline, PROMPT, seeds)
 
 
 def _trained_pipeline(run_dir: Path) -> Any:
