@@ -25,7 +25,13 @@ def loraplug_register_commands(cli: click.Group) -> None:
     show_default=True,
     help="Address to listen on; any but loopback needs a token.",
 )
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on.",
+)
 @click.option(
     "--root",
     "roots",

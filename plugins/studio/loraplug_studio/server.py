@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import threading
 import tomllib
 import uuid
@@ -593,6 +594,25 @@ def create_app(
     return app
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or one clear error when the system refuses it (the port in use,
+    a privileged port, an address this machine does not have) — before the address is printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LoraplugError(
+            f"The studio cannot listen on {host}:{port}: {exc.strerror or exc}",
+            where="--host / --port",
+            fix="Choose another --port (another program, or another studio, may be using this one), or a --host "
+            "address this machine has",
+        ) from exc
+    return sock
+
+
 def serve(*, host: str, port: int, roots: list[Path], token: str | None, open_browser: bool) -> None:
     """Run the studio until Ctrl-C (its runs keep training: they are their own processes)."""
     import uvicorn
@@ -605,6 +625,7 @@ def serve(*, host: str, port: int, roots: list[Path], token: str | None, open_br
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(18)
     app = create_app(root, token=token, bind=host)
+    sock = listening_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/" + (
         f"?token={token}" if token else ""
@@ -617,4 +638,8 @@ def serve(*, host: str, port: int, roots: list[Path], token: str | None, open_br
 
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     # Open event streams never end by themselves: Ctrl-C closes them after 2 s instead of waiting forever.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # the second Ctrl-C during shutdown, as uvicorn.run treats it
+        pass

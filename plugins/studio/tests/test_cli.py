@@ -66,3 +66,35 @@ def test_a_studio_beyond_loopback_prints_a_token_and_wants_it(tmp_path: Path) ->
     finally:
         studio.send_signal(signal.SIGINT)  # Ctrl-C stops the studio (its runs would go on)
         assert studio.wait(60) == 0
+
+
+def test_a_port_in_use_is_one_clear_error_before_the_address_is_printed(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "loraplug", "studio", "--port", str(port), "--root", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"The studio cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Choose another --port" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
+    assert "http://" not in result.stdout
+
+
+def test_a_port_outside_the_tcp_range_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loraplug", "studio", "--port", "99999", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "99999 is not in the range 1<=x<=65535" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
