@@ -34,6 +34,17 @@ def test_unknown_key_names_its_path_line_and_a_suggestion(tmp_path: Path, toy_re
     assert "Traceback" not in result.output
 
 
+def test_an_option_for_a_kind_that_takes_none_says_so_instead_of_an_empty_list(toy_recipe_file) -> None:
+    # The default objective (sft) has no options: a DPO key left behind must not read "known keys here: ".
+    result = check(toy_recipe_file(objective={"beta": 0.1}))
+    assert result.exit_code == 2
+    assert "unknown key `objective.beta`" in result.stderr
+    assert "[objective] takes no keys for the kind chosen" in result.stderr
+    assert "known keys here: \n" not in result.stderr and not result.stderr.rstrip().endswith(
+        "known keys here:"
+    )
+
+
 def test_wrong_type_says_what_was_expected(toy_recipe_file) -> None:
     result = check(toy_recipe_file(train={"batch_size": "eight"}))
     assert result.exit_code == 2

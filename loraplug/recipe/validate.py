@@ -62,11 +62,13 @@ class _Checker:
             if path == ("data",) and len(err["loc"]) == 1:
                 known += sorted(CORE_DATA_KEYS)  # the core's keys of [data] are valid there too
             close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            hint = (
-                f"; did you mean `{dotted((*loc[:-1], close[0]))}`?"
-                if close
-                else f"; known keys here: {', '.join(known)}"
-            )
+            if close:
+                hint = f"; did you mean `{dotted((*loc[:-1], close[0]))}`?"
+            elif known:
+                hint = f"; known keys here: {', '.join(known)}"
+            else:
+                hint = f"; [{dotted(loc[:-1])}] takes no keys for the kind chosen (remove the key, or choose a kind that has it)"
+
             return f"unknown key `{key}` ({where}){hint}"
         if kind == "missing":
             return f"missing key `{key}` ({where})"
