@@ -42,6 +42,13 @@ class TokenView:
     sample_id: str
     ids: list[int]
     learned: list[bool]
+    #: Which of the sample's rows this is ("row 2 of 2"), when the sample collates into several (a
+    #: preference pair: chosen, then rejected); None for one row.
+    row: str | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.sample_id} ({self.row})" if self.row else self.sample_id
 
 
 def _learned(ids: list[int], labels: list[int]) -> list[bool]:
@@ -70,7 +77,8 @@ def per_token_labels(inputs: dict[str, Any]) -> bool:
 
 
 def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
-    """The first ``limit`` training samples as tokens, one view per sample (a packed row holds several)."""
+    """The first ``limit`` training samples as tokens, one view per sample (a packed row holds several)
+    and per row of a sample that collates into several (a preference pair's chosen and rejected)."""
     items = prepared.train if isinstance(prepared.train, Sequence) else list(islice(prepared.train, limit))
     shown = 0
     for item in items:
@@ -78,18 +86,37 @@ def token_views(prepared: PreparedData, limit: int) -> Iterator[TokenView]:
         inputs = batch.inputs
         if not per_token_labels(inputs):
             return
-        ids, labels = inputs["input_ids"][0].tolist(), inputs["labels"][0].tolist()
-        segments = inputs["segment_ids"][0].tolist() if "segment_ids" in inputs else [0] * len(ids)
-        names = iter(batch.sample_ids)
+        views = list(_row_views(inputs, batch.sample_ids))
+        if len(inputs["input_ids"]) > 1:  # one sample in several rows (a pair): shown whole, counted once
+            yield from views
+            shown += 1
+        else:  # one row: one sample, or several packed ones, each counted
+            yield from views[: limit - shown]
+            shown += min(len(views), limit - shown)
+        if shown >= limit:
+            return
+
+
+def _row_views(inputs: dict[str, Any], sample_ids: list[str]) -> Iterator[TokenView]:
+    """One view per sample in each row of one collated item. An item that collates into several rows
+    (a preference pair: its chosen and its rejected side) shows every row, named by the row."""
+    rows = len(inputs["input_ids"])
+    names = iter(sample_ids)
+    for row in range(rows):
+        ids, labels = inputs["input_ids"][row].tolist(), inputs["labels"][row].tolist()
+        segments = inputs["segment_ids"][row].tolist() if "segment_ids" in inputs else [0] * len(ids)
         for segment in dict.fromkeys(s for s in segments if s >= 0):
             span = [t for t, s in enumerate(segments) if s == segment]
             if "attention_mask" in inputs:
-                span = [t for t in span if inputs["attention_mask"][0][t]]
-            sample_ids = [ids[t] for t in span]
-            yield TokenView(next(names, "?"), sample_ids, _learned(sample_ids, [labels[t] for t in span]))
-            shown += 1
-            if shown >= limit:
-                return
+                span = [t for t in span if inputs["attention_mask"][row][t]]
+            tokens = [ids[t] for t in span]
+            learned = _learned(tokens, [labels[t] for t in span])
+            if rows == 1:
+                yield TokenView(next(names, "?"), tokens, learned)
+            else:
+                yield TokenView(
+                    sample_ids[0] if sample_ids else "?", tokens, learned, row=f"row {row + 1} of {rows}"
+                )
 
 
 def render_view(console: Console, view: TokenView, tokenizer: Any) -> None:
@@ -110,9 +137,7 @@ def render_view(console: Console, view: TokenView, tokenizer: Any) -> None:
         text.append(chunk, style=TARGET_STYLE if learned else CONTEXT_STYLE)
         start = end
     count = sum(view.learned)
-    console.print(
-        f"[bold]{escape(view.sample_id)}[/]  {len(view.ids)} tokens, {count} learned", highlight=False
-    )
+    console.print(f"[bold]{escape(view.title)}[/]  {len(view.ids)} tokens, {count} learned", highlight=False)
     console.print(text, highlight=False)
     console.print()
 
@@ -139,7 +164,7 @@ def inspect_data(
         return
     legend = "⟦learned⟧" if console.color_system is None else f"[{TARGET_STYLE}]learned[/]"
     console.print(
-        f"\n[bold]{len(views)} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n"
+        f"\n[bold]{len(dict.fromkeys(v.sample_id for v in views))} training samples as the model sees them[/] ({legend}: counts toward the loss; the rest is context)\n"
     )
     for view in views:
         render_view(console, view, tokenizer)

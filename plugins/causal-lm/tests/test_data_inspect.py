@@ -42,3 +42,23 @@ def test_inspect_shows_the_prompt_learned_with_train_on_prompt_and_takes_overrid
     assert result.exit_code == 0, result.output
     # with the prompt learned, only the very first token is context (nothing predicts it)
     assert "<|user|>⟦Forecast?</s><|assistant|>RAIN</s>⟧" in result.stdout
+
+
+def test_inspect_shows_both_sides_of_a_preference_pair(lm_recipe, jsonl_file) -> None:
+    rows = [
+        {"prompt": "Forecast for Oslo?", "chosen": "RAIN · 9°C", "rejected": "no idea"},
+        {"prompt": "Forecast for Rome?", "chosen": "SUN · 24°C", "rejected": "maybe sun"},
+    ]
+    data = jsonl_file("pairs.jsonl", rows)
+    recipe = lm_recipe(
+        data={"kind": "pairs", "path": str(data), "val_fraction": 0.0}, train={"objective": "dpo"}
+    )
+    result = run_cli("data", "inspect", recipe, "-n", "1")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "1 training samples as the model sees them" in out
+    # the pair counts as one sample, shown as its two rows: the chosen answer, then the rejected one
+    assert "pairs.jsonl:1 (row 1 of 2)" in out and "pairs.jsonl:1 (row 2 of 2)" in out
+    assert "<|user|>Forecast for Oslo?</s><|assistant|>⟦RAIN · 9°C</s>⟧" in out
+    assert "<|user|>Forecast for Oslo?</s><|assistant|>⟦no idea</s>⟧" in out
+    assert "pairs.jsonl:2" not in out
