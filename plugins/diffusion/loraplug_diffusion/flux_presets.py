@@ -22,7 +22,9 @@ TINY_FLUX: dict[str, Any] = {
         "num_layers": 2,
         "num_single_layers": 2,
         "attention_head_dim": 16,
-        "num_attention_heads": 4,
+        # 8 heads × 16 = 128 wide, wider than a token's 64 outputs, as FLUX.1 (3072 → 64): with a square proj_out the
+        # final LayerNorm (no affine) would pin every output token to one ellipsoid, and LoRA could not learn shapes.
+        "num_attention_heads": 8,
         "joint_attention_dim": 32,
         "pooled_projection_dim": 32,
         "guidance_embeds": True,
@@ -43,7 +45,7 @@ TINY_FLUX: dict[str, Any] = {
     # shapes images' latents a standard deviation near 1, as FLUX.1's does for photos.
     "vae": {"latent_channels": 16, "shift_factor": 0.0609, "scaling_factor": 4.0},
     "seed": 0,
-    "version": 1,
+    "version": 2,
 }
 
 

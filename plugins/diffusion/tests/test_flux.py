@@ -97,6 +97,18 @@ def _draw(pipeline: Any) -> np.ndarray:
     return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
+def test_tiny_flux_transformer_is_wider_than_the_tokens_it_outputs() -> None:
+    """As FLUX.1 (3,072 → 64). With a square proj_out behind the final LayerNorm (no affine), every output token
+    lies on one ellipsoid whatever LoRA does in the blocks: tiny_flux_style.toml learnt the palette, never shapes."""
+    from diffusers import FluxTransformer2DModel
+
+    from loraplug_diffusion.flux_presets import TINY_FLUX
+
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel(**TINY_FLUX["transformer"])
+    assert transformer.proj_out.in_features > transformer.proj_out.out_features
+
+
 def test_tiny_flux_trains_with_falling_validation_loss_and_draws_grids(trained: Path) -> None:
     status = json.loads((trained / "run.json").read_text())
     assert status["status"] == "finished" and all(e["ok"] for e in status["exports"])
@@ -143,15 +155,15 @@ def test_kohya_file_has_sd_scripts_flux_keys_fused_qkv_and_metadata(trained: Pat
         for name in ("linear1", "linear2", "modulation_lin"):
             assert f"lora_unet_single_blocks_{index}_{name}" in names
     assert len(names) == 2 * 10 + 2 * 3
-    # q/k/v fused: down is the three downs stacked (rank 3×4), up block-diagonal over 3 × 64 rows, scale 1.
+    # q/k/v fused: down is the three downs stacked (rank 3×4), up block-diagonal over 3 × 128 rows, scale 1.
     qkv = "lora_unet_double_blocks_0_img_attn_qkv"
     down, up = tensors[f"{qkv}.lora_down.weight"], tensors[f"{qkv}.lora_up.weight"]
-    assert down.shape == (12, 64) and up.shape == (192, 12) and float(tensors[f"{qkv}.alpha"]) == 12.0
-    assert torch.all(up[:64, 4:] == 0) and torch.all(up[64:128, :4] == 0) and torch.all(up[128:, :8] == 0)
-    # linear1 = to_q ‖ to_k ‖ to_v (attention, rank 4) ‖ proj_mlp (mlp, rank 2); rows 3 × 64 + 256.
+    assert down.shape == (12, 128) and up.shape == (384, 12) and float(tensors[f"{qkv}.alpha"]) == 12.0
+    assert torch.all(up[:128, 4:] == 0) and torch.all(up[128:256, :4] == 0) and torch.all(up[256:, :8] == 0)
+    # linear1 = to_q ‖ to_k ‖ to_v (attention, rank 4) ‖ proj_mlp (mlp, rank 2); rows 3 × 128 + 512.
     linear1 = "lora_unet_single_blocks_1_linear1"
-    assert tensors[f"{linear1}.lora_down.weight"].shape == (14, 64)
-    assert tensors[f"{linear1}.lora_up.weight"].shape == (448, 14)
+    assert tensors[f"{linear1}.lora_down.weight"].shape == (14, 128)
+    assert tensors[f"{linear1}.lora_up.weight"].shape == (896, 14)
     # Unfused: peft's tensors and alpha (alpha/r = 2 for every group).
     assert float(tensors["lora_unet_double_blocks_0_img_mlp_0.alpha"]) == 4.0
     assert tensors["lora_unet_double_blocks_0_img_mlp_0.lora_down.weight"].shape[0] == 2
