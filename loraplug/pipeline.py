@@ -82,12 +82,14 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    from loraplug.training.sharding import refuse_deepspeed, refuse_main_process_model_calls, use_fsdp_on_cpus
+    from loraplug.training import zero
+    from loraplug.training.sharding import refuse_main_process_model_calls, use_fsdp_on_cpus
 
-    refuse_deepspeed()
+    zero.select_cpu_accelerator()
     # cpu=True on a machine without CUDA is what makes accelerate use gloo under torchrun.
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     use_fsdp_on_cpus(accelerator)  # FSDP asked of accelerate on CPUs: sharded, not silently DDP
+    zero.use_deepspeed_on_cpus(accelerator, precision)  # and DeepSpeed: its engine, not silently DDP
     refuse_main_process_model_calls(accelerator, recipe)
     return accelerator
 

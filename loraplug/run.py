@@ -329,11 +329,10 @@ class Run:
     def training_loop(self, setup: Setup, claim: Claim) -> TrainingLoop:
         """The training loop (loraplug.training.loop) over the set-up model and data: the recipe's
         optimizer and schedule built, and restored from the checkpoint a ``--resume`` continues."""
-        from loraplug.training import faults
+        from loraplug.training import faults, sharding, zero
         from loraplug.training.events import LoopEvents
         from loraplug.training.loop import TrainingLoop
         from loraplug.training.optim import optimizer_maker
-        from loraplug.training.sharding import describe
 
         ctx = setup.ctx
         loop = TrainingLoop(
@@ -350,9 +349,13 @@ class Run:
             events=faults.from_env() or LoopEvents(),
             resume_from=claim.checkpoint,
         )
-        held = describe(loop.module)
-        if held:
-            self.info(held)
+        for line in [
+            *loop.notes,
+            sharding.describe(loop.module),
+            zero.describe(loop.module, self.accelerator),
+        ]:
+            if line:
+                self.info(line)
         return loop
 
     def train(self, setup: Setup, claim: Claim, loop: TrainingLoop) -> Trained:
@@ -383,13 +386,15 @@ class Run:
 
     def finish(self, setup: Setup, trained: Trained) -> Finished:
         """The samples after training, what reading a stream found, and the exports."""
+        from loraplug.training import zero
         from loraplug.training.sharding import is_fsdp
         from loraplug.training.weights import load_trainable
 
         result, ctx, model = trained.result, setup.ctx, setup.model
-        if self.main and is_fsdp(self.accelerator):
-            # Each process holds one shard of every weight; the main process alone samples and exports,
-            # so it builds the model again, whole, with the trained adapter just written.
+        if self.main and (is_fsdp(self.accelerator) or zero.is_deepspeed(self.accelerator)):
+            # Each process holds one shard of every weight (FSDP, ZeRO-3), or DeepSpeed converted the model
+            # to its training precision; the main process alone samples and exports, so it builds the model
+            # again, whole and as loaded, with the trained adapter just written.
             model = build_stages(self.host, ctx.recipe, ctx)
             load_trainable(model.module, trained.adapter_path)
         # Best weights restored at the end change the model after the last periodic sample.

@@ -188,4 +188,4 @@ def test_an_fsdp_checkpoint_is_not_resumed_without_fsdp(runs: Path, tmp_path: Pa
     shutil.copytree(runs / "fsdp", tmp_path / "runs" / "fsdp")
     resumed = torchrun(recipe_in(tmp_path), "run.name=fsdp", "--resume", "--force", cwd=tmp_path)
     assert resumed.returncode != 0
-    assert "was written with FSDP; this run is not sharded" in resumed.stdout + resumed.stderr
+    assert "was written by a run sharded with FSDP; this run is neither sharded with FSDP nor under DeepSpeed" in resumed.stdout + resumed.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 from loraplug.errors import LoraplugError
 from loraplug.rundir import ADAPTER_FILE, CHECKPOINTS_DIR, atomic_write_json, sha256_file
-from loraplug.training import sharding
+from loraplug.training import sharding, zero
 from loraplug.training.batches import Position
 from loraplug.training.events import LoopEvents
 from loraplug.training.state import load_state, rng_state, save_state, set_rng_state
@@ -114,8 +114,11 @@ class Checkpoints:
                         "progress": progress.as_json(),
                         "recipe_hash": recipe_hash,
                         "processes": accelerator.num_processes,
-                        # FSDP's optimizer state is keyed by parameter name, the others' by position.
+                        # FSDP's and DeepSpeed's optimizer state is keyed by parameter name, the others' by position.
                         "fsdp": sharding.is_fsdp(accelerator),
+                        "deepspeed_zero": zero.zero_stage(accelerator)
+                        if zero.is_deepspeed(accelerator)
+                        else None,
                         "files": files,
                     },
                 )
@@ -186,6 +189,17 @@ class Checkpoints:
 
     # -- restoring ---------------------------------------------------------------------------------
 
+    def engine(self) -> str:
+        """How this run holds its trainable state, in the words :func:`_engine` reads a manifest with."""
+        return _engine(
+            {
+                "fsdp": sharding.is_fsdp(self.accelerator),
+                "deepspeed_zero": zero.zero_stage(self.accelerator)
+                if zero.is_deepspeed(self.accelerator)
+                else None,
+            }
+        )
+
     def restore(self, path: Path, *, module: Any, optimizer: Any, scheduler: Any) -> Progress:
         manifest = json.loads((path / MANIFEST).read_text())
         processes = manifest.get("processes", 1)
@@ -194,11 +208,10 @@ class Checkpoints:
                 f"Checkpoint {path.name} was written by {processes} process(es); this run has {self.accelerator.num_processes}",
                 fix="Resume with the same number of processes, so each one continues at the same place in the data",
             )
-        fsdp = sharding.is_fsdp(self.accelerator)
-        if manifest.get("fsdp", False) != fsdp:
+        written, this = _engine(manifest), self.engine()
+        if written != this:
             raise LoraplugError(
-                f"Checkpoint {path.name} was written {'with' if manifest.get('fsdp') else 'without'} FSDP; this run is "
-                f"{'sharded with FSDP' if fsdp else 'not sharded'}",
+                f"Checkpoint {path.name} was written by a run {written}; this run is {this}",
                 fix="Resume with the accelerate config the run was started with",
             )
         load_trainable(module, path / ADAPTER_FILE)
@@ -210,3 +223,12 @@ class Checkpoints:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
         return Progress.from_json(manifest["progress"])
+
+
+def _engine(manifest: dict[str, Any]) -> str:
+    """How the run that wrote ``manifest`` held its trainable state: a checkpoint is resumed the same way."""
+    if manifest.get("fsdp"):
+        return "sharded with FSDP"
+    if manifest.get("deepspeed_zero") is not None:
+        return f"under DeepSpeed ZeRO-{manifest['deepspeed_zero']}"
+    return "neither sharded with FSDP nor under DeepSpeed"

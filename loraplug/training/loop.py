@@ -24,7 +24,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from loraplug.errors import LoraplugError
 from loraplug.recipe.model import Recipe
 from loraplug.rundir import ADAPTER_FILE
 from loraplug.toolkit import StepFn
+from loraplug.training import zero
 from loraplug.training.batches import MicroBatches, Position, move_to
 from loraplug.training.checkpoint import BEST, Checkpoints, Progress, step_name
 from loraplug.training.evaluation import BestTracker, reduce_sum
@@ -44,6 +45,7 @@ from loraplug.training.events import LoopEvents
 from loraplug.training.optim import OptimizerMaker, build_optimizer, build_scheduler
 from loraplug.training.progress import ProgressDisplay
 from loraplug.training.sinks import Sinks
+from loraplug.training.stepping import AccelerateStepper, DeepSpeedStepper, Stepper
 from loraplug.training.weights import load_trainable, load_trainable_state, trainable_state
 
 MAX_SKIPPED_IN_A_ROW = 10
@@ -238,8 +240,21 @@ class TrainingLoop:
             model.module, cfg, model.lr_scales, device=accelerator.device, make=make_optimizer
         )
         self.scheduler = build_scheduler(optimizer, cfg, self.steps)
+        #: What the accelerate config said that the recipe overrode (shown by the run).
+        self.notes: list[str] = []
+        if zero.is_deepspeed(accelerator):
+            self.notes = zero.fit_engine_to_recipe(
+                accelerator,
+                micro_batch_size=cfg.micro_batch_size,
+                grad_accum_steps=cfg.grad_accum_steps,
+                max_grad_norm=cfg.max_grad_norm,
+            )
         self.module, self.optimizer = accelerator.prepare(model.module, optimizer)
-        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+        self.stepper: Stepper = (
+            DeepSpeedStepper(self.module)
+            if zero.is_deepspeed(accelerator)
+            else AccelerateStepper(accelerator, self.module, self.optimizer, cfg.max_grad_norm)
+        )
         self.checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events)
         self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
         self.live: ProgressDisplay | None = None  # the progress display, while the loop runs
@@ -346,13 +361,13 @@ class TrainingLoop:
         for index, batch in enumerate(batches.group):
             micro = self.state.micro_count + 1
             last = index == len(batches.group) - 1
-            # Gradients are synchronised once per step, on its last micro-batch.
-            with nullcontext() if last else accelerator.no_sync(self.module):
+            # Under DDP gradients are synchronised once per step, on its last micro-batch.
+            with self.stepper.accumulating(last):
                 out = self.step_fn(
                     model=self.model, module=self.module, batch=move_to(batch, device), ctx=self.ctx
                 )
                 self.events.after_forward(micro, self.rank, out)
-                accelerator.backward(out.loss_sum * (self.world / batches.targets))
+                self.stepper.backward(out.loss_sum * (self.world / batches.targets))
             step_loss += out.loss_sum.detach().double()
             for name, value in out.metrics.items():
                 step_metrics[name] = step_metrics.get(name, 0.0) + float(value)
@@ -385,17 +400,14 @@ class TrainingLoop:
             )
         progress.skipped_steps += 1
         progress.skipped_in_a_row += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        self.stepper.discard()
         self.note(f"warning: {message}; skipped the update (samples {', '.join(_ids(batches.group, 4))})")
         self.sinks.log(step, {"skipped_nan_steps": progress.skipped_steps}, split="train")
 
     def optimizer_step(self, step: int) -> None:
-        """Clip, step, schedule."""
-        if self.cfg.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
-        self.optimizer.step()
+        """Clip, step, clear the gradients; then schedule."""
+        self.stepper.apply()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.state.progress.skipped_in_a_row = 0  # an update went in: the next NaN starts a new count
         self.events.after_step(step, self.rank)
 

@@ -22,25 +22,12 @@ from typing import Any
 import torch
 
 from loraplug.errors import LoraplugError
+from loraplug.training import zero
 
 
 def fsdp_requested() -> bool:
     """Whether the launcher asked for FSDP (``accelerate launch`` with an FSDP config sets this)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def refuse_deepspeed() -> None:
-    """DeepSpeed through accelerate steps the optimizer inside ``backward`` (per micro-batch, where
-    loraplug accumulates itself) and partitions the optimizer state (ZeRO-2) and the weights (ZeRO-3)
-    where loraplug's checkpoints could not read them; until the loop is wired for its engine, a run
-    under it would train or checkpoint wrongly. docs/distributed.md says what was tried."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise LoraplugError(
-            "DeepSpeed was asked for (the accelerate config's distributed_type: DEEPSPEED); loraplug does not "
-            "train under DeepSpeed's engine yet",
-            where="the accelerate config (ACCELERATE_USE_DEEPSPEED)",
-            fix="Shard with FSDP instead: distributed_type: FSDP with fsdp_version: 2 (docs/distributed.md)",
-        )
 
 
 def use_fsdp_on_cpus(accelerator: Any) -> None:
@@ -78,11 +65,19 @@ def is_fsdp(accelerator: Any) -> bool:
     return bool(accelerator.distributed_type == DistributedType.FSDP)
 
 
+def weights_partitioned(accelerator: Any) -> bool:
+    """Whether no process holds every weight the forward pass uses (FSDP, DeepSpeed ZeRO-3), so that
+    every forward pass is a collective of all processes."""
+    return is_fsdp(accelerator) or zero.zero_stage(accelerator) >= 3
+
+
 def refuse_main_process_model_calls(accelerator: Any, recipe: Any) -> None:
     """Samples during training and plugin metrics run the model on the main process alone; under FSDP
-    every forward pass is a collective of all processes, so they would wait forever. Say so up front."""
-    if not is_fsdp(accelerator):
+    and ZeRO-3 every forward pass is a collective of all processes, so they would wait forever. Say so
+    up front."""
+    if not weights_partitioned(accelerator):
         return
+    engine = "FSDP" if is_fsdp(accelerator) else "DeepSpeed ZeRO-3"
     evaluation = recipe.eval
     if evaluation.sample_every_n_steps and evaluation.sample_prompts:
         key, why = "eval.sample_every_n_steps", "samples during training"
@@ -91,10 +86,11 @@ def refuse_main_process_model_calls(accelerator: Any, recipe: Any) -> None:
     else:
         return
     raise LoraplugError(
-        f"{why.capitalize()} run the model on the main process alone, which FSDP cannot do: every process "
+        f"{why.capitalize()} run the model on the main process alone, which {engine} cannot do: every process "
         "holds one shard of each weight",
         where=key,
-        fix=f"Remove {key} for FSDP runs (validation loss and the samples after training still work), or train with DDP",
+        fix=f"Remove {key} for {engine} runs (validation loss and the samples after training still work), or "
+        "train with DDP (or ZeRO-2)",
     )
 
 
@@ -107,8 +103,10 @@ def is_sharded(tensor: torch.Tensor) -> bool:
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole value of ``tensor``: gathered from every process when it is sharded (then every
-    process must call this, in the same order), itself otherwise."""
+    """The whole value of ``tensor``: gathered from every process when it is sharded or partitioned by
+    DeepSpeed (then every process must call this, in the same order), itself otherwise."""
+    if zero.is_partitioned(tensor):
+        return zero.full_value(tensor)
     if is_sharded(tensor):
         gathered: torch.Tensor = tensor.detach().full_tensor()  # type: ignore[attr-defined]
         return gathered
@@ -130,8 +128,11 @@ def _inner(optimizer: Any) -> Any:
 
 
 def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
-    """The optimizer's whole state: under FSDP gathered from every process and keyed by parameter name
-    (every process must call this; the main process gets it all), else its own ``state_dict()``."""
+    """The optimizer's whole state: under FSDP and DeepSpeed gathered from every process and keyed by
+    parameter name (every process must call this; the main process gets it all), else its own
+    ``state_dict()``."""
+    if any(zero.is_partitioned(p) for p in module.parameters()):
+        return zero.optimizer_state(module, optimizer)
     if not any(is_sharded(p) for p in module.parameters()):
         state: dict[str, Any] = optimizer.state_dict()
         return state
@@ -142,7 +143,10 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
 
 
 def load_optimizer_state(module: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`optimizer_state` wrote; under FSDP each process keeps its shard of it."""
+    """Restore what :func:`optimizer_state` wrote; under FSDP and DeepSpeed each process keeps its shard of it."""
+    if any(zero.is_partitioned(p) for p in module.parameters()):
+        zero.load_optimizer_state(module, optimizer, state)
+        return
     if not any(is_sharded(p) for p in module.parameters()):
         optimizer.load_state_dict(state)
         return

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save
 from loraplug.errors import LoraplugError
 from loraplug.rundir import atomic_write_bytes
 from loraplug.runinfo import damaged_weights_error, safetensors_problem
+from loraplug.training import zero
 from loraplug.training.sharding import full_tensor, shard_like
 
 
@@ -57,7 +58,7 @@ def load_trainable_state(
     module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str = "memory"
 ) -> None:
     """Copy ``state`` into the module's trainable parameters; every name must match. A sharded (FSDP)
-    parameter takes this process's shard of the value."""
+    parameter takes this process's shard of the value, a DeepSpeed-partitioned one its partition."""
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
@@ -70,4 +71,7 @@ def load_trainable_state(
     with torch.no_grad():
         for name, tensor in state.items():
             target = params[name]
+            if zero.is_partitioned(target):
+                zero.set_full_value(target, tensor)
+                continue
             target.copy_(shard_like(tensor.to(target.device, target.dtype), target))

@@ -1,0 +1,88 @@
+"""How one optimizer step's gradients are made and applied: the part of the loop that differs between
+accelerate's own wrappers (one process, DDP, FSDP) and DeepSpeed's engine.
+
+The loop is the same for both (loop.py): for each micro-batch, :meth:`Stepper.backward` inside
+:meth:`Stepper.accumulating`; then :meth:`Stepper.apply` (clip, update, clear) or, for a NaN loss,
+:meth:`Stepper.discard`. Each loss handed to ``backward`` is already scaled by the whole step's
+target count, so neither strategy may divide it again.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+import torch
+
+
+class Stepper(Protocol):
+    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+        """The context of one micro-batch's forward and backward; ``last`` is the step's last one."""
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def apply(self) -> None:
+        """Clip the accumulated gradients, update the weights, clear the gradients."""
+
+    def discard(self) -> None:
+        """Drop the accumulated gradients without an update (a NaN or infinite loss)."""
+
+
+class AccelerateStepper:
+    """accelerate's wrappers: DDP synchronises gradients on the last micro-batch only (``no_sync``
+    before it), and the optimizer is stepped and cleared by the loop."""
+
+    def __init__(self, accelerator: Any, module: Any, optimizer: Any, max_grad_norm: float) -> None:
+        self.accelerator, self.module, self.optimizer = accelerator, module, optimizer
+        self.max_grad_norm = max_grad_norm
+        self.trainable = [p for p in module.parameters() if p.requires_grad]
+
+    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+        return nullcontext() if last else self.accelerator.no_sync(self.module)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def apply(self) -> None:
+        if self.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class DeepSpeedStepper:
+    """DeepSpeed's engine in its unmanaged accumulation mode (zero.fit_engine_to_recipe): ``backward``
+    accumulates (ZeRO-2/3 reduce each micro-batch's gradients into the partitions as they go),
+    ``step()`` is the step's boundary — it clips with the recipe's ``max_grad_norm``, updates and clears.
+
+    accelerate's ``backward`` is not used: under DeepSpeed it also calls ``engine.step()`` and lets the
+    engine divide the loss by its accumulation steps, both of which the loop does itself."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+        return nullcontext()  # ZeRO-2/3 reduce as they go; there is nothing to postpone
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def apply(self) -> None:
+        self.engine.step()
+
+    def discard(self) -> None:
+        """Clear what ``backward`` accumulated: the parameters' gradients and the ZeRO optimizer's
+        reduced partitions, so the next step starts from none (tests/test_deepspeed.py checks a skipped
+        step leaves the run equal to one process skipping the same step)."""
+        zero_optimizer = self.engine.optimizer
+        zero_optimizer.zero_grad(set_to_none=True)
+        averaged = getattr(zero_optimizer, "averaged_gradients", None)
+        if isinstance(averaged, dict):
+            for group in list(averaged):
+                averaged[group] = None
+        clear = getattr(zero_optimizer, "_clear_previous_reduced_grads", None)
+        if clear is not None:
+            clear()
