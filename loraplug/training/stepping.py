@@ -74,15 +74,26 @@ class DeepSpeedStepper:
         self.engine.step()
 
     def discard(self) -> None:
-        """Clear what ``backward`` accumulated: the parameters' gradients and the ZeRO optimizer's
-        reduced partitions, so the next step starts from none (tests/test_deepspeed.py checks a skipped
-        step leaves the run equal to one process skipping the same step)."""
+        """Clear what ``backward`` accumulated, as DeepSpeed's ZeRO optimizers clean up after an fp16
+        overflow (the one skipped step they know): the parameters' gradients and the partitions the
+        reduced gradients were gathered into, so the next step starts from none. DeepSpeed has no public
+        call for it, so this names its internals (deepspeed 0.19); tests/test_deepspeed.py checks that a
+        skipped step leaves the run equal to one process skipping the same step."""
         zero_optimizer = self.engine.optimizer
-        zero_optimizer.zero_grad(set_to_none=True)
-        averaged = getattr(zero_optimizer, "averaged_gradients", None)
-        if isinstance(averaged, dict):
-            for group in list(averaged):
-                averaged[group] = None
-        clear = getattr(zero_optimizer, "_clear_previous_reduced_grads", None)
-        if clear is not None:
-            clear()
+        zero_optimizer.zero_grad(set_to_none=True)  # ZeRO-3: also the next backward overwrites, not adds
+        release = getattr(zero_optimizer, "_release_preflattened_grad_buffers", None)
+        if release is not None:
+            release()
+        if getattr(zero_optimizer, "cpu_offload", False) or getattr(zero_optimizer, "offload_optimizer", False):
+            zero_optimizer.reset_cpu_buffers()
+            if hasattr(zero_optimizer, "_offload_accumulated_param_ids"):
+                zero_optimizer._offload_accumulated_param_ids = set()
+        for name in ("averaged_gradients", "all_grad_tensors"):  # ZeRO-1/2: summed over micro-batches
+            buffers = getattr(zero_optimizer, name, None)
+            if isinstance(buffers, dict):
+                for group in buffers:
+                    buffers[group] = None
+        if hasattr(zero_optimizer, "all_grad_tensors"):  # ZeRO-1/2 count micro-batches from here after a step
+            from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID
+
+            zero_optimizer.micro_step_id = INITIAL_MICRO_STEP_ID

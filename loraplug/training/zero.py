@@ -63,10 +63,24 @@ def use_deepspeed_on_cpus(accelerator: Any, mixed_precision: str) -> None:
     plugin = DeepSpeedPlugin()
     plugin.set_mixed_precision(mixed_precision)
     plugin.select(_from_accelerator_state=True)
+    build_models_whole(plugin)
     state.distributed_type = DistributedType.DEEPSPEED
     state.deepspeed_plugins = plugin
     # As accelerate's own DeepSpeed set-up does: each later AcceleratorState() copies the partial state's type.
     PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+
+
+def build_models_whole(plugin: Any) -> None:
+    """Models are built whole on every process and partitioned by ``prepare``, also under ZeRO-3.
+
+    accelerate hands the DeepSpeed config to transformers (a weak reference its ``from_pretrained``
+    reads), and with ZeRO-3 in it transformers builds every model inside ``deepspeed.zero.Init``,
+    partitioned from the start (``zero3_init_flag`` or not). loraplug runs the model on the main
+    process before training (the packing check, the samples before training) and builds it again on
+    the main process after (samples, exports): a model partitioned outside the engine cannot run there.
+    Dropping the plugin's reference (the only strong one) turns that off. The cost: each process holds
+    the whole base in memory until ``prepare`` partitions it (docs/distributed.md)."""
+    plugin.dschf = None
 
 
 def is_deepspeed(accelerator: Any) -> bool:
@@ -96,13 +110,18 @@ def fit_engine_to_recipe(
     (``managed_gradient_accumulation: false``) does exactly that: ``backward`` only accumulates, and
     ``step()`` — called once per optimizer step — reduces, clips and updates.
     """
-    config: dict[str, Any] = accelerator.state.deepspeed_plugin.deepspeed_config
+    plugin = accelerator.state.deepspeed_plugin
+    config: dict[str, Any] = plugin.deepspeed_config
     wanted = {
         "train_micro_batch_size_per_gpu": (micro_batch_size, "train.batch_size"),
         "gradient_accumulation_steps": (grad_accum_steps, "train.grad_accum_steps"),
         "gradient_clipping": (max_grad_norm, "train.max_grad_norm"),
     }
     notes = []
+    if plugin.zero3_init_flag:
+        notes.append(
+            "DeepSpeed: zero3_init_flag is not used; each process builds the whole model and prepare partitions it"
+        )
     for key, (value, recipe_key) in wanted.items():
         given = config.get(key, "auto")
         if given != "auto" and float(given) != float(value):
@@ -110,6 +129,7 @@ def fit_engine_to_recipe(
                 f"DeepSpeed: the recipe's {recipe_key} = {value} replaces the accelerate config's {key} = {given}"
             )
         config[key] = value
+    accelerator.gradient_accumulation_steps = grad_accum_steps  # else accelerate warns of a mismatch
     config["train_batch_size"] = micro_batch_size * grad_accum_steps * accelerator.num_processes
     config["managed_gradient_accumulation"] = False
     # accelerate would gather a ZeRO-3 model on every save of its own; loraplug gathers only the trained weights.
@@ -179,8 +199,14 @@ def _base_optimizer(optimizer: Any) -> Any:
     return zero_optimizer.optimizer
 
 
-def _partitions(base: Any) -> list[torch.Tensor]:
-    return [flat for group in base.param_groups for flat in group["params"]]
+def _partitions(optimizer: Any) -> list[torch.Tensor]:
+    """This process's flat fp32 partitions, the keys of the base optimizer's state. ZeRO-3 lends them to
+    the base optimizer's groups only while it steps; ZeRO-1/2 leave them there."""
+    zero_optimizer = getattr(optimizer, "optimizer", optimizer)
+    flats = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)
+    if flats is None:
+        flats = zero_optimizer.single_partition_of_fp32_groups
+    return list(flats)
 
 
 def _per_parameter(key: str, value: Any, flat: torch.Tensor) -> bool:
@@ -195,7 +221,7 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     base = _base_optimizer(optimizer)
-    flats = _partitions(base)
+    flats = _partitions(optimizer)
     template = base.state.get(flats[0], {}) if flats else {}
     for key, value in template.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 and not _per_parameter(key, value, flats[0]):
@@ -224,10 +250,17 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
 
 
 def _groups_of_model_params(optimizer: Any) -> list[list[torch.Tensor]]:
-    """The model parameters of each of the ZeRO optimizer's groups (stage 1/2 and 3 name them differently)."""
+    """The model parameters of each of the optimizer's groups. ZeRO-1/2 keep one list per group;
+    ZeRO-3 splits a group into sub-groups (``sub_group_size``) and says which group each belongs to."""
     zero_optimizer = getattr(optimizer, "optimizer", optimizer)
-    groups = getattr(zero_optimizer, "bit16_groups", None) or getattr(zero_optimizer, "fp16_groups", None)
-    return [list(group) for group in groups or []]
+    sub_groups = getattr(zero_optimizer, "fp16_groups", None)
+    group_of = getattr(zero_optimizer, "sub_group_to_group_id", None)
+    if sub_groups is None or group_of is None:
+        return [list(group) for group in zero_optimizer.bit16_groups]
+    groups: list[list[torch.Tensor]] = [[] for _ in _base_optimizer(optimizer).param_groups]
+    for index, params in enumerate(sub_groups):
+        groups[group_of[index]].extend(params)
+    return groups
 
 
 def load_optimizer_state(module: torch.nn.Module, optimizer: Any, saved: dict[str, Any]) -> None:
@@ -246,13 +279,18 @@ def load_optimizer_state(module: torch.nn.Module, optimizer: Any, saved: dict[st
     }
     # The base optimizer builds its state on its first step; a resumed run has not stepped yet, so the
     # entries are made here (zeros, then each process's partition of the saved values written into them).
-    for flat in _partitions(base):
+    for flat in _partitions(optimizer):
         entry = base.state.setdefault(flat, {})
         for key, value in template.items():
             if key in per_parameter:
                 entry.setdefault(key, torch.zeros_like(flat))
             else:
                 entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
+    # ZeRO-1/2 point each parameter at its fragment of that state when the optimizer first steps; the
+    # entries made above must be linked now, before the values are written through those fragments.
+    link = getattr(getattr(optimizer, "optimizer", optimizer), "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
