@@ -7,6 +7,7 @@ non-zero. Anything else that escapes is a bug in loraplug or a plugin, and is re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -99,3 +100,31 @@ class RecipeError(LoraplugError):
 
 class PluginError(LoraplugError):
     """A plugin that is missing, ambiguous, broken or that broke its hook contract."""
+
+
+#: What gloo and NCCL say when the process at the other end of a collective has gone.
+_PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "Broken pipe",
+)
+
+
+def lost_peer(raised: BaseException) -> LoraplugError | None:
+    """The error of a process whose collective failed because another process of the same run stopped
+    first (its own error, shown by it, says why); ``None`` when ``raised`` is anything else.
+
+    Without this, the one process that failed for a reason prints it, and every other process adds an
+    "unexpected error" about a closed connection — a bug report for what is only a consequence."""
+    torch = sys.modules.get("torch")  # a process that never imported torch ran no collective
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    if not any(marker in str(raised) for marker in _PEER_GONE):
+        return None
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return LoraplugError(
+        f"Process {rank} of {world} stopped because another process of this run stopped first",
+        where="the other processes' output (the launcher's log) shows that process's own error",
+        fix="Fix what that process reported, then continue with `loraplug run RECIPE --resume` (or start again)",
+    )

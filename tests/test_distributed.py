@@ -73,6 +73,17 @@ def test_a_failing_process_stops_all_with_its_error_shown(tmp_path: Path, toy_re
     assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["status"] != "finished"
 
 
+def test_the_other_processes_say_they_stopped_because_one_did(tmp_path: Path, toy_recipe_file) -> None:
+    # Process 0 refuses to replace a finished run; process 1, waiting for it in a collective, finds the
+    # connection closed. It must say that another process stopped first, not report a bug in loraplug.
+    recipe = toy_recipe_file(train={"max_steps": 1}, eval={"sample_prompts": []}, export=[])
+    assert run_cli("run", recipe).exit_code == 0
+    again = torchrun(recipe, cwd=tmp_path)
+    assert again.returncode != 0
+    assert "already holds a finished run" in again.stderr
+    assert "unexpected error" not in again.stderr, again.stderr[-3000:]
+
+
 def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
     tmp_path: Path, toy_recipe_file
 ) -> None:

@@ -21,7 +21,7 @@ from loraplug.cli import runs as runs_commands
 from loraplug.cli.caption import caption as caption_command
 from loraplug.cli.export import export as export_command
 from loraplug.cli.shared import console, err_console, host, warn_broken_plugins
-from loraplug.errors import LoraplugError, path_error
+from loraplug.errors import LoraplugError, lost_peer, path_error
 from loraplug.optional import decide_for_this_process, keep_out_unused
 from loraplug.plugins import FIRST_PARTY
 from loraplug.quiet import debugging
@@ -263,14 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     except (LoraplugError, OSError) as raised:
         if isinstance(raised, OSError) and raised.filename is None:
             return _unexpected(raised, debug)
-        if debug:
-            err_console.print(traceback.format_exc(), markup=False)
-        error = raised if isinstance(raised, LoraplugError) else path_error(raised)
-        err_console.print(f"[bold red]error:[/] {render.escape(error.paragraph())}")
-        return error.exit_code
-    except Exception as exc:  # noqa: BLE001 — anything else is a bug: say so, briefly
-        return _unexpected(exc, debug)
+        return _report(raised if isinstance(raised, LoraplugError) else path_error(raised), debug)
+    except Exception as exc:  # noqa: BLE001 — anything else is a bug (say so, briefly), unless another process stopped first
+        lost = lost_peer(exc)
+        return _unexpected(exc, debug) if lost is None else _report(lost, debug)
     return 0
+
+
+def _report(error: LoraplugError, debug: bool) -> int:
+    """Print ``error`` as its one paragraph (after the traceback being handled, with ``--debug``)."""
+    if debug:
+        err_console.print(traceback.format_exc(), markup=False)
+    err_console.print(f"[bold red]error:[/] {render.escape(error.paragraph())}")
+    return error.exit_code
 
 
 def _unexpected(exc: Exception, debug: bool) -> int:

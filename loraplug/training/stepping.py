@@ -84,7 +84,9 @@ class DeepSpeedStepper:
         release = getattr(zero_optimizer, "_release_preflattened_grad_buffers", None)
         if release is not None:
             release()
-        if getattr(zero_optimizer, "cpu_offload", False) or getattr(zero_optimizer, "offload_optimizer", False):
+        if getattr(zero_optimizer, "cpu_offload", False) or getattr(
+            zero_optimizer, "offload_optimizer", False
+        ):
             zero_optimizer.reset_cpu_buffers()
             if hasattr(zero_optimizer, "_offload_accumulated_param_ids"):
                 zero_optimizer._offload_accumulated_param_ids = set()
