@@ -13,9 +13,9 @@ PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium demo lint test bench docs clean-venv
+.PHONY: install chromium compiler demo lint test bench docs clean-venv
 
-install: $(STAMP) chromium
+install: $(STAMP) chromium compiler
 
 # The studio's browser tests (plugins/studio/tests) drive Debian's Chromium through Playwright; no browser
 # is ever downloaded. As root it is installed with apt-get; otherwise make says how (the tests skip loudly).
@@ -26,6 +26,16 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else \
 		echo "note: the studio's browser tests need Chromium: sudo apt-get install -y chromium (skipped until then)"; \
+	fi
+
+# DeepSpeed on CPUs (tests/test_deepspeed.py) compiles its shared-memory all-reduce on first use.
+compiler:
+	@if command -v g++ >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing g++ (apt-get) for DeepSpeed's CPU collectives"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; \
+	else \
+		echo "note: DeepSpeed on CPUs needs a C++ compiler: sudo apt-get install -y g++"; \
 	fi
 
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)

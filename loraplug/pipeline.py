@@ -90,6 +90,7 @@ def make_accelerator(recipe: Recipe, console: Console) -> Any:
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     use_fsdp_on_cpus(accelerator)  # FSDP asked of accelerate on CPUs: sharded, not silently DDP
     zero.use_deepspeed_on_cpus(accelerator, precision)  # and DeepSpeed: its engine, not silently DDP
+    zero.build_models_whole(accelerator)
     refuse_main_process_model_calls(accelerator, recipe)
     return accelerator
 

@@ -31,7 +31,7 @@ def test_cpu_dry_run_writes_the_summary_with_cuda_parts_skipped_and_a_reason(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = {p["key"]: p for p in report["parts"]}
-    assert set(parts) == {"a1", "a2", "a3", "b", "c", "d", "e", "f", "g"}
+    assert set(parts) == {"a1", "a2", "a3", "b", "c", "d", "e", "f", "g", "h"}
     assert report["failed"] == [] and report["machine"]["mode"] == "cpu-dry-run"
     for part in parts.values():
         assert part["status"] == "skipped" and "CPU dry run" in part["reason"], part

@@ -63,14 +63,13 @@ def use_deepspeed_on_cpus(accelerator: Any, mixed_precision: str) -> None:
     plugin = DeepSpeedPlugin()
     plugin.set_mixed_precision(mixed_precision)
     plugin.select(_from_accelerator_state=True)
-    build_models_whole(plugin)
     state.distributed_type = DistributedType.DEEPSPEED
     state.deepspeed_plugins = plugin
     # As accelerate's own DeepSpeed set-up does: each later AcceleratorState() copies the partial state's type.
     PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
 
 
-def build_models_whole(plugin: Any) -> None:
+def build_models_whole(accelerator: Any) -> None:
     """Models are built whole on every process and partitioned by ``prepare``, also under ZeRO-3.
 
     accelerate hands the DeepSpeed config to transformers (a weak reference its ``from_pretrained``
@@ -80,7 +79,8 @@ def build_models_whole(plugin: Any) -> None:
     the main process after (samples, exports): a model partitioned outside the engine cannot run there.
     Dropping the plugin's reference (the only strong one) turns that off. The cost: each process holds
     the whole base in memory until ``prepare`` partitions it (docs/distributed.md)."""
-    plugin.dschf = None
+    if is_deepspeed(accelerator):
+        accelerator.state.deepspeed_plugin.dschf = None
 
 
 def is_deepspeed(accelerator: Any) -> bool:
