@@ -17,7 +17,7 @@ from loraplug.recipe import Recipe, load_recipe
 from loraplug.rundir import RECIPE_FILE, atomic_write_text
 from loraplug.runinfo import RECORD_KEYS, read_metrics
 from loraplug.status import FINISHED, RunStatus
-from loraplug.training.checkpoint import Checkpoints
+from loraplug.training.checkpoint import MANIFEST, Checkpoints
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,16 +62,41 @@ def resume_point(
         raise no_checkpoint_error(run_dir, checkpoints, recipe.train.save_every_n_steps, status)
     stored = load_recipe(run_dir / RECIPE_FILE, host, check_files=False)
     changed = changed_keys(stored, recipe)
+    main = accelerator.is_main_process
+    resized = "train.batch_size" in changed and elastic(
+        checkpoint, recipe, accelerator.num_processes, warn if main else None
+    )
+    if resized:
+        changed.remove("train.batch_size")
     if changed and not force:
         raise LoraplugError(
             f"The recipe changed since this run started: {', '.join(changed)}",
             where=str(run_dir / RECIPE_FILE),
             fix="Resume with the recipe it started with, or pass --resume --force to continue with the new one",
         )
-    if changed and accelerator.is_main_process:
+    if changed and main:
         warn(f"resuming with a changed recipe (--force): {', '.join(changed)}")
+    if (changed or resized) and main:  # the run directory keeps the recipe it now trains with
         atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
     return checkpoint
+
+
+def elastic(checkpoint: Path, recipe: Recipe, processes: int, warn: Callable[[str], None] | None) -> bool:
+    """Whether this resume continues on another number of processes with the same global micro-batch
+    (``train.batch_size`` × processes), which trains exactly the same samples: then a changed
+    ``train.batch_size`` is not a changed recipe. Says what carries over and what does not."""
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    written, before = manifest.get("global_micro_batch"), manifest.get("processes", 1)
+    batch = recipe.train.batch_size
+    if before == processes or written is None or not isinstance(batch, int) or batch * processes != written:
+        return False
+    if warn is not None:
+        warn(
+            f"resuming {checkpoint.name} on {processes} process(es) instead of {before}, train.batch_size {batch}: "
+            f"each global micro-batch keeps its {written} samples, so the data continues exactly; dropout's random "
+            "generators restart from the seed (they were per process)"
+        )
+    return True
 
 
 def no_checkpoint_error(

@@ -59,12 +59,18 @@ def recipe_in(root: Path, **train: Any) -> Path:
     )
 
 
-def launch(root: Path, stage: int, *args: str, fault: str = "", precision: str = "'no'", **train: Any) -> Any:
-    config = root / f"zero{stage}.yaml"
-    config.write_text(
-        ZERO_CONFIG.format(stage=stage).replace("mixed_precision: 'no'", f"mixed_precision: {precision}"),
-        encoding="utf-8",
-    )
+def launch(
+    root: Path,
+    stage: int,
+    *args: str,
+    fault: str = "",
+    precision: str = "'no'",
+    processes: int = 2,
+    **train: Any,
+) -> Any:
+    config = root / f"zero{stage}-{processes}.yaml"
+    text = ZERO_CONFIG.format(stage=stage).replace("mixed_precision: 'no'", f"mixed_precision: {precision}")
+    config.write_text(text.replace("num_processes: 2", f"num_processes: {processes}"), encoding="utf-8")
     return accelerate_launch(recipe_in(root, **train), *args, config=config, cwd=root, fault=fault)
 
 
@@ -179,11 +185,19 @@ def test_a_killed_zero_rank_resumes_to_the_same_adapter(zero: tuple[int, Path, s
     run_dir = tmp_path / "runs" / finished.name
     saved = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     assert saved[-1] == "step-00000004", saved
+    shutil.copytree(run_dir, tmp_path / "runs" / "on-one")  # for the resume on one process, below
     resumed = launch(tmp_path, stage, name, "--resume")
     assert resumed.returncode == 0, errors(resumed)
     assert "step-00000004" in resumed.stdout
     assert_same_tensors(adapter(finished), adapter(run_dir), 0.0)
     assert metrics(run_dir) == metrics(finished)
+    # The node is lost for good: the same checkpoint continues on one process (still under DeepSpeed)
+    # with train.batch_size doubled, so each global micro-batch keeps its samples and the run ends where
+    # the uninterrupted one ends (no dropout in this recipe; to float rounding: the sums are split anew).
+    single = launch(tmp_path, stage, "run.name=on-one", "--resume", "train.batch_size=4", processes=1)
+    assert single.returncode == 0, errors(single)
+    assert "on 1 process(es) instead of 2" in single.stdout
+    assert_same_tensors(adapter(finished), adapter(tmp_path / "runs" / "on-one"), TOLERANCE)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -110,6 +110,35 @@ def test_a_killed_process_leaves_the_last_whole_checkpoint_and_the_run_resumes(
     assert status["status"] == "finished" and status["step"] == 10 and status["resumed_at_step"] == 6
 
 
+def test_a_run_killed_on_two_processes_resumes_on_one_with_the_same_global_batch(
+    tmp_path: Path, toy_recipe_file
+) -> None:
+    # A lost node: the run continues on the processes left. With train.batch_size doubled each global
+    # micro-batch keeps its samples, so the run ends where the uninterrupted one ends (no dropout here:
+    # only the random generators cannot carry over).
+    recipe = toy_recipe_file(
+        adapter={"dropout": 0.0},
+        train={"max_steps": 6, "batch_size": 2, "save_every_n_steps": 2, "lr": 1e-2},
+        eval={"sample_prompts": []},
+        export=[],
+    )
+    whole = torchrun(recipe, "run.name=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = torchrun(recipe, "run.name=cut", cwd=tmp_path, fault="kill:micro=5:rank=1")
+    assert killed.returncode != 0
+    refused = run_cli("run", recipe, "run.name=cut", "--resume")  # 1 process × 2 samples ≠ 2 × 2
+    assert refused.exit_code != 0
+    assert "Resume on 1 process(es) with train.batch_size = 4" in refused.output
+    resumed = run_cli("run", recipe, "run.name=cut", "--resume", "train.batch_size=4")
+    assert resumed.exit_code == 0, resumed.output
+    assert "on 1 process(es) instead of 2, train.batch_size 4" in resumed.output
+    runs = tmp_path / "runs"
+    a, b = (load_file(str(runs / name / "adapter" / "adapter.safetensors")) for name in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE)
+    assert json.loads((runs / "cut" / "run.json").read_text())["resumed_at_step"] == 4
+
+
 def test_accelerate_launch_runs_the_same_two_processes(tmp_path: Path, toy_recipe_file) -> None:
     # `accelerate launch` with a plain multi-process config (what `accelerate config` writes for one
     # machine): on CPUs accelerate starts the processes with torchrun's launcher and loraplug's

@@ -65,11 +65,23 @@ class Checkpoints:
     """Saving, finding, verifying and restoring the checkpoints of one run directory."""
 
     def __init__(
-        self, run_dir: Path, accelerator: Any, *, keep_last: int, events: LoopEvents | None = None
+        self,
+        run_dir: Path,
+        accelerator: Any,
+        *,
+        keep_last: int,
+        events: LoopEvents | None = None,
+        global_micro_batch: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.root = run_dir / CHECKPOINTS_DIR
         self.accelerator = accelerator
         self.keep_last = keep_last
+        #: Samples in one micro-batch of all processes together (``train.batch_size`` × processes): a
+        #: checkpoint continues on another number of processes when this stays the same.
+        self.global_micro_batch = global_micro_batch
+        #: The run's seed, from which processes resuming on another count reseed their generators.
+        self.seed = seed
         self.saves = 0
         # Told when a checkpoint is half written (the full-disk test's fault).
         self.events = events or LoopEvents()
@@ -114,6 +126,7 @@ class Checkpoints:
                         "progress": progress.as_json(),
                         "recipe_hash": recipe_hash,
                         "processes": accelerator.num_processes,
+                        "global_micro_batch": self.global_micro_batch,
                         # FSDP's and DeepSpeed's optimizer state is keyed by parameter name, the others' by position.
                         "fsdp": sharding.is_fsdp(accelerator),
                         "deepspeed_zero": zero.zero_stage(accelerator)
@@ -202,12 +215,11 @@ class Checkpoints:
 
     def restore(self, path: Path, *, module: Any, optimizer: Any, scheduler: Any) -> Progress:
         manifest = json.loads((path / MANIFEST).read_text())
-        processes = manifest.get("processes", 1)
-        if processes != self.accelerator.num_processes:
-            raise LoraplugError(
-                f"Checkpoint {path.name} was written by {processes} process(es); this run has {self.accelerator.num_processes}",
-                fix="Resume with the same number of processes, so each one continues at the same place in the data",
-            )
+        processes, here = manifest.get("processes", 1), self.accelerator.num_processes
+        if processes != here:
+            problem = other_process_count(manifest, here, self.global_micro_batch)
+            if problem is not None:
+                raise LoraplugError(f"Checkpoint {path.name} {problem[0]}", fix=problem[1])
         written, this = _engine(manifest), self.engine()
         if written != this:
             raise LoraplugError(
@@ -221,8 +233,14 @@ class Checkpoints:
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
-        return Progress.from_json(manifest["progress"])
+        progress = Progress.from_json(manifest["progress"])
+        if processes == here:
+            set_rng_state(load_state(path / f"rng-{self.accelerator.process_index}.safetensors"))
+        else:  # the generators of other processes: each starts afresh from the seed, the step and its rank
+            from accelerate.utils import set_seed
+
+            set_seed(self.seed + 1_000_003 * progress.step + self.accelerator.process_index)
+        return progress
 
 
 def _engine(manifest: dict[str, Any]) -> str:
@@ -232,3 +250,30 @@ def _engine(manifest: dict[str, Any]) -> str:
     if manifest.get("deepspeed_zero") is not None:
         return f"under DeepSpeed ZeRO-{manifest['deepspeed_zero']}"
     return "neither sharded with FSDP nor under DeepSpeed"
+
+
+def other_process_count(
+    manifest: dict[str, Any], here: int, global_micro_batch: int | None
+) -> tuple[str, str] | None:
+    """Why a checkpoint written by another number of processes cannot continue on ``here`` of them
+    (what, and how to fix it), or ``None`` when it can.
+
+    It can when each global micro-batch keeps its size (``train.batch_size`` × processes): the data's
+    plan, and so the samples of every later step, are then exactly the uninterrupted run's, and the
+    weights and optimizer state in a checkpoint are whole, whoever wrote them. Only the random
+    generators (dropout) cannot continue: they were per process."""
+    processes, written = manifest.get("processes", 1), manifest.get("global_micro_batch")
+    if written is not None and written == global_micro_batch:
+        return None
+    what = f"was written by {processes} process(es)"
+    if written is None:
+        return f"{what}; this run has {here}", "Resume with the same number of processes"
+    what += f" with global micro-batches of {written} samples; this run has {here} process(es)"
+    if global_micro_batch is not None:
+        what += f" with {global_micro_batch}"
+    if written % here == 0:
+        fix = (f"Resume on {here} process(es) with train.batch_size = {written // here}, so each global micro-batch "
+               f"holds the same {written} samples, or on {processes} process(es)")  # fmt: skip
+    else:
+        fix = f"Resume on {processes} process(es), or on a number of processes that divides {written}"
+    return what, fix

@@ -255,7 +255,10 @@ class TrainingLoop:
             if zero.is_deepspeed(accelerator)
             else AccelerateStepper(accelerator, self.module, self.optimizer, cfg.max_grad_norm)
         )
-        self.checkpoints = Checkpoints(ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events)
+        self.checkpoints = Checkpoints(
+            ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events,
+            global_micro_batch=cfg.micro_batch_size * self.world, seed=ctx.seed,
+        )  # fmt: skip
         self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
         self.live: ProgressDisplay | None = None  # the progress display, while the loop runs
         self.state = self.start(resume_from)
