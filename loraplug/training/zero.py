@@ -199,7 +199,7 @@ def _base_optimizer(optimizer: Any) -> Any:
     return zero_optimizer.optimizer
 
 
-def _partitions(optimizer: Any) -> list[torch.Tensor]:
+def partitions(optimizer: Any) -> list[torch.Tensor]:
     """This process's flat fp32 partitions, the keys of the base optimizer's state. ZeRO-3 lends them to
     the base optimizer's groups only while it steps; ZeRO-1/2 leave them there."""
     zero_optimizer = getattr(optimizer, "optimizer", optimizer)
@@ -221,7 +221,7 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     base = _base_optimizer(optimizer)
-    flats = _partitions(optimizer)
+    flats = partitions(optimizer)
     template = base.state.get(flats[0], {}) if flats else {}
     for key, value in template.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 and not _per_parameter(key, value, flats[0]):
@@ -279,7 +279,7 @@ def load_optimizer_state(module: torch.nn.Module, optimizer: Any, saved: dict[st
     }
     # The base optimizer builds its state on its first step; a resumed run has not stepped yet, so the
     # entries are made here (zeros, then each process's partition of the saved values written into them).
-    for flat in _partitions(optimizer):
+    for flat in partitions(optimizer):
         entry = base.state.setdefault(flat, {})
         for key, value in template.items():
             if key in per_parameter:
