@@ -1267,29 +1267,13 @@ def part_packed_attention(ctx: Check, part: Part) -> None:
 
 # --- h: DeepSpeed ZeRO-2 and ZeRO-3 on CUDA -------------------------------------------------------------
 
-#: ``accelerate config``'s DeepSpeed answer for one process on one GPU (docs/distributed.md).
-ZERO_CONFIG = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-num_machines: 1
-num_processes: 1
-machine_rank: 0
-mixed_precision: bf16
-deepspeed_config:
-  zero_stage: {stage}
-  gradient_accumulation_steps: 1
-  gradient_clipping: 1.0
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: false
-"""
-
 
 def part_deepspeed(ctx: Check, part: Part) -> None:
-    """The quickstart in bf16 under DeepSpeed's engine on CUDA (one process: the engine, its bf16 master
+    """The quickstart in bf16 under DeepSpeed's engine on CUDA (one process: the engine, its fp32 master
     weights, unmanaged accumulation, the gathered checkpoints), against part a1's bf16 run without it.
     Two processes on gloo are tests/test_deepspeed.py; NCCL across GPUs needs a machine with several."""
     from loraplug.recipe import load_recipe
+    from loraplug.testing import deepspeed_config
 
     runs = ctx.work / "runs"
     plans = {
@@ -1309,7 +1293,7 @@ def part_deepspeed(ctx: Check, part: Part) -> None:
     reference_val = val_losses(reference)[-1][1]
     for stage, overrides in plans.items():
         config = ctx.work / f"zero{stage}.yaml"
-        config.write_text(ZERO_CONFIG.format(stage=stage), encoding="utf-8")
+        config.write_text(deepspeed_config(stage, processes=1, precision="bf16"), encoding="utf-8")
         ctx.log(f"h: quickstart under DeepSpeed ZeRO-{stage}")
         proc = subprocess.run(
             [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "loraplug",

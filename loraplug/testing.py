@@ -140,6 +140,46 @@ def free_port() -> int:
     return port
 
 
+def deepspeed_config(stage: int, *, processes: int = 2, precision: str = "no") -> str:
+    """What ``accelerate config`` writes for DeepSpeed ZeRO on one machine (docs/distributed.md). Its
+    accumulation steps and clipping are replaced by the recipe's (the run says so)."""
+    return (
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_machines: 1\n"
+        f"num_processes: {processes}\nmachine_rank: 0\nmixed_precision: '{precision}'\ndeepspeed_config:\n"
+        f"  zero_stage: {stage}\n  gradient_accumulation_steps: 1\n  gradient_clipping: 1.0\n"
+        "  offload_optimizer_device: none\n  offload_param_device: none\n  zero3_init_flag: false\n"
+    )
+
+
+def launch_errors(launched: Any) -> str:
+    """What a failed :func:`torchrun` / :func:`accelerate_launch` said: the processes' own lines
+    (``[rankN]:``, ``error:``) and the launcher's last lines."""
+    stdout: str = launched.stdout
+    stderr: str = launched.stderr
+    own = (
+        line
+        for line in (stdout + stderr).splitlines()
+        if line.startswith(("[rank", "error:", "unexpected error:"))
+    )
+    return "\n".join(own) + stderr[-2000:]
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, str, float]]:
+    """``(step, "loss" | "val_loss", value)`` for each loss a run logged, in order."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], k, r[k]) for r in rows for k in ("loss", "val_loss") if k in r]
+
+
+def assert_same_tensors(a: Mapping[str, Any], b: Mapping[str, Any], atol: float) -> None:
+    """The same names, shapes and values (``b`` against ``a``, within ``atol``; 0 is bitwise)."""
+    import torch
+
+    assert a.keys() == b.keys()  # noqa: S101
+    for key in a:
+        assert a[key].shape == b[key].shape, key  # noqa: S101
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, msg=key)
+
+
 def _launch(
     launcher: list[str], recipe: Path, *args: str, cwd: Path, fault: str, env: Mapping[str, str] | None
 ) -> Any:

@@ -19,7 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import accelerate_launch, run_cli, torchrun
+from loraplug.testing import (
+    accelerate_launch,
+    assert_same_tensors,
+    deepspeed_config,
+    launch_errors,
+    logged_losses,
+    run_cli,
+    torchrun,
+)
 from loraplug.training.state import load_state
 
 pytest.importorskip("deepspeed", reason="pip install deepspeed (make install does)")
@@ -27,24 +35,6 @@ pytestmark = pytest.mark.slow  # several 2-process launches of the tiny LM (~25 
 
 TOLERANCE = 1e-6
 STEPS, KILLED_AT = 6, 5  # checkpoints every 2 steps: a rank killed in step 5 leaves step 4's
-
-# What `accelerate config` writes for DeepSpeed on one machine with 2 processes (docs/distributed.md).
-# Its gradient_accumulation_steps and gradient_clipping are replaced by the recipe's (the run says so).
-ZERO_CONFIG = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-mixed_precision: 'no'
-deepspeed_config:
-  zero_stage: {stage}
-  gradient_accumulation_steps: 1
-  gradient_clipping: 1.0
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: false
-"""
 
 
 def recipe_in(root: Path, **train: Any) -> Path:
@@ -64,21 +54,13 @@ def launch(
     stage: int,
     *args: str,
     fault: str = "",
-    precision: str = "'no'",
+    precision: str = "no",
     processes: int = 2,
     **train: Any,
 ) -> Any:
     config = root / f"zero{stage}-{processes}.yaml"
-    text = ZERO_CONFIG.format(stage=stage).replace("mixed_precision: 'no'", f"mixed_precision: {precision}")
-    config.write_text(text.replace("num_processes: 2", f"num_processes: {processes}"), encoding="utf-8")
+    config.write_text(deepspeed_config(stage, processes=processes, precision=precision), encoding="utf-8")
     return accelerate_launch(recipe_in(root, **train), *args, config=config, cwd=root, fault=fault)
-
-
-def errors(launched: Any) -> str:
-    """The processes' own lines (``[rankN]:``, ``error:``) of a failed launch, and its last lines."""
-    output = launched.stdout + launched.stderr
-    own = (line for line in output.splitlines() if line.startswith(("[rank", "error:", "unexpected error:")))
-    return "\n".join(own) + launched.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +78,8 @@ def zero(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     stage: int = request.param
     root = tmp_path_factory.mktemp(f"zero{stage}")
     result = launch(root, stage, f"run.name=zero{stage}")
-    assert result.returncode == 0, errors(result)
+    assert result.returncode == 0, launch_errors(result)
     return stage, root / "runs" / f"zero{stage}", result.stdout
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].shape == b[key].shape, key
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, msg=key)
-
-
-def metrics(run_dir: Path) -> list[tuple[int, str, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], k, r[k]) for r in rows for k in ("loss", "val_loss") if k in r]
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -125,7 +95,7 @@ def test_a_zero_run_equals_one_process_with_the_same_global_batch(
         assert "this process holds 189,504 of the model's 379,008 parameter values" in output  # half each
     # The accelerate config's accumulation steps are replaced by the recipe's, and the run says so.
     assert "replaces the accelerate config's gradient_accumulation_steps" not in output  # both 1 here
-    curve_one, curve_zero = metrics(one), metrics(run_dir)
+    curve_one, curve_zero = logged_losses(one), logged_losses(run_dir)
     assert [(s, k) for s, k, _ in curve_one] == [(s, k) for s, k, _ in curve_zero]
     for (_, key, a), (_, _, b) in zip(curve_one, curve_zero, strict=True):
         assert abs(a - b) < 1e-5, key
@@ -187,15 +157,15 @@ def test_a_killed_zero_rank_resumes_to_the_same_adapter(zero: tuple[int, Path, s
     assert saved[-1] == "step-00000004", saved
     shutil.copytree(run_dir, tmp_path / "runs" / "on-one")  # for the resume on one process, below
     resumed = launch(tmp_path, stage, name, "--resume")
-    assert resumed.returncode == 0, errors(resumed)
+    assert resumed.returncode == 0, launch_errors(resumed)
     assert "step-00000004" in resumed.stdout
     assert_same_tensors(adapter(finished), adapter(run_dir), 0.0)
-    assert metrics(run_dir) == metrics(finished)
+    assert logged_losses(run_dir) == logged_losses(finished)
     # The node is lost for good: the same checkpoint continues on one process (still under DeepSpeed)
     # with train.batch_size doubled, so each global micro-batch keeps its samples and the run ends where
     # the uninterrupted one ends (no dropout in this recipe; to float rounding: the sums are split anew).
     single = launch(tmp_path, stage, "run.name=on-one", "--resume", "train.batch_size=4", processes=1)
-    assert single.returncode == 0, errors(single)
+    assert single.returncode == 0, launch_errors(single)
     assert "on 1 process(es) instead of 2" in single.stdout
     assert_same_tensors(adapter(finished), adapter(tmp_path / "runs" / "on-one"), TOLERANCE)
 
@@ -210,7 +180,7 @@ def test_accumulation_and_a_skipped_nan_step_match_one_process(
     # reduced into the ZeRO partitions) for the runs to stay equal.
     steps = {"max_steps": 4, "batch_size": 1, "grad_accum_steps": 2, "on_nan": "skip"}
     zero = launch(tmp_path, stage, "run.name=zero", fault="nan:micro=3:rank=0", **steps)
-    assert zero.returncode == 0, errors(zero)
+    assert zero.returncode == 0, launch_errors(zero)
     assert (
         "DeepSpeed: the recipe's train.grad_accum_steps = 2 replaces the accelerate config's" in zero.stdout
     )
@@ -254,7 +224,7 @@ def test_zero3_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:
     # DeepSpeed runs the model in bf16 with fp32 master weights; one process autocasts fp32 weights to
     # bf16: the same training, not the same rounding (measured 2.7e-3 on the adapter, values ~0.09).
     zero = launch(tmp_path, 3, "run.name=zero", "train.mixed_precision=bf16", precision="bf16")
-    assert zero.returncode == 0, errors(zero)
+    assert zero.returncode == 0, launch_errors(zero)
     one = run_cli(
         "run", recipe_in(tmp_path), "run.name=one", "train.batch_size=4", "train.mixed_precision=bf16"
     )
@@ -262,7 +232,10 @@ def test_zero3_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:
     trained, theirs = adapter(tmp_path / "runs" / "zero"), adapter(tmp_path / "runs" / "one")
     assert all(v.dtype == torch.float32 for v in trained.values())  # the master weights, not bf16 copies
     assert_same_tensors(theirs, trained, 1e-2)
-    val_zero, val_one = metrics(tmp_path / "runs" / "zero")[-1], metrics(tmp_path / "runs" / "one")[-1]
+    val_zero, val_one = (
+        logged_losses(tmp_path / "runs" / "zero")[-1],
+        logged_losses(tmp_path / "runs" / "one")[-1],
+    )
     assert val_zero[1] == "val_loss" and abs(val_zero[2] - val_one[2]) < 1e-3 * val_one[2]
     status = json.loads((tmp_path / "runs" / "zero" / "run.json").read_text())
     assert all(e["ok"] for e in status["exports"])

@@ -18,7 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import accelerate_launch, run_cli, torchrun
+from loraplug.testing import (
+    accelerate_launch,
+    assert_same_tensors,
+    launch_errors,
+    logged_losses,
+    run_cli,
+    torchrun,
+)
 from loraplug.training.state import load_state
 
 pytestmark = pytest.mark.slow  # several 2-process launches of the tiny LM (~30 s each on 2 cores)
@@ -66,33 +73,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One FSDP run (2 processes) and one single-process run with the same global batch."""
     root = tmp_path_factory.mktemp("fsdp")
     sharded = launch(root, "run.name=fsdp")
-    assert sharded.returncode == 0, errors(sharded.stderr)
+    assert sharded.returncode == 0, launch_errors(sharded)
     assert "FSDP: this process holds" in sharded.stdout  # sharded, not silently DDP
     one = run_cli("run", recipe_in(root), "run.name=one", "train.batch_size=4")
     assert one.exit_code == 0, one.output
     return root / "runs"
 
 
-def errors(stderr: str) -> str:
-    """The processes' own lines (``[rankN]:``) of a failed launch, and its last lines."""
-    return "\n".join(line for line in stderr.splitlines() if line.startswith("[rank")) + stderr[-2000:]
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].shape == b[key].shape, key
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, msg=key)
-
-
-def metrics(run_dir: Path) -> list[tuple[int, str, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], k, r[k]) for r in rows for k in ("loss", "val_loss") if k in r]
-
-
 def test_fsdp_run_equals_one_process_with_the_same_global_batch(runs: Path) -> None:
     one, sharded = runs / "one", runs / "fsdp"
-    curve_one, curve_sharded = metrics(one), metrics(sharded)
+    curve_one, curve_sharded = logged_losses(one), logged_losses(sharded)
     assert [(s, k) for s, k, _ in curve_one] == [(s, k) for s, k, _ in curve_sharded]
     for (_, key, a), (_, _, b) in zip(curve_one, curve_sharded, strict=True):
         assert abs(a - b) < 1e-5, key
@@ -149,14 +139,14 @@ def test_a_killed_fsdp_rank_resumes_to_the_same_adapter(runs: Path, tmp_path: Pa
     saved = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     assert saved[-1] == "step-00000004", saved
     resumed = launch(tmp_path, "run.name=fsdp", "--resume")
-    assert resumed.returncode == 0, errors(resumed.stderr)
+    assert resumed.returncode == 0, launch_errors(resumed)
     assert "step-00000004" in resumed.stdout
     assert_same_tensors(
         load_file(str(runs / "fsdp" / "adapter" / "adapter.safetensors")),
         load_file(str(run_dir / "adapter" / "adapter.safetensors")),
         0.0,
     )
-    assert metrics(run_dir) == metrics(runs / "fsdp")
+    assert logged_losses(run_dir) == logged_losses(runs / "fsdp")
 
 
 def test_samples_during_training_are_refused_under_fsdp(tmp_path: Path) -> None:
@@ -189,7 +179,7 @@ def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:
     sharded = accelerate_launch(
         recipe_in(tmp_path), "run.name=fsdp", "train.mixed_precision=bf16", config=config, cwd=tmp_path
     )
-    assert sharded.returncode == 0, errors(sharded.stderr)
+    assert sharded.returncode == 0, launch_errors(sharded)
     one = run_cli(
         "run", recipe_in(tmp_path), "run.name=one", "train.batch_size=4", "train.mixed_precision=bf16"
     )
@@ -199,5 +189,8 @@ def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:
     assert_same_tensors(
         load_file(str(tmp_path / "runs" / "one" / "adapter" / "adapter.safetensors")), trained, 1e-2
     )
-    val_sharded, val_one = metrics(tmp_path / "runs" / "fsdp")[-1], metrics(tmp_path / "runs" / "one")[-1]
+    val_sharded, val_one = (
+        logged_losses(tmp_path / "runs" / "fsdp")[-1],
+        logged_losses(tmp_path / "runs" / "one")[-1],
+    )
     assert val_sharded[1] == "val_loss" and abs(val_sharded[2] - val_one[2]) < 1e-3 * val_one[2]
