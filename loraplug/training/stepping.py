@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from loraplug.errors import LoraplugError
+
 
 class Stepper(Protocol):
     def accumulating(self, last: bool) -> AbstractContextManager[Any]:
@@ -80,6 +82,15 @@ class DeepSpeedStepper:
         call for it, so this names its internals (deepspeed 0.19); tests/test_deepspeed.py checks that a
         skipped step leaves the run equal to one process skipping the same step."""
         zero_optimizer = self.engine.optimizer
+        if not hasattr(zero_optimizer, "averaged_gradients"):  # a DeepSpeed whose internals moved on
+            import deepspeed
+
+            raise LoraplugError(
+                f"A NaN or infinite loss cannot be skipped under DeepSpeed {deepspeed.__version__}: loraplug does not "
+                f"know where its {type(zero_optimizer).__name__} keeps the gradients it accumulated",
+                where="train.on_nan",
+                fix='Set train.on_nan = "stop", or install the DeepSpeed version loraplug is tested with (deepspeed>=0.19.8,<0.20)',
+            )
         zero_optimizer.zero_grad(set_to_none=True)  # ZeRO-3: also the next backward overwrites, not adds
         release = getattr(zero_optimizer, "_release_preflattened_grad_buffers", None)
         if release is not None:
