@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,17 @@ def test_zero3_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:
     assert val_zero[1] == "val_loss" and abs(val_zero[2] - val_one[2]) < 1e-3 * val_one[2]
     status = json.loads((tmp_path / "runs" / "zero" / "run.json").read_text())
     assert all(e["ok"] for e in status["exports"])
+
+
+def test_deepspeed_asked_for_but_not_installed_is_one_clear_error(
+    tmp_path: Path, toy_recipe_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `accelerate launch` sets for distributed_type: DEEPSPEED, on a machine without DeepSpeed
+    # (None in sys.modules makes `import deepspeed` fail as if it were not installed).
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    result = run_cli("run", toy_recipe_file(train={"max_steps": 1}))
+    assert result.exit_code != 0
+    assert 'pip install "loraplug[deepspeed]"' in result.output and "Traceback" not in result.output
+    assert "unexpected error" not in result.output
+    assert not (tmp_path / "runs").exists()

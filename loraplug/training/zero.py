@@ -34,10 +34,22 @@ def deepspeed_requested() -> bool:
 
 
 def select_cpu_accelerator() -> None:
-    """DeepSpeed picks its "accelerator" (device and communication backend) when first imported; with no
-    CUDA it must be told to use the CPU one, whose backend is gloo unless Intel's oneCCL is installed."""
-    if deepspeed_requested() and not torch.cuda.is_available():
+    """Before accelerate starts: DeepSpeed, when asked for, must be installed (else accelerate fails with
+    an ImportError of its own), and it picks its "accelerator" (device and communication backend) when
+    first imported; with no CUDA it must be told to use the CPU one, whose backend is gloo unless
+    Intel's oneCCL is installed."""
+    if not deepspeed_requested():
+        return
+    if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise LoraplugError(
+            f"DeepSpeed was asked for (the accelerate config's distributed_type: DEEPSPEED) but cannot be imported ({exc})",
+            where="the accelerate config (ACCELERATE_USE_DEEPSPEED)",
+            fix='pip install "loraplug[deepspeed]" (docs/distributed.md), or shard with FSDP instead',
+        ) from None
 
 
 def use_deepspeed_on_cpus(accelerator: Any, mixed_precision: str) -> None:
@@ -49,17 +61,11 @@ def use_deepspeed_on_cpus(accelerator: Any, mixed_precision: str) -> None:
     settings, made active, and the state's distributed type set to DeepSpeed.
     """
     from accelerate.state import PartialState
-    from accelerate.utils import DeepSpeedPlugin, DistributedType, is_deepspeed_available
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
 
     state = accelerator.state
     if not deepspeed_requested() or state.distributed_type != DistributedType.MULTI_CPU:
         return
-    if not is_deepspeed_available():
-        raise LoraplugError(
-            "DeepSpeed was asked for (the accelerate config's distributed_type: DEEPSPEED) but is not installed",
-            where="the accelerate config (ACCELERATE_USE_DEEPSPEED)",
-            fix="pip install deepspeed (docs/distributed.md), or shard with FSDP instead",
-        )
     plugin = DeepSpeedPlugin()
     plugin.set_mixed_precision(mixed_precision)
     plugin.select(_from_accelerator_state=True)
