@@ -254,3 +254,13 @@ def test_deepspeed_asked_for_but_not_installed_is_one_clear_error(
     assert 'pip install "loraplug[deepspeed]"' in result.output and "Traceback" not in result.output
     assert "unexpected error" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_automatic_batch_size_is_measured_before_zero3_splits_the_model(tmp_path: Path) -> None:
+    # batch_size = "auto" measures a worst-case micro-batch on the whole model (before prepare), so under
+    # ZeRO-3 it chooses conservatively; the engine then gets the chosen size as its micro-batch.
+    zero = launch(tmp_path, 3, "run.name=zero", 'train.batch_size="auto"')
+    assert zero.returncode == 0, launch_errors(zero)
+    assert "batch_size auto: 8 × 1 accumulation" in zero.stdout and "DeepSpeed ZeRO-3:" in zero.stdout
+    status = json.loads((tmp_path / "runs" / "zero" / "run.json").read_text())
+    assert status["status"] == "finished" and status["auto_batch"]["batch_size"] == 8
