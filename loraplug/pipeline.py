@@ -191,12 +191,19 @@ def run_export(
 ) -> ExportOutcome:
     """Write one export to ``exports/<name>/`` atomically, with its ``export.json`` manifest.
 
+    :param replace: an earlier export of that name (its ``export.json``) is replaced once the new one is
+        complete; anything else there is never replaced.
     :param adapter_path: the trained weights the model holds (the run's adapter or a checkpoint's),
         recorded in the manifest with their sha256.
     """
     final = ctx.run_dir / EXPORTS_DIR / export.name
     try:
         final = confine(final.parent, export.name, key="the export name")  # never outside exports/
+        if replace and final.exists() and not (final / "export.json").is_file() and any(final.iterdir()):
+            raise LoraplugError(
+                f"{final} holds files that are not a loraplug export (it has no export.json); they are left as they are",
+                fix=f"Move them elsewhere, then write this export again: `loraplug export {ctx.run_dir} --kind {export.kind}`",
+            )
         with atomic_dir(final, replace=replace) as tmp:
             result = host.export(export, recipe, model, tmp, ctx)
             manifest = {

@@ -17,7 +17,7 @@ from loraplug.recipe import Recipe, load_recipe
 from loraplug.rundir import RECIPE_FILE, atomic_write_text
 from loraplug.runinfo import RECORD_KEYS, read_metrics
 from loraplug.status import FINISHED, RunStatus
-from loraplug.training.checkpoint import MANIFEST, Checkpoints
+from loraplug.training.checkpoint import MANIFEST, Checkpoints, engine_of
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -76,6 +76,11 @@ def resume_point(
         )
     if changed and main:
         warn(f"resuming with a changed recipe (--force): {', '.join(changed)}")
+    written, this = engine_of(json.loads((checkpoint / MANIFEST).read_text())), checkpoints.engine()
+    if written != this and main:
+        warn(
+            f"{checkpoint.name} was written by a run {written}; this run is {this}: its state is read whole and split as this run holds it"
+        )
     if (changed or resized) and main:  # the run directory keeps the recipe it now trains with
         atomic_write_text(run_dir / RECIPE_FILE, recipe.to_toml())
     return checkpoint

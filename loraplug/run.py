@@ -425,7 +425,9 @@ class Run:
                     model,
                     ctx.recipe,
                     ctx,
-                    replace=False,
+                    # A resumed run's earlier exports (a finished run trained further) were made from
+                    # weights it has replaced: the new ones take their place, once complete.
+                    replace=result.resumed_from is not None,
                     adapter_path=trained.adapter_path,
                 )
                 for e in ctx.recipe.exports

@@ -207,18 +207,36 @@ def test_samples_during_training_are_refused_under_zero3(tmp_path: Path) -> None
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_zero_checkpoint_is_not_resumed_without_deepspeed(
+def test_a_zero_checkpoint_continues_under_ddp_to_the_same_adapter(
     zero: tuple[int, Path, str], tmp_path: Path
 ) -> None:
-    # Its optimizer state is keyed by parameter name; a DDP run's by position: refused, with the way out.
+    # The engine can change on resume: a ZeRO checkpoint (optimizer state keyed by parameter name) read
+    # by a 2-process DDP run (keyed by position), from step 2 to the end, ends where the ZeRO run ended.
     stage, finished, _ = zero
-    shutil.copytree(finished, tmp_path / "runs" / finished.name)
+    run_dir = tmp_path / "runs" / finished.name
+    shutil.copytree(finished, run_dir)
+    for later in ("step-00000004", "step-00000006"):
+        shutil.rmtree(run_dir / "checkpoints" / later)
     resumed = torchrun(recipe_in(tmp_path), f"run.name={finished.name}", "--resume", "--force", cwd=tmp_path)
-    assert resumed.returncode != 0
+    assert resumed.returncode == 0, launch_errors(resumed)
     assert (
-        f"was written by a run under DeepSpeed ZeRO-{stage}; this run is neither sharded with FSDP nor under DeepSpeed"
+        f"was written by a run under DeepSpeed ZeRO-{stage}; this run is neither"
         in resumed.stdout + resumed.stderr
     )
+    assert_same_tensors(adapter(finished), adapter(run_dir), TOLERANCE)
+
+
+def test_a_one_process_checkpoint_continues_under_zero3_on_two(one: Path, tmp_path: Path) -> None:
+    # The other way, and onto more processes: one process's checkpoint at step 2 (keyed by position,
+    # micro-batch 4) continues under ZeRO-3 on 2 processes of micro-batch 2 and ends where it ended.
+    run_dir = tmp_path / "runs" / "one"
+    shutil.copytree(one, run_dir)
+    for later in ("step-00000004", "step-00000006"):
+        shutil.rmtree(run_dir / "checkpoints" / later)
+    resumed = launch(tmp_path, 3, "run.name=one", "--resume", "--force")
+    assert resumed.returncode == 0, launch_errors(resumed)
+    assert "on 2 process(es) instead of 1, train.batch_size 2" in resumed.stdout
+    assert_same_tensors(adapter(one), adapter(run_dir), TOLERANCE)
 
 
 def test_zero3_in_bf16_trains_like_one_process_in_bf16(tmp_path: Path) -> None:

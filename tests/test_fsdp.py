@@ -158,16 +158,24 @@ def test_samples_during_training_are_refused_under_fsdp(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_fsdp_checkpoint_is_not_resumed_without_fsdp(runs: Path, tmp_path: Path) -> None:
-    # Its optimizer state is keyed by parameter name; a DDP run's by position: refused, with the way out.
+def test_an_fsdp_checkpoint_continues_under_ddp_to_the_same_adapter(runs: Path, tmp_path: Path) -> None:
+    # The engine can change on resume: FSDP's checkpoint (optimizer state keyed by parameter name) read
+    # by a 2-process DDP run (keyed by position), from step 2 to the end, ends where FSDP ended.
     import shutil
 
-    shutil.copytree(runs / "fsdp", tmp_path / "runs" / "fsdp")
+    run_dir = tmp_path / "runs" / "fsdp"
+    shutil.copytree(runs / "fsdp", run_dir)
+    for later in ("step-00000004", "step-00000006"):
+        shutil.rmtree(run_dir / "checkpoints" / later)
     resumed = torchrun(recipe_in(tmp_path), "run.name=fsdp", "--resume", "--force", cwd=tmp_path)
-    assert resumed.returncode != 0
-    assert (
-        "was written by a run sharded with FSDP; this run is neither sharded with FSDP nor under DeepSpeed"
-        in resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, launch_errors(resumed)
+    output = resumed.stdout + resumed.stderr
+    assert "step-00000002 was written by a run sharded with FSDP; this run is neither" in output
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == 2
+    assert_same_tensors(
+        load_file(str(runs / "fsdp" / "adapter" / "adapter.safetensors")),
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        TOLERANCE,
     )
 
 

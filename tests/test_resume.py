@@ -168,6 +168,26 @@ def test_resume_without_checkpoint_or_run_is_a_clear_error(tmp_path: Path, resum
     assert again.exit_code == 2 and "already finished" in again.stderr
 
 
+def test_a_finished_run_trained_further_replaces_its_own_exports_only(
+    tmp_path: Path, toy_recipe_file
+) -> None:
+    # "To train further, raise train.max_steps and pass --resume --force": the exports are written again
+    # from the new weights (they used to fail with "already exists"); files that are not an export stay.
+    recipe = toy_recipe_file(train={"max_steps": 4, "save_every_n_steps": 2}, eval={"sample_prompts": []},
+                             export=[{"kind": "toy-weights"}, {"kind": "toy-weights", "name": "mine"}])  # fmt: skip
+    assert run_cli("run", recipe).exit_code == 0
+    exports = tmp_path / "runs" / "tiny" / "exports"
+    before = json.loads((exports / "toy-weights" / "export.json").read_text())["adapter"]
+    (exports / "mine" / "export.json").unlink()  # "mine" is now the user's own folder, not an export
+    (exports / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
+    further = run_cli("run", recipe, "--resume", "--force", "train.max_steps=6")
+    assert "resuming from" in further.stdout
+    after = json.loads((exports / "toy-weights" / "export.json").read_text())["adapter"]
+    assert after != before  # made from the weights trained further
+    assert (exports / "mine" / "notes.txt").read_text() == "keep me"
+    assert further.exit_code != 0 and "holds files that are not a loraplug export" in further.stderr
+
+
 def test_full_disk_while_saving_keeps_the_last_whole_checkpoint(tmp_path: Path, resumable) -> None:
     recipe = resumable("full-disk")
     failed = cli("run", recipe, fault="enospc:checkpoint=2", cwd=tmp_path)

@@ -203,8 +203,8 @@ class Checkpoints:
     # -- restoring ---------------------------------------------------------------------------------
 
     def engine(self) -> str:
-        """How this run holds its trainable state, in the words :func:`_engine` reads a manifest with."""
-        return _engine(
+        """How this run holds its trainable state, in the words :func:`engine_of` reads a manifest with."""
+        return engine_of(
             {
                 "fsdp": sharding.is_fsdp(self.accelerator),
                 "deepspeed_zero": zero.zero_stage(self.accelerator)
@@ -220,12 +220,6 @@ class Checkpoints:
             problem = other_process_count(manifest, here, self.global_micro_batch)
             if problem is not None:
                 raise LoraplugError(f"Checkpoint {path.name} {problem[0]}", fix=problem[1])
-        written, this = _engine(manifest), self.engine()
-        if written != this:
-            raise LoraplugError(
-                f"Checkpoint {path.name} was written by a run {written}; this run is {this}",
-                fix="Resume with the accelerate config the run was started with",
-            )
         load_trainable(module, path / ADAPTER_FILE)
         state = load_state(path / "optimizer.safetensors")
         sharding.load_optimizer_state(module, optimizer, state["optimizer"])
@@ -243,8 +237,8 @@ class Checkpoints:
         return progress
 
 
-def _engine(manifest: dict[str, Any]) -> str:
-    """How the run that wrote ``manifest`` held its trainable state: a checkpoint is resumed the same way."""
+def engine_of(manifest: dict[str, Any]) -> str:
+    """How the run that wrote ``manifest`` held its trainable state (a checkpoint continues under any)."""
     if manifest.get("fsdp"):
         return "sharded with FSDP"
     if manifest.get("deepspeed_zero") is not None:

@@ -143,18 +143,79 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
 
 
 def load_optimizer_state(module: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`optimizer_state` wrote; under FSDP and DeepSpeed each process keeps its shard of it."""
+    """Restore what :func:`optimizer_state` wrote, whichever engine wrote it (a checkpoint of one process
+    or DDP is keyed by position, of FSDP or DeepSpeed by name: converted here); under FSDP and DeepSpeed
+    each process keeps its shard of it."""
+    names = names_in_order(module, optimizer)
     if any(zero.is_partitioned(p) for p in module.parameters()):
-        zero.load_optimizer_state(module, optimizer, state)
+        zero.load_optimizer_state(module, optimizer, keyed_by_name(state, names))
         return
     if not any(is_sharded(p) for p in module.parameters()):
-        optimizer.load_state_dict(state)
+        optimizer.load_state_dict(keyed_by_position(state, names))
         return
+    state = keyed_by_name(state, names)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(
         module, _inner(optimizer), optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
     )
+
+
+def names_in_order(module: torch.nn.Module, optimizer: Any) -> list[list[str]]:
+    """The names of the optimizer's parameters, group by group, in its order — the order a state dict
+    keyed by position numbers them in. The same recipe builds the same groups in the same order under
+    every engine (training/optim.py), which is what lets a checkpoint change engines."""
+    name_of = {id(p): name for name, p in module.named_parameters()}
+    if any(zero.is_partitioned(p) for p in module.parameters()):
+        groups = zero.groups_of_model_params(optimizer)
+    else:
+        groups = [group["params"] for group in _inner(optimizer).param_groups]
+    return [[name_of[id(p)] for p in group] for group in groups]
+
+
+def _is_keyed_by_name(state: dict[str, Any]) -> bool:
+    return any(isinstance(key, str) for group in state["param_groups"] for key in group["params"])
+
+
+def keyed_by_name(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter name (FSDP's and DeepSpeed's), converted from one keyed
+    by position (one process's and DDP's) when needed."""
+    if _is_keyed_by_name(state):
+        return state
+    positions, flat = _positions(state), [name for group in names for name in group]
+    if len(positions) != len(flat):
+        raise LoraplugError(
+            f"The checkpoint's optimizer state holds {len(positions)} parameters; this run trains {len(flat)}",
+            fix="Resume with the recipe (model and adapter settings) the run was started with",
+        )
+    return _rekeyed(state, dict(zip(positions, flat, strict=True)))
+
+
+def keyed_by_position(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """An optimizer state dict keyed by position, as ``torch.optim.Optimizer.load_state_dict`` takes it,
+    converted from one keyed by name when needed."""
+    if not _is_keyed_by_name(state):
+        return state
+    flat = [name for group in names for name in group]
+    if sorted(flat) != sorted(_positions(state)):
+        raise LoraplugError(
+            "The checkpoint's optimizer state names other parameters than this run trains",
+            fix="Resume with the recipe (model and adapter settings) the run was started with",
+        )
+    return _rekeyed(state, {name: index for index, name in enumerate(flat)})
+
+
+def _positions(state: dict[str, Any]) -> list[Any]:
+    return [key for group in state["param_groups"] for key in group["params"]]
+
+
+def _rekeyed(state: dict[str, Any], key_of: dict[Any, Any]) -> dict[str, Any]:
+    return {
+        "state": {key_of[key]: value for key, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [key_of[key] for key in group["params"]]} for group in state["param_groups"]
+        ],
+    }
 
 
 def describe(module: torch.nn.Module) -> str | None:

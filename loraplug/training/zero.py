@@ -249,13 +249,13 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
         state[name] = entry
     names_by_id = {id(p): name for name, p in named}
     groups = []
-    for group, params in zip(base.param_groups, _groups_of_model_params(optimizer), strict=True):
+    for group, params in zip(base.param_groups, groups_of_model_params(optimizer), strict=True):
         hyper = {k: v for k, v in group.items() if k != "params"}
         groups.append({**hyper, "params": [names_by_id[id(p)] for p in params]})
     return {"state": state if template else {}, "param_groups": groups}
 
 
-def _groups_of_model_params(optimizer: Any) -> list[list[torch.Tensor]]:
+def groups_of_model_params(optimizer: Any) -> list[list[torch.Tensor]]:
     """The model parameters of each of the optimizer's groups. ZeRO-1/2 keep one list per group;
     ZeRO-3 splits a group into sub-groups (``sub_group_size``) and says which group each belongs to."""
     zero_optimizer = getattr(optimizer, "optimizer", optimizer)
