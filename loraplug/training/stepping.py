@@ -31,8 +31,9 @@ class Stepper(Protocol):
 
 
 class AccelerateStepper:
-    """accelerate's wrappers: DDP synchronises gradients on the last micro-batch only (``no_sync``
-    before it), and the optimizer is stepped and cleared by the loop."""
+    """accelerate's wrappers (one process, DDP, FSDP): DDP synchronises gradients on the last
+    micro-batch only (``no_sync`` before it); ``apply`` clips with accelerate (which knows FSDP's
+    sharded norms and the fp16 loss scaler), steps and clears."""
 
     def __init__(self, accelerator: Any, module: Any, optimizer: Any, max_grad_norm: float) -> None:
         self.accelerator, self.module, self.optimizer = accelerator, module, optimizer

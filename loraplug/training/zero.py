@@ -21,6 +21,7 @@ files a one-process run writes. DeepSpeed's own ``save_checkpoint`` is not used:
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -174,17 +175,11 @@ def set_full_value(param: torch.Tensor, value: torch.Tensor) -> None:
 
     safe_set_full_fp32_param(param, value.to(torch.float32).reshape(_shape(param)))
     with (
-        deepspeed.zero.GatheredParameters([param], modifier_rank=0) if hasattr(param, "ds_id") else _nothing()
+        deepspeed.zero.GatheredParameters([param], modifier_rank=0)
+        if hasattr(param, "ds_id")
+        else nullcontext()
     ):
         param.data.copy_(value.to(param.device, param.dtype).reshape(param.data.shape))
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _shape(param: torch.Tensor) -> torch.Size:
@@ -215,7 +210,7 @@ def partitions(optimizer: Any) -> list[torch.Tensor]:
     return list(flats)
 
 
-def _per_parameter(key: str, value: Any, flat: torch.Tensor) -> bool:
+def _per_parameter(value: Any, flat: torch.Tensor) -> bool:
     """Whether a state entry holds one value per element of the partition (AdamW's moments), rather than
     one for the whole group (its step count)."""
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.numel() == flat.numel()
@@ -230,7 +225,7 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     flats = partitions(optimizer)
     template = base.state.get(flats[0], {}) if flats else {}
     for key, value in template.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and not _per_parameter(key, value, flats[0]):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and not _per_parameter(value, flats[0]):
             raise LoraplugError(
                 f"The optimizer keeps its state {key!r} in a shape DeepSpeed cannot split per parameter",
                 where="[optimizer] kind",
@@ -241,7 +236,7 @@ def optimizer_state(module: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     for name, param in named:
         entry: dict[str, Any] = {}
         for key, value in template.items():
-            if _per_parameter(key, value, flats[0]):
+            if _per_parameter(value, flats[0]):
                 full = safe_get_full_optimizer_state(param, key)
                 entry[key] = full.detach().reshape(_shape(param)).to("cpu", copy=True)
             else:
