@@ -73,6 +73,7 @@ class Checkpoints:
         events: LoopEvents | None = None,
         global_micro_batch: int | None = None,
         seed: int = 0,
+        streamed: bool = False,
     ) -> None:
         self.root = run_dir / CHECKPOINTS_DIR
         self.accelerator = accelerator
@@ -82,6 +83,8 @@ class Checkpoints:
         self.global_micro_batch = global_micro_batch
         #: The run's seed, from which processes resuming on another count reseed their generators.
         self.seed = seed
+        #: Whether the training data streams (split by process and worker, not by a global plan).
+        self.streamed = streamed
         self.saves = 0
         # Told when a checkpoint is half written (the full-disk test's fault).
         self.events = events or LoopEvents()
@@ -128,10 +131,7 @@ class Checkpoints:
                         "processes": accelerator.num_processes,
                         "global_micro_batch": self.global_micro_batch,
                         # FSDP's and DeepSpeed's optimizer state is keyed by parameter name, the others' by position.
-                        "fsdp": sharding.is_fsdp(accelerator),
-                        "deepspeed_zero": zero.zero_stage(accelerator)
-                        if zero.is_deepspeed(accelerator)
-                        else None,
+                        **self._engine_fields(),
                         "files": files,
                     },
                 )
@@ -202,20 +202,27 @@ class Checkpoints:
 
     # -- restoring ---------------------------------------------------------------------------------
 
+    def _engine_fields(self) -> dict[str, Any]:
+        """How this run holds its trainable state, as a checkpoint's manifest records it."""
+        deepspeed = zero.is_deepspeed(self.accelerator)
+        return {
+            "fsdp": sharding.is_fsdp(self.accelerator),
+            "deepspeed_zero": zero.zero_stage(self.accelerator) if deepspeed else None,
+        }
+
     def engine(self) -> str:
         """How this run holds its trainable state, in the words :func:`engine_of` reads a manifest with."""
-        return engine_of(
-            {
-                "fsdp": sharding.is_fsdp(self.accelerator),
-                "deepspeed_zero": zero.zero_stage(self.accelerator)
-                if zero.is_deepspeed(self.accelerator)
-                else None,
-            }
-        )
+        return engine_of(self._engine_fields())
 
     def restore(self, path: Path, *, module: Any, optimizer: Any, scheduler: Any) -> Progress:
         manifest = json.loads((path / MANIFEST).read_text())
         processes, here = manifest.get("processes", 1), self.accelerator.num_processes
+        if processes != here and self.streamed:
+            raise LoraplugError(
+                f"Checkpoint {path.name} was written by {processes} process(es); this run has {here}, and its data "
+                "streams: each process reads its own shards, so another count would not continue where it stopped",
+                fix=f"Resume on {processes} process(es)",
+            )
         if processes != here:
             problem = other_process_count(manifest, here, self.global_micro_batch)
             if problem is not None:

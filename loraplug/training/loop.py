@@ -257,7 +257,7 @@ class TrainingLoop:
         )
         self.checkpoints = Checkpoints(
             ctx.run_dir, accelerator, keep_last=cfg.keep_last, events=events,
-            global_micro_batch=cfg.micro_batch_size * self.world, seed=ctx.seed,
+            global_micro_batch=cfg.micro_batch_size * self.world, seed=ctx.seed, streamed=not self.batches.sized,
         )  # fmt: skip
         self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
         self.live: ProgressDisplay | None = None  # the progress display, while the loop runs

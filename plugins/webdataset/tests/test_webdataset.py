@@ -229,6 +229,44 @@ def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "runs" / "text" / "run.json").read_text())["step"] == 2
 
 
+def test_a_streamed_run_resumes_only_on_the_process_count_that_wrote_it(tmp_path: Path) -> None:
+    # Streams are split by process and worker, not by a global plan: another process count would not
+    # continue where the run stopped (sized data can: docs/distributed.md). The checkpoint's manifest is
+    # made to say what a 2-process run writes (2 processes of 4 samples).
+    rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s").mkdir()
+    assert (
+        run_cli(
+            "data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "4"
+        ).exit_code
+        == 0
+    )
+    recipe = write_recipe(
+        tmp_path / "text.toml",
+        {
+            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
+            "data": {"kind": "webdataset", "urls": "s/shard-{000000..000002}.tar"},
+            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
+            "adapter": {"kind": "lora", "r": 4},
+            "train": {"max_steps": 2, "batch_size": 8, "save_every_n_steps": 1},
+        },
+    )
+    assert run_cli("run", recipe).exit_code == 0
+    manifest_path = tmp_path / "runs" / "text" / "checkpoints" / "step-00000001" / "checkpoint.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["processes"] == 1 and manifest["global_micro_batch"] == 8
+    manifest["processes"] = 2
+    manifest_path.write_text(json.dumps(manifest))
+    (tmp_path / "runs" / "text" / "checkpoints" / "step-00000002").rename(
+        tmp_path / "runs" / "text" / "later"
+    )
+    resumed = run_cli("run", recipe, "--resume", "--force")
+    assert resumed.exit_code == 2
+    assert "its data streams: each process reads its own shards" in resumed.stderr
+    assert "Resume on 2 process(es)" in resumed.stderr
+
+
 def test_samples_skipped_by_dataloader_workers_are_counted_in_the_run(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(8)]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
