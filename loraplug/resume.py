@@ -63,9 +63,7 @@ def resume_point(
     stored = load_recipe(run_dir / RECIPE_FILE, host, check_files=False)
     changed = changed_keys(stored, recipe)
     main = accelerator.is_main_process
-    resized = "train.batch_size" in changed and elastic(
-        checkpoint, recipe, accelerator.num_processes, warn if main else None
-    )
+    resized = "train.batch_size" in changed and elastic(checkpoint, recipe, accelerator.num_processes)
     if resized:
         changed.remove("train.batch_size")
     if changed and not force:
@@ -86,22 +84,19 @@ def resume_point(
     return checkpoint
 
 
-def elastic(checkpoint: Path, recipe: Recipe, processes: int, warn: Callable[[str], None] | None) -> bool:
+def elastic(checkpoint: Path, recipe: Recipe, processes: int) -> bool:
     """Whether this resume continues on another number of processes with the same global micro-batch
     (``train.batch_size`` × processes), which trains exactly the same samples: then a changed
-    ``train.batch_size`` is not a changed recipe. Says what carries over and what does not."""
+    ``train.batch_size`` is not a changed recipe (the checkpoint's restore says what carries over)."""
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     written, before = manifest.get("global_micro_batch"), manifest.get("processes", 1)
     batch = recipe.train.batch_size
-    if before == processes or written is None or not isinstance(batch, int) or batch * processes != written:
-        return False
-    if warn is not None:
-        warn(
-            f"resuming {checkpoint.name} on {processes} process(es) instead of {before}, train.batch_size {batch}: "
-            f"each global micro-batch keeps its {written} samples, so the data continues exactly; dropout's random "
-            "generators restart from the seed (they were per process)"
-        )
-    return True
+    return (
+        before != processes
+        and written is not None
+        and isinstance(batch, int)
+        and batch * processes == written
+    )
 
 
 def no_checkpoint_error(

@@ -85,6 +85,8 @@ class Checkpoints:
         self.seed = seed
         #: Whether the training data streams (split by process and worker, not by a global plan).
         self.streamed = streamed
+        #: What a restore did that the run should say (shown above the progress bar's start).
+        self.notes: list[str] = []
         self.saves = 0
         # Told when a checkpoint is half written (the full-disk test's fault).
         self.events = events or LoopEvents()
@@ -227,6 +229,12 @@ class Checkpoints:
             problem = other_process_count(manifest, here, self.global_micro_batch)
             if problem is not None:
                 raise LoraplugError(f"Checkpoint {path.name} {problem[0]}", fix=problem[1])
+            self.notes.append(
+                f"resuming {path.name} on {here} process(es) instead of {processes}, train.batch_size "
+                f"{manifest['global_micro_batch'] // here}: each global micro-batch keeps its "
+                f"{manifest['global_micro_batch']} samples, so the data continues exactly; dropout's random "
+                "generators restart from the seed (they were per process)"
+            )
         load_trainable(module, path / ADAPTER_FILE)
         state = load_state(path / "optimizer.safetensors")
         sharding.load_optimizer_state(module, optimizer, state["optimizer"])

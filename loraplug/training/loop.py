@@ -262,6 +262,7 @@ class TrainingLoop:
         self.tracker = BestTracker(recipe.eval, lower_is_better=recipe.monitor_lower_is_better())
         self.live: ProgressDisplay | None = None  # the progress display, while the loop runs
         self.state = self.start(resume_from)
+        self.notes += self.checkpoints.notes
 
     @property
     def step(self) -> int:
