@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,18 +187,35 @@ def test_a_decompression_bomb_sample_is_skipped_and_counted(
     assert len(warnings) == 1 and "a.tar:x0" in warnings[0] and "too large" in warnings[0]
 
 
+def pack_chat(tmp_path: Path, rows: list[dict[str, Any]], maxcount: int) -> None:
+    """``rows`` as chat.jsonl, packed into shards under s/ (3 of them for the tests below)."""
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s").mkdir()  # an empty --out is fine
+    packed = run_cli(
+        "data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", str(maxcount)
+    )
+    assert packed.exit_code == 0, packed.output
+
+
+def text_stream_recipe(tmp_path: Path, **train: Any) -> Path:
+    """A tiny-llama recipe that streams those shards."""
+    return write_recipe(
+        tmp_path / "text.toml",
+        {
+            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
+            "data": {"kind": "webdataset", "urls": "s/shard-{000000..000002}.tar"},
+            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
+            "adapter": {"kind": "lora", "r": 4},
+            "train": {"max_steps": 2, **train},
+        },
+    )
+
+
 def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
     rows.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
     rows[1]["system"] = "be brief"
-    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "s").mkdir()  # an empty --out is fine
-    assert (
-        run_cli(
-            "data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "5"
-        ).exit_code
-        == 0
-    )
+    pack_chat(tmp_path, rows, 5)
     stream, _ = _stream(
         str(tmp_path / "s" / "shard-{000000..000002}.tar"), shuffle_buffer=0, shuffle_shards=False
     )
@@ -214,16 +232,7 @@ def test_text_samples_stream_into_a_causal_lm(tmp_path: Path) -> None:
         r["messages"] for r in read_jsonl(tmp_path / "chat.jsonl", skip_bad=False)[0]
     ]
 
-    recipe = write_recipe(
-        tmp_path / "text.toml",
-        {
-            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
-            "data": {"kind": "webdataset", "urls": "s/shard-{000000..000002}.tar"},
-            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
-            "adapter": {"kind": "lora", "r": 4},
-            "train": {"max_steps": 2, "batch_size": 4, "num_workers": 2},
-        },
-    )
+    recipe = text_stream_recipe(tmp_path, batch_size=4, num_workers=2)
     result = run_cli("run", recipe)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "runs" / "text" / "run.json").read_text())["step"] == 2
@@ -233,25 +242,8 @@ def test_a_streamed_run_resumes_only_on_the_process_count_that_wrote_it(tmp_path
     # Streams are split by process and worker, not by a global plan: another process count would not
     # continue where the run stopped (sized data can: docs/distributed.md). The checkpoint's manifest is
     # made to say what a 2-process run writes (2 processes of 4 samples).
-    rows = [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)]
-    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "s").mkdir()
-    assert (
-        run_cli(
-            "data", "pack", "jsonl", tmp_path / "chat.jsonl", "--out", tmp_path / "s", "--maxcount", "4"
-        ).exit_code
-        == 0
-    )
-    recipe = write_recipe(
-        tmp_path / "text.toml",
-        {
-            "run": {"name": "text", "output_dir": str(tmp_path / "runs")},
-            "data": {"kind": "webdataset", "urls": "s/shard-{000000..000002}.tar"},
-            "model": {"kind": "causal-lm", "pretrained": "tiny-llama", "max_length": 32},
-            "adapter": {"kind": "lora", "r": 4},
-            "train": {"max_steps": 2, "batch_size": 8, "save_every_n_steps": 1},
-        },
-    )
+    pack_chat(tmp_path, [{"prompt": f"q{i}", "response": f"answer {i}"} for i in range(12)], 4)
+    recipe = text_stream_recipe(tmp_path, batch_size=8, save_every_n_steps=1)
     assert run_cli("run", recipe).exit_code == 0
     manifest_path = tmp_path / "runs" / "text" / "checkpoints" / "step-00000001" / "checkpoint.json"
     manifest = json.loads(manifest_path.read_text())
@@ -408,6 +400,7 @@ def test_shards_with_no_samples_are_named_before_the_model_loads(tmp_path: Path)
 
 ROWS_KIND = """
 from pathlib import Path
+from typing import Any
 from loraplug import hookimpl, KindSpec, Options
 
 class RowsOptions(Options):
