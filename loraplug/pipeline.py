@@ -199,7 +199,12 @@ def run_export(
     final = ctx.run_dir / EXPORTS_DIR / export.name
     try:
         final = confine(final.parent, export.name, key="the export name")  # never outside exports/
-        if replace and final.exists() and not (final / "export.json").is_file() and any(final.iterdir()):
+        if (
+            replace
+            and final.exists()
+            and not (final / "export.json").is_file()
+            and (not final.is_dir() or any(final.iterdir()))
+        ):
             raise LoraplugError(
                 f"{final} holds files that are not a loraplug export (it has no export.json); they are left as they are",
                 fix=f"Move them elsewhere, then write this export again: `loraplug export {ctx.run_dir} --kind {export.kind}`",
