@@ -16,11 +16,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplug.testing import accelerate_launch, free_port, run_cli, torchrun
+from loraplug.testing import accelerate_launch, assert_same_tensors, free_port, run_cli, torchrun
 
 pytestmark = pytest.mark.usefixtures("toy")  # installed for torchrun's processes too (PYTHONPATH)
 
 TOLERANCE = 1e-6
+
+
+def same_adapters(reference: Path, other: Path) -> dict[str, torch.Tensor]:
+    """The two runs' adapters hold the same tensors, within TOLERANCE; returns the reference's."""
+    a, b = (load_file(str(run / "adapter" / "adapter.safetensors")) for run in (reference, other))
+    assert_same_tensors(a, b, TOLERANCE)
+    return a
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, toy_recipe_file) -> None:
@@ -36,13 +43,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path, toy_
     assert one.exit_code == 0, one.output
 
     runs = tmp_path / "runs"
-    a, b = (
-        load_file(str(runs / "one" / "adapter" / "adapter.safetensors")),
-        load_file(str(runs / "two" / "adapter" / "adapter.safetensors")),
-    )
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
+    a = same_adapters(runs / "one", runs / "two")
     assert any(float(v.abs().max()) > 1e-3 for k, v in a.items() if "lora_B" in k)
 
     # only rank 0 writes: one metrics line per logged step, one header, one summary
@@ -133,9 +134,7 @@ def test_a_run_killed_on_two_processes_resumes_on_one_with_the_same_global_batch
     assert resumed.exit_code == 0, resumed.output
     assert "on 1 process(es) instead of 2, train.batch_size 4" in resumed.output
     runs = tmp_path / "runs"
-    a, b = (load_file(str(runs / name / "adapter" / "adapter.safetensors")) for name in ("whole", "cut"))
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE)
+    same_adapters(runs / "whole", runs / "cut")
     assert json.loads((runs / "cut" / "run.json").read_text())["resumed_at_step"] == 4
 
 
@@ -161,10 +160,7 @@ def test_accelerate_launch_runs_the_same_two_processes(tmp_path: Path, toy_recip
     assert one.exit_code == 0, one.output
     runs = tmp_path / "runs"
     assert json.loads((runs / "two" / "run.json").read_text())["processes"] == 2
-    a = load_file(str(runs / "one" / "adapter" / "adapter.safetensors"))
-    b = load_file(str(runs / "two" / "adapter" / "adapter.safetensors"))
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
+    same_adapters(runs / "one", runs / "two")
 
 
 def test_two_machines_meet_through_accelerate_launch(tmp_path: Path, toy_recipe_file) -> None:
@@ -204,7 +200,4 @@ def test_two_machines_meet_through_accelerate_launch(tmp_path: Path, toy_recipe_
     assert one.exit_code == 0, one.output
     runs = tmp_path / "runs"
     assert json.loads((runs / "nodes" / "run.json").read_text())["processes"] == 2
-    a = load_file(str(runs / "one" / "adapter" / "adapter.safetensors"))
-    b = load_file(str(runs / "nodes" / "adapter" / "adapter.safetensors"))
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=TOLERANCE, msg=key)
+    same_adapters(runs / "one", runs / "nodes")
